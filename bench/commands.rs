@@ -1,0 +1,170 @@
+//! The command lines the bench sends, in SPEC section 2's syntax: IAMAT with client ids unique to
+//! this run (so a long-running target never holds a newer time for them) and client times that
+//! only increase, and WHATSAT. Formatting only: no I/O, no clock after `Names::new`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::load::{Expect, Workload};
+
+/// Every IAMAT reports this location; where a client is does not change what the server does.
+pub const LOCATION: &str = "+34.068930-118.445127";
+
+/// Run-unique parts of client ids and the base of client times.
+#[derive(Clone)]
+pub struct Names {
+    nonce: String,
+    base_secs: u64,
+}
+
+impl Names {
+    pub fn new() -> Names {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mix = now.as_nanos() as u64 ^ ((std::process::id() as u64) << 20);
+        Names {
+            nonce: format!("{:06x}", mix & 0xff_ffff),
+            base_secs: now.as_secs(),
+        }
+    }
+
+    /// A client id of this run: `{kind}{n}.{nonce}.bench`.
+    pub fn client(&self, kind: &str, n: u64) -> String {
+        format!("{kind}{n}.{}.bench", self.nonce)
+    }
+
+    /// The marker every client id of this run contains (to find them in server logs).
+    pub fn marker(&self) -> String {
+        format!(".{}.bench", self.nonce)
+    }
+
+    /// A whole IAMAT line for `client` at client time base + `tick` nanoseconds.
+    pub fn iamat(&self, client: &str, tick: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"IAMAT ");
+        out.extend_from_slice(client.as_bytes());
+        self.push_rest(&mut out, tick);
+        out
+    }
+
+    /// ` LOCATION SECS.NANOS\n`, the part of an IAMAT after the client id.
+    fn push_rest(&self, out: &mut Vec<u8>, tick: u64) {
+        out.push(b' ');
+        out.extend_from_slice(LOCATION.as_bytes());
+        out.push(b' ');
+        push_decimal(out, self.base_secs + tick / 1_000_000_000, 1);
+        out.push(b'.');
+        push_decimal(out, tick % 1_000_000_000, 9);
+        out.push(b'\n');
+    }
+}
+
+pub fn whatsat(client: &str, radius_km: u32, bound: u32) -> Vec<u8> {
+    format!("WHATSAT {client} {radius_km} {bound}\n").into_bytes()
+}
+
+/// Appends `value` in decimal, zero-padded to `width` digits (cheaper than `write!` on the hot
+/// path: the generator formats one command per reply).
+fn push_decimal(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while value > 0 || digits.len() - at < width.max(1) {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// IAMATs for the load generator. `Cycling`: each connection cycles through its own few clients
+/// with ever newer times, so every command is a real update (and is flooded in a herd) while the
+/// client table stays small. `Distinct`: every command names a client never seen before.
+pub struct IamatLoad {
+    names: Names,
+    mode: ClientMode,
+    ticks: Vec<u64>,
+    issued: u64,
+    limit: u64,
+}
+
+enum ClientMode {
+    Cycling { clients_per_connection: u64 },
+    Distinct,
+}
+
+impl IamatLoad {
+    pub fn cycling(names: &Names, connections: usize) -> IamatLoad {
+        IamatLoad {
+            names: names.clone(),
+            mode: ClientMode::Cycling {
+                clients_per_connection: 100,
+            },
+            ticks: vec![0; connections],
+            issued: 0,
+            limit: u64::MAX,
+        }
+    }
+
+    pub fn distinct(names: &Names, limit: u64) -> IamatLoad {
+        IamatLoad {
+            names: names.clone(),
+            mode: ClientMode::Distinct,
+            ticks: Vec::new(),
+            issued: 0,
+            limit,
+        }
+    }
+}
+
+impl Workload for IamatLoad {
+    fn next_command(&mut self, conn: usize, out: &mut Vec<u8>) -> Option<Expect> {
+        if self.issued >= self.limit {
+            return None;
+        }
+        self.issued += 1;
+        out.extend_from_slice(b"IAMAT ");
+        let tick = match self.mode {
+            ClientMode::Cycling {
+                clients_per_connection,
+            } => {
+                let tick = self.ticks[conn];
+                self.ticks[conn] += 1;
+                out.push(b'c');
+                push_decimal(out, conn as u64, 1);
+                out.push(b'-');
+                push_decimal(out, tick % clients_per_connection, 1);
+                tick
+            }
+            ClientMode::Distinct => {
+                out.push(b'm');
+                push_decimal(out, self.issued, 1);
+                0
+            }
+        };
+        out.push(b'.');
+        out.extend_from_slice(self.names.nonce.as_bytes());
+        out.extend_from_slice(b".bench");
+        self.names.push_rest(out, tick);
+        Some(Expect::Line)
+    }
+}
+
+/// WHATSATs about already-known clients, one client per connection.
+pub struct WhatsatLoad {
+    lines: Vec<Vec<u8>>,
+}
+
+impl WhatsatLoad {
+    pub fn new(clients: &[String]) -> WhatsatLoad {
+        WhatsatLoad {
+            lines: clients.iter().map(|c| whatsat(c, 10, 5)).collect(),
+        }
+    }
+}
+
+impl Workload for WhatsatLoad {
+    fn next_command(&mut self, conn: usize, out: &mut Vec<u8>) -> Option<Expect> {
+        out.extend_from_slice(&self.lines[conn % self.lines.len()]);
+        Some(Expect::Whatsat)
+    }
+}

@@ -1,0 +1,120 @@
+//! Command-line arguments -> [`Invocation`]. Pure: it reads the arguments it is given.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use log::LevelFilter;
+
+use crate::config::parse_level;
+
+pub const USAGE: &str = "\
+herd: one server of a herd of location servers
+
+usage:
+  herd NAME CONFIG        serve as the server NAME of CONFIG (e.g. herd Campbell herd.conf)
+  herd --all CONFIG       start every server of CONFIG, each as its own process;
+                          Ctrl-C or SIGTERM stops them all
+  herd --help | --version
+
+options:
+  --log-level LEVEL       off, error, warn, info, debug or trace (overrides 'log level')
+";
+
+#[derive(Debug, PartialEq)]
+pub enum Invocation {
+    Serve {
+        name: String,
+        config: PathBuf,
+        log_level: Option<LevelFilter>,
+    },
+    All {
+        config: PathBuf,
+        log_level: Option<LevelFilter>,
+    },
+    Help,
+    Version,
+}
+
+/// Parses the arguments after the program name. The error is one line for stderr.
+pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
+    let mut args = pico_args::Arguments::from_vec(args);
+    if args.contains(["-h", "--help"]) {
+        return Ok(Invocation::Help);
+    }
+    if args.contains(["-V", "--version"]) {
+        return Ok(Invocation::Version);
+    }
+    let log_level = args
+        .opt_value_from_fn("--log-level", parse_level)
+        .map_err(|e| e.to_string())?;
+    let all: Option<PathBuf> = args
+        .opt_value_from_os_str("--all", |s| Ok::<_, String>(PathBuf::from(s)))
+        .map_err(|e| e.to_string())?;
+    let rest: Vec<String> = args
+        .finish()
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(flag) = rest.iter().find(|a| a.starts_with('-')) {
+        return Err(format!("unknown option '{flag}' (see herd --help)"));
+    }
+    match (all, rest.as_slice()) {
+        (Some(config), []) => Ok(Invocation::All { config, log_level }),
+        (Some(_), _) => Err("--all takes only a config file (see herd --help)".into()),
+        (None, [name, config]) => Ok(Invocation::Serve {
+            name: name.clone(),
+            config: PathBuf::from(config),
+            log_level,
+        }),
+        (None, _) => Err("expected NAME and CONFIG, e.g. 'herd Campbell herd.conf' (see herd --help)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Invocation, String> {
+        parse_args(args.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn serve() {
+        assert_eq!(
+            parse(&["Campbell", "herd.conf"]),
+            Ok(Invocation::Serve {
+                name: "Campbell".into(),
+                config: "herd.conf".into(),
+                log_level: None
+            })
+        );
+    }
+
+    #[test]
+    fn all_with_a_level() {
+        assert_eq!(
+            parse(&["--log-level", "debug", "--all", "herd.conf"]),
+            Ok(Invocation::All {
+                config: "herd.conf".into(),
+                log_level: Some(LevelFilter::Debug)
+            })
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(&["--help"]), Ok(Invocation::Help));
+        assert_eq!(parse(&["-V"]), Ok(Invocation::Version));
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["Campbell"]).is_err());
+        assert!(parse(&["a", "b", "c"]).is_err());
+        assert!(parse(&["--all"]).is_err());
+        assert!(parse(&["--all", "x", "y"]).is_err());
+        assert!(parse(&["--frobnicate", "a", "b"]).is_err());
+        assert!(parse(&["--log-level", "loud", "a", "b"]).is_err());
+    }
+}

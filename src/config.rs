@@ -1,0 +1,517 @@
+//! `herd.conf` -> [`Config`] (SPEC section 4). Every error names the line it comes from.
+//!
+//! Pure: it parses text it is given; reading the file and the environment is `main`'s job.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which Places API the server speaks (SPEC section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacesApi {
+    /// Places API v1 `searchNearby`: POST with a JSON body.
+    New,
+    /// The legacy `nearbysearch/json`: GET with the key in the query.
+    Legacy,
+}
+
+impl PlacesApi {
+    pub fn default_url(self) -> &'static str {
+        match self {
+            PlacesApi::New => "https://places.googleapis.com/v1/places:searchNearby",
+            PlacesApi::Legacy => "https://maps.googleapis.com/maps/api/place/nearbysearch/json",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PlacesApi::New => "new",
+            PlacesApi::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlacesSettings {
+    pub api: PlacesApi,
+    /// `None` until set: the default depends on `api`, which may come later in the file.
+    url: Option<String>,
+    pub key_env: String,
+    pub field_mask: String,
+    pub workers: usize,
+    pub timeout: Duration,
+    pub queue: usize,
+}
+
+impl PlacesSettings {
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(self.api.default_url())
+    }
+}
+
+impl Default for PlacesSettings {
+    fn default() -> Self {
+        PlacesSettings {
+            api: PlacesApi::New,
+            url: None,
+            key_env: "GOOGLE_PLACES_API_KEY".to_string(),
+            field_mask: "*".to_string(),
+            workers: 4,
+            timeout: Duration::from_millis(5000),
+            queue: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogSettings {
+    pub dir: PathBuf,
+    pub lines: bool,
+    pub level: log::LevelFilter,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            dir: PathBuf::from("."),
+            lines: true,
+            level: log::LevelFilter::Info,
+        }
+    }
+}
+
+/// Per-connection and per-server limits; each is logged when hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub max_line_bytes: usize,
+    pub max_output_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: 64 * 1024,
+            max_output_bytes: 4 * 1024 * 1024,
+            max_connections: 16384,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerSettings {
+    pub secret_env: Option<String>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_queue_bytes: usize,
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        PeerSettings {
+            secret_env: None,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(5000),
+            max_queue_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerEntry {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub servers: Vec<ServerEntry>,
+    /// Each link once, as written.
+    pub links: Vec<(String, String)>,
+    pub places: PlacesSettings,
+    pub log: LogSettings,
+    pub limits: Limits,
+    pub peer: PeerSettings,
+}
+
+impl Config {
+    pub fn server(&self, name: &str) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// The neighbours of `name`, in config order.
+    pub fn neighbours(&self, name: &str) -> Vec<&ServerEntry> {
+        self.links
+            .iter()
+            .filter_map(|(a, b)| match (a == name, b == name) {
+                (true, _) => self.server(b),
+                (_, true) => self.server(a),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A config error at a line (1-based).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: usize,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.line, self.problem)
+    }
+}
+
+fn error(line: usize, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        line,
+        problem: problem.into(),
+    }
+}
+
+/// Parses the whole text of a config file.
+pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let content = raw.split('#').next().unwrap_or("");
+        let words: Vec<&str> = content.split_whitespace().collect();
+        if words.is_empty() {
+            continue;
+        }
+        apply_line(&mut config, &words).map_err(|problem| error(line_no, problem))?;
+    }
+    if config.servers.is_empty() {
+        return Err(error(
+            text.lines().count().max(1),
+            "no 'server' line: a herd needs at least one server",
+        ));
+    }
+    Ok(config)
+}
+
+/// One non-empty line; the error is the problem text.
+fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
+    match words {
+        ["server", name, addr] => {
+            if config.server(name).is_some() {
+                return Err(format!("server '{name}' is already defined"));
+            }
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| format!("bad address '{addr}' for server '{name}' (want IP:PORT)"))?;
+            if let Some(other) = config.servers.iter().find(|s| s.addr == addr) {
+                return Err(format!("address {addr} is already used by server '{}'", other.name));
+            }
+            config.servers.push(ServerEntry {
+                name: name.to_string(),
+                addr,
+            });
+        }
+        ["server", ..] => return Err("expected 'server NAME IP:PORT'".into()),
+        ["link", a, b] => {
+            for name in [a, b] {
+                if config.server(name).is_none() {
+                    return Err(format!(
+                        "link names unknown server '{name}' (servers must be defined before links)"
+                    ));
+                }
+            }
+            if a == b {
+                return Err(format!("link from '{a}' to itself"));
+            }
+            let exists = config
+                .links
+                .iter()
+                .any(|(x, y)| (x == a && y == b) || (x == b && y == a));
+            if exists {
+                return Err(format!("link {a} {b} is already defined"));
+            }
+            config.links.push((a.to_string(), b.to_string()));
+        }
+        ["link", ..] => return Err("expected 'link SERVER SERVER'".into()),
+        ["places", setting, value] => apply_places(&mut config.places, setting, value)?,
+        ["places", ..] => return Err("expected 'places SETTING VALUE'".into()),
+        ["log", setting, value] => apply_log(&mut config.log, setting, value)?,
+        ["log", ..] => return Err("expected 'log SETTING VALUE'".into()),
+        ["limit", setting, value] => apply_limit(&mut config.limits, setting, value)?,
+        ["limit", ..] => return Err("expected 'limit SETTING NUMBER'".into()),
+        ["peer", setting, value] => apply_peer(&mut config.peer, setting, value)?,
+        ["peer", ..] => return Err("expected 'peer SETTING VALUE'".into()),
+        [directive, ..] => return Err(format!("unknown directive '{directive}'")),
+        [] => {}
+    }
+    Ok(())
+}
+
+fn apply_places(places: &mut PlacesSettings, setting: &str, value: &str) -> Result<(), String> {
+    match setting {
+        "api" => {
+            places.api = match value {
+                "new" => PlacesApi::New,
+                "legacy" => PlacesApi::Legacy,
+                _ => return Err(format!("places api must be 'new' or 'legacy', not '{value}'")),
+            }
+        }
+        "url" => {
+            if !(value.starts_with("http://") || value.starts_with("https://")) {
+                return Err(format!("places url must start with http:// or https://, not '{value}'"));
+            }
+            places.url = Some(value.to_string());
+        }
+        "key-env" => places.key_env = env_var_name(value)?,
+        "field-mask" => places.field_mask = value.to_string(),
+        "workers" => places.workers = number_in(setting, value, 1, 256)?,
+        "timeout-ms" => places.timeout = millis(setting, value)?,
+        "queue" => places.queue = number_in(setting, value, 1, 1 << 20)?,
+        _ => return Err(format!("unknown places setting '{setting}'")),
+    }
+    Ok(())
+}
+
+fn apply_log(log_settings: &mut LogSettings, setting: &str, value: &str) -> Result<(), String> {
+    match setting {
+        "dir" => log_settings.dir = PathBuf::from(value),
+        "lines" => log_settings.lines = on_off(setting, value)?,
+        "level" => log_settings.level = parse_level(value)?,
+        _ => return Err(format!("unknown log setting '{setting}'")),
+    }
+    Ok(())
+}
+
+fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), String> {
+    match setting {
+        "line-bytes" => limits.max_line_bytes = number_in(setting, value, 16, 1 << 30)?,
+        "output-bytes" => limits.max_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
+        "connections" => limits.max_connections = number_in(setting, value, 1, 1 << 24)?,
+        _ => return Err(format!("unknown limit '{setting}'")),
+    }
+    Ok(())
+}
+
+fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(), String> {
+    match setting {
+        "secret-env" => peer.secret_env = Some(env_var_name(value)?),
+        "backoff-min-ms" => peer.backoff_min = millis(setting, value)?,
+        "backoff-max-ms" => peer.backoff_max = millis(setting, value)?,
+        "queue-bytes" => peer.max_queue_bytes = number_in(setting, value, 1024, 1 << 40)?,
+        _ => return Err(format!("unknown peer setting '{setting}'")),
+    }
+    if peer.backoff_min > peer.backoff_max {
+        return Err(format!(
+            "peer backoff-min-ms ({} ms) is above backoff-max-ms ({} ms)",
+            peer.backoff_min.as_millis(),
+            peer.backoff_max.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the level names `log` knows, as the `--log-level` flag does too.
+pub fn parse_level(value: &str) -> Result<log::LevelFilter, String> {
+    match value {
+        "off" => Ok(log::LevelFilter::Off),
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err(format!(
+            "log level must be off, error, warn, info, debug or trace, not '{value}'"
+        )),
+    }
+}
+
+fn env_var_name(value: &str) -> Result<String, String> {
+    let valid = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid && !value.as_bytes()[0].is_ascii_digit() {
+        Ok(value.to_string())
+    } else {
+        Err(format!("'{value}' is not an environment variable name"))
+    }
+}
+
+fn on_off(setting: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{setting} must be 'on' or 'off', not '{value}'")),
+    }
+}
+
+fn number_in(setting: &str, value: &str, min: usize, max: usize) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{setting} must be a whole number from {min} to {max}, not '{value}'"
+        )),
+    }
+}
+
+fn millis(setting: &str, value: &str) -> Result<Duration, String> {
+    number_in(setting, value, 1, 24 * 3600 * 1000).map(|ms| Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_CONFIG: &str = "\
+server Bailey   127.0.0.1:12000     # one line per server: name and listen address
+server Bona     127.0.0.1:12001
+server Campbell 127.0.0.1:12002
+server Clark    127.0.0.1:12003
+server Jaquez   127.0.0.1:12004
+
+link Clark Jaquez                   # neighbours, both ways
+link Clark Bona
+link Campbell Bailey
+link Campbell Bona
+link Campbell Jaquez
+link Bona Bailey
+
+places api new
+places url https://places.googleapis.com/v1/places:searchNearby
+places key-env GOOGLE_PLACES_API_KEY
+log dir .
+log lines on
+# peer secret-env HERD_PEER_SECRET
+";
+
+    fn err(text: &str) -> ConfigError {
+        parse_config(text).expect_err("config should be rejected")
+    }
+
+    fn with_server(extra: &str) -> Result<Config, ConfigError> {
+        parse_config(&format!("server A 127.0.0.1:1\n{extra}\n"))
+    }
+
+    #[test]
+    fn the_spec_config_parses() {
+        let config = parse_config(SPEC_CONFIG).unwrap();
+        assert_eq!(config.servers.len(), 5);
+        assert_eq!(config.server("Campbell").unwrap().addr.port(), 12002);
+        assert_eq!(config.links.len(), 6);
+        let names: Vec<&str> = config
+            .neighbours("Campbell")
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["Bailey", "Bona", "Jaquez"]);
+        assert_eq!(config.places.api, PlacesApi::New);
+        assert_eq!(config.places.key_env, "GOOGLE_PLACES_API_KEY");
+        assert!(config.log.lines);
+        assert_eq!(config.peer.secret_env, None);
+    }
+
+    #[test]
+    fn defaults() {
+        let config = with_server("").unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.max_line_bytes, 65536);
+        assert_eq!(config.places.workers, 4);
+        assert_eq!(config.places.url(), PlacesApi::New.default_url());
+        assert_eq!(config.log.dir, PathBuf::from("."));
+    }
+
+    #[test]
+    fn url_default_follows_the_api_even_when_set_later() {
+        let config = with_server("places api legacy").unwrap();
+        assert_eq!(config.places.url(), PlacesApi::Legacy.default_url());
+        let config = with_server("places url http://127.0.0.1:9/x\nplaces api legacy").unwrap();
+        assert_eq!(config.places.url(), "http://127.0.0.1:9/x");
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let config = with_server(
+            "places workers 8\nplaces timeout-ms 250\nplaces queue 10\nplaces key-env K_1\n\
+             places field-mask places.displayName\nlog dir /tmp/x\nlog lines off\nlog level debug\n\
+             limit line-bytes 100\nlimit output-bytes 2048\nlimit connections 3\n\
+             peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer queue-bytes 4096",
+        )
+        .unwrap();
+        assert_eq!(config.places.workers, 8);
+        assert_eq!(config.places.timeout, Duration::from_millis(250));
+        assert_eq!(config.places.queue, 10);
+        assert_eq!(config.places.key_env, "K_1");
+        assert_eq!(config.places.field_mask, "places.displayName");
+        assert_eq!(config.log.dir, PathBuf::from("/tmp/x"));
+        assert!(!config.log.lines);
+        assert_eq!(config.log.level, log::LevelFilter::Debug);
+        assert_eq!(config.limits.max_line_bytes, 100);
+        assert_eq!(config.limits.max_output_bytes, 2048);
+        assert_eq!(config.limits.max_connections, 3);
+        assert_eq!(config.peer.secret_env.as_deref(), Some("S"));
+        assert_eq!(config.peer.backoff_min, Duration::from_millis(10));
+        assert_eq!(config.peer.backoff_max, Duration::from_millis(20));
+        assert_eq!(config.peer.max_queue_bytes, 4096);
+    }
+
+    #[test]
+    fn unknown_directive_names_its_line() {
+        let e = err("server A 127.0.0.1:1\n\n# c\nlnk A B\n");
+        assert_eq!(e.line, 4);
+        assert_eq!(e.problem, "unknown directive 'lnk'");
+        assert_eq!(e.to_string(), "4: unknown directive 'lnk'");
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        let cases = [
+            ("server A", 2),
+            ("server A 127.0.0.1", 2),
+            ("server B localhost:80", 2),
+            ("server A 127.0.0.1:2", 2),
+            ("server B 127.0.0.1:1", 2),
+            ("link A", 2),
+            ("link A Nobody", 2),
+            ("link A A", 2),
+            ("places api newest", 2),
+            ("places url ftp://x", 2),
+            ("places workers 0", 2),
+            ("places workers many", 2),
+            ("places timeout-ms -1", 2),
+            ("places colour blue", 2),
+            ("places key-env", 2),
+            ("places key-env 1BAD", 2),
+            ("log lines maybe", 2),
+            ("log level loud", 2),
+            ("log colour on", 2),
+            ("limit line-bytes 1", 2),
+            ("limit sockets 5", 2),
+            ("limit connections 5 6", 2),
+            ("peer secret-env", 2),
+            ("peer backoff-min-ms 900\npeer backoff-max-ms 100", 3),
+            ("peer flavour x", 2),
+        ];
+        for (extra, line) in cases {
+            let e = with_server(extra).expect_err(extra);
+            assert_eq!(e.line, line, "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_links_either_way_are_errors() {
+        let e = err("server A 127.0.0.1:1\nserver B 127.0.0.1:2\nlink A B\nlink B A\n");
+        assert_eq!(e.line, 4);
+    }
+
+    #[test]
+    fn a_config_without_servers_is_an_error() {
+        assert!(parse_config("# nothing\n").is_err());
+        assert!(parse_config("").is_err());
+    }
+
+    #[test]
+    fn comments_and_blank_lines_are_ignored() {
+        let config = parse_config("  # lead\n\n\tserver A 127.0.0.1:1 # trailing\n   \n").unwrap();
+        assert_eq!(config.servers[0].name, "A");
+    }
+}

@@ -1,0 +1,435 @@
+//! The server's one thread of control: a `mio` poll loop that owns the listener, every
+//! connection (a slab entry whose token is derived from its key), the Places results channel
+//! (through a `Waker`) and the signal pipe. It is the only user of the `Registry`.
+//!
+//! Handlers never close a connection in the middle of an event batch: they mark it
+//! [`Stage::Closed`] and the loop frees it after the batch, in [`EventLoop::close_marked`],
+//! which deregisters, frees the slot and logs once.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::app::{App, ClientOutcome};
+use crate::buffer::{Line, OutBuffer};
+use crate::config::{Config, Limits, PlacesApi};
+use crate::conn::{Connection, ReplyQueue, Stage};
+use crate::logging::{self, Escaped, Secret};
+use crate::net::{self, ReadOutcome};
+use crate::places::{shape_reply, LookupDone, LookupJob, PlacesError, PlacesOutcome, PlacesPool};
+use crate::protocol::{self, ClientTime};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// Connection tokens are `FIRST_CONN + slab key`.
+const FIRST_CONN: usize = 16;
+
+/// Bytes read per `read` call, into one buffer shared by all connections: a connection keeps
+/// only the unfinished tail of a line, so an idle one holds no buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes one connection may read per wakeup, so a busy client cannot starve the others;
+/// a connection that hits it is served again before the loop sleeps.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
+/// The log is flushed at least this often (SPEC section 6 asks for within a second).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the loop needs from the config and the environment for one server.
+pub struct ServerSetup {
+    pub name: String,
+    pub listener: TcpListener,
+    pub config: Config,
+    pub places_key: Option<Secret>,
+    /// Read end of the pipe that SIGTERM and SIGINT write to.
+    pub signals: UnixStream,
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    /// Registered under `SIGNALS`; owned here so the pipe stays open while the loop runs.
+    _signal_pipe: UnixStream,
+    conns: Slab<Connection>,
+    next_conn_id: u64,
+    app: App,
+    places: PlacesPool,
+    places_api: PlacesApi,
+    limits: Limits,
+    log_lines: bool,
+    scratch: Vec<u8>,
+    /// Connections whose read budget ran out with input possibly left in the socket.
+    more_input: Vec<usize>,
+    /// Connections marked closed during this batch.
+    marked_closed: Vec<usize>,
+    stopping: bool,
+}
+
+impl EventLoop {
+    pub fn new(setup: ServerSetup) -> io::Result<EventLoop> {
+        let poll = Poll::new()?;
+        let mut listener = setup.listener;
+        let mut signals = setup.signals;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let places = PlacesPool::start(&setup.config.places, setup.places_key, waker)?;
+        Ok(EventLoop {
+            poll,
+            listener,
+            _signal_pipe: signals,
+            conns: Slab::new(),
+            next_conn_id: 1,
+            app: App::new(&setup.name),
+            places,
+            places_api: setup.config.places.api,
+            limits: setup.config.limits.clone(),
+            log_lines: setup.config.log.lines,
+            scratch: vec![0; READ_CHUNK],
+            more_input: Vec::new(),
+            marked_closed: Vec::new(),
+            stopping: false,
+        })
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_flush = Instant::now() + FLUSH_INTERVAL;
+        while !self.stopping {
+            let timeout = if self.more_input.is_empty() {
+                next_flush.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.finish_lookups(),
+                    SIGNALS => self.stopping = true,
+                    Token(t) if t >= FIRST_CONN => {
+                        let key = t - FIRST_CONN;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_input(key);
+                        }
+                        if event.is_writable() {
+                            self.write_output(key);
+                        }
+                    }
+                    // Spurious events for unknown tokens happen; ignore them.
+                    Token(_) => {}
+                }
+            }
+            self.serve_more_input();
+            self.close_marked();
+            if Instant::now() >= next_flush {
+                logging::flush();
+                next_flush = Instant::now() + FLUSH_INTERVAL;
+            }
+        }
+        info!("stopping on signal");
+        logging::flush();
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let (mut stream, remote) = match net::accept(&self.listener) {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
+                Err(e) => {
+                    // EMFILE and friends: the connection stays in the backlog until a later
+                    // accept; say so rather than spin.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.limits.max_connections {
+                warn!(
+                    "limit connections: {} open, refusing {remote}",
+                    self.conns.len()
+                );
+                continue; // dropping the stream closes it
+            }
+            let entry = self.conns.vacant_entry();
+            let token = Token(FIRST_CONN + entry.key());
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE)
+            {
+                warn!("accept from {remote}: cannot register: {e}");
+                continue;
+            }
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            info!("accept conn={id} from {remote}");
+            entry.insert(Connection::new(
+                id,
+                stream,
+                remote,
+                self.limits.max_line_bytes,
+            ));
+        }
+    }
+
+    /// Reads and answers what a connection sent, up to its budget, then writes the replies.
+    fn read_input(&mut self, key: usize) {
+        let now = wall_clock();
+        let EventLoop {
+            conns,
+            app,
+            places,
+            scratch,
+            more_input,
+            limits,
+            places_api,
+            log_lines,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return;
+        };
+        let mut budget = READ_BUDGET;
+        while conn.stage == Stage::Open {
+            match net::read_some(&mut conn.stream, scratch) {
+                ReadOutcome::Data(n) => {
+                    let mut session = ClientSession {
+                        key,
+                        conn_id: conn.id,
+                        out: &mut conn.out,
+                        replies: &mut conn.replies,
+                        app,
+                        places,
+                        places_api: *places_api,
+                        log_lines: *log_lines,
+                        now,
+                    };
+                    conn.reader
+                        .feed(&scratch[..n], |line| session.handle_line(line));
+                    if conn.unread_bytes() > limits.max_output_bytes {
+                        warn!(
+                            "limit output-bytes conn={}: {} bytes unread, dropping client",
+                            conn.id,
+                            conn.unread_bytes()
+                        );
+                        conn.stage = Stage::Closed("output limit");
+                        break;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        more_input.push(key);
+                        break;
+                    }
+                }
+                ReadOutcome::WouldBlock => break,
+                ReadOutcome::Eof => {
+                    conn.stage = Stage::Draining;
+                }
+                ReadOutcome::Failed(e) => {
+                    info!("conn={} read error: {e}", conn.id);
+                    conn.stage = Stage::Closed("read error");
+                }
+            }
+        }
+        self.write_output(key);
+    }
+
+    /// Reads again from connections that used up their budget last time.
+    fn serve_more_input(&mut self) {
+        for key in std::mem::take(&mut self.more_input) {
+            self.read_input(key);
+        }
+    }
+
+    /// Writes what the socket takes, then settles the connection's fate and interest.
+    fn write_output(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Stage::Closed(_) = conn.stage {
+            self.marked_closed.push(key);
+            return;
+        }
+        if let Err(e) = net::write_pending(&mut conn.stream, &mut conn.out) {
+            info!("conn={} write error: {e}", conn.id);
+            conn.stage = Stage::Closed("write error");
+            self.marked_closed.push(key);
+            return;
+        }
+        if conn.is_finished() {
+            conn.stage = Stage::Closed("eof");
+            self.marked_closed.push(key);
+            return;
+        }
+        let wanted = conn.wanted_interest();
+        if wanted != conn.registered {
+            let token = Token(FIRST_CONN + key);
+            match self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, wanted)
+            {
+                Ok(()) => conn.registered = wanted,
+                Err(e) => {
+                    warn!("conn={} reregister failed: {e}", conn.id);
+                    conn.stage = Stage::Closed("reregister failed");
+                    self.marked_closed.push(key);
+                }
+            }
+        }
+    }
+
+    /// Delivers finished lookups to the connections that wait for them. The waker coalesces
+    /// wakes, so this drains the channel.
+    fn finish_lookups(&mut self) {
+        while let Some(done) = self.places.try_result() {
+            let LookupDone {
+                job,
+                outcome,
+                elapsed,
+            } = done;
+            let shaped = shape_reply(self.places_api, &job.at_line, job.query.bound, &outcome);
+            info!(
+                "places conn={} {} {} in {:.1} ms",
+                job.conn_id,
+                self.places_api.name(),
+                shaped.summary,
+                elapsed.as_secs_f64() * 1000.0
+            );
+            let Some(conn) = self
+                .conns
+                .get_mut(job.conn_key)
+                .filter(|c| c.id == job.conn_id)
+            else {
+                continue; // the client left; its reply has nowhere to go
+            };
+            conn.replies.fill(job.seq, shaped.bytes);
+            send_ready_replies(conn.id, &mut conn.out, &mut conn.replies, self.log_lines);
+            self.write_output(job.conn_key);
+        }
+    }
+
+    fn close_marked(&mut self) {
+        for key in std::mem::take(&mut self.marked_closed) {
+            let closed = matches!(self.conns.get(key), Some(c) if matches!(c.stage, Stage::Closed(_)));
+            if !closed {
+                continue; // already freed earlier in this pass
+            }
+            let mut conn = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            if let Stage::Closed(reason) = conn.stage {
+                info!("close conn={} ({reason})", conn.id);
+            }
+        }
+    }
+}
+
+/// Everything one client line may touch, borrowed from the loop for the length of one read.
+struct ClientSession<'a> {
+    key: usize,
+    conn_id: u64,
+    out: &'a mut OutBuffer,
+    replies: &'a mut ReplyQueue,
+    app: &'a mut App,
+    places: &'a PlacesPool,
+    places_api: PlacesApi,
+    log_lines: bool,
+    now: ClientTime,
+}
+
+impl ClientSession<'_> {
+    fn handle_line(&mut self, line: Line<'_>) {
+        let line = match line {
+            Line::Complete(line) => line,
+            Line::TooLong(cut) => {
+                warn!(
+                    "limit line-bytes conn={}: line of more than {} bytes",
+                    self.conn_id,
+                    cut.len()
+                );
+                self.deliver(protocol::format_invalid(cut));
+                return;
+            }
+        };
+        if self.log_lines {
+            info!("recv conn={} {}", self.conn_id, Escaped(line));
+        }
+        match self.app.handle_client_line(line, self.now) {
+            ClientOutcome::Silent => {}
+            ClientOutcome::Reply(reply) => self.deliver(reply),
+            ClientOutcome::Stored { reply, record: _ } => self.deliver(reply),
+            ClientOutcome::Lookup { at_line, query } => {
+                let seq = self.replies.reserve();
+                let job = LookupJob {
+                    conn_key: self.key,
+                    conn_id: self.conn_id,
+                    seq,
+                    at_line,
+                    query,
+                };
+                if let Err(job) = self.places.submit(job) {
+                    // Every worker is busy and the queue is full: answer at once.
+                    let outcome = PlacesOutcome::Failed(PlacesError::QueueFull);
+                    let shaped = shape_reply(self.places_api, &job.at_line, job.query.bound, &outcome);
+                    warn!(
+                        "places conn={} {} {}",
+                        self.conn_id,
+                        self.places_api.name(),
+                        shaped.summary
+                    );
+                    self.replies.fill(seq, shaped.bytes);
+                    send_ready_replies(self.conn_id, self.out, self.replies, self.log_lines);
+                }
+            }
+        }
+    }
+
+    /// Sends a ready reply now, or queues it behind replies still waiting on Places.
+    fn deliver(&mut self, reply: Vec<u8>) {
+        if self.replies.is_empty() {
+            send(self.conn_id, self.out, &reply, self.log_lines);
+        } else {
+            self.replies.push_ready(reply);
+        }
+    }
+}
+
+/// Moves every reply whose turn has come to the output buffer.
+fn send_ready_replies(conn_id: u64, out: &mut OutBuffer, replies: &mut ReplyQueue, log_lines: bool) {
+    while let Some(reply) = replies.pop_ready() {
+        send(conn_id, out, &reply, log_lines);
+    }
+}
+
+fn send(conn_id: u64, out: &mut OutBuffer, reply: &[u8], log_lines: bool) {
+    if log_lines {
+        let body = reply.strip_suffix(b"\n").unwrap_or(reply);
+        for line in body.split(|&b| b == b'\n') {
+            info!("send conn={conn_id} {}", Escaped(line));
+        }
+    }
+    out.push(reply);
+}
+
+/// The receive time of SPEC section 2, as exact seconds and nanoseconds.
+fn wall_clock() -> ClientTime {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    ClientTime {
+        secs: since_epoch.as_secs() as i64,
+        nanos: since_epoch.subsec_nanos(),
+    }
+}

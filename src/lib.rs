@@ -1,0 +1,20 @@
+//! herd: one server of a proxy herd (see ../shared/SPEC.md and README.md).
+//!
+//! Architecture: `main` turns arguments and the config into a [`event_loop::EventLoop`], a
+//! single-threaded `mio` loop that owns every socket. Protocol rules live in pure modules
+//! (`protocol`, `store`, `app`, `buffer`, `config`, `places::request`, `places::response`) that
+//! are tested without sockets; `net` is the only code that makes socket calls; Places calls run
+//! on the worker threads of `places::pool`, whose results wake the loop through a `mio::Waker`.
+
+pub mod app;
+pub mod buffer;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod event_loop;
+pub mod logging;
+pub mod net;
+pub mod places;
+pub mod protocol;
+pub mod store;
+pub mod supervisor;

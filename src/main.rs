@@ -1,0 +1,128 @@
+//! `herd`: arguments -> config -> logging -> event loop. Every error becomes one line on
+//! stderr; a bad config, an unknown server name or bad arguments exit with status 2 before any
+//! port is opened (SPEC section 1).
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+
+use log::{info, warn};
+use mio::net::UnixStream;
+
+use herd::cli::{self, Invocation};
+use herd::config::{self, Config};
+use herd::event_loop::{EventLoop, ServerSetup};
+use herd::logging::{self, Secret};
+use herd::{net, supervisor};
+
+/// Exit status for usage and config errors.
+const BAD_INPUT: u8 = 2;
+/// Exit status for failures at run time (a port in use, an unwritable log).
+const FAILED: u8 = 1;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let invocation = match cli::parse_args(args) {
+        Ok(invocation) => invocation,
+        Err(problem) => return fail(BAD_INPUT, &format!("herd: {problem}")),
+    };
+    match invocation {
+        Invocation::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Invocation::Version => {
+            println!("herd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Invocation::All { config, log_level } => match load_config(&config) {
+            Ok(parsed) => ExitCode::from(supervisor::run_all(&config, &parsed, log_level) as u8),
+            Err(problem) => fail(BAD_INPUT, &problem),
+        },
+        Invocation::Serve {
+            name,
+            config,
+            log_level,
+        } => {
+            let parsed = match load_config(&config) {
+                Ok(parsed) => parsed,
+                Err(problem) => return fail(BAD_INPUT, &problem),
+            };
+            if parsed.server(&name).is_none() {
+                let known: Vec<&str> = parsed.servers.iter().map(|s| s.name.as_str()).collect();
+                return fail(
+                    BAD_INPUT,
+                    &format!(
+                        "{}: no server named '{name}' (servers: {})",
+                        config.display(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            match serve(&name, parsed, log_level) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(problem) => fail(FAILED, &format!("herd {name}: {problem}")),
+            }
+        }
+    }
+}
+
+fn fail(code: u8, line: &str) -> ExitCode {
+    eprintln!("{line}");
+    ExitCode::from(code)
+}
+
+/// Reads and parses a config file; the error is `PATH:LINE: problem` or `PATH: problem`.
+fn load_config(path: &Path) -> Result<Config, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    config::parse_config(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+fn serve(name: &str, mut config: Config, log_level: Option<log::LevelFilter>) -> Result<(), String> {
+    if let Some(level) = log_level {
+        config.log.level = level;
+    }
+    let addr = config
+        .server(name)
+        .map(|s| s.addr)
+        .ok_or_else(|| format!("no server named '{name}'"))?;
+    let listener = net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let log_path = logging::init(&config.log.dir, name, config.log.level)
+        .map_err(|e| format!("cannot open log in {}: {e}", config.log.dir.display()))?;
+    let (signals, signal_writer) =
+        UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
+    let signal_writer = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(signal_writer));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let writer = signal_writer
+            .try_clone()
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+        signal_hook::low_level::pipe::register(signal, writer)
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let places_key = match std::env::var(&config.places.key_env) {
+        Ok(key) if !key.is_empty() => Some(Secret::new(key)),
+        _ => {
+            let message = format!(
+                "{} is not set: Places lookups go out without a key",
+                config.places.key_env
+            );
+            warn!("{message}");
+            eprintln!("{name}: {message}");
+            None
+        }
+    };
+    info!("listen {addr}");
+    eprintln!("{name}: listening on {addr}, log {}", log_path.display());
+    let mut event_loop = EventLoop::new(ServerSetup {
+        name: name.to_string(),
+        listener,
+        config,
+        places_key,
+        signals,
+    })
+    .map_err(|e| format!("cannot start: {e}"))?;
+    let result = event_loop.run().map_err(|e| format!("event loop failed: {e}"));
+    logging::flush();
+    result
+}

@@ -1,0 +1,88 @@
+//! The only code that makes socket calls: listen, accept, connect, read, write. Each call is
+//! nonblocking and its outcome is turned into a small enum the event loop matches on, with
+//! `EINTR` retried here so no caller has to.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream};
+
+use crate::buffer::OutBuffer;
+
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// Accepts one pending connection, if any. Replies are small and latency matters, so Nagle's
+/// algorithm is turned off on every accepted socket.
+pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    loop {
+        match listener.accept() {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(Some((stream, addr)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Starts a nonblocking connect; completion is reported as writability (see
+/// [`connect_finished`]).
+pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// After a writable event on a connecting socket: `Ok(true)` once connected, `Ok(false)` while
+/// still in progress, `Err` when the connect failed (as mio's `TcpStream::connect` documents).
+pub fn connect_finished(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(error) = stream.take_error()? {
+        return Err(error);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What one read came to.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    Data(usize),
+    /// Nothing more for now (mio is edge-triggered: wait for the next event).
+    WouldBlock,
+    /// The other side closed its sending half.
+    Eof,
+    Failed(io::Error),
+}
+
+pub fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
+    loop {
+        match stream.read(buf) {
+            Ok(0) => return ReadOutcome::Eof,
+            Ok(n) => return ReadOutcome::Data(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return ReadOutcome::Failed(e),
+        }
+    }
+}
+
+/// Writes as much of `out` as the socket takes now. `Err` means the connection is broken.
+pub fn write_pending(stream: &mut TcpStream, out: &mut OutBuffer) -> io::Result<()> {
+    while !out.is_empty() {
+        match stream.write(out.pending()) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => out.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The client table: the newest AT line known for every client, and the newest-wins rule of
+//! SPEC section 2 that decides whether an update replaces it.
+//!
+//! Pure. Records live in a `Vec` that only grows (a client is never forgotten), so an index is
+//! a stable cursor: a link resyncing a neighbour walks indices while updates keep arriving.
+
+use std::cmp::Ordering;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
+
+use crate::protocol::{AtLine, ClientTime};
+
+/// The index of a record; stable for the life of the table.
+pub type RecordIndex = usize;
+
+/// One client's newest location, as the AT line the taking server made.
+#[derive(Debug)]
+struct Record {
+    line: Box<[u8]>,
+    client_time: ClientTime,
+    client_start: u32,
+    client_len: u32,
+}
+
+impl Record {
+    fn client(&self) -> &[u8] {
+        let start = self.client_start as usize;
+        &self.line[start..start + self.client_len as usize]
+    }
+}
+
+/// What [`ClientTable::apply`] did with an update.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It is the client's newest record now (and should be flooded).
+    Stored(RecordIndex),
+    /// What was known is as new or newer; nothing changed.
+    Stale,
+}
+
+#[derive(Default)]
+pub struct ClientTable {
+    records: Vec<Record>,
+    /// Indices into `records`, hashed by client id: the id is stored once, inside the line.
+    index: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl ClientTable {
+    pub fn new() -> ClientTable {
+        ClientTable::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The AT line known for `client`.
+    pub fn line_of(&self, client: &[u8]) -> Option<&[u8]> {
+        self.find(client).map(|i| &*self.records[i].line)
+    }
+
+    /// The AT line at `index` (for walking the table in index order).
+    pub fn line_at(&self, index: RecordIndex) -> Option<&[u8]> {
+        self.records.get(index).map(|r| &*r.line)
+    }
+
+    fn find(&self, client: &[u8]) -> Option<RecordIndex> {
+        let hash = self.hasher.hash_one(client);
+        let records = &self.records;
+        self.index
+            .find(hash, |&i| records[i as usize].client() == client)
+            .map(|&i| i as usize)
+    }
+
+    /// Keeps `line` (a valid AT line, parsed as `at`) if it supersedes what is known.
+    pub fn apply(&mut self, line: &[u8], at: &AtLine<'_>) -> Applied {
+        let hash = self.hasher.hash_one(at.client);
+        let records = &self.records;
+        let found = self
+            .index
+            .find(hash, |&i| records[i as usize].client() == at.client)
+            .map(|&i| i as usize);
+        match found {
+            Some(i) => {
+                let current = &self.records[i];
+                // Fast path: the client time alone decides unless the times are equal.
+                let newer = match at.client_time.cmp(&current.client_time) {
+                    Ordering::Greater => true,
+                    Ordering::Less => false,
+                    Ordering::Equal => {
+                        let Some(known) = AtLine::parse(&current.line) else {
+                            return Applied::Stale;
+                        };
+                        at.precedence(line, &known, &current.line) == Ordering::Greater
+                    }
+                };
+                if !newer {
+                    return Applied::Stale;
+                }
+                self.records[i] = make_record(line, at);
+                Applied::Stored(i)
+            }
+            None => {
+                let i = self.records.len();
+                self.records.push(make_record(line, at));
+                let records = &self.records;
+                let hasher = &self.hasher;
+                self.index.insert_unique(hash, i as u32, |&j| {
+                    hasher.hash_one(records[j as usize].client())
+                });
+                Applied::Stored(i)
+            }
+        }
+    }
+}
+
+fn make_record(line: &[u8], at: &AtLine<'_>) -> Record {
+    // `at.client` borrows from `line`, so its offset locates the id inside the stored copy.
+    let client_start = at.client.as_ptr() as usize - line.as_ptr() as usize;
+    Record {
+        line: line.into(),
+        client_time: at.client_time,
+        client_start: client_start as u32,
+        client_len: at.client.len() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(table: &mut ClientTable, line: &str) -> Applied {
+        let at = AtLine::parse(line.as_bytes()).unwrap();
+        table.apply(line.as_bytes(), &at)
+    }
+
+    fn known(table: &ClientTable, client: &str) -> Option<String> {
+        table
+            .line_of(client.as_bytes())
+            .map(|l| String::from_utf8(l.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn first_update_is_stored() {
+        let mut t = ClientTable::new();
+        let line = "AT Campbell +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503";
+        assert_eq!(apply(&mut t, line), Applied::Stored(0));
+        assert_eq!(known(&t, "kiwi").as_deref(), Some(line));
+        assert_eq!(known(&t, "kiw"), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn newer_replaces_older_is_ignored() {
+        let mut t = ClientTable::new();
+        apply(&mut t, "AT A +0.000000000 c +1+1 100");
+        assert_eq!(apply(&mut t, "AT A +0.000000000 c +2+2 101"), Applied::Stored(0));
+        assert_eq!(apply(&mut t, "AT A +0.000000000 c +3+3 100.5"), Applied::Stale);
+        assert_eq!(known(&t, "c").unwrap(), "AT A +0.000000000 c +2+2 101");
+    }
+
+    #[test]
+    fn a_repeat_changes_nothing() {
+        let mut t = ClientTable::new();
+        let line = "AT A +1.000000000 c +1+1 100";
+        apply(&mut t, line);
+        assert_eq!(apply(&mut t, line), Applied::Stale);
+    }
+
+    #[test]
+    fn equal_times_converge_whatever_the_arrival_order() {
+        let contenders = [
+            "AT Bona +2.000000000 c +1+1 100",
+            "AT Alfa +1.000000000 c +9+9 100",
+            "AT Alfa +1.000000000 c +1+1 100",
+            "AT Clark +1.000000000 c +1+1 100",
+        ];
+        let winner = "AT Alfa +1.000000000 c +1+1 100";
+        for rotation in 0..contenders.len() {
+            let mut t = ClientTable::new();
+            for i in 0..contenders.len() {
+                apply(&mut t, contenders[(rotation + i) % contenders.len()]);
+            }
+            assert_eq!(known(&t, "c").unwrap(), winner);
+        }
+    }
+
+    #[test]
+    fn indices_are_stable_while_clients_are_added_and_updated() {
+        let mut t = ClientTable::new();
+        for n in 0..1000 {
+            apply(&mut t, &format!("AT A +0.000000000 client{n} +1+1 1"));
+        }
+        assert_eq!(apply(&mut t, "AT A +0.000000000 client7 +1+1 2"), Applied::Stored(7));
+        assert_eq!(t.line_at(7).unwrap(), b"AT A +0.000000000 client7 +1+1 2");
+        assert_eq!(t.line_at(1000), None);
+        for n in 0..1000 {
+            assert!(known(&t, &format!("client{n}")).is_some());
+        }
+    }
+
+    #[test]
+    fn client_ids_are_bytes() {
+        let mut t = ClientTable::new();
+        let line = b"AT A +0.000000000 \xff\xc2\xa0 +1+1 1";
+        let at = AtLine::parse(line).unwrap();
+        assert_eq!(t.apply(line, &at), Applied::Stored(0));
+        assert!(t.line_of(b"\xff\xc2\xa0").is_some());
+    }
+}

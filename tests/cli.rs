@@ -1,0 +1,140 @@
+//! The command line (SPEC section 1, README "On a fresh machine"): `--help`, `--version`,
+//! `herd NAME CONFIG` with an unknown name, and `herd --all CONFIG`.
+
+mod common;
+
+use common::{port_accepts, run_herd, Client, Server, TestDir, KEY_ENV};
+use std::net::TcpListener;
+use std::time::Duration;
+
+#[test]
+fn help_prints_usage_on_stdout_and_exits_0() {
+    let dir = TestDir::new();
+    let run = run_herd(&["--help"], dir.path());
+    assert_eq!(run.status.code(), Some(0), "stderr: {}", run.stderr);
+    assert!(run.stdout.contains("herd"), "usage names the program: {:?}", run.stdout);
+    assert!(
+        run.stdout.to_lowercase().contains("config"),
+        "usage mentions the CONFIG argument: {:?}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("--all"), "usage mentions --all: {:?}", run.stdout);
+}
+
+#[test]
+fn version_prints_the_package_version_and_exits_0() {
+    let dir = TestDir::new();
+    let run = run_herd(&["--version"], dir.path());
+    assert_eq!(run.status.code(), Some(0), "stderr: {}", run.stderr);
+    assert!(
+        run.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "--version prints {}: {:?}",
+        env!("CARGO_PKG_VERSION"),
+        run.stdout
+    );
+}
+
+#[test]
+fn no_arguments_is_a_usage_error() {
+    let dir = TestDir::new();
+    let run = run_herd(&[], dir.path());
+    assert_eq!(run.status.code(), Some(2), "stdout {:?} stderr {:?}", run.stdout, run.stderr);
+    assert!(!run.stderr.trim().is_empty(), "says what is wrong on stderr");
+}
+
+#[test]
+fn unknown_server_name_exits_2_with_one_line_naming_config_and_name() {
+    let dir = TestDir::new();
+    let port = common::free_port();
+    dir.write(
+        "herd.conf",
+        &format!("server Alpha 127.0.0.1:{port}\nlog dir {}\n", dir.path().display()),
+    );
+    let run = run_herd(&["Nobody", "herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
+    assert!(lines[0].contains("herd.conf"), "names the config file: {:?}", lines[0]);
+    assert!(lines[0].contains("Nobody"), "names the unknown server: {:?}", lines[0]);
+    assert!(!port_accepts(port), "no port opened");
+}
+
+#[test]
+fn missing_config_file_exits_2_naming_the_file() {
+    let dir = TestDir::new();
+    let run = run_herd(&["Alpha", "no-such-herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
+    assert!(lines[0].contains("no-such-herd.conf"), "names the file: {:?}", lines[0]);
+}
+
+fn two_server_config(dir: &TestDir, alpha: u16, beta: u16) -> String {
+    format!(
+        "server Alpha 127.0.0.1:{alpha}\nserver Beta 127.0.0.1:{beta}\n\
+         places url http://127.0.0.1:{}/v1/places:searchNearby\n\
+         places key-env {KEY_ENV}\nlog dir {}\n",
+        common::free_port(),
+        dir.path().display()
+    )
+}
+
+#[test]
+fn all_runs_every_server_and_sigterm_stops_them_all() {
+    let dir = TestDir::new();
+    let (alpha, beta) = (common::free_port(), common::free_port());
+    let config = two_server_config(&dir, alpha, beta);
+    let mut supervisor = Server::start_all(dir, &config, vec![alpha, beta]);
+
+    let time = common::time_from_now(0);
+    let reply = Client::connect(alpha).iamat("c1", "+1+2", &time);
+    assert!(reply.starts_with("AT Alpha "), "Alpha answers as Alpha: {reply:?}");
+    let reply = Client::connect(beta).iamat("c1", "+1+2", &time);
+    assert!(reply.starts_with("AT Beta "), "Beta answers as Beta: {reply:?}");
+
+    supervisor.terminate();
+    assert!(
+        supervisor.wait_exit(Duration::from_secs(10)).is_some(),
+        "the supervisor exits after SIGTERM"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !port_accepts(alpha)
+            && !port_accepts(beta)),
+        "both servers stop listening after SIGTERM to the supervisor (alpha open: {}, beta open: {})",
+        port_accepts(alpha),
+        port_accepts(beta)
+    );
+}
+
+#[test]
+fn all_prefixes_each_servers_stderr_with_its_name() {
+    let dir = TestDir::new();
+    // Beta's port is taken, so Beta has to say so on stderr.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let beta = taken.local_addr().expect("addr").port();
+    let alpha = common::free_port();
+    let config = two_server_config(&dir, alpha, beta);
+    let supervisor = Server::start_all(dir, &config, vec![]);
+    let stderr = supervisor.wait_for_stderr(&beta.to_string(), Duration::from_secs(10));
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(&beta.to_string()))
+        .expect("a line naming the port");
+    assert!(
+        line.trim_start_matches('[').starts_with("Beta"),
+        "Beta's error line is prefixed with its name: {line:?} (all stderr: {stderr:?})"
+    );
+    drop(taken);
+}
+
+#[test]
+fn sigterm_stops_a_single_server() {
+    let mut server = Server::builder("Alpha").start();
+    let port = server.port;
+    server.terminate();
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "the server exits after SIGTERM"
+    );
+    assert!(!port_accepts(port), "its port is closed");
+}

@@ -1,0 +1,438 @@
+//! A fake Google Places HTTP server for the integration tests and the load bench: std only, no
+//! `use` of any other test module, so the bench can include this file with `#[path]`.
+//!
+//! It binds `127.0.0.1:0`, answers every connection on its own thread with `Connection: close`,
+//! and closes after one response. It understands just enough HTTP/1.1 for one request per
+//! connection: headers up to `\r\n\r\n`, a body given by `Content-Length` or chunked.
+//!
+//! Public API:
+//!
+//! ```text
+//! FakePlaces::start() -> FakePlaces        serve until dropped (threads stop on drop)
+//! fake.port() -> u16
+//! fake.new_api_url() -> String             http://127.0.0.1:PORT/v1/places:searchNearby
+//! fake.legacy_url() -> String              http://127.0.0.1:PORT/maps/api/place/nearbysearch/json
+//! fake.set_reply(Reply)                    what to answer from now on (default Reply::Places)
+//! fake.set_delay(Duration)                 wait this long before answering (default none)
+//! fake.set_delay_for_count(n, Duration)    new API only: this delay when maxResultCount == n
+//! fake.set_legacy_results(n)               how many legacy results (default 20)
+//! fake.request_count() -> usize            requests read completely so far
+//! fake.answered_count() -> usize           requests answered (or closed, for Reply::Close)
+//! fake.requests() -> Vec<Request>          every request so far, in arrival order
+//! fake.wait_for_requests(n, timeout) -> bool
+//! Request { method, target, headers, body }, request.path(), .query_param(name),
+//!          .header(name) (names lower-cased), .body_text()
+//! ```
+//!
+//! Like Google: a `POST` (new API, any path) gets `{"places": [...]}` with `maxResultCount`
+//! places (`{}` for Reply::NoPlaces); a `GET` (legacy) gets `{"html_attributions": [],
+//! "results": [...20...], "status": "OK"}` (`ZERO_RESULTS` for Reply::NoPlaces), always more
+//! results than asked for, since the server must keep only the first `bound`. Place objects keep
+//! their keys in a deliberately non-alphabetical order (`name`, `id`, `formattedAddress`, ...;
+//! legacy: `name`, `place_id`, `geometry`, ...) and the JSON is pretty-printed with blank lines
+//! between places and trailing newlines, so tests can see both key order and newline squeezing.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// What the fake answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Made-up places: `maxResultCount` of them (new API) or `legacy_results` (legacy).
+    Places,
+    /// Nothing found: `{}` (new API) or `"status": "ZERO_RESULTS"` (legacy).
+    NoPlaces,
+    /// This HTTP status with this body (sent as `application/json`).
+    Status { code: u16, body: String },
+    /// `200 OK` with an HTML body: not JSON.
+    NotJson,
+    /// Read the request, then close the connection without a byte of answer.
+    Close,
+}
+
+impl Reply {
+    /// Google's error shape: `{"error": {"code": .., "message": .., "status": ..}}`.
+    pub fn google_error(code: u16, status: &str, message: &str) -> Reply {
+        Reply::Status {
+            code,
+            body: google_error_body(code, status, message),
+        }
+    }
+}
+
+/// The body Google sends with an error status.
+pub fn google_error_body(code: u16, status: &str, message: &str) -> String {
+    format!(
+        "{{\n  \"error\": {{\n    \"code\": {code},\n    \"message\": \"{message}\",\n    \"status\": \"{status}\"\n  }}\n}}\n"
+    )
+}
+
+/// One request as the fake read it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// Path with query, as on the request line.
+    pub target: String,
+    /// Header names lower-cased, values trimmed, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The raw (still percent-encoded) value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.target.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| value.to_string())
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+struct Behaviour {
+    reply: Reply,
+    delay: Duration,
+    delay_for_count: Vec<(usize, Duration)>,
+    legacy_results: usize,
+}
+
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    requests: Mutex<Vec<Request>>,
+    request_count: AtomicUsize,
+    answered_count: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// The running fake; dropping it stops the accept thread and cuts short any pending delay.
+pub struct FakePlaces {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// Connections that send nothing are given up after this long, so no thread lingers.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+impl FakePlaces {
+    pub fn start() -> FakePlaces {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("fake places: bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("fake places: local_addr").port();
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(Behaviour {
+                reply: Reply::Places,
+                delay: Duration::ZERO,
+                delay_for_count: Vec::new(),
+                legacy_results: 20,
+            }),
+            requests: Mutex::new(Vec::new()),
+            request_count: AtomicUsize::new(0),
+            answered_count: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let acceptor = thread::Builder::new()
+            .name("fake-places-accept".into())
+            .spawn(move || accept_loop(listener, accept_shared))
+            .expect("fake places: spawn accept thread");
+        FakePlaces {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn new_api_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/places:searchNearby", self.port)
+    }
+
+    pub fn legacy_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/maps/api/place/nearbysearch/json",
+            self.port
+        )
+    }
+
+    pub fn set_reply(&self, reply: Reply) {
+        self.behaviour().reply = reply;
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.behaviour().delay = delay;
+    }
+
+    pub fn set_delay_for_count(&self, count: usize, delay: Duration) {
+        let mut behaviour = self.behaviour();
+        behaviour.delay_for_count.retain(|(n, _)| *n != count);
+        behaviour.delay_for_count.push((count, delay));
+    }
+
+    pub fn set_legacy_results(&self, count: usize) {
+        self.behaviour().legacy_results = count;
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.shared.request_count.load(Ordering::SeqCst)
+    }
+
+    pub fn answered_count(&self) -> usize {
+        self.shared.answered_count.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Polls until at least `count` requests have been read; false if `timeout` passes first.
+    pub fn wait_for_requests(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.request_count() >= count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {
+        lock(&self.shared.behaviour)
+    }
+}
+
+impl Drop for FakePlaces {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(500),
+        );
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// A poisoned lock only means another test thread panicked; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let conn_shared = Arc::clone(&shared);
+        // Detached: a connection thread ends by itself (read timeout, delay cut by `stop`).
+        let _ = thread::Builder::new()
+            .name("fake-places-conn".into())
+            .spawn(move || serve_connection(stream, &conn_shared));
+    }
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(clone) => clone,
+        Err(_) => return,
+    });
+    let Some(request) = read_request(&mut reader) else {
+        return;
+    };
+    let (reply, delay, legacy_results) = {
+        let behaviour = lock(&shared.behaviour);
+        let mut delay = behaviour.delay;
+        if request.method == "POST" {
+            let count = max_result_count(&request.body_text());
+            if let Some((_, d)) = behaviour
+                .delay_for_count
+                .iter()
+                .find(|(n, _)| Some(*n) == count)
+            {
+                delay = *d;
+            }
+        }
+        (behaviour.reply.clone(), delay, behaviour.legacy_results)
+    };
+    let new_api = request.method == "POST";
+    let result_count = max_result_count(&request.body_text()).unwrap_or(20);
+    lock(&shared.requests).push(request);
+    shared.request_count.fetch_add(1, Ordering::SeqCst);
+
+    let deadline = Instant::now() + delay;
+    while Instant::now() < deadline {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10).min(deadline - Instant::now()));
+    }
+
+    let mut stream = stream;
+    match reply {
+        Reply::Close => {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Reply::Places if new_api => respond(&mut stream, 200, "application/json", &new_places(result_count)),
+        Reply::Places => respond(&mut stream, 200, "application/json", &legacy_places(legacy_results)),
+        Reply::NoPlaces if new_api => respond(&mut stream, 200, "application/json", "{}\n"),
+        Reply::NoPlaces => respond(
+            &mut stream,
+            200,
+            "application/json",
+            "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}\n",
+        ),
+        Reply::Status { code, body } => respond(&mut stream, code, "application/json", &body),
+        Reply::NotJson => respond(
+            &mut stream,
+            200,
+            "text/html",
+            "<html><body><h1>Bad Gateway</h1>\n<p>not JSON</p></body></html>\n",
+        ),
+    }
+    shared.answered_count.fetch_add(1, Ordering::SeqCst);
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let before = head.len();
+        reader
+            .by_ref()
+            .take((MAX_HEAD_BYTES - before) as u64)
+            .read_until(b'\n', &mut head)
+            .ok()?;
+        if head.len() == before || head.len() >= MAX_HEAD_BYTES {
+            return None;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_string();
+    let target = request_line.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line).ok()?;
+            let size_text = size_line.trim().split(';').next()?;
+            let size = usize::from_str_radix(size_text, 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = header("content-length") {
+        let length: usize = length.parse().ok()?;
+        body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+    }
+    Some(Request {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &str) {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    };
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}; charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// `maxResultCount` from a new-API request body, read without a JSON parser.
+fn max_result_count(body: &str) -> Option<usize> {
+    let after = &body[body.find("\"maxResultCount\"")? + "\"maxResultCount\"".len()..];
+    let after = after.trim_start().strip_prefix(':')?.trim_start();
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// `{"places": [...]}` with `count` places, pretty-printed with a blank line between places.
+pub fn new_places(count: usize) -> String {
+    let places: Vec<String> = (1..=count)
+        .map(|i| {
+            format!(
+                "    {{\n      \"name\": \"places/FAKE{i:04}\",\n      \"id\": \"FAKE{i:04}\",\n      \"formattedAddress\": \"{i} Fake Street, Testville\",\n      \"location\": {{\n        \"latitude\": 34.{i:04},\n        \"longitude\": -118.{i:04}\n      }},\n      \"displayName\": {{\n        \"text\": \"Café {i}\",\n        \"languageCode\": \"en\"\n      }},\n      \"businessStatus\": \"OPERATIONAL\"\n    }}"
+            )
+        })
+        .collect();
+    format!(
+        "{{\n  \"places\": [\n{}\n  ]\n}}\n\n\n",
+        places.join(",\n\n\n")
+    )
+}
+
+/// Legacy `nearbysearch/json` body with `count` results, in Google's old three-space style.
+pub fn legacy_places(count: usize) -> String {
+    let results: Vec<String> = (1..=count)
+        .map(|i| {
+            format!(
+                "      {{\n         \"name\" : \"Café {i}\",\n         \"place_id\" : \"FAKE{i:04}\",\n         \"geometry\" : {{\n            \"location\" : {{\n               \"lat\" : 34.{i:04},\n               \"lng\" : -118.{i:04}\n            }}\n         }},\n         \"vicinity\" : \"{i} Fake Street, Testville\",\n         \"business_status\" : \"OPERATIONAL\"\n      }}"
+            )
+        })
+        .collect();
+    format!(
+        "{{\n   \"html_attributions\" : [],\n\n   \"results\" : [\n{}\n   ],\n   \"status\" : \"OK\"\n}}\n\n",
+        results.join(",\n\n")
+    )
+}

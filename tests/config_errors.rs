@@ -1,0 +1,152 @@
+//! Bad configs (SPEC sections 1 and 4, README "Config reference"): one stderr line
+//! `FILE:LINE: problem` naming the right line, exit status 2, no port opened.
+
+mod common;
+
+use common::{port_accepts, run_herd, Client, Server, TestDir};
+
+/// Writes `body` (with `{PORT}` replaced by a free port) as `herd.conf`, runs
+/// `herd Alpha herd.conf`, and checks the one error line names `herd.conf:LINE:` and contains
+/// every word of `mentions`.
+fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
+    let dir = TestDir::new();
+    let port = common::free_port();
+    dir.write("herd.conf", &body.replace("{PORT}", &port.to_string()));
+    let run = run_herd(&["Alpha", "herd.conf"], dir.path());
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "exit status 2 for config:\n{body}\nstderr: {:?}",
+        run.stderr
+    );
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "exactly one stderr line for config:\n{body}\ngot {:?}", run.stderr);
+    let expected = format!("herd.conf:{line}:");
+    assert!(
+        lines[0].contains(&expected),
+        "error names {expected:?}: {:?} (config:\n{body})",
+        lines[0]
+    );
+    for word in mentions {
+        assert!(lines[0].contains(word), "error mentions {word:?}: {:?}", lines[0]);
+    }
+    assert!(!port_accepts(port), "no port opened");
+}
+
+#[test]
+fn unknown_directive_names_its_line() {
+    expect_config_error(
+        "# herd\nserver Alpha 127.0.0.1:{PORT}\n\nlnk Alpha Beta\n",
+        4,
+        &["lnk"],
+    );
+}
+
+#[test]
+fn server_line_without_address_is_malformed() {
+    expect_config_error("server Alpha 127.0.0.1:{PORT}\nserver Beta\n", 2, &[]);
+}
+
+#[test]
+fn server_line_with_bad_address_is_malformed() {
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nserver Beta not-an-address\n",
+        2,
+        &[],
+    );
+}
+
+#[test]
+fn server_line_with_extra_field_is_malformed() {
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nserver Beta 127.0.0.1:1 extra\n",
+        2,
+        &[],
+    );
+}
+
+#[test]
+fn link_to_unknown_server_names_the_server() {
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\n# a comment\n   \nlink Alpha Nowhere\n",
+        4,
+        &["Nowhere"],
+    );
+}
+
+#[test]
+fn duplicate_server_names_the_second_line() {
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nserver Beta 127.0.0.1:1\nserver Alpha 127.0.0.1:2\n",
+        3,
+        &["Alpha"],
+    );
+}
+
+#[test]
+fn bad_number_names_its_line() {
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nplaces workers many\n",
+        2,
+        &["many"],
+    );
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nlimit line-bytes -5\n",
+        2,
+        &[],
+    );
+}
+
+#[test]
+fn bad_keyword_values_name_their_line() {
+    expect_config_error("server Alpha 127.0.0.1:{PORT}\nplaces api sideways\n", 2, &[]);
+    expect_config_error("server Alpha 127.0.0.1:{PORT}\nlog lines maybe\n", 2, &[]);
+    expect_config_error("server Alpha 127.0.0.1:{PORT}\nplaces frobnicate 3\n", 2, &[]);
+}
+
+#[test]
+fn error_after_comments_and_blank_lines_counts_every_line() {
+    expect_config_error(
+        "# first\n\n   # indented comment\nserver Alpha 127.0.0.1:{PORT}   # trailing comment\n\n\nlog lines sometimes\n",
+        7,
+        &[],
+    );
+}
+
+#[test]
+fn all_with_a_bad_config_exits_2_too() {
+    let dir = TestDir::new();
+    let port = common::free_port();
+    dir.write("herd.conf", &format!("server Alpha 127.0.0.1:{port}\nlnk Alpha Beta\n"));
+    let run = run_herd(&["--all", "herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "one stderr line: {:?}", run.stderr);
+    assert!(lines[0].contains("herd.conf:2:"), "names the line: {:?}", lines[0]);
+    assert!(!port_accepts(port), "no port opened");
+}
+
+#[test]
+fn comments_blank_lines_and_every_documented_directive_are_accepted() {
+    let fake = common::fake_places::FakePlaces::start();
+    let server = Server::builder("Alpha")
+        .places(&fake)
+        .line("   # an indented comment")
+        .line("")
+        .line("server Beta 127.0.0.1:1   # another server, never started, no link")
+        .line("places field-mask places.displayName,places.id")
+        .line("places workers 2")
+        .line("places timeout-ms 4000")
+        .line("places queue 10")
+        .line("log lines on")
+        .line("log level info")
+        .line("limit line-bytes 1000")
+        .line("limit output-bytes 100000")
+        .line("limit connections 100")
+        .line("peer backoff-min-ms 50")
+        .line("peer backoff-max-ms 1000")
+        .line("peer queue-bytes 100000")
+        .start();
+    let reply = server.client().iamat("c1", "+1+2", "100");
+    assert!(reply.starts_with("AT Alpha "), "{reply:?}");
+}
