@@ -18,7 +18,10 @@ pub enum ClientOutcome {
     /// An IAMAT that updated the table: reply, and flood the record to the neighbours.
     Stored { reply: Vec<u8>, record: RecordIndex },
     /// A WHATSAT for a known client: ask Places; the reply starts with `at_line`.
-    Lookup { at_line: Box<[u8]>, query: PlacesQuery },
+    Lookup {
+        at_line: Box<[u8]>,
+        query: PlacesQuery,
+    },
 }
 
 /// The state one server keeps about the world: its name and what it knows of every client.
@@ -200,6 +203,9 @@ mod tests {
     #[test]
     fn blank_lines_are_silent() {
         let mut app = App::new("Clark");
-        assert_eq!(app.handle_client_line(b" \t ", at(3, 0)), ClientOutcome::Silent);
+        assert_eq!(
+            app.handle_client_line(b" \t ", at(3, 0)),
+            ClientOutcome::Silent
+        );
     }
 }

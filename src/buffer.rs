@@ -193,7 +193,10 @@ mod tests {
 
     #[test]
     fn keeps_an_unfinished_line_until_its_newline() {
-        assert_eq!(lines(100, &[b"IAM", b"AT x", b"\r", b"\nnext"]), ["ok:IAMAT x"]);
+        assert_eq!(
+            lines(100, &[b"IAM", b"AT x", b"\r", b"\nnext"]),
+            ["ok:IAMAT x"]
+        );
     }
 
     #[test]

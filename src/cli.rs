@@ -66,7 +66,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
             config: PathBuf::from(config),
             log_level,
         }),
-        (None, _) => Err("expected NAME and CONFIG, e.g. 'herd Campbell herd.conf' (see herd --help)".into()),
+        (None, _) => {
+            Err("expected NAME and CONFIG, e.g. 'herd Campbell herd.conf' (see herd --help)".into())
+        }
     }
 }
 

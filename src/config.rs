@@ -205,7 +205,10 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
                 .parse()
                 .map_err(|_| format!("bad address '{addr}' for server '{name}' (want IP:PORT)"))?;
             if let Some(other) = config.servers.iter().find(|s| s.addr == addr) {
-                return Err(format!("address {addr} is already used by server '{}'", other.name));
+                return Err(format!(
+                    "address {addr} is already used by server '{}'",
+                    other.name
+                ));
             }
             config.servers.push(ServerEntry {
                 name: name.to_string(),
@@ -254,12 +257,18 @@ fn apply_places(places: &mut PlacesSettings, setting: &str, value: &str) -> Resu
             places.api = match value {
                 "new" => PlacesApi::New,
                 "legacy" => PlacesApi::Legacy,
-                _ => return Err(format!("places api must be 'new' or 'legacy', not '{value}'")),
+                _ => {
+                    return Err(format!(
+                        "places api must be 'new' or 'legacy', not '{value}'"
+                    ))
+                }
             }
         }
         "url" => {
             if !(value.starts_with("http://") || value.starts_with("https://")) {
-                return Err(format!("places url must start with http:// or https://, not '{value}'"));
+                return Err(format!(
+                    "places url must start with http:// or https://, not '{value}'"
+                ));
             }
             places.url = Some(value.to_string());
         }

@@ -323,7 +323,8 @@ impl EventLoop {
 
     fn close_marked(&mut self) {
         for key in std::mem::take(&mut self.marked_closed) {
-            let closed = matches!(self.conns.get(key), Some(c) if matches!(c.stage, Stage::Closed(_)));
+            let closed =
+                matches!(self.conns.get(key), Some(c) if matches!(c.stage, Stage::Closed(_)));
             if !closed {
                 continue; // already freed earlier in this pass
             }
@@ -382,7 +383,8 @@ impl ClientSession<'_> {
                 if let Err(job) = self.places.submit(job) {
                     // Every worker is busy and the queue is full: answer at once.
                     let outcome = PlacesOutcome::Failed(PlacesError::QueueFull);
-                    let shaped = shape_reply(self.places_api, &job.at_line, job.query.bound, &outcome);
+                    let shaped =
+                        shape_reply(self.places_api, &job.at_line, job.query.bound, &outcome);
                     warn!(
                         "places conn={} {} {}",
                         self.conn_id,
@@ -407,7 +409,12 @@ impl ClientSession<'_> {
 }
 
 /// Moves every reply whose turn has come to the output buffer.
-fn send_ready_replies(conn_id: u64, out: &mut OutBuffer, replies: &mut ReplyQueue, log_lines: bool) {
+fn send_ready_replies(
+    conn_id: u64,
+    out: &mut OutBuffer,
+    replies: &mut ReplyQueue,
+    log_lines: bool,
+) {
     while let Some(reply) = replies.pop_ready() {
         send(conn_id, out, &reply, log_lines);
     }

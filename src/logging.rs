@@ -96,7 +96,10 @@ mod tests {
 
     #[test]
     fn plain_text_is_unchanged() {
-        assert_eq!(Escaped(b"AT Campbell +0.1 kiwi").to_string(), "AT Campbell +0.1 kiwi");
+        assert_eq!(
+            Escaped(b"AT Campbell +0.1 kiwi").to_string(),
+            "AT Campbell +0.1 kiwi"
+        );
         assert_eq!(Escaped(b"").to_string(), "");
     }
 

@@ -79,7 +79,11 @@ fn load_config(path: &Path) -> Result<Config, String> {
     config::parse_config(&text).map_err(|e| format!("{}:{e}", path.display()))
 }
 
-fn serve(name: &str, mut config: Config, log_level: Option<log::LevelFilter>) -> Result<(), String> {
+fn serve(
+    name: &str,
+    mut config: Config,
+    log_level: Option<log::LevelFilter>,
+) -> Result<(), String> {
     if let Some(level) = log_level {
         config.log.level = level;
     }
@@ -92,7 +96,8 @@ fn serve(name: &str, mut config: Config, log_level: Option<log::LevelFilter>) ->
         .map_err(|e| format!("cannot open log in {}: {e}", config.log.dir.display()))?;
     let (signals, signal_writer) =
         UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
-    let signal_writer = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(signal_writer));
+    let signal_writer =
+        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(signal_writer));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         let writer = signal_writer
             .try_clone()
@@ -122,7 +127,9 @@ fn serve(name: &str, mut config: Config, log_level: Option<log::LevelFilter>) ->
         signals,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
-    let result = event_loop.run().map_err(|e| format!("event loop failed: {e}"));
+    let result = event_loop
+        .run()
+        .map_err(|e| format!("event loop failed: {e}"));
     logging::flush();
     result
 }

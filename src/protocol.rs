@@ -115,7 +115,10 @@ pub struct Location {
 impl Location {
     /// Two signed decimals, latitude then longitude, each within its range (checked exactly).
     pub fn parse(field: &[u8]) -> Option<Location> {
-        let split = 1 + field.get(1..)?.iter().position(|&b| b == b'+' || b == b'-')?;
+        let split = 1 + field
+            .get(1..)?
+            .iter()
+            .position(|&b| b == b'+' || b == b'-')?;
         let latitude = parse_signed_degrees(&field[..split], 90)?;
         let longitude = parse_signed_degrees(&field[split..], 180)?;
         Some(Location {
@@ -361,10 +364,7 @@ mod tests {
     fn fields_split_on_the_six_separators_only() {
         let line = b" a\tb\x0bc\x0cd\re\n f\xc2\xa0g  ";
         let got: Vec<&[u8]> = fields(line).collect();
-        assert_eq!(
-            got,
-            vec![&b"a"[..], b"b", b"c", b"d", b"e", b"f\xc2\xa0g"]
-        );
+        assert_eq!(got, vec![&b"a"[..], b"b", b"c", b"d", b"e", b"f\xc2\xa0g"]);
     }
 
     #[test]
@@ -406,13 +406,42 @@ mod tests {
     #[test]
     fn client_time_forms() {
         let t = |s: &str| ClientTime::parse(s.as_bytes());
-        assert_eq!(t("1621464827"), Some(ClientTime { secs: 1621464827, nanos: 0 }));
-        assert_eq!(t("0.5"), Some(ClientTime { secs: 0, nanos: 500_000_000 }));
+        assert_eq!(
+            t("1621464827"),
+            Some(ClientTime {
+                secs: 1621464827,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            t("0.5"),
+            Some(ClientTime {
+                secs: 0,
+                nanos: 500_000_000
+            })
+        );
         assert_eq!(t("1.000000001"), Some(ClientTime { secs: 1, nanos: 1 }));
-        assert_eq!(t("1.999999999"), Some(ClientTime { secs: 1, nanos: 999_999_999 }));
+        assert_eq!(
+            t("1.999999999"),
+            Some(ClientTime {
+                secs: 1,
+                nanos: 999_999_999
+            })
+        );
         for bad in [
-            "1.0000000001", "-5", "+5", "1e9", "nan", "inf", "1.", ".5", "", "1..2", "1.2.3",
-            "99999999999999999999", "１",
+            "1.0000000001",
+            "-5",
+            "+5",
+            "1e9",
+            "nan",
+            "inf",
+            "1.",
+            ".5",
+            "",
+            "1..2",
+            "1.2.3",
+            "99999999999999999999",
+            "１",
         ] {
             assert_eq!(t(bad), None, "{bad}");
         }
@@ -422,15 +451,36 @@ mod tests {
     fn location_ranges_are_exact() {
         let ok = |s: &str| Location::parse(s.as_bytes()).is_some();
         for good in [
-            "+34.068930-118.445127", "+34-118", "+90-180", "-90+180", "+90.000-180.0000",
-            "-0+0", "+00090.0-0180", "+0.5-0.25",
+            "+34.068930-118.445127",
+            "+34-118",
+            "+90-180",
+            "-90+180",
+            "+90.000-180.0000",
+            "-0+0",
+            "+00090.0-0180",
+            "+0.5-0.25",
         ] {
             assert!(ok(good), "{good}");
         }
         for bad in [
-            "+90.0001-118", "-90.0000001+0", "+34-180.1", "+34+181", "34-118", "+34", "+34-",
-            "+34.-118", "+.5-118", "+34-118/", "+34-118+10", "+34 -118", "", "+", "++34-118",
-            "+34-118.", "+100-0", "+34.5e1-118",
+            "+90.0001-118",
+            "-90.0000001+0",
+            "+34-180.1",
+            "+34+181",
+            "34-118",
+            "+34",
+            "+34-",
+            "+34.-118",
+            "+.5-118",
+            "+34-118/",
+            "+34-118+10",
+            "+34 -118",
+            "",
+            "+",
+            "++34-118",
+            "+34-118.",
+            "+100-0",
+            "+34.5e1-118",
         ] {
             assert!(!ok(bad), "{bad}");
         }
@@ -447,7 +497,9 @@ mod tests {
         for good in ["50", "50.000", "0.001", "1.5", "0010"] {
             assert!(!invalid(&format!("WHATSAT kiwi {good} 20")), "{good}");
         }
-        for bad in ["0", "0.0", "50.001", "51", "-1", "abc", "1e1", ".5", "5.", "+5"] {
+        for bad in [
+            "0", "0.0", "50.001", "51", "-1", "abc", "1e1", ".5", "5.", "+5",
+        ] {
             assert!(invalid(&format!("WHATSAT kiwi {bad} 5")), "{bad}");
         }
         for bad in ["0", "21", "1.5", "-1", "+1", "99999999999999999999999"] {

@@ -160,8 +160,14 @@ mod tests {
     fn newer_replaces_older_is_ignored() {
         let mut t = ClientTable::new();
         apply(&mut t, "AT A +0.000000000 c +1+1 100");
-        assert_eq!(apply(&mut t, "AT A +0.000000000 c +2+2 101"), Applied::Stored(0));
-        assert_eq!(apply(&mut t, "AT A +0.000000000 c +3+3 100.5"), Applied::Stale);
+        assert_eq!(
+            apply(&mut t, "AT A +0.000000000 c +2+2 101"),
+            Applied::Stored(0)
+        );
+        assert_eq!(
+            apply(&mut t, "AT A +0.000000000 c +3+3 100.5"),
+            Applied::Stale
+        );
         assert_eq!(known(&t, "c").unwrap(), "AT A +0.000000000 c +2+2 101");
     }
 
@@ -197,7 +203,10 @@ mod tests {
         for n in 0..1000 {
             apply(&mut t, &format!("AT A +0.000000000 client{n} +1+1 1"));
         }
-        assert_eq!(apply(&mut t, "AT A +0.000000000 client7 +1+1 2"), Applied::Stored(7));
+        assert_eq!(
+            apply(&mut t, "AT A +0.000000000 client7 +1+1 2"),
+            Applied::Stored(7)
+        );
         assert_eq!(t.line_at(7).unwrap(), b"AT A +0.000000000 client7 +1+1 2");
         assert_eq!(t.line_at(1000), None);
         for n in 0..1000 {

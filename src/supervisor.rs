@@ -51,7 +51,9 @@ pub fn run_all(config_path: &Path, config: &Config, log_level: Option<LevelFilte
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(level) = log_level {
-            command.arg("--log-level").arg(level.as_str().to_lowercase());
+            command
+                .arg("--log-level")
+                .arg(level.as_str().to_lowercase());
         }
         match command.spawn() {
             Ok(mut child) => {
@@ -123,6 +125,10 @@ fn stop_all(members: &mut [Member]) {
     for member in members.iter_mut().filter(|m| m.status.is_none()) {
         let _ = member.child.kill();
         let _ = member.child.wait();
-        eprintln!("herd: {} killed after {} s", member.name, STOP_GRACE.as_secs());
+        eprintln!(
+            "herd: {} killed after {} s",
+            member.name,
+            STOP_GRACE.as_secs()
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! This is the only module that touches `ureq` or spawns threads for lookups.
 
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -108,10 +108,7 @@ impl PlacesPool {
 
     /// A finished lookup, if one is waiting. Wakes coalesce, so the loop drains until `None`.
     pub fn try_result(&self) -> Option<LookupDone> {
-        match self.results.try_recv() {
-            Ok(done) => Some(done),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.results.try_recv().ok()
     }
 }
 

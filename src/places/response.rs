@@ -74,12 +74,16 @@ fn reply_json(api: PlacesApi, bound: usize, outcome: &PlacesOutcome) -> (Value, 
                         Some(s) if s != "OK" && s != "ZERO_RESULTS" => format!("error {s}"),
                         _ => "ok".to_string(),
                     };
-                    (value, format!("{verdict} status={status} results={results}"))
+                    (
+                        value,
+                        format!("{verdict} status={status} results={results}"),
+                    )
                 }
                 // Google's own error body, passed through as it came.
                 (false, Some(value)) => (value, format!("error status={status}")),
                 (success, None) => {
-                    let message = format!("Places answered HTTP {status} with a body that is not JSON");
+                    let message =
+                        format!("Places answered HTTP {status} with a body that is not JSON");
                     let code = if success { 502 } else { *status };
                     (
                         error_json(code, &message, status_name(code)),
@@ -90,8 +94,16 @@ fn reply_json(api: PlacesApi, bound: usize, outcome: &PlacesOutcome) -> (Value, 
         }
         PlacesOutcome::Failed(error) => {
             let (code, status, message) = match error {
-                PlacesError::Timeout => (504, "DEADLINE_EXCEEDED", "Places did not answer in time".to_string()),
-                PlacesError::Transport(why) => (503, "UNAVAILABLE", format!("Places could not be reached: {why}")),
+                PlacesError::Timeout => (
+                    504,
+                    "DEADLINE_EXCEEDED",
+                    "Places did not answer in time".to_string(),
+                ),
+                PlacesError::Transport(why) => (
+                    503,
+                    "UNAVAILABLE",
+                    format!("Places could not be reached: {why}"),
+                ),
                 PlacesError::QueueFull => (
                     429,
                     "RESOURCE_EXHAUSTED",
@@ -237,23 +249,35 @@ mod tests {
 
     #[test]
     fn google_error_bodies_are_passed_through() {
-        let body = r#"{"error": {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}}"#;
+        let body =
+            r#"{"error": {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}}"#;
         let outcome = answered(403, body);
         let value = json_of(&reply_text(PlacesApi::New, 5, &outcome));
         assert_eq!(value, serde_json::from_str::<Value>(body).unwrap());
-        assert_eq!(shape_reply(PlacesApi::New, AT, 5, &outcome).summary, "error status=403");
+        assert_eq!(
+            shape_reply(PlacesApi::New, AT, 5, &outcome).summary,
+            "error status=403"
+        );
     }
 
     #[test]
     fn failures_become_error_json() {
         let cases = [
-            (PlacesOutcome::Failed(PlacesError::Timeout), 504, "DEADLINE_EXCEEDED"),
+            (
+                PlacesOutcome::Failed(PlacesError::Timeout),
+                504,
+                "DEADLINE_EXCEEDED",
+            ),
             (
                 PlacesOutcome::Failed(PlacesError::Transport("connection refused".into())),
                 503,
                 "UNAVAILABLE",
             ),
-            (PlacesOutcome::Failed(PlacesError::QueueFull), 429, "RESOURCE_EXHAUSTED"),
+            (
+                PlacesOutcome::Failed(PlacesError::QueueFull),
+                429,
+                "RESOURCE_EXHAUSTED",
+            ),
             (answered(200, "<html>"), 502, "UNKNOWN"),
             (answered(500, "oops"), 500, "INTERNAL"),
         ];
