@@ -4,6 +4,8 @@
 //! Pure: no sockets, no clock (the loop passes `now` in), no threads. The event loop carries
 //! out what these functions decide.
 
+use crate::logging::Secret;
+use crate::peer_wire;
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, ClientTime, Location, Parsed, Request};
 use crate::store::{Applied, ClientTable, RecordIndex};
@@ -22,19 +24,58 @@ pub enum ClientOutcome {
         at_line: Box<[u8]>,
         query: PlacesQuery,
     },
+    /// A valid hello from a neighbour: from now on the connection carries its updates.
+    PeerAccepted { name: String, reply: Vec<u8> },
 }
 
-/// The state one server keeps about the world: its name and what it knows of every client.
+/// What one line from a neighbour comes to.
+#[derive(Debug, PartialEq)]
+pub enum PeerOutcome {
+    /// Newer than what was known: flood it to every other neighbour.
+    Stored(RecordIndex),
+    /// Known already (or older): stop here, which is what ends every flood.
+    Stale,
+    /// Not an AT line: the neighbour is broken or not a neighbour; drop the connection.
+    Invalid,
+}
+
+/// The state one server keeps about the world: its name, who its neighbours are, and what it
+/// knows of every client.
 pub struct App {
     name: String,
+    neighbours: Vec<String>,
+    peer_secret: Option<Secret>,
     clients: ClientTable,
 }
 
 impl App {
-    pub fn new(name: &str) -> App {
+    pub fn new(name: &str, neighbours: Vec<String>, peer_secret: Option<Secret>) -> App {
         App {
             name: name.to_string(),
+            neighbours,
+            peer_secret,
             clients: ClientTable::new(),
+        }
+    }
+
+    /// The hello this server sends on its link to `to`.
+    pub fn hello_to(&self, to: &str, now: ClientTime) -> Vec<u8> {
+        peer_wire::format_hello(&self.name, to, self.peer_secret.as_ref(), now.secs)
+    }
+
+    /// Handles one line from an accepted neighbour: an AT line as the taking server made it.
+    pub fn handle_peer_line(&mut self, line: &[u8]) -> PeerOutcome {
+        let Some(at) = AtLine::parse(line) else {
+            return PeerOutcome::Invalid;
+        };
+        // Stored as the canonical line, so every server holds byte-identical records.
+        let canonical = protocol::format_at_line_from(&at, line);
+        let Some(at) = AtLine::parse(&canonical) else {
+            return PeerOutcome::Invalid;
+        };
+        match self.clients.apply(&canonical, &at) {
+            Applied::Stored(record) => PeerOutcome::Stored(record),
+            Applied::Stale => PeerOutcome::Stale,
         }
     }
 
@@ -48,6 +89,9 @@ impl App {
 
     /// Handles one line (without terminator) from a client connection, received at `now`.
     pub fn handle_client_line(&mut self, line: &[u8], now: ClientTime) -> ClientOutcome {
+        if peer_wire::is_hello(line) {
+            return self.handle_hello(line, now);
+        }
         match protocol::parse_request(line) {
             Parsed::Blank => ClientOutcome::Silent,
             Parsed::Invalid => ClientOutcome::Reply(protocol::format_invalid(line)),
@@ -58,7 +102,8 @@ impl App {
                 client_time,
             }) => {
                 let diff = now.as_nanos() - client_time.as_nanos();
-                let at_line = protocol::format_at_line(&self.name, diff, client, location, time);
+                let at_line =
+                    protocol::format_at_line(self.name.as_bytes(), diff, client, location, time);
                 let applied = match AtLine::parse(&at_line) {
                     Some(at) => self.clients.apply(&at_line, &at),
                     // Unreachable for a valid IAMAT; answering is still right.
@@ -97,9 +142,34 @@ impl App {
     }
 }
 
+impl App {
+    /// SPEC section 3: only a neighbour the config names (proving the secret, when one is set)
+    /// may inject updates; any other hello is an invalid command.
+    fn handle_hello(&self, line: &[u8], now: ClientTime) -> ClientOutcome {
+        let accepted = peer_wire::check_hello(
+            line,
+            &self.name,
+            self.peer_secret.as_ref(),
+            now.secs,
+            |name| self.neighbours.iter().any(|n| n == name),
+        );
+        match accepted {
+            Some(name) => ClientOutcome::PeerAccepted {
+                name: name.to_string(),
+                reply: peer_wire::format_welcome(&self.name),
+            },
+            None => ClientOutcome::Reply(protocol::format_invalid(line)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn app(name: &str) -> App {
+        App::new(name, vec!["Bona".into(), "Jaquez".into()], None)
+    }
 
     fn at(secs: i64, nanos: u32) -> ClientTime {
         ClientTime { secs, nanos }
@@ -116,7 +186,7 @@ mod tests {
 
     #[test]
     fn iamat_reply_matches_the_spec_example() {
-        let mut app = App::new("Campbell");
+        let mut app = app("Campbell");
         let outcome = app.handle_client_line(
             b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503",
             at(1621464828, 223_371_889),
@@ -130,14 +200,14 @@ mod tests {
 
     #[test]
     fn a_time_in_the_future_gives_a_negative_difference() {
-        let mut app = App::new("Bona");
+        let mut app = app("Bona");
         let outcome = app.handle_client_line(b"IAMAT c +1+1 100.5", at(100, 0));
         assert_eq!(text(&outcome), "AT Bona -0.500000000 c +1+1 100.5\n");
     }
 
     #[test]
     fn an_older_iamat_is_answered_but_not_stored() {
-        let mut app = App::new("Bona");
+        let mut app = app("Bona");
         app.handle_client_line(b"IAMAT c +1+1 200", at(300, 0));
         let older = app.handle_client_line(b"IAMAT c +2+2 150", at(300, 0));
         assert_eq!(
@@ -152,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_repeated_iamat_changes_nothing() {
-        let mut app = App::new("Bona");
+        let mut app = app("Bona");
         app.handle_client_line(b"IAMAT c +1+1 200", at(300, 0));
         // Same client time, received later: a larger difference, so it loses the tie.
         let again = app.handle_client_line(b"IAMAT c +1+1 200", at(301, 0));
@@ -165,7 +235,7 @@ mod tests {
 
     #[test]
     fn whatsat_for_a_known_client_asks_places() {
-        let mut app = App::new("Clark");
+        let mut app = app("Clark");
         app.handle_client_line(b"IAMAT kiwi +34.068930-118.445127 1", at(2, 0));
         let outcome = app.handle_client_line(b"WHATSAT kiwi 10 5", at(3, 0));
         assert_eq!(
@@ -184,14 +254,14 @@ mod tests {
 
     #[test]
     fn whatsat_for_an_unknown_client_is_invalid() {
-        let mut app = App::new("Clark");
+        let mut app = app("Clark");
         let outcome = app.handle_client_line(b"WHATSAT nobody.example 10 5", at(3, 0));
         assert_eq!(text(&outcome), "? WHATSAT nobody.example 10 5\n");
     }
 
     #[test]
     fn an_at_line_from_a_client_is_invalid() {
-        let mut app = App::new("Clark");
+        let mut app = app("Clark");
         let line = b"AT Bona +0.000000000 c +1+1 1";
         assert_eq!(
             text(&app.handle_client_line(line, at(3, 0))),
@@ -202,10 +272,66 @@ mod tests {
 
     #[test]
     fn blank_lines_are_silent() {
-        let mut app = App::new("Clark");
+        let mut app = app("Clark");
         assert_eq!(
             app.handle_client_line(b" \t ", at(3, 0)),
             ClientOutcome::Silent
+        );
+    }
+
+    #[test]
+    fn a_neighbour_hello_is_welcomed_and_a_stranger_is_not() {
+        let mut app = app("Campbell");
+        assert_eq!(
+            app.handle_client_line(b"HERD-HELLO Bona", at(1, 0)),
+            ClientOutcome::PeerAccepted {
+                name: "Bona".into(),
+                reply: b"HERD-WELCOME Campbell\n".to_vec()
+            }
+        );
+        assert_eq!(
+            text(&app.handle_client_line(b"HERD-HELLO Clark", at(1, 0))),
+            "? HERD-HELLO Clark\n"
+        );
+    }
+
+    #[test]
+    fn with_a_secret_a_hello_without_proof_is_invalid() {
+        let secret = Secret::new("k".into());
+        let mut campbell = App::new("Campbell", vec!["Bona".into()], Some(secret.clone()));
+        let bona = App::new("Bona", vec!["Campbell".into()], Some(secret));
+        assert!(matches!(
+            campbell.handle_client_line(b"HERD-HELLO Bona", at(1, 0)),
+            ClientOutcome::Reply(_)
+        ));
+        let hello = bona.hello_to("Campbell", at(1000, 0));
+        assert!(matches!(
+            campbell.handle_client_line(&hello[..hello.len() - 1], at(1001, 0)),
+            ClientOutcome::PeerAccepted { .. }
+        ));
+    }
+
+    #[test]
+    fn peer_updates_are_stored_once() {
+        let mut app = app("Campbell");
+        let line = b"AT Bona +0.500000000 c +1+1 10";
+        assert_eq!(app.handle_peer_line(line), PeerOutcome::Stored(0));
+        assert_eq!(app.handle_peer_line(line), PeerOutcome::Stale);
+        assert_eq!(
+            app.handle_peer_line(b"AT Bona +0.5 c +1+1 9"),
+            PeerOutcome::Invalid
+        );
+        assert_eq!(app.handle_peer_line(b"garbage"), PeerOutcome::Invalid);
+        assert_eq!(app.clients().line_of(b"c").unwrap(), line);
+    }
+
+    #[test]
+    fn peer_lines_are_stored_in_canonical_form() {
+        let mut app = app("Campbell");
+        app.handle_peer_line(b"AT  Bona\t+0.500000000 c +1+1 10 ");
+        assert_eq!(
+            app.clients().line_of(b"c").unwrap(),
+            b"AT Bona +0.500000000 c +1+1 10"
         );
     }
 }

@@ -85,13 +85,15 @@ impl ReplyQueue {
     }
 }
 
-/// One client connection (later: also a neighbour's inbound link).
+/// One accepted connection: a client, or a neighbour's link once its hello was accepted.
 pub struct Connection {
     /// Unique for the life of the process (slab keys are reused; this is not). Logged as `conn=`.
     pub id: u64,
     pub stream: TcpStream,
     pub remote: SocketAddr,
     pub stage: Stage,
+    /// The neighbour's name once it said a valid hello: its lines are then updates.
+    pub peer: Option<String>,
     pub reader: LineReader,
     pub out: OutBuffer,
     pub replies: ReplyQueue,
@@ -106,6 +108,7 @@ impl Connection {
             stream,
             remote,
             stage: Stage::Open,
+            peer: None,
             reader: LineReader::new(max_line_bytes),
             out: OutBuffer::default(),
             replies: ReplyQueue::default(),

@@ -15,20 +15,25 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::app::{App, ClientOutcome};
+use crate::app::{App, ClientOutcome, PeerOutcome};
 use crate::buffer::{Line, OutBuffer};
 use crate::config::{Config, Limits, PlacesApi};
 use crate::conn::{Connection, ReplyQueue, Stage};
+use crate::link::{self, Link};
 use crate::logging::{self, Escaped, Secret};
 use crate::net::{self, ReadOutcome};
+use crate::peer_wire;
 use crate::places::{shape_reply, LookupDone, LookupJob, PlacesError, PlacesOutcome, PlacesPool};
 use crate::protocol::{self, ClientTime};
+use crate::store::{ClientTable, RecordIndex};
+use crate::timer::{Backoff, Jitter};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
-/// Connection tokens are `FIRST_CONN + slab key`.
-const FIRST_CONN: usize = 16;
+/// Link `i` has token `FIRST_LINK + i`; connection tokens follow the links:
+/// `first_conn + slab key`.
+const FIRST_LINK: usize = 3;
 
 /// Bytes read per `read` call, into one buffer shared by all connections: a connection keeps
 /// only the unfinished tail of a line, so an idle one holds no buffer.
@@ -38,6 +43,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 * READ_CHUNK;
 /// The log is flushed at least this often (SPEC section 6 asks for within a second).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+/// Most resync bytes one link may write per loop turn, so a million-record resync shares the
+/// loop with everything else.
+const SYNC_BUDGET_BYTES: usize = 1024 * 1024;
 
 /// What the loop needs from the config and the environment for one server.
 pub struct ServerSetup {
@@ -45,6 +53,7 @@ pub struct ServerSetup {
     pub listener: TcpListener,
     pub config: Config,
     pub places_key: Option<Secret>,
+    pub peer_secret: Option<Secret>,
     /// Read end of the pipe that SIGTERM and SIGINT write to.
     pub signals: UnixStream,
 }
@@ -55,7 +64,13 @@ pub struct EventLoop {
     /// Registered under `SIGNALS`; owned here so the pipe stays open while the loop runs.
     _signal_pipe: UnixStream,
     conns: Slab<Connection>,
+    first_conn: usize,
     next_conn_id: u64,
+    links: Vec<Link>,
+    jitter: Jitter,
+    max_link_queue_bytes: usize,
+    /// A resync still has records to send: the loop must not sleep.
+    sync_pending: bool,
     app: App,
     places: PlacesPool,
     places_api: PlacesApi,
@@ -80,13 +95,30 @@ impl EventLoop {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let places = PlacesPool::start(&setup.config.places, setup.places_key, waker)?;
+        let config = &setup.config;
+        let now = Instant::now();
+        let links: Vec<Link> = config
+            .neighbours(&setup.name)
+            .into_iter()
+            .map(|n| {
+                let backoff = Backoff::new(config.peer.backoff_min, config.peer.backoff_max);
+                Link::new(&n.name, n.addr, backoff, now)
+            })
+            .collect();
+        let neighbours = links.iter().map(|l| l.name.clone()).collect();
+        let seed = wall_clock().as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
         Ok(EventLoop {
             poll,
             listener,
             _signal_pipe: signals,
             conns: Slab::new(),
+            first_conn: FIRST_LINK + links.len(),
             next_conn_id: 1,
-            app: App::new(&setup.name),
+            links,
+            jitter: Jitter::new(seed),
+            max_link_queue_bytes: config.peer.max_queue_bytes,
+            sync_pending: false,
+            app: App::new(&setup.name, neighbours, setup.peer_secret),
             places,
             places_api: setup.config.places.api,
             limits: setup.config.limits.clone(),
@@ -103,8 +135,13 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut next_flush = Instant::now() + FLUSH_INTERVAL;
         while !self.stopping {
-            let timeout = if self.more_input.is_empty() {
-                next_flush.saturating_duration_since(Instant::now())
+            let wake_at = self
+                .links
+                .iter()
+                .filter_map(Link::deadline)
+                .fold(next_flush, Instant::min);
+            let timeout = if self.more_input.is_empty() && !self.sync_pending {
+                wake_at.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -118,8 +155,11 @@ impl EventLoop {
                     LISTENER => self.accept_all(),
                     WAKER => self.finish_lookups(),
                     SIGNALS => self.stopping = true,
-                    Token(t) if t >= FIRST_CONN => {
-                        let key = t - FIRST_CONN;
+                    Token(t) if t >= FIRST_LINK && t < self.first_conn => {
+                        self.on_link_event(t - FIRST_LINK, event);
+                    }
+                    Token(t) if t >= self.first_conn => {
+                        let key = t - self.first_conn;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read_input(key);
                         }
@@ -132,6 +172,8 @@ impl EventLoop {
                 }
             }
             self.serve_more_input();
+            self.tick_links();
+            self.flush_links();
             self.close_marked();
             if Instant::now() >= next_flush {
                 logging::flush();
@@ -163,7 +205,7 @@ impl EventLoop {
                 continue; // dropping the stream closes it
             }
             let entry = self.conns.vacant_entry();
-            let token = Token(FIRST_CONN + entry.key());
+            let token = Token(self.first_conn + entry.key());
             if let Err(e) = self
                 .poll
                 .registry()
@@ -191,6 +233,7 @@ impl EventLoop {
             conns,
             app,
             places,
+            links,
             scratch,
             more_input,
             limits,
@@ -208,9 +251,12 @@ impl EventLoop {
                     let mut session = ClientSession {
                         key,
                         conn_id: conn.id,
+                        stage: &mut conn.stage,
+                        peer: &mut conn.peer,
                         out: &mut conn.out,
                         replies: &mut conn.replies,
                         app,
+                        links,
                         places,
                         places_api: *places_api,
                         log_lines: *log_lines,
@@ -218,6 +264,9 @@ impl EventLoop {
                     };
                     conn.reader
                         .feed(&scratch[..n], |line| session.handle_line(line));
+                    if conn.stage != Stage::Open {
+                        break;
+                    }
                     if conn.unread_bytes() > limits.max_output_bytes {
                         warn!(
                             "limit output-bytes conn={}: {} bytes unread, dropping client",
@@ -275,7 +324,7 @@ impl EventLoop {
         }
         let wanted = conn.wanted_interest();
         if wanted != conn.registered {
-            let token = Token(FIRST_CONN + key);
+            let token = Token(self.first_conn + key);
             match self
                 .poll
                 .registry()
@@ -321,6 +370,222 @@ impl EventLoop {
         }
     }
 
+    /// Starts connects that are due and gives up on attempts that took too long.
+    fn tick_links(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.links.len() {
+            match self.links[index].stage {
+                link::Stage::Waiting { retry_at } if retry_at <= now => {
+                    self.start_connect(index, now)
+                }
+                link::Stage::Connecting { deadline } if deadline <= now => {
+                    self.link_down(index, "connect timed out")
+                }
+                link::Stage::Greeting { deadline } if deadline <= now => {
+                    self.link_down(index, "no welcome in time")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn start_connect(&mut self, index: usize, now: Instant) {
+        let link = &mut self.links[index];
+        info!("link connecting {} {}", link.name, link.addr);
+        let mut stream = match net::connect(link.addr) {
+            Ok(stream) => stream,
+            Err(e) => return self.link_down(index, &format!("connect: {e}")),
+        };
+        let token = Token(FIRST_LINK + index);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::WRITABLE)
+        {
+            return self.link_down(index, &format!("register: {e}"));
+        }
+        link.stream = Some(stream);
+        link.registered = Some(Interest::WRITABLE);
+        link.stage = link::Stage::Connecting {
+            deadline: now + link::CONNECT_TIMEOUT,
+        };
+    }
+
+    fn on_link_event(&mut self, index: usize, event: &mio::event::Event) {
+        let Some(link) = self.links.get_mut(index) else {
+            return;
+        };
+        match link.stage {
+            link::Stage::Connecting { .. } => {
+                let Some(stream) = &link.stream else { return };
+                match net::connect_finished(stream) {
+                    Ok(true) => {
+                        let hello = self.app.hello_to(&link.name, wall_clock());
+                        if self.log_lines {
+                            let shown = hello.strip_suffix(b"\n").unwrap_or(&hello);
+                            info!("send link={} {}", link.name, Escaped(shown));
+                        }
+                        link.connected(&hello, Instant::now());
+                        self.write_link(index);
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.link_down(index, &format!("connect: {e}")),
+                }
+            }
+            link::Stage::Greeting { .. } | link::Stage::Up { .. } => {
+                if event.is_writable() {
+                    link.write_blocked = false;
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.read_link(index);
+                }
+                if event.is_writable() {
+                    self.write_link(index);
+                }
+            }
+            link::Stage::Waiting { .. } => {} // an event for a socket already dropped
+        }
+    }
+
+    /// Reads the neighbour's side of our link: its welcome, then nothing but EOF.
+    fn read_link(&mut self, index: usize) {
+        let link = &mut self.links[index];
+        let mut verdict: Option<Result<(), String>> = None;
+        loop {
+            let Some(stream) = link.stream.as_mut() else {
+                return;
+            };
+            match net::read_some(stream, &mut self.scratch) {
+                ReadOutcome::Data(n) => {
+                    let greeting = matches!(link.stage, link::Stage::Greeting { .. });
+                    let name = &link.name;
+                    link.reader.feed(&self.scratch[..n], |line| {
+                        let line = match line {
+                            Line::Complete(line) | Line::TooLong(line) => line,
+                        };
+                        if verdict.is_some() || !greeting {
+                            return; // after the welcome a neighbour has nothing to say
+                        }
+                        verdict = Some(match peer_wire::parse_welcome(line) {
+                            Some(_) => Ok(()),
+                            None => Err(format!("refused: {}", Escaped(line))),
+                        });
+                        let _ = name;
+                    });
+                    match verdict.take() {
+                        Some(Ok(())) => {
+                            link.welcomed();
+                            info!("link up {}", link.name);
+                            self.sync_pending = true;
+                        }
+                        Some(Err(why)) => return self.link_down(index, &why),
+                        None => {}
+                    }
+                }
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Eof => return self.link_down(index, "closed by neighbour"),
+                ReadOutcome::Failed(e) => return self.link_down(index, &e.to_string()),
+            }
+        }
+    }
+
+    /// Writes what the link's socket takes now and keeps its registration in step.
+    fn write_link(&mut self, index: usize) {
+        let link = &mut self.links[index];
+        let Some(stream) = link.stream.as_mut() else {
+            return;
+        };
+        if let Err(e) = net::write_pending(stream, &mut link.out) {
+            return self.link_down(index, &format!("write: {e}"));
+        }
+        link.write_blocked = !link.out.is_empty();
+        let wanted = link.wanted_interest();
+        if link.registered != Some(wanted) {
+            let token = Token(FIRST_LINK + index);
+            let Some(stream) = link.stream.as_mut() else {
+                return;
+            };
+            if let Err(e) = self.poll.registry().reregister(stream, token, wanted) {
+                return self.link_down(index, &format!("reregister: {e}"));
+            }
+            link.registered = Some(wanted);
+        }
+    }
+
+    /// After each loop turn: streams resyncs, drops links whose queue overflowed, and writes
+    /// what floods queued (one write per link per turn, however many updates).
+    fn flush_links(&mut self) {
+        self.sync_pending = false;
+        for index in 0..self.links.len() {
+            let mut budget = SYNC_BUDGET_BYTES;
+            loop {
+                let filled = self.fill_sync(index);
+                budget = budget.saturating_sub(filled);
+                let link = &self.links[index];
+                if link.out.len() > self.max_link_queue_bytes {
+                    let why = format!("queue over {} bytes", self.max_link_queue_bytes);
+                    self.link_down(index, &why);
+                    break;
+                }
+                if link.out.is_empty() || link.write_blocked {
+                    break;
+                }
+                self.write_link(index);
+                if filled == 0 {
+                    break;
+                }
+                if budget == 0 {
+                    self.sync_pending = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Tops up a resyncing link's queue from the client table; returns the bytes added.
+    fn fill_sync(&mut self, index: usize) -> usize {
+        let link = &mut self.links[index];
+        let link::Stage::Up {
+            sync_cursor: Some(mut cursor),
+        } = link.stage
+        else {
+            return 0;
+        };
+        let table = self.app.clients();
+        let before = link.out.len();
+        while link.out.len() < link::SYNC_LOW_WATER_BYTES {
+            let Some(line) = table.line_at(cursor) else {
+                break;
+            };
+            if self.log_lines {
+                info!("send link={} {}", link.name, Escaped(line));
+            }
+            link.out.push(line);
+            link.out.push(b"\n");
+            cursor += 1;
+            link.synced += 1;
+        }
+        let done = cursor >= table.len();
+        link.stage = link::Stage::Up {
+            sync_cursor: (!done).then_some(cursor),
+        };
+        if done {
+            info!("link sync {}: sent {} records", link.name, link.synced);
+        }
+        link.out.len() - before
+    }
+
+    /// Takes a link down, logs why, and schedules the retry.
+    fn link_down(&mut self, index: usize, reason: &str) {
+        let link = &mut self.links[index];
+        if let Some(mut stream) = link.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        let delay = link.down(Instant::now(), self.jitter.next_unit());
+        warn!("link down {}: {reason}", link.name);
+        info!("link retry {} in {} ms", link.name, delay.as_millis());
+    }
+
     fn close_marked(&mut self) {
         for key in std::mem::take(&mut self.marked_closed) {
             let closed =
@@ -341,9 +606,12 @@ impl EventLoop {
 struct ClientSession<'a> {
     key: usize,
     conn_id: u64,
+    stage: &'a mut Stage,
+    peer: &'a mut Option<String>,
     out: &'a mut OutBuffer,
     replies: &'a mut ReplyQueue,
     app: &'a mut App,
+    links: &'a mut [Link],
     places: &'a PlacesPool,
     places_api: PlacesApi,
     log_lines: bool,
@@ -352,6 +620,13 @@ struct ClientSession<'a> {
 
 impl ClientSession<'_> {
     fn handle_line(&mut self, line: Line<'_>) {
+        if let Stage::Closed(_) = self.stage {
+            return; // the rest of the chunk from a dropped neighbour is ignored
+        }
+        if self.peer.is_some() {
+            self.handle_peer_line(line);
+            return;
+        }
         let line = match line {
             Line::Complete(line) => line,
             Line::TooLong(cut) => {
@@ -370,7 +645,15 @@ impl ClientSession<'_> {
         match self.app.handle_client_line(line, self.now) {
             ClientOutcome::Silent => {}
             ClientOutcome::Reply(reply) => self.deliver(reply),
-            ClientOutcome::Stored { reply, record: _ } => self.deliver(reply),
+            ClientOutcome::Stored { reply, record } => {
+                self.deliver(reply);
+                flood(self.links, self.app.clients(), record, None, self.log_lines);
+            }
+            ClientOutcome::PeerAccepted { name, reply } => {
+                info!("peer conn={} is {name}", self.conn_id);
+                self.deliver(reply);
+                *self.peer = Some(name);
+            }
             ClientOutcome::Lookup { at_line, query } => {
                 let seq = self.replies.reserve();
                 let job = LookupJob {
@@ -398,6 +681,46 @@ impl ClientSession<'_> {
         }
     }
 
+    /// A line on a neighbour's link: an update to apply and pass on. Anything else means the
+    /// neighbour is broken, and the connection is dropped (it reconnects and resyncs).
+    fn handle_peer_line(&mut self, line: Line<'_>) {
+        let from = self.peer.as_deref().unwrap_or_default();
+        let line = match line {
+            Line::Complete(line) => line,
+            Line::TooLong(_) => {
+                warn!(
+                    "peer conn={} {from}: line over the limit, dropping link",
+                    self.conn_id
+                );
+                *self.stage = Stage::Closed("peer line too long");
+                return;
+            }
+        };
+        if self.log_lines {
+            info!("recv conn={} peer={from} {}", self.conn_id, Escaped(line));
+        }
+        match self.app.handle_peer_line(line) {
+            PeerOutcome::Stored(record) => {
+                flood(
+                    self.links,
+                    self.app.clients(),
+                    record,
+                    Some(from),
+                    self.log_lines,
+                );
+            }
+            PeerOutcome::Stale => {}
+            PeerOutcome::Invalid => {
+                warn!(
+                    "peer conn={} {from}: invalid line, dropping link: {}",
+                    self.conn_id,
+                    Escaped(line)
+                );
+                *self.stage = Stage::Closed("invalid peer line");
+            }
+        }
+    }
+
     /// Sends a ready reply now, or queues it behind replies still waiting on Places.
     fn deliver(&mut self, reply: Vec<u8>) {
         if self.replies.is_empty() {
@@ -405,6 +728,30 @@ impl ClientSession<'_> {
         } else {
             self.replies.push_ready(reply);
         }
+    }
+}
+
+/// Queues the record on every link that is up, except the one toward the neighbour it came
+/// from (SPEC section 3). Only stored (newer) records are flooded, which ends every flood.
+fn flood(
+    links: &mut [Link],
+    table: &ClientTable,
+    record: RecordIndex,
+    from: Option<&str>,
+    log_lines: bool,
+) {
+    let Some(line) = table.line_at(record) else {
+        return;
+    };
+    for link in links.iter_mut() {
+        if from == Some(link.name.as_str()) || !link.wants_live_update(record) {
+            continue;
+        }
+        if log_lines {
+            info!("send link={} {}", link.name, Escaped(line));
+        }
+        link.out.push(line);
+        link.out.push(b"\n");
     }
 }
 

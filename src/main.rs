@@ -91,6 +91,14 @@ fn serve(
         .server(name)
         .map(|s| s.addr)
         .ok_or_else(|| format!("no server named '{name}'"))?;
+    // Checked before the port opens: a herd configured for a secret must not run without one.
+    let peer_secret = match &config.peer.secret_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Some(Secret::new(value)),
+            _ => return Err(format!("peer secret-env names {var}, which is not set")),
+        },
+    };
     let listener = net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let log_path = logging::init(&config.log.dir, name, config.log.level)
         .map_err(|e| format!("cannot open log in {}: {e}", config.log.dir.display()))?;
@@ -113,17 +121,18 @@ fn serve(
                 config.places.key_env
             );
             warn!("{message}");
-            eprintln!("{name}: {message}");
+            eprintln!("{message}");
             None
         }
     };
     info!("listen {addr}");
-    eprintln!("{name}: listening on {addr}, log {}", log_path.display());
+    eprintln!("{name} listening on {addr}, log {}", log_path.display());
     let mut event_loop = EventLoop::new(ServerSetup {
         name: name.to_string(),
         listener,
         config,
         places_key,
+        peer_secret,
         signals,
     })
     .map_err(|e| format!("cannot start: {e}"))?;

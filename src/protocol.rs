@@ -287,7 +287,7 @@ pub fn parse_time_diff(field: &[u8]) -> Option<i128> {
 /// The AT line a server makes for an IAMAT it took (without `\n`):
 /// `AT SERVER DIFF CLIENT LOCATION TIME`.
 pub fn format_at_line(
-    server: &str,
+    server: &[u8],
     diff_nanos: i128,
     client: &[u8],
     location: &[u8],
@@ -296,7 +296,7 @@ pub fn format_at_line(
     let mut line =
         Vec::with_capacity(3 + server.len() + 22 + client.len() + location.len() + time.len() + 4);
     line.extend_from_slice(b"AT ");
-    line.extend_from_slice(server.as_bytes());
+    line.extend_from_slice(server);
     line.push(b' ');
     format_time_diff(diff_nanos, &mut line);
     for field in [client, location, time] {
@@ -304,6 +304,13 @@ pub fn format_at_line(
         line.extend_from_slice(field);
     }
     line
+}
+
+/// The AT line with single spaces between its fields, rebuilt from a parsed one (`line` is the
+/// text `at` was parsed from; its time field is copied as written).
+pub fn format_at_line_from(at: &AtLine<'_>, line: &[u8]) -> Vec<u8> {
+    let time = fields(line).last().unwrap_or_default();
+    format_at_line(at.server, at.diff_nanos, at.client, at.location, time)
 }
 
 /// The fields of an AT line, borrowed from it.
@@ -548,7 +555,7 @@ mod tests {
     #[test]
     fn at_line_round_trip() {
         let line = format_at_line(
-            "Campbell",
+            b"Campbell",
             263_873_386,
             b"kiwi.cs.ucla.edu",
             b"+34.068930-118.445127",

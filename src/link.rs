@@ -1,0 +1,227 @@
+//! One outbound link to a neighbour (SPEC section 3): its stage, its socket, its bounded output
+//! queue and its retry backoff. The link carries this server's updates to the neighbour; the
+//! neighbour's updates arrive on the link it opens to us, as an accepted connection.
+//!
+//! Socket calls and registration are the event loop's; the decisions here are pure.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::buffer::{LineReader, OutBuffer};
+use crate::store::RecordIndex;
+use crate::timer::Backoff;
+
+/// How long a connect may take before the attempt counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the neighbour may take to answer the hello.
+pub const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A resync refills the queue only below this, so a million records stream in slices
+/// instead of being copied into memory at once.
+pub const SYNC_LOW_WATER_BYTES: usize = 256 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Down; the next attempt is due at `retry_at`.
+    Waiting { retry_at: Instant },
+    /// A nonblocking connect is in flight.
+    Connecting { deadline: Instant },
+    /// Connected and the hello sent; waiting for the neighbour's welcome.
+    Greeting { deadline: Instant },
+    /// Accepted. While `sync_cursor` is `Some`, the whole client table is streaming to the
+    /// neighbour in index order, from that index on.
+    Up { sync_cursor: Option<RecordIndex> },
+}
+
+pub struct Link {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stage: Stage,
+    pub stream: Option<TcpStream>,
+    pub reader: LineReader,
+    pub out: OutBuffer,
+    pub backoff: Backoff,
+    /// The interest the socket is registered with, if it is registered.
+    pub registered: Option<Interest>,
+    /// The last write stopped at `WouldBlock`: wait for a writable event before writing again.
+    pub write_blocked: bool,
+    /// Records sent by the resync in progress (for its log line).
+    pub synced: usize,
+}
+
+impl Link {
+    /// A link that will make its first attempt at `now`.
+    pub fn new(name: &str, addr: SocketAddr, backoff: Backoff, now: Instant) -> Link {
+        Link {
+            name: name.to_string(),
+            addr,
+            stage: Stage::Waiting { retry_at: now },
+            stream: None,
+            reader: LineReader::new(4096),
+            out: OutBuffer::default(),
+            backoff,
+            registered: None,
+            write_blocked: false,
+            synced: 0,
+        }
+    }
+
+    /// When the loop must look at this link again, whatever the sockets do.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.stage {
+            Stage::Waiting { retry_at } => Some(retry_at),
+            Stage::Connecting { deadline } | Stage::Greeting { deadline } => Some(deadline),
+            Stage::Up { .. } => None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.stage, Stage::Up { .. })
+    }
+
+    /// Whether a live update of `record` must be queued: only on a link that is up, and not
+    /// when a resync still to reach `record` will send it anyway (each update crosses a link
+    /// a bounded number of times).
+    pub fn wants_live_update(&self, record: RecordIndex) -> bool {
+        match self.stage {
+            Stage::Up { sync_cursor: None } => true,
+            Stage::Up {
+                sync_cursor: Some(cursor),
+            } => record < cursor,
+            _ => false,
+        }
+    }
+
+    pub fn wanted_interest(&self) -> Interest {
+        match self.stage {
+            Stage::Connecting { .. } => Interest::WRITABLE,
+            _ if self.out.is_empty() => Interest::READABLE,
+            _ => Interest::READABLE | Interest::WRITABLE,
+        }
+    }
+
+    /// The connect finished: queue the hello and wait for the welcome.
+    pub fn connected(&mut self, hello: &[u8], now: Instant) {
+        self.out.push(hello);
+        self.stage = Stage::Greeting {
+            deadline: now + GREETING_TIMEOUT,
+        };
+    }
+
+    /// The neighbour accepted us: start the resync from the first record.
+    pub fn welcomed(&mut self) {
+        self.backoff.reset();
+        self.synced = 0;
+        self.stage = Stage::Up {
+            sync_cursor: Some(0),
+        };
+    }
+
+    /// Takes the link down: the socket (already deregistered by the caller) is dropped with
+    /// everything queued, and the next attempt is scheduled. Returns the delay.
+    pub fn down(&mut self, now: Instant, jitter: f64) -> Duration {
+        self.stream = None;
+        self.registered = None;
+        self.write_blocked = false;
+        self.out = OutBuffer::default();
+        self.reader = LineReader::new(4096);
+        let delay = self.backoff.next_delay(jitter);
+        self.stage = Stage::Waiting {
+            retry_at: now + delay,
+        };
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(now: Instant) -> Link {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(5000));
+        Link::new("Bona", "127.0.0.1:1".parse().unwrap(), backoff, now)
+    }
+
+    fn link_up_and_synced(now: Instant) -> Link {
+        let mut l = link(now);
+        l.connected(b"HERD-HELLO A\n", now);
+        l.welcomed();
+        l.stage = Stage::Up { sync_cursor: None };
+        l
+    }
+
+    #[test]
+    fn a_new_link_tries_at_once() {
+        let now = Instant::now();
+        assert_eq!(link(now).deadline(), Some(now));
+    }
+
+    #[test]
+    fn connected_sends_the_hello_and_waits_for_a_welcome() {
+        let now = Instant::now();
+        let mut l = link(now);
+        l.connected(b"HERD-HELLO A\n", now);
+        assert_eq!(l.out.pending(), b"HERD-HELLO A\n");
+        assert_eq!(l.deadline(), Some(now + GREETING_TIMEOUT));
+        assert!(!l.is_up());
+        assert!(!l.wants_live_update(0));
+    }
+
+    #[test]
+    fn welcomed_starts_a_resync_from_the_first_record() {
+        let now = Instant::now();
+        let mut l = link(now);
+        l.connected(b"x\n", now);
+        l.welcomed();
+        assert_eq!(
+            l.stage,
+            Stage::Up {
+                sync_cursor: Some(0)
+            }
+        );
+        assert_eq!(l.deadline(), None);
+    }
+
+    #[test]
+    fn live_updates_skip_records_the_resync_will_send() {
+        let now = Instant::now();
+        let mut l = link_up_and_synced(now);
+        assert!(l.wants_live_update(7));
+        l.stage = Stage::Up {
+            sync_cursor: Some(5),
+        };
+        assert!(l.wants_live_update(4));
+        assert!(!l.wants_live_update(5));
+        assert!(!l.wants_live_update(9));
+    }
+
+    #[test]
+    fn down_drops_the_queue_and_backs_off() {
+        let now = Instant::now();
+        let mut l = link_up_and_synced(now);
+        l.out.push(b"AT ...\n");
+        let first = l.down(now, 0.5);
+        assert!(l.out.is_empty());
+        assert_eq!(l.deadline(), Some(now + first));
+        let second = l.down(now, 0.5);
+        assert!(second > first);
+        l.welcomed();
+        let after_up = l.down(now, 0.5);
+        assert_eq!(after_up, first);
+    }
+
+    #[test]
+    fn interest_follows_the_stage_and_the_queue() {
+        let now = Instant::now();
+        let mut l = link(now);
+        l.stage = Stage::Connecting { deadline: now };
+        assert_eq!(l.wanted_interest(), Interest::WRITABLE);
+        let mut l = link_up_and_synced(now);
+        l.out = OutBuffer::default();
+        assert_eq!(l.wanted_interest(), Interest::READABLE);
+        l.out.push(b"x");
+        assert_eq!(l.wanted_interest(), Interest::READABLE | Interest::WRITABLE);
+    }
+}
