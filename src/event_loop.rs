@@ -630,6 +630,9 @@ impl ClientSession<'_> {
         let line = match line {
             Line::Complete(line) => line,
             Line::TooLong(cut) => {
+                if self.log_lines {
+                    info!("recv conn={} {}", self.conn_id, Escaped(cut));
+                }
                 warn!(
                     "limit line-bytes conn={}: line of more than {} bytes",
                     self.conn_id,

@@ -8,7 +8,7 @@
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::Waker;
@@ -42,7 +42,6 @@ pub struct LookupDone {
 pub struct PlacesPool {
     jobs: Option<SyncSender<LookupJob>>,
     results: Receiver<LookupDone>,
-    workers: Vec<JoinHandle<()>>,
 }
 
 /// What every worker needs to make a call.
@@ -77,21 +76,20 @@ impl PlacesPool {
             agent,
         });
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-        let mut workers = Vec::with_capacity(settings.workers);
         for n in 0..settings.workers {
             let endpoint = Arc::clone(&endpoint);
             let jobs = Arc::clone(&jobs_rx);
             let results = results_tx.clone();
             let waker = Arc::clone(&waker);
-            let handle = thread::Builder::new()
+            // Detached: a worker ends when the queue closes (the pool is dropped) or with the
+            // process; stopping the server never waits on a Places call in flight.
+            thread::Builder::new()
                 .name(format!("places-{n}"))
                 .spawn(move || work(&endpoint, &jobs, &results, &waker))?;
-            workers.push(handle);
         }
         Ok(PlacesPool {
             jobs: Some(jobs_tx),
             results: results_rx,
-            workers,
         })
     }
 
@@ -114,11 +112,8 @@ impl PlacesPool {
 
 impl Drop for PlacesPool {
     fn drop(&mut self) {
-        // Closing the queue ends each worker after its current call (bounded by the timeout).
+        // Closing the queue ends each worker after its current call.
         self.jobs = None;
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
     }
 }
 
