@@ -12,13 +12,21 @@ fn help_prints_usage_on_stdout_and_exits_0() {
     let dir = TestDir::new();
     let run = run_herd(&["--help"], dir.path());
     assert_eq!(run.status.code(), Some(0), "stderr: {}", run.stderr);
-    assert!(run.stdout.contains("herd"), "usage names the program: {:?}", run.stdout);
+    assert!(
+        run.stdout.contains("herd"),
+        "usage names the program: {:?}",
+        run.stdout
+    );
     assert!(
         run.stdout.to_lowercase().contains("config"),
         "usage mentions the CONFIG argument: {:?}",
         run.stdout
     );
-    assert!(run.stdout.contains("--all"), "usage mentions --all: {:?}", run.stdout);
+    assert!(
+        run.stdout.contains("--all"),
+        "usage mentions --all: {:?}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -38,8 +46,17 @@ fn version_prints_the_package_version_and_exits_0() {
 fn no_arguments_is_a_usage_error() {
     let dir = TestDir::new();
     let run = run_herd(&[], dir.path());
-    assert_eq!(run.status.code(), Some(2), "stdout {:?} stderr {:?}", run.stdout, run.stderr);
-    assert!(!run.stderr.trim().is_empty(), "says what is wrong on stderr");
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "stdout {:?} stderr {:?}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        !run.stderr.trim().is_empty(),
+        "says what is wrong on stderr"
+    );
 }
 
 #[test]
@@ -48,14 +65,25 @@ fn unknown_server_name_exits_2_with_one_line_naming_config_and_name() {
     let port = common::free_port();
     dir.write(
         "herd.conf",
-        &format!("server Alpha 127.0.0.1:{port}\nlog dir {}\n", dir.path().display()),
+        &format!(
+            "server Alpha 127.0.0.1:{port}\nlog dir {}\n",
+            dir.path().display()
+        ),
     );
     let run = run_herd(&["Nobody", "herd.conf"], dir.path());
     assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
     assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
-    assert!(lines[0].contains("herd.conf"), "names the config file: {:?}", lines[0]);
-    assert!(lines[0].contains("Nobody"), "names the unknown server: {:?}", lines[0]);
+    assert!(
+        lines[0].contains("herd.conf"),
+        "names the config file: {:?}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("Nobody"),
+        "names the unknown server: {:?}",
+        lines[0]
+    );
     assert!(!port_accepts(port), "no port opened");
 }
 
@@ -66,7 +94,11 @@ fn missing_config_file_exits_2_naming_the_file() {
     assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
     assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
-    assert!(lines[0].contains("no-such-herd.conf"), "names the file: {:?}", lines[0]);
+    assert!(
+        lines[0].contains("no-such-herd.conf"),
+        "names the file: {:?}",
+        lines[0]
+    );
 }
 
 fn two_server_config(dir: &TestDir, alpha: u16, beta: u16) -> String {
@@ -88,9 +120,15 @@ fn all_runs_every_server_and_sigterm_stops_them_all() {
 
     let time = common::time_from_now(0);
     let reply = Client::connect(alpha).iamat("c1", "+1+2", &time);
-    assert!(reply.starts_with("AT Alpha "), "Alpha answers as Alpha: {reply:?}");
+    assert!(
+        reply.starts_with("AT Alpha "),
+        "Alpha answers as Alpha: {reply:?}"
+    );
     let reply = Client::connect(beta).iamat("c1", "+1+2", &time);
-    assert!(reply.starts_with("AT Beta "), "Beta answers as Beta: {reply:?}");
+    assert!(
+        reply.starts_with("AT Beta "),
+        "Beta answers as Beta: {reply:?}"
+    );
 
     supervisor.terminate();
     assert!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{port_accepts, run_herd, Client, Server, TestDir};
+use common::{port_accepts, run_herd, Server, TestDir};
 
 /// Writes `body` (with `{PORT}` replaced by a free port) as `herd.conf`, runs
 /// `herd Alpha herd.conf`, and checks the one error line names `herd.conf:LINE:` and contains
@@ -20,7 +20,12 @@ fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
         run.stderr
     );
     let lines = run.stderr_lines();
-    assert_eq!(lines.len(), 1, "exactly one stderr line for config:\n{body}\ngot {:?}", run.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one stderr line for config:\n{body}\ngot {:?}",
+        run.stderr
+    );
     let expected = format!("herd.conf:{line}:");
     assert!(
         lines[0].contains(&expected),
@@ -28,7 +33,11 @@ fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
         lines[0]
     );
     for word in mentions {
-        assert!(lines[0].contains(word), "error mentions {word:?}: {:?}", lines[0]);
+        assert!(
+            lines[0].contains(word),
+            "error mentions {word:?}: {:?}",
+            lines[0]
+        );
     }
     assert!(!port_accepts(port), "no port opened");
 }
@@ -99,9 +108,17 @@ fn bad_number_names_its_line() {
 
 #[test]
 fn bad_keyword_values_name_their_line() {
-    expect_config_error("server Alpha 127.0.0.1:{PORT}\nplaces api sideways\n", 2, &[]);
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nplaces api sideways\n",
+        2,
+        &[],
+    );
     expect_config_error("server Alpha 127.0.0.1:{PORT}\nlog lines maybe\n", 2, &[]);
-    expect_config_error("server Alpha 127.0.0.1:{PORT}\nplaces frobnicate 3\n", 2, &[]);
+    expect_config_error(
+        "server Alpha 127.0.0.1:{PORT}\nplaces frobnicate 3\n",
+        2,
+        &[],
+    );
 }
 
 #[test]
@@ -117,12 +134,19 @@ fn error_after_comments_and_blank_lines_counts_every_line() {
 fn all_with_a_bad_config_exits_2_too() {
     let dir = TestDir::new();
     let port = common::free_port();
-    dir.write("herd.conf", &format!("server Alpha 127.0.0.1:{port}\nlnk Alpha Beta\n"));
+    dir.write(
+        "herd.conf",
+        &format!("server Alpha 127.0.0.1:{port}\nlnk Alpha Beta\n"),
+    );
     let run = run_herd(&["--all", "herd.conf"], dir.path());
     assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
     assert_eq!(lines.len(), 1, "one stderr line: {:?}", run.stderr);
-    assert!(lines[0].contains("herd.conf:2:"), "names the line: {:?}", lines[0]);
+    assert!(
+        lines[0].contains("herd.conf:2:"),
+        "names the line: {:?}",
+        lines[0]
+    );
     assert!(!port_accepts(port), "no port opened");
 }
 

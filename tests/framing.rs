@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_at_line, Client, Server};
+use common::{check_at_line, Server};
 
 fn server() -> Server {
     Server::builder("Alpha").start()
@@ -51,7 +51,11 @@ fn crlf_from_telnet_is_a_line_end() {
     let reply = client.read_line();
     check_at_line(&reply, "Alpha", "c1", "+1+2", "100");
     client.send_raw(b"HELLO there\r\n");
-    assert_eq!(client.read_line(), "? HELLO there", "the \\r is not part of the line");
+    assert_eq!(
+        client.read_line(),
+        "? HELLO there",
+        "the \\r is not part of the line"
+    );
 }
 
 #[test]
@@ -107,9 +111,9 @@ fn many_commands_on_one_connection() {
 fn a_command_split_across_writes_is_one_line() {
     let server = server();
     let mut client = server.client();
+    client.stream().set_nodelay(true).expect("nodelay");
     for piece in [&b"IAM"[..], b"AT c1 +1", b"+2 10", b"0\r"] {
         client.send_raw(piece);
-        client.stream().set_nodelay(true).ok();
         assert!(
             client.is_quiet_for(std::time::Duration::from_millis(50)),
             "no reply before the line is complete"
@@ -125,7 +129,11 @@ fn non_utf8_client_id_is_echoed_byte_for_byte() {
     let mut client = server.client();
     client.send_raw(b"IAMAT cl\xff\xfe\x80id +1+2 100\n");
     let reply = client.read_line_bytes();
-    assert!(reply.starts_with(b"AT Alpha +"), "accepted: {:?}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"AT Alpha +"),
+        "accepted: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
     assert!(
         reply.ends_with(b" cl\xff\xfe\x80id +1+2 100"),
         "client id echoed byte for byte: {reply:?}"
@@ -139,7 +147,14 @@ fn invalid_lines_are_echoed_as_received_with_leading_and_trailing_white_space() 
     let server = server();
     let mut client = server.client();
     client.send_raw(b"  \tFOO bar\t \r\n");
-    assert_eq!(client.read_line(), "?   \tFOO bar\t ", "only the \\r\\n is removed");
+    assert_eq!(
+        client.read_line(),
+        "?   \tFOO bar\t ",
+        "only the \\r\\n is removed"
+    );
     client.send_raw(b"\x0bFOO\x0c\n");
     assert_eq!(client.read_line_bytes(), b"? \x0bFOO\x0c");
+    // Only one \r is part of the terminator.
+    client.send_raw(b"FOO\r\r\n");
+    assert_eq!(client.read_line_bytes(), b"? FOO\r");
 }

@@ -32,7 +32,12 @@ fn past_time_gives_positive_difference_with_nine_digits() {
     let server = Server::builder("Alpha").start();
     let mut client = server.client();
     let time = time_from_now(-5);
-    let diff = iamat_checked(&mut client, "kiwi.cs.ucla.edu", "+34.068930-118.445127", &time);
+    let diff = iamat_checked(
+        &mut client,
+        "kiwi.cs.ucla.edu",
+        "+34.068930-118.445127",
+        &time,
+    );
     assert!(
         (49 * SECOND / 10..=6 * SECOND).contains(&diff),
         "difference for a time 5 s ago is between +4.9 and +6 s: {diff} ns"
@@ -48,8 +53,17 @@ fn future_time_gives_negative_difference() {
     let reply = client.iamat("kiwi.cs.ucla.edu", "+34.068930-118.445127", &time);
     let after = now_nanos();
     let diff_field = reply.split(' ').nth(2).unwrap_or_default();
-    assert!(diff_field.starts_with('-'), "future time gives '-': {reply:?}");
-    let diff = check_at_line(&reply, "Alpha", "kiwi.cs.ucla.edu", "+34.068930-118.445127", &time);
+    assert!(
+        diff_field.starts_with('-'),
+        "future time gives '-': {reply:?}"
+    );
+    let diff = check_at_line(
+        &reply,
+        "Alpha",
+        "kiwi.cs.ucla.edu",
+        "+34.068930-118.445127",
+        &time,
+    );
     assert!(
         (-100 * SECOND..=-99 * SECOND).contains(&diff),
         "difference for a time 100 s ahead is between -100 and -99 s: {diff} ns"
@@ -63,10 +77,18 @@ fn fields_are_copied_as_written() {
     let server = Server::builder("Alpha").start();
     let mut client = server.client();
     for (id, location, time) in [
-        ("kiwi.cs.ucla.edu", "+34.068930-118.445127", "1621464827.959498503"),
+        (
+            "kiwi.cs.ucla.edu",
+            "+34.068930-118.445127",
+            "1621464827.959498503",
+        ),
         ("kiwi.cs.ucla.edu", "+34-118", "1621464827"),
         ("kiwi.cs.ucla.edu", "+34-118", "1621464827.5"),
-        ("kiwi.cs.ucla.edu", "-33.8688+151.2093", "1621464827.000000001"),
+        (
+            "kiwi.cs.ucla.edu",
+            "-33.8688+151.2093",
+            "1621464827.000000001",
+        ),
         ("a/b:c@d!", "+00.5-000.5", "0"),
         ("ünïcödé-client", "+1+2", "1621464827.10"),
         ("x", "+0+0", "000001621464827.1"),
@@ -80,7 +102,10 @@ fn time_zero_gives_the_receive_time_itself() {
     let server = Server::builder("Alpha").start();
     let mut client = server.client();
     let diff = iamat_checked(&mut client, "c1", "+1+2", "0");
-    assert!(diff > 1_600_000_000 * SECOND, "difference is the whole POSIX time: {diff}");
+    assert!(
+        diff > 1_600_000_000 * SECOND,
+        "difference is the whole POSIX time: {diff}"
+    );
 }
 
 #[test]
@@ -126,7 +151,11 @@ fn older_iamat_is_answered_but_changes_nothing() {
     check_at_line(&older, "Alpha", "c1", "-30-40", "1621464827.4");
     let (at_line, lat, lon) = stored(&mut client, &fake, "c1");
     assert_eq!(at_line, newer, "WHATSAT still shows the newer location");
-    assert_eq!((lat, lon), (10.0, 20.0), "Places is asked about the newer location");
+    assert_eq!(
+        (lat, lon),
+        (10.0, 20.0),
+        "Places is asked about the newer location"
+    );
 }
 
 #[test]
@@ -140,7 +169,10 @@ fn equal_time_is_not_newer() {
     let repeat = client.iamat("c1", "+10+20", "1621464827.5");
     check_at_line(&repeat, "Alpha", "c1", "+10+20", "1621464827.5");
     let (at_line, lat, lon) = stored(&mut client, &fake, "c1");
-    assert_eq!(at_line, first, "WHATSAT shows the first of equal-time updates");
+    assert_eq!(
+        at_line, first,
+        "WHATSAT shows the first of equal-time updates"
+    );
     assert_eq!((lat, lon), (10.0, 20.0));
 }
 

@@ -58,24 +58,24 @@ fn bad_locations() {
     expect_all_invalid(
         &mut server.client(),
         &[
-            "IAMAT c1 34-118 100",             // no sign on the latitude
-            "IAMAT c1 +34118 100",             // no longitude
-            "IAMAT c1 +34-118+100 100",        // altitude
-            "IAMAT c1 +34-118/ 100",           // trailing '/'
-            "IAMAT c1 +90.0001-118 100",       // latitude out of range
-            "IAMAT c1 -90.0001-118 100",       // latitude out of range
-            "IAMAT c1 +34-180.1 100",          // longitude out of range
-            "IAMAT c1 +34+180.0000001 100",    // longitude out of range
-            "IAMAT c1 +91+0 100",              // latitude out of range
-            "IAMAT c1 +34.-118 100",           // '.' without digits
-            "IAMAT c1 +.5-118 100",            // no digits before '.'
-            "IAMAT c1 ++34-118 100",           // two signs
-            "IAMAT c1 +3a-118 100",            // not a digit
-            "IAMAT c1 +34,5-118 100",          // comma
-            "IAMAT c1 +34.5.5-118 100",        // two dots
-            "IAMAT c1 +-118 100",              // empty latitude
-            "IAMAT c1 +34- 100",               // empty longitude
-            "IAMAT c1 +1e1-118 100",           // exponent
+            "IAMAT c1 34-118 100",          // no sign on the latitude
+            "IAMAT c1 +34118 100",          // no longitude
+            "IAMAT c1 +34-118+100 100",     // altitude
+            "IAMAT c1 +34-118/ 100",        // trailing '/'
+            "IAMAT c1 +90.0001-118 100",    // latitude out of range
+            "IAMAT c1 -90.0001-118 100",    // latitude out of range
+            "IAMAT c1 +34-180.1 100",       // longitude out of range
+            "IAMAT c1 +34+180.0000001 100", // longitude out of range
+            "IAMAT c1 +91+0 100",           // latitude out of range
+            "IAMAT c1 +34.-118 100",        // '.' without digits
+            "IAMAT c1 +.5-118 100",         // no digits before '.'
+            "IAMAT c1 ++34-118 100",        // two signs
+            "IAMAT c1 +3a-118 100",         // not a digit
+            "IAMAT c1 +34,5-118 100",       // comma
+            "IAMAT c1 +34.5.5-118 100",     // two dots
+            "IAMAT c1 +-118 100",           // empty latitude
+            "IAMAT c1 +34- 100",            // empty longitude
+            "IAMAT c1 +1e1-118 100",        // exponent
         ],
     );
 }
@@ -110,7 +110,11 @@ fn bad_whatsat_numbers_for_a_known_client() {
     // The client is known, so only the number can make these invalid.
     let at = client.iamat("c1", "+34-118", "100");
     client.send("WHATSAT c1 50 20");
-    assert_eq!(client.read_whatsat_reply().at_line, at, "the limits themselves are valid");
+    assert_eq!(
+        client.read_whatsat_reply().at_line,
+        at,
+        "the limits themselves are valid"
+    );
     expect_all_invalid(
         &mut client,
         &[
@@ -130,7 +134,11 @@ fn bad_whatsat_numbers_for_a_known_client() {
             "WHATSAT c1 10 99999999999999999999999",
         ],
     );
-    assert_eq!(fake.request_count(), 1, "no Places lookup for an invalid WHATSAT");
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "no Places lookup for an invalid WHATSAT"
+    );
 }
 
 #[test]
@@ -139,8 +147,15 @@ fn whatsat_for_an_unknown_client() {
     let server = Server::builder("Alpha").places(&fake).start();
     let mut client = server.client();
     client.iamat("c1", "+34-118", "100");
-    expect_all_invalid(&mut client, &["WHATSAT nobody.example 10 5", "WHATSAT C1 10 5"]);
-    assert_eq!(fake.request_count(), 0, "no Places lookup for an unknown client");
+    expect_all_invalid(
+        &mut client,
+        &["WHATSAT nobody.example 10 5", "WHATSAT C1 10 5"],
+    );
+    assert_eq!(
+        fake.request_count(),
+        0,
+        "no Places lookup for an unknown client"
+    );
 }
 
 #[test]

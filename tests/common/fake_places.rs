@@ -17,7 +17,7 @@
 //! fake.set_delay_for_count(n, Duration)    new API only: this delay when maxResultCount == n
 //! fake.set_legacy_results(n)               how many legacy results (default 20)
 //! fake.request_count() -> usize            requests read completely so far
-//! fake.answered_count() -> usize           requests answered (or closed, for Reply::Close)
+//! fake.answered_count() -> usize           answers begun (or connections closed, Reply::Close)
 //! fake.requests() -> Vec<Request>          every request so far, in arrival order
 //! fake.wait_for_requests(n, timeout) -> bool
 //! Request { method, target, headers, body }, request.path(), .query_param(name),
@@ -139,7 +139,10 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 impl FakePlaces {
     pub fn start() -> FakePlaces {
         let listener = TcpListener::bind("127.0.0.1:0").expect("fake places: bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("fake places: local_addr").port();
+        let port = listener
+            .local_addr()
+            .expect("fake places: local_addr")
+            .port();
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour {
                 reply: Reply::Places,
@@ -244,7 +247,9 @@ impl Drop for FakePlaces {
 
 /// A poisoned lock only means another test thread panicked; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -299,6 +304,9 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         thread::sleep(Duration::from_millis(10).min(deadline - Instant::now()));
     }
 
+    // Counted before the first byte goes out, so a test that has read an answer always sees it
+    // counted, and a count of 0 means no answer has started.
+    shared.answered_count.fetch_add(1, Ordering::SeqCst);
     let mut stream = stream;
     match reply {
         Reply::Close => {
@@ -321,7 +329,6 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             "<html><body><h1>Bad Gateway</h1>\n<p>not JSON</p></body></html>\n",
         ),
     }
-    shared.answered_count.fetch_add(1, Ordering::SeqCst);
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {

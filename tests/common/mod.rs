@@ -240,14 +240,14 @@ impl Server {
     pub fn builder(name: &str) -> ServerBuilder {
         ServerBuilder {
             name: name.to_string(),
-            // No fake given: a closed local port, so no test ever reaches the real Google.
+            // No fake given: the default api (new) at a closed local port, so no test ever
+            // reaches the real Google.
             places_lines: vec![format!(
                 "places url http://127.0.0.1:{}/v1/places:searchNearby",
                 free_port()
             )],
             extra_lines: Vec::new(),
             with_key: true,
-            // (places api stays at its default)
         }
     }
 
@@ -260,7 +260,10 @@ impl Server {
         ports: Vec<u16>,
         config: PathBuf,
     ) -> Result<Server, String> {
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| format!("spawn {HERD}: {e}"))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(mut pipe) = child.stderr.take() {
@@ -271,7 +274,9 @@ impl Server {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&chunk[..n]);
                 }
             });
         }
@@ -293,7 +298,10 @@ impl Server {
             if let Ok(Some(status)) = server.child.try_wait() {
                 // Let the stderr thread catch up with what the process wrote before exiting.
                 thread::sleep(Duration::from_millis(50));
-                return Err(format!("exited with {status}; stderr: {}", server.stderr_text()));
+                return Err(format!(
+                    "exited with {status}; stderr: {}",
+                    server.stderr_text()
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -367,12 +375,17 @@ impl Server {
 
     /// Sends SIGTERM to the process (through the `kill` utility).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`) to the process.
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
     }
 
     /// Waits for the process to exit; None if it is still running after `timeout`.
@@ -472,7 +485,10 @@ pub struct Finished {
 impl Finished {
     /// The non-empty lines of stderr.
     pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| !l.trim().is_empty()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
     }
 }
 
@@ -496,8 +512,18 @@ pub fn run_herd(args: &[&str], cwd: &Path) -> Finished {
             String::from_utf8_lossy(&text).into_owned()
         })
     };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -532,6 +558,107 @@ impl WhatsatReply {
     }
 }
 
+/// Checks the framing every WHATSAT reply must have (SPEC section 2): the stored AT line, JSON
+/// with no blank line inside, then one empty line. Returns the parsed JSON.
+pub fn check_framing(reply: &WhatsatReply, at_line: &str) -> serde_json::Value {
+    assert_eq!(
+        reply.at_line, at_line,
+        "first line is the stored AT line:\n{}",
+        reply.raw
+    );
+    assert!(
+        reply.raw.ends_with("}\n\n"),
+        "reply ends with the JSON's '}}' and a blank line: {:?}",
+        reply.raw
+    );
+    let body = &reply.raw[..reply.raw.len() - 2];
+    assert!(
+        !body.contains("\n\n"),
+        "no blank line inside the reply: {:?}",
+        reply.raw
+    );
+    assert!(
+        reply.json_text.starts_with('{'),
+        "JSON starts right after the AT line: {:?}",
+        reply.raw
+    );
+    reply.json()
+}
+
+/// The ids of the places in `json[list]` (`places`/`id` or `results`/`place_id`).
+pub fn place_ids(json: &serde_json::Value, list: &str, id_key: &str) -> Vec<String> {
+    json[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list:?} is an array in {json}"))
+        .iter()
+        .map(|place| place[id_key].as_str().expect("place id").to_string())
+        .collect()
+}
+
+/// The ids the fake gives its first `count` places.
+pub fn fake_ids(count: usize) -> Vec<String> {
+    (1..=count).map(|i| format!("FAKE{i:04}")).collect()
+}
+
+/// Checks a WHATSAT failure JSON has the new API's error shape and returns (code, status).
+pub fn check_error_shape(json: &serde_json::Value) -> (i64, String) {
+    let object = json
+        .as_object()
+        .unwrap_or_else(|| panic!("error reply is an object: {json}"));
+    assert_eq!(object.len(), 1, "only an \"error\" key: {json}");
+    let error = &json["error"];
+    let code = error["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("error.code is a number: {json}"));
+    let message = error["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error.message is a string: {json}"));
+    assert!(!message.is_empty(), "error.message says something: {json}");
+    let status = error["status"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error.status is a string: {json}"));
+    (code, status.to_string())
+}
+
+/// The `conn=ID` the log gives the connection from our local `port`, from its `accept` record.
+pub fn conn_id(server: &Server, local_port: u16) -> String {
+    let needle = format!("from 127.0.0.1:{local_port}");
+    let log = server.wait_for_log(&needle);
+    let line = log
+        .lines()
+        .find(|line| line.contains("accept conn=") && line.ends_with(&needle))
+        .unwrap_or_else(|| panic!("an `accept conn=ID {needle}` record in:\n{log}"));
+    let after = &line[line.find("accept conn=").expect("accept") + "accept conn=".len()..];
+    after.split(' ').next().expect("conn id").to_string()
+}
+
+/// Log lines holding `event conn=ID` exactly (not `conn=ID7`).
+pub fn records<'a>(log: &'a str, event: &str, id: &str) -> Vec<&'a str> {
+    let needle = format!("{event} conn={id}");
+    log.lines()
+        .filter(|line| {
+            line.match_indices(&needle).any(|(at, _)| {
+                let rest = &line[at + needle.len()..];
+                !rest.starts_with(|c: char| c.is_ascii_alphanumeric())
+            })
+        })
+        .collect()
+}
+
+/// Waits until the log holds an `event conn=ID` record; returns the log then.
+pub fn wait_for_record(server: &Server, event: &str, id: &str) -> String {
+    let mut log = String::new();
+    let found = wait_until(LOG_TIMEOUT, || {
+        log = server.log_text();
+        !records(&log, event, id).is_empty()
+    });
+    assert!(
+        found,
+        "no `{event} conn={id}` record in the log within {LOG_TIMEOUT:?}:\n{log}"
+    );
+    log
+}
+
 /// A line-oriented client connection with a read timeout as a safety net.
 pub struct Client {
     reader: BufReader<TcpStream>,
@@ -542,8 +669,12 @@ impl Client {
     pub fn connect(port: u16) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
-        stream.set_read_timeout(Some(READ_TIMEOUT)).expect("set_read_timeout");
-        stream.set_write_timeout(Some(READ_TIMEOUT)).expect("set_write_timeout");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set_read_timeout");
+        stream
+            .set_write_timeout(Some(READ_TIMEOUT))
+            .expect("set_write_timeout");
         let writer = stream.try_clone().expect("clone stream");
         Client {
             reader: BufReader::new(stream),
@@ -636,7 +767,9 @@ impl Client {
 
     /// Shuts down the sending side (the server sees EOF).
     pub fn shutdown_write(&self) {
-        self.writer.shutdown(Shutdown::Write).expect("shutdown write");
+        self.writer
+            .shutdown(Shutdown::Write)
+            .expect("shutdown write");
     }
 
     /// Expects the server to have closed the connection: the next read sees EOF (a reset is
@@ -658,7 +791,10 @@ impl Client {
 
     /// True if nothing arrives within `wait` (the connection is still open and quiet).
     pub fn is_quiet_for(&mut self, wait: Duration) -> bool {
-        self.reader.get_ref().set_read_timeout(Some(wait)).expect("set_read_timeout");
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(wait))
+            .expect("set_read_timeout");
         let quiet = match self.reader.fill_buf() {
             // Data, or EOF: either way something happened.
             Ok(_) => false,
@@ -676,7 +812,11 @@ impl Client {
 /// the time difference in nanoseconds.
 pub fn check_at_line(reply: &str, server: &str, client: &str, location: &str, time: &str) -> i128 {
     let fields: Vec<&str> = reply.split(' ').collect();
-    assert_eq!(fields.len(), 6, "AT reply has 6 single-space-separated fields: {reply:?}");
+    assert_eq!(
+        fields.len(),
+        6,
+        "AT reply has 6 single-space-separated fields: {reply:?}"
+    );
     assert_eq!(fields[0], "AT", "reply {reply:?}");
     assert_eq!(fields[1], server, "server name in {reply:?}");
     assert_eq!(fields[3], client, "client id copied in {reply:?}");

@@ -1,0 +1,240 @@
+//! Limits (SPEC section 2 on long lines, README "Config reference" and "Behaviour the SPEC
+//! leaves open"): `limit line-bytes`, `limit connections`, `limit output-bytes`.
+
+mod common;
+
+use common::{check_at_line, Client, Server};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// An IAMAT line of exactly `len` bytes (without its terminator), by padding the client id.
+fn iamat_of_len(len: usize) -> (String, String) {
+    let fixed = "IAMAT ".len() + " +1+2 100".len();
+    let id = "c".repeat(len - fixed);
+    let line = format!("IAMAT {id} +1+2 100");
+    assert_eq!(line.len(), len);
+    (line, id)
+}
+
+#[test]
+fn line_longer_than_the_limit_is_cut_and_the_connection_stays_open() {
+    let server = Server::builder("Alpha")
+        .line("limit line-bytes 100")
+        .start();
+    let mut client = server.client();
+    // The discarded tail holds a valid command: it must not be run.
+    let line = format!("HELLO{}IAMAT c9 +1+2 100{}", "a".repeat(95), "b".repeat(50));
+    client.send(&line);
+    assert_eq!(client.read_line(), format!("? {}", &line[..100]));
+    let reply = client.iamat("c1", "+1+2", "100");
+    check_at_line(&reply, "Alpha", "c1", "+1+2", "100");
+    let log = server.wait_for_log("limit line-bytes");
+    assert!(
+        log.contains("limit line-bytes conn="),
+        "README log record:\n{log}"
+    );
+}
+
+#[test]
+fn line_of_exactly_the_limit_is_processed() {
+    let server = Server::builder("Alpha")
+        .line("limit line-bytes 100")
+        .start();
+    let mut client = server.client();
+    let (line, id) = iamat_of_len(100);
+    client.send(&line);
+    check_at_line(&client.read_line(), "Alpha", &id, "+1+2", "100");
+    // The \r of \r\n does not count either.
+    client.send_raw(format!("{line}\r\n").as_bytes());
+    check_at_line(&client.read_line(), "Alpha", &id, "+1+2", "100");
+    let (line, _) = iamat_of_len(101);
+    client.send(&line);
+    assert_eq!(client.read_line(), format!("? {}", &line[..100]));
+    let reply = client.iamat("c1", "+1+2", "100");
+    check_at_line(&reply, "Alpha", "c1", "+1+2", "100");
+}
+
+#[test]
+fn long_line_sent_in_pieces_is_cut_once() {
+    let server = Server::builder("Alpha")
+        .line("limit line-bytes 100")
+        .start();
+    let mut client = server.client();
+    let line = "x".repeat(250);
+    for piece in [&line[..60], &line[60..160], &line[160..]] {
+        client.send_raw(piece.as_bytes());
+    }
+    client.send_raw(b"\r\n");
+    client.send("IAMAT c1 +1+2 100");
+    assert_eq!(client.read_line(), format!("? {}", &line[..100]));
+    check_at_line(&client.read_line(), "Alpha", "c1", "+1+2", "100");
+}
+
+#[test]
+fn default_limit_is_64_kib() {
+    let server = Server::builder("Alpha").line("log lines off").start();
+    let mut client = server.client();
+    let (line, id) = iamat_of_len(65536);
+    client.send(&line);
+    check_at_line(&client.read_line(), "Alpha", &id, "+1+2", "100");
+    let (line, _) = iamat_of_len(65537);
+    client.send(&line);
+    assert_eq!(client.read_line(), format!("? {}", &line[..65536]));
+    let reply = client.iamat("c1", "+1+2", "100");
+    check_at_line(&reply, "Alpha", "c1", "+1+2", "100");
+}
+
+/// What a read on a connection the server closed at once returns: EOF (or a reset).
+fn expect_closed_by_server(stream: &mut TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!(
+            "expected the server to close, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => panic!("expected the server to close, got {e}"),
+    }
+}
+
+#[test]
+fn connections_past_the_limit_are_closed() {
+    let server = Server::builder("Alpha").line("limit connections 3").start();
+    // The start-up probe must be gone before counting.
+    server.wait_for_log("close conn=");
+    let mut clients: Vec<Client> = (0..3).map(|_| server.client()).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        let id = format!("c{i}");
+        check_at_line(
+            &client.iamat(&id, "+1+2", "100"),
+            "Alpha",
+            &id,
+            "+1+2",
+            "100",
+        );
+    }
+    let mut fourth = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    let fourth_port = fourth.local_addr().expect("addr").port();
+    expect_closed_by_server(&mut fourth);
+    let log = server.wait_for_log("limit connections");
+    let record = format!("limit connections: 3 open, refusing 127.0.0.1:{fourth_port}");
+    assert!(
+        log.contains(&record),
+        "README log record {record:?}:\n{log}"
+    );
+
+    // Closing one makes room again.
+    drop(clients.remove(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = stream.write_all(b"IAMAT again +1+2 100\n");
+        let mut text = String::new();
+        let _ = BufReader::new(stream).read_line(&mut text);
+        if text.starts_with("AT Alpha ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after closing a connection (got {text:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for client in &mut clients {
+        check_at_line(
+            &client.iamat("c9", "+1+2", "100"),
+            "Alpha",
+            "c9",
+            "+1+2",
+            "100",
+        );
+    }
+}
+
+#[test]
+fn many_connections_at_once_are_all_served() {
+    let server = Server::builder("Alpha").line("log lines off").start();
+    let mut clients: Vec<Client> = (0..200).map(|_| server.client()).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send(&format!("IAMAT many-{i} +1+2 100"));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let id = format!("many-{i}");
+        check_at_line(&client.read_line(), "Alpha", &id, "+1+2", "100");
+    }
+}
+
+#[test]
+fn client_that_never_reads_is_dropped_past_output_bytes() {
+    let server = Server::builder("Alpha")
+        .line("limit output-bytes 10000")
+        .line("log lines off")
+        .start();
+    let client = server.client();
+    let mut writer = client.stream().try_clone().expect("clone");
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let line = format!("IAMAT {} +1+2 100\n", "w".repeat(1000));
+    // Written on its own thread so the test cannot deadlock on a full socket.
+    let writing = std::thread::spawn(move || {
+        let started = Instant::now();
+        for sent in 0..20_000 {
+            if started.elapsed() > Duration::from_secs(20) {
+                return (sent, None);
+            }
+            if let Err(e) = writer.write_all(line.as_bytes()) {
+                return (sent, Some(e.kind()));
+            }
+        }
+        (20_000, None)
+    });
+    let found = common::wait_until(Duration::from_secs(20), || {
+        server.log_text().contains("limit output-bytes")
+    });
+    let (sent, error) = writing.join().expect("writer thread");
+    assert!(
+        found,
+        "log says `limit output-bytes` (sent {sent} lines):\n{}",
+        server.log_text()
+    );
+    assert!(
+        matches!(error, Some(ErrorKind::BrokenPipe) | Some(ErrorKind::ConnectionReset)),
+        "the server dropped the connection while we were still sending: after {sent} lines, {error:?}"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("limit output-bytes conn="),
+        "README log record:\n{log}"
+    );
+    // Others are still served.
+    let reply = server.client().iamat("c1", "+1+2", "100");
+    check_at_line(&reply, "Alpha", "c1", "+1+2", "100");
+}
+
+#[test]
+fn client_that_reads_is_not_dropped_however_much_it_gets() {
+    let server = Server::builder("Alpha")
+        .line("limit output-bytes 10000")
+        .line("log lines off")
+        .start();
+    let mut client = server.client();
+    let id = "r".repeat(1000);
+    for _ in 0..100 {
+        check_at_line(
+            &client.iamat(&id, "+1+2", "100"),
+            "Alpha",
+            &id,
+            "+1+2",
+            "100",
+        );
+    }
+}
