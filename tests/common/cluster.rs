@@ -215,7 +215,9 @@ impl Herd {
     /// Starts `name` (again, after [`kill`](Herd::kill)) and waits until its port accepts.
     pub fn start(&mut self, name: &str) {
         assert!(!self.is_running(name), "{name} is already running");
-        let config = self.dir.write(&format!("{name}.conf"), &self.config_text(name));
+        let config = self
+            .dir
+            .write(&format!("{name}.conf"), &self.config_text(name));
         let stderr_path = self.stderr_path(name);
         let stderr = OpenOptions::new()
             .create(true)
@@ -627,10 +629,8 @@ impl Drop for Relay {
         }
         self.cut();
         // Wake the blocking accept so the thread sees `stopping`.
-        let _ = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], self.port).into(),
-            Duration::from_secs(1),
-        );
+        let _ =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1));
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }

@@ -1,0 +1,342 @@
+//! Links survive faults (SPEC section 3, README "The herd"): a neighbour that is not there is
+//! retried with a growing, capped backoff while the server keeps serving; a server killed
+//! mid-run is caught up by resyncs when it comes back; and a partition (a TCP relay cut between
+//! the two halves of a chain) heals to the newest record of every client on every server.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+
+use cluster::{
+    log_event, log_time_nanos, Herd, Relay, BACKOFF_MAX_MS, BACKOFF_MIN_MS, SPEC_SERVERS,
+};
+use common::{parse_nanos, time_from_now, wait_until};
+use std::time::Duration;
+
+fn record(id: &str, line: &str) -> (String, String) {
+    (id.to_string(), line.to_string())
+}
+
+/// Timestamps may be a little behind the loop's own clock reading, and `N ms` is truncated.
+const LOG_SLACK_NANOS: i128 = 2_000_000;
+
+/// Checks the retries `server` logged for its link to `neighbour` (which never came up in
+/// `log`) against README's backoff: delays doubling from `peer backoff-min-ms` to
+/// `peer backoff-max-ms`, each from the upper half of its step, each actually waited.
+fn check_backoff(log: &str, server: &str, neighbour: &str) {
+    let retry = format!("link retry {neighbour} in ");
+    let connecting = format!("link connecting {neighbour} ");
+    let down = format!("link down {neighbour}");
+    let mut retries: Vec<(i128, u64)> = Vec::new(); // (logged at, delay ms)
+    let mut attempts: Vec<i128> = Vec::new();
+    let mut downs = 0;
+    for line in log.lines() {
+        let event = log_event(line);
+        let at =
+            || log_time_nanos(line).unwrap_or_else(|| panic!("no RFC 3339 timestamp: {line:?}"));
+        if let Some(rest) = event.strip_prefix(&retry) {
+            let ms = rest
+                .strip_suffix(" ms")
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("`link retry NAME in N ms`: {line:?}"));
+            retries.push((at(), ms));
+        } else if event.starts_with(&connecting) {
+            attempts.push(at());
+        } else if event.starts_with(&down) {
+            downs += 1;
+        }
+    }
+    let delays: Vec<u64> = retries.iter().map(|r| r.1).collect();
+    assert!(
+        retries.len() >= 6,
+        "{server}: retries of {neighbour}: {delays:?}"
+    );
+    // (The log may have been read between a `link down` and its `link retry`.)
+    assert!(
+        downs == retries.len() || downs == retries.len() + 1,
+        "{server}: one `link down` per retry: {downs} downs, {} retries",
+        retries.len()
+    );
+    for (i, &ms) in delays.iter().enumerate() {
+        let step = (BACKOFF_MIN_MS << i.min(20)).min(BACKOFF_MAX_MS);
+        assert!(
+            step / 2 <= ms && ms <= step,
+            "{server}: retry {i} of {neighbour} waits {ms} ms, outside the upper half of its \
+             step {step} ms (doubling from {BACKOFF_MIN_MS}, capped at {BACKOFF_MAX_MS}): \
+             {delays:?}"
+        );
+    }
+    // Each retry is really waited: the next attempt starts no earlier than announced.
+    assert!(
+        attempts.len() == retries.len() || attempts.len() == retries.len() + 1,
+        "{server}: {} attempts for {} retries",
+        attempts.len(),
+        retries.len()
+    );
+    for (i, (logged_at, ms)) in retries.iter().enumerate() {
+        let Some(next) = attempts.get(i + 1) else {
+            break;
+        };
+        let waited = next - logged_at;
+        assert!(
+            waited >= i128::from(*ms) * 1_000_000 - LOG_SLACK_NANOS,
+            "{server}: attempt {} at {waited} ns after `retry in {ms} ms`",
+            i + 1
+        );
+    }
+    // Never a tight loop: no more attempts than the shortest delay allows.
+    let span = attempts.last().unwrap_or(&0) - attempts.first().unwrap_or(&0);
+    let most = 1 + span / (i128::from(BACKOFF_MIN_MS / 2) * 1_000_000);
+    assert!(
+        attempts.len() as i128 <= most,
+        "{server}: {} attempts in {span} ns (at most {most})",
+        attempts.len()
+    );
+}
+
+#[test]
+fn a_missing_neighbour_is_retried_with_growing_capped_backoff_and_catches_up_when_it_starts() {
+    let mut herd = Herd::spec();
+    for name in ["Bona", "Campbell", "Clark", "Jaquez"] {
+        herd.start(name);
+    }
+    herd.wait_all_linked(); // the links among the four that run
+
+    // The others keep serving while Bailey is away, and flood among themselves.
+    let early = herd.iamat("Clark", "early.example", "+1.5+2.5", &time_from_now(-3));
+    let moved = herd.iamat("Campbell", "mover.example", "-3.5-4.5", &time_from_now(-2));
+    let running = ["Bona", "Campbell", "Clark", "Jaquez"];
+    herd.wait_converged(
+        &running,
+        &[
+            record("early.example", &early),
+            record("mover.example", &moved),
+        ],
+    );
+
+    // Seven failed attempts take 50+100+200+400+400+400 ms of delays at most.
+    for server in ["Campbell", "Bona"] {
+        let log =
+            herd.wait_log_count_for(server, "link retry Bailey in ", 7, Duration::from_secs(10));
+        check_backoff(&log, server, "Bailey");
+    }
+    let late = herd.iamat("Jaquez", "late.example", "+5.5+6.5", &time_from_now(-1));
+    let moved = herd.iamat("Bona", "mover.example", "-7.5-8.5", &time_from_now(-1));
+    let expected = vec![
+        record("early.example", &early),
+        record("mover.example", &moved),
+        record("late.example", &late),
+    ];
+    herd.wait_converged(&running, &expected);
+
+    // Bailey arrives: both links come up, both ways, and Bailey learns what it missed.
+    herd.start("Bailey");
+    for neighbour in ["Campbell", "Bona"] {
+        herd.wait_link_syncs(neighbour, "Bailey", 1);
+        herd.wait_link_syncs("Bailey", neighbour, 1);
+    }
+    herd.wait_knows("Bailey", &expected);
+    let newest = herd.iamat("Bailey", "bailey.example", "+9.5+9.5", &time_from_now(0));
+    herd.wait_converged(&SPEC_SERVERS, &[record("bailey.example", &newest)]);
+}
+
+#[test]
+fn a_killed_server_leaves_the_herd_flooding_and_catches_up_when_restarted() {
+    let mut herd = Herd::spec();
+    herd.start_all();
+    herd.wait_all_linked();
+    let before = herd.iamat("Clark", "before.example", "+10+10", &time_from_now(-9));
+    herd.wait_converged(&SPEC_SERVERS, &[record("before.example", &before)]);
+
+    let bona_neighbours = herd.neighbours("Bona");
+    let downs: Vec<usize> = bona_neighbours
+        .iter()
+        .map(|n| herd.count_in_log(n, "link down Bona"))
+        .collect();
+    let syncs: Vec<usize> = bona_neighbours
+        .iter()
+        .map(|n| herd.link_syncs(n, "Bona"))
+        .collect();
+    herd.kill("Bona");
+    for (neighbour, before) in bona_neighbours.iter().zip(&downs) {
+        herd.wait_log_count(neighbour, "link down Bona", before + 1);
+    }
+
+    // Updates everywhere else; Clark's reach Bailey through Jaquez and Campbell.
+    let survivors = ["Bailey", "Campbell", "Clark", "Jaquez"];
+    let mut expected = Vec::new();
+    for (i, server) in survivors.iter().enumerate() {
+        let id = format!("during-{server}.example");
+        let line = herd.iamat(server, &id, &format!("+{i}-{i}"), &time_from_now(-5));
+        expected.push(record(&id, &line));
+    }
+    let before = herd.iamat("Bailey", "before.example", "+11+11", &time_from_now(-4));
+    expected.push(record("before.example", &before));
+    herd.wait_converged(&survivors, &expected);
+
+    // Bona comes back with an empty table: the resyncs of its neighbours fill it.
+    herd.start("Bona");
+    for (neighbour, before) in bona_neighbours.iter().zip(&syncs) {
+        herd.wait_link_syncs(neighbour, "Bona", before + 1);
+        herd.wait_link_syncs("Bona", neighbour, 2);
+    }
+    herd.wait_knows("Bona", &expected);
+    let after = herd.iamat("Bona", "after.example", "+12+12", &time_from_now(-1));
+    expected.push(record("after.example", &after));
+    herd.wait_converged(&SPEC_SERVERS, &expected);
+}
+
+#[test]
+fn a_chain_whose_middle_server_dies_converges_after_it_restarts() {
+    let mut herd = Herd::chain(&["Alpha", "Beta", "Gamma"]);
+    herd.start_all();
+    herd.wait_all_linked();
+    let shared = herd.iamat("Alpha", "shared.example", "+1+1", &time_from_now(-9));
+    herd.wait_converged(
+        &["Alpha", "Beta", "Gamma"],
+        &[record("shared.example", &shared)],
+    );
+
+    let downs = [
+        herd.count_in_log("Alpha", "link down Beta"),
+        herd.count_in_log("Gamma", "link down Beta"),
+    ];
+    herd.kill("Beta");
+    herd.wait_log_count("Alpha", "link down Beta", downs[0] + 1);
+    herd.wait_log_count("Gamma", "link down Beta", downs[1] + 1);
+
+    // Beta was the only path: each end knows only its own updates.
+    let west = herd.iamat("Alpha", "west.example", "+2+2", &time_from_now(-5));
+    let east = herd.iamat("Gamma", "east.example", "+3+3", &time_from_now(-5));
+    let shared = herd.iamat("Gamma", "shared.example", "+4+4", &time_from_now(-4));
+    assert_eq!(
+        herd.known("Alpha", "east.example"),
+        None,
+        "no path to Alpha"
+    );
+    assert_eq!(
+        herd.known("Gamma", "west.example"),
+        None,
+        "no path to Gamma"
+    );
+
+    herd.start("Beta");
+    let expected = [
+        record("shared.example", &shared),
+        record("west.example", &west),
+        record("east.example", &east),
+    ];
+    herd.wait_converged(&["Beta", "Alpha", "Gamma"], &expected);
+}
+
+/// SPEC section 2's order for two records with equal client times: the smaller time difference,
+/// then the server name that sorts first, then the smaller AT line (bytes).
+fn tie_winner(a: &str, b: &str) -> String {
+    let key = |line: &str| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let diff = parse_nanos(fields[2]).unwrap_or_else(|| panic!("AT line {line:?}"));
+        (diff, fields[1].to_string(), line.to_string())
+    };
+    if key(a) <= key(b) {
+        a.to_string()
+    } else {
+        b.to_string()
+    }
+}
+
+#[test]
+fn a_healed_partition_converges_to_the_newest_record_of_every_client() {
+    // Ash - Xu - Yew - Box, where Xu and Yew reach each other only through the relays.
+    let mut herd = Herd::chain(&["Ash", "Xu", "Yew", "Box"]);
+    let to_yew = Relay::start(herd.port("Yew"));
+    let to_xu = Relay::start(herd.port("Xu"));
+    herd.route("Xu", "Yew", to_yew.port);
+    herd.route("Yew", "Xu", to_xu.port);
+    herd.start_all();
+    herd.wait_all_linked();
+    assert!(
+        to_yew.relayed() >= 1 && to_xu.relayed() >= 1,
+        "links go through the relays"
+    );
+
+    let all = ["Ash", "Xu", "Yew", "Box"];
+    let kiwi = herd.iamat("Ash", "kiwi.example", "+1+1", &time_from_now(-100));
+    let ant = herd.iamat("Box", "ant.example", "+2+2", &time_from_now(-100));
+    herd.wait_converged(
+        &all,
+        &[record("kiwi.example", &kiwi), record("ant.example", &ant)],
+    );
+
+    let downs = [
+        herd.count_in_log("Xu", "link down Yew"),
+        herd.count_in_log("Yew", "link down Xu"),
+    ];
+    to_yew.cut();
+    to_xu.cut();
+    herd.wait_log_count("Xu", "link down Yew", downs[0] + 1);
+    herd.wait_log_count("Yew", "link down Xu", downs[1] + 1);
+
+    // Conflicting updates on both sides of the cut, plus one-sided ones.
+    let kiwi_west = herd.iamat("Ash", "kiwi.example", "+3+3", &time_from_now(-50));
+    let kiwi_east = herd.iamat("Box", "kiwi.example", "+4+4", &time_from_now(-40)); // newest
+    let ant_west = herd.iamat("Xu", "ant.example", "+5+5", &time_from_now(-30)); // newest
+    let ant_east = herd.iamat("Yew", "ant.example", "+6+6", &time_from_now(-45));
+    let tie_time = time_from_now(-20);
+    let twin_west = herd.iamat("Xu", "twin.example", "+7+7", &tie_time);
+    let twin_east = herd.iamat("Yew", "twin.example", "+8+8", &tie_time);
+    let solo_west = herd.iamat("Ash", "west.example", "+9+9", &time_from_now(-10));
+    let solo_east = herd.iamat("Box", "east.example", "+10+10", &time_from_now(-10));
+
+    // Each half agrees on its own view, and nothing crosses the cut.
+    herd.wait_converged(
+        &["Ash", "Xu"],
+        &[
+            record("kiwi.example", &kiwi_west),
+            record("ant.example", &ant_west),
+            record("twin.example", &twin_west),
+            record("west.example", &solo_west),
+        ],
+    );
+    herd.wait_converged(
+        &["Yew", "Box"],
+        &[
+            record("kiwi.example", &kiwi_east),
+            record("ant.example", &ant_east),
+            record("twin.example", &twin_east),
+            record("east.example", &solo_east),
+        ],
+    );
+    // The links keep trying (and failing) through the cut.
+    assert!(
+        wait_until(Duration::from_secs(5), || to_yew.dropped() >= 2
+            && to_xu.dropped() >= 2),
+        "Xu and Yew retried during the cut: dropped {} and {}",
+        to_yew.dropped(),
+        to_xu.dropped()
+    );
+    for (server, id) in [("Ash", "east.example"), ("Xu", "east.example")] {
+        assert_eq!(
+            herd.known(server, id),
+            None,
+            "{id} crossed the cut to {server}"
+        );
+    }
+    for (server, id) in [("Yew", "west.example"), ("Box", "west.example")] {
+        assert_eq!(
+            herd.known(server, id),
+            None,
+            "{id} crossed the cut to {server}"
+        );
+    }
+
+    to_yew.restore();
+    to_xu.restore();
+    let expected = [
+        record("kiwi.example", &kiwi_east),
+        record("ant.example", &ant_west),
+        record("twin.example", &tie_winner(&twin_west, &twin_east)),
+        record("west.example", &solo_west),
+        record("east.example", &solo_east),
+    ];
+    herd.wait_converged(&all, &expected);
+}
