@@ -35,6 +35,8 @@ pub enum PeerOutcome {
     Stored(RecordIndex),
     /// Known already (or older): stop here, which is what ends every flood.
     Stale,
+    /// A ping: answer with this line.
+    Ping(&'static [u8]),
     /// Not an AT line: the neighbour is broken or not a neighbour; drop the connection.
     Invalid,
 }
@@ -65,6 +67,9 @@ impl App {
 
     /// Handles one line from an accepted neighbour: an AT line as the taking server made it.
     pub fn handle_peer_line(&mut self, line: &[u8]) -> PeerOutcome {
+        if peer_wire::is_ping(line) {
+            return PeerOutcome::Ping(peer_wire::PONG_LINE);
+        }
         let Some(at) = AtLine::parse(line) else {
             return PeerOutcome::Invalid;
         };
@@ -322,6 +327,10 @@ mod tests {
             PeerOutcome::Invalid
         );
         assert_eq!(app.handle_peer_line(b"garbage"), PeerOutcome::Invalid);
+        assert_eq!(
+            app.handle_peer_line(b"HERD-PING"),
+            PeerOutcome::Ping(b"HERD-PONG\n")
+        );
         assert_eq!(app.clients().line_of(b"c").unwrap(), line);
     }
 

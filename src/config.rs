@@ -105,6 +105,15 @@ pub struct PeerSettings {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub max_queue_bytes: usize,
+    /// A link that has been quiet this long sends a ping; one that hears nothing for
+    /// [`PeerSettings::silence_limit`] is taken down (a silent partition, a hung neighbour).
+    pub ping_interval: Duration,
+}
+
+impl PeerSettings {
+    pub fn silence_limit(&self) -> Duration {
+        self.ping_interval * 5
+    }
 }
 
 impl Default for PeerSettings {
@@ -114,6 +123,7 @@ impl Default for PeerSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(5000),
             max_queue_bytes: 16 * 1024 * 1024,
+            ping_interval: Duration::from_millis(1000),
         }
     }
 }
@@ -308,6 +318,7 @@ fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(),
         "backoff-min-ms" => peer.backoff_min = millis(setting, value)?,
         "backoff-max-ms" => peer.backoff_max = millis(setting, value)?,
         "queue-bytes" => peer.max_queue_bytes = number_in(setting, value, 1024, 1 << 40)?,
+        "ping-ms" => peer.ping_interval = millis(setting, value)?,
         _ => return Err(format!("unknown peer setting '{setting}'")),
     }
     if peer.backoff_min > peer.backoff_max {
@@ -443,7 +454,8 @@ log lines on
             "places workers 8\nplaces timeout-ms 250\nplaces queue 10\nplaces key-env K_1\n\
              places field-mask places.displayName\nlog dir /tmp/x\nlog lines off\nlog level debug\n\
              limit line-bytes 100\nlimit output-bytes 2048\nlimit connections 3\n\
-             peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer queue-bytes 4096",
+             peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer queue-bytes 4096\n\
+             peer ping-ms 300",
         )
         .unwrap();
         assert_eq!(config.places.workers, 8);
@@ -461,6 +473,8 @@ log lines on
         assert_eq!(config.peer.backoff_min, Duration::from_millis(10));
         assert_eq!(config.peer.backoff_max, Duration::from_millis(20));
         assert_eq!(config.peer.max_queue_bytes, 4096);
+        assert_eq!(config.peer.ping_interval, Duration::from_millis(300));
+        assert_eq!(config.peer.silence_limit(), Duration::from_millis(1500));
     }
 
     #[test]

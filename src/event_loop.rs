@@ -19,7 +19,7 @@ use crate::app::{App, ClientOutcome, PeerOutcome};
 use crate::buffer::{Line, OutBuffer};
 use crate::config::{Config, Limits, PlacesApi};
 use crate::conn::{Connection, ReplyQueue, Stage};
-use crate::link::{self, Link};
+use crate::link::{self, Link, TimerAction};
 use crate::logging::{self, Escaped, Secret};
 use crate::net::{self, ReadOutcome};
 use crate::peer_wire;
@@ -101,8 +101,16 @@ impl EventLoop {
             .neighbours(&setup.name)
             .into_iter()
             .map(|n| {
-                let backoff = Backoff::new(config.peer.backoff_min, config.peer.backoff_max);
-                Link::new(&n.name, n.addr, backoff, now)
+                let peer = &config.peer;
+                let backoff = Backoff::new(peer.backoff_min, peer.backoff_max);
+                Link::new(
+                    &n.name,
+                    n.addr,
+                    backoff,
+                    peer.ping_interval,
+                    peer.silence_limit(),
+                    now,
+                )
             })
             .collect();
         let neighbours = links.iter().map(|l| l.name.clone()).collect();
@@ -370,21 +378,20 @@ impl EventLoop {
         }
     }
 
-    /// Starts connects that are due and gives up on attempts that took too long.
+    /// Runs the links' timers: connects that are due, attempts that took too long, pings,
+    /// and neighbours that fell silent.
     fn tick_links(&mut self) {
         let now = Instant::now();
         for index in 0..self.links.len() {
-            match self.links[index].stage {
-                link::Stage::Waiting { retry_at } if retry_at <= now => {
-                    self.start_connect(index, now)
+            match self.links[index].on_timer(now) {
+                TimerAction::Nothing => {}
+                TimerAction::Connect => self.start_connect(index, now),
+                TimerAction::Pinged => {
+                    if self.log_lines {
+                        info!("send link={} HERD-PING", self.links[index].name);
+                    }
                 }
-                link::Stage::Connecting { deadline } if deadline <= now => {
-                    self.link_down(index, "connect timed out")
-                }
-                link::Stage::Greeting { deadline } if deadline <= now => {
-                    self.link_down(index, "no welcome in time")
-                }
-                _ => {}
+                TimerAction::GiveUp(why) => self.link_down(index, why),
             }
         }
     }
@@ -457,24 +464,29 @@ impl EventLoop {
             };
             match net::read_some(stream, &mut self.scratch) {
                 ReadOutcome::Data(n) => {
+                    let now = Instant::now();
+                    link.heard(now);
                     let greeting = matches!(link.stage, link::Stage::Greeting { .. });
                     let name = &link.name;
+                    let log_lines = self.log_lines;
                     link.reader.feed(&self.scratch[..n], |line| {
                         let line = match line {
                             Line::Complete(line) | Line::TooLong(line) => line,
                         };
+                        if log_lines {
+                            info!("recv link={name} {}", Escaped(line));
+                        }
                         if verdict.is_some() || !greeting {
-                            return; // after the welcome a neighbour has nothing to say
+                            return; // after the welcome only pongs come back
                         }
                         verdict = Some(match peer_wire::parse_welcome(line) {
                             Some(_) => Ok(()),
                             None => Err(format!("refused: {}", Escaped(line))),
                         });
-                        let _ = name;
                     });
                     match verdict.take() {
                         Some(Ok(())) => {
-                            link.welcomed();
+                            link.welcomed(now);
                             info!("link up {}", link.name);
                             self.sync_pending = true;
                         }
@@ -545,10 +557,7 @@ impl EventLoop {
     /// Tops up a resyncing link's queue from the client table; returns the bytes added.
     fn fill_sync(&mut self, index: usize) -> usize {
         let link = &mut self.links[index];
-        let link::Stage::Up {
-            sync_cursor: Some(mut cursor),
-        } = link.stage
-        else {
+        let Some(mut cursor) = link.sync_cursor() else {
             return 0;
         };
         let table = self.app.clients();
@@ -566,9 +575,7 @@ impl EventLoop {
             link.synced += 1;
         }
         let done = cursor >= table.len();
-        link.stage = link::Stage::Up {
-            sync_cursor: (!done).then_some(cursor),
-        };
+        link.set_sync_cursor((!done).then_some(cursor));
         if done {
             info!("link sync {}: sent {} records", link.name, link.synced);
         }
@@ -713,6 +720,7 @@ impl ClientSession<'_> {
                 );
             }
             PeerOutcome::Stale => {}
+            PeerOutcome::Ping(pong) => self.deliver(pong.to_vec()),
             PeerOutcome::Invalid => {
                 warn!(
                     "peer conn={} {from}: invalid line, dropping link: {}",

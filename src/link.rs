@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::buffer::{LineReader, OutBuffer};
+use crate::peer_wire::PING_LINE;
 use crate::store::RecordIndex;
 use crate::timer::Backoff;
 
@@ -31,8 +32,25 @@ pub enum Stage {
     /// Connected and the hello sent; waiting for the neighbour's welcome.
     Greeting { deadline: Instant },
     /// Accepted. While `sync_cursor` is `Some`, the whole client table is streaming to the
-    /// neighbour in index order, from that index on.
-    Up { sync_cursor: Option<RecordIndex> },
+    /// neighbour in index order, from that index on. A ping goes out at `ping_due`; a
+    /// neighbour not heard from since `last_heard` plus the silence limit is taken for gone.
+    Up {
+        sync_cursor: Option<RecordIndex>,
+        last_heard: Instant,
+        ping_due: Instant,
+    },
+}
+
+/// What a link's timers call for now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TimerAction {
+    Nothing,
+    /// The retry is due: start a connect.
+    Connect,
+    /// A ping was queued.
+    Pinged,
+    /// Take the link down, for this reason.
+    GiveUp(&'static str),
 }
 
 pub struct Link {
@@ -43,6 +61,8 @@ pub struct Link {
     pub reader: LineReader,
     pub out: OutBuffer,
     pub backoff: Backoff,
+    pub ping_interval: Duration,
+    pub silence_limit: Duration,
     /// The interest the socket is registered with, if it is registered.
     pub registered: Option<Interest>,
     /// The last write stopped at `WouldBlock`: wait for a writable event before writing again.
@@ -53,7 +73,14 @@ pub struct Link {
 
 impl Link {
     /// A link that will make its first attempt at `now`.
-    pub fn new(name: &str, addr: SocketAddr, backoff: Backoff, now: Instant) -> Link {
+    pub fn new(
+        name: &str,
+        addr: SocketAddr,
+        backoff: Backoff,
+        ping_interval: Duration,
+        silence_limit: Duration,
+        now: Instant,
+    ) -> Link {
         Link {
             name: name.to_string(),
             addr,
@@ -62,6 +89,8 @@ impl Link {
             reader: LineReader::new(4096),
             out: OutBuffer::default(),
             backoff,
+            ping_interval,
+            silence_limit,
             registered: None,
             write_blocked: false,
             synced: 0,
@@ -73,7 +102,40 @@ impl Link {
         match self.stage {
             Stage::Waiting { retry_at } => Some(retry_at),
             Stage::Connecting { deadline } | Stage::Greeting { deadline } => Some(deadline),
-            Stage::Up { .. } => None,
+            Stage::Up {
+                last_heard,
+                ping_due,
+                ..
+            } => Some(ping_due.min(last_heard + self.silence_limit)),
+        }
+    }
+
+    /// Acts on whichever of the link's deadlines has passed.
+    pub fn on_timer(&mut self, now: Instant) -> TimerAction {
+        match &mut self.stage {
+            Stage::Waiting { retry_at } if *retry_at <= now => TimerAction::Connect,
+            Stage::Connecting { deadline } if *deadline <= now => {
+                TimerAction::GiveUp("connect timed out")
+            }
+            Stage::Greeting { deadline } if *deadline <= now => {
+                TimerAction::GiveUp("no welcome in time")
+            }
+            Stage::Up { last_heard, .. } if *last_heard + self.silence_limit <= now => {
+                TimerAction::GiveUp("neighbour silent, no answer to pings")
+            }
+            Stage::Up { ping_due, .. } if *ping_due <= now => {
+                *ping_due = now + self.ping_interval;
+                self.out.push(PING_LINE);
+                TimerAction::Pinged
+            }
+            _ => TimerAction::Nothing,
+        }
+    }
+
+    /// Something arrived from the neighbour: it is alive.
+    pub fn heard(&mut self, now: Instant) {
+        if let Stage::Up { last_heard, .. } = &mut self.stage {
+            *last_heard = now;
         }
     }
 
@@ -86,9 +148,12 @@ impl Link {
     /// a bounded number of times).
     pub fn wants_live_update(&self, record: RecordIndex) -> bool {
         match self.stage {
-            Stage::Up { sync_cursor: None } => true,
+            Stage::Up {
+                sync_cursor: None, ..
+            } => true,
             Stage::Up {
                 sync_cursor: Some(cursor),
+                ..
             } => record < cursor,
             _ => false,
         }
@@ -111,12 +176,29 @@ impl Link {
     }
 
     /// The neighbour accepted us: start the resync from the first record.
-    pub fn welcomed(&mut self) {
+    pub fn welcomed(&mut self, now: Instant) {
         self.backoff.reset();
         self.synced = 0;
         self.stage = Stage::Up {
             sync_cursor: Some(0),
+            last_heard: now,
+            ping_due: now + self.ping_interval,
         };
+    }
+
+    /// Where a running resync has got to (`None` when none runs).
+    pub fn sync_cursor(&self) -> Option<RecordIndex> {
+        match self.stage {
+            Stage::Up { sync_cursor, .. } => sync_cursor,
+            _ => None,
+        }
+    }
+
+    /// Moves a running resync on to `cursor`, or ends it (`None`).
+    pub fn set_sync_cursor(&mut self, cursor: Option<RecordIndex>) {
+        if let Stage::Up { sync_cursor, .. } = &mut self.stage {
+            *sync_cursor = cursor;
+        }
     }
 
     /// Takes the link down: the socket (already deregistered by the caller) is dropped with
@@ -139,16 +221,27 @@ impl Link {
 mod tests {
     use super::*;
 
+    const PING: Duration = Duration::from_millis(1000);
+    const SILENCE: Duration = Duration::from_millis(5000);
+
     fn link(now: Instant) -> Link {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(5000));
-        Link::new("Bona", "127.0.0.1:1".parse().unwrap(), backoff, now)
+        Link::new(
+            "Bona",
+            "127.0.0.1:1".parse().unwrap(),
+            backoff,
+            PING,
+            SILENCE,
+            now,
+        )
     }
 
     fn link_up_and_synced(now: Instant) -> Link {
         let mut l = link(now);
         l.connected(b"HERD-HELLO A\n", now);
-        l.welcomed();
-        l.stage = Stage::Up { sync_cursor: None };
+        l.welcomed(now);
+        l.set_sync_cursor(None);
+        l.out = OutBuffer::default();
         l
     }
 
@@ -174,14 +267,9 @@ mod tests {
         let now = Instant::now();
         let mut l = link(now);
         l.connected(b"x\n", now);
-        l.welcomed();
-        assert_eq!(
-            l.stage,
-            Stage::Up {
-                sync_cursor: Some(0)
-            }
-        );
-        assert_eq!(l.deadline(), None);
+        l.welcomed(now);
+        assert_eq!(l.sync_cursor(), Some(0));
+        assert_eq!(l.deadline(), Some(now + PING));
     }
 
     #[test]
@@ -189,9 +277,7 @@ mod tests {
         let now = Instant::now();
         let mut l = link_up_and_synced(now);
         assert!(l.wants_live_update(7));
-        l.stage = Stage::Up {
-            sync_cursor: Some(5),
-        };
+        l.set_sync_cursor(Some(5));
         assert!(l.wants_live_update(4));
         assert!(!l.wants_live_update(5));
         assert!(!l.wants_live_update(9));
@@ -207,9 +293,38 @@ mod tests {
         assert_eq!(l.deadline(), Some(now + first));
         let second = l.down(now, 0.5);
         assert!(second > first);
-        l.welcomed();
+        l.welcomed(now);
         let after_up = l.down(now, 0.5);
         assert_eq!(after_up, first);
+    }
+
+    #[test]
+    fn a_quiet_link_pings_and_a_silent_one_gives_up() {
+        let now = Instant::now();
+        let mut l = link_up_and_synced(now);
+        assert_eq!(l.on_timer(now), TimerAction::Nothing);
+        assert_eq!(l.on_timer(now + PING), TimerAction::Pinged);
+        assert_eq!(l.out.pending(), b"HERD-PING\n");
+        assert_eq!(l.deadline(), Some(now + 2 * PING));
+        l.heard(now + PING + Duration::from_millis(1));
+        assert_eq!(l.on_timer(now + SILENCE), TimerAction::Pinged);
+        let later = now + PING + Duration::from_millis(1) + SILENCE;
+        assert!(matches!(l.on_timer(later), TimerAction::GiveUp(_)));
+    }
+
+    #[test]
+    fn timers_before_the_link_is_up() {
+        let now = Instant::now();
+        let mut l = link(now);
+        assert_eq!(l.on_timer(now), TimerAction::Connect);
+        l.stage = Stage::Connecting { deadline: now };
+        assert!(matches!(l.on_timer(now), TimerAction::GiveUp(_)));
+        l.connected(b"x\n", now);
+        assert_eq!(l.on_timer(now), TimerAction::Nothing);
+        assert!(matches!(
+            l.on_timer(now + GREETING_TIMEOUT),
+            TimerAction::GiveUp(_)
+        ));
     }
 
     #[test]

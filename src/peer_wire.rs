@@ -6,6 +6,8 @@
 //! HERD-WELCOME NAME            acceptor -> connector, the hello was accepted
 //! AT SERVER DIFF CLIENT LOCATION TIME
 //!                              connector -> acceptor, one location update (SPEC's AT line)
+//! HERD-PING                    connector -> acceptor, when the link has been quiet
+//! HERD-PONG                    acceptor -> connector, the answer: the neighbour is alive
 //! ```
 //!
 //! With a shared secret, `MAC` is hex HMAC-SHA256(secret, "FROM TO SECS") and `SECS` the
@@ -22,6 +24,8 @@ use crate::protocol::fields;
 
 pub const HELLO: &[u8] = b"HERD-HELLO";
 pub const WELCOME: &[u8] = b"HERD-WELCOME";
+pub const PING_LINE: &[u8] = b"HERD-PING\n";
+pub const PONG_LINE: &[u8] = b"HERD-PONG\n";
 /// How far a hello's time may be from the acceptor's clock.
 pub const HELLO_MAX_SKEW_SECS: i64 = 60;
 
@@ -41,6 +45,12 @@ pub fn format_hello(from: &str, to: &str, secret: Option<&Secret>, now_secs: i64
 
 pub fn format_welcome(name: &str) -> Vec<u8> {
     format!("HERD-WELCOME {name}\n").into_bytes()
+}
+
+/// Whether a line from a neighbour is a ping (its answer is [`PONG_LINE`]).
+pub fn is_ping(line: &[u8]) -> bool {
+    let mut words = fields(line);
+    words.next() == Some(&PING_LINE[..PING_LINE.len() - 1]) && words.next().is_none()
 }
 
 /// Whether a line is a hello at all (whatever its validity).
@@ -233,6 +243,14 @@ mod tests {
         );
         assert_eq!(parse_welcome(b"? HERD-HELLO Bona"), None);
         assert_eq!(parse_welcome(b"HERD-WELCOME a b"), None);
+    }
+
+    #[test]
+    fn ping_detection() {
+        assert!(is_ping(&PING_LINE[..PING_LINE.len() - 1]));
+        assert!(is_ping(b"HERD-PING "));
+        assert!(!is_ping(b"HERD-PING x"));
+        assert!(!is_ping(b"HERD-PONG"));
     }
 
     #[test]

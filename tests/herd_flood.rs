@@ -179,10 +179,13 @@ fn each_update_crosses_each_link_direction_at_most_once() {
         sent.extend(s);
         received.extend(r);
     }
-    // Only locations travel (never Places results): links carry hellos and AT lines only.
+    // Only locations travel (never Places results): links carry AT lines and the link's own
+    // control lines (the hello, and keepalive pings when a link has been quiet) only.
     for record in &sent {
         assert!(
-            record.line.starts_with("AT ") || record.line.starts_with("HERD-HELLO "),
+            record.line.starts_with("AT ")
+                || record.line.starts_with("HERD-HELLO ")
+                || record.line == "HERD-PING",
             "{} sent {:?} on its link to {}",
             record.server,
             record.line,
@@ -191,7 +194,7 @@ fn each_update_crosses_each_link_direction_at_most_once() {
     }
     for record in &received {
         assert!(
-            record.line.starts_with("AT "),
+            record.line.starts_with("AT ") || record.line == "HERD-PING",
             "{} received {:?} from {}",
             record.server,
             record.line,
