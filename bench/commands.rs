@@ -28,14 +28,18 @@ impl Names {
         }
     }
 
+    /// Nanoseconds since `base_secs`: a client time later than every one used before.
+    pub fn now_tick(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        now.as_nanos()
+            .saturating_sub(self.base_secs as u128 * 1_000_000_000) as u64
+    }
+
     /// A client id of this run: `{kind}{n}.{nonce}.bench`.
     pub fn client(&self, kind: &str, n: u64) -> String {
         format!("{kind}{n}.{}.bench", self.nonce)
-    }
-
-    /// The marker every client id of this run contains (to find them in server logs).
-    pub fn marker(&self) -> String {
-        format!(".{}.bench", self.nonce)
     }
 
     /// A whole IAMAT line for `client` at client time base + `tick` nanoseconds.
@@ -99,7 +103,9 @@ impl IamatLoad {
             mode: ClientMode::Cycling {
                 clients_per_connection: 100,
             },
-            ticks: vec![0; connections],
+            // Start from the wall clock, so a later run's updates are newer than an earlier
+            // run's for the same client ids (an older time would be answered but not flooded).
+            ticks: vec![names.now_tick(); connections],
             issued: 0,
             limit: u64::MAX,
         }

@@ -3,7 +3,6 @@
 //! loopback ports, and the /proc readings taken of a server (RSS, open descriptors). It sends no
 //! protocol traffic beyond the connect that shows a server is listening.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ const KEY_ENV: &str = "HERD_BENCH_PLACES_KEY";
 
 /// Raises the open-file limit to the hard limit before exec'ing the server: scenario 4 holds
 /// 10,000 connections.
-const RAISE_NOFILE: &str =
+pub const RAISE_NOFILE: &str =
     r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@""#;
 
 /// A herd to generate: servers on free loopback ports, links, and extra directives.
@@ -89,10 +88,8 @@ impl Workdir {
     pub fn new(label: &str) -> Result<Workdir, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "herd-bench-{}-{n}-{label}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("herd-bench-{}-{n}-{label}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Workdir { path })
@@ -109,7 +106,6 @@ impl Drop for Workdir {
 pub struct ServerProcess {
     pub name: String,
     pub addr: SocketAddr,
-    pub log_path: PathBuf,
     stderr_path: PathBuf,
     child: Child,
 }
@@ -119,20 +115,14 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// Ends the server with SIGTERM, so it flushes its log, and waits (bounded) for it.
-    pub fn terminate(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.pid().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits (bounded) for the server to exit after SIGTERM, then kills it if it has not.
+    fn reap(&mut self, deadline: Instant) {
+        while self.running() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -140,9 +130,8 @@ impl ServerProcess {
 
     fn stderr_tail(&self) -> String {
         let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let lines: VecDeque<&str> = text.lines().rev().take(3).collect();
-        let tail: Vec<&str> = lines.into_iter().rev().collect();
-        tail.join(" | ")
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
     }
 }
 
@@ -193,7 +182,6 @@ impl Herd {
             servers.push(ServerProcess {
                 name: name.clone(),
                 addr,
-                log_path: dir.path.join(format!("{name}.log")),
                 stderr_path,
                 child,
             });
@@ -213,10 +201,20 @@ impl Herd {
         self.config.addrs.clone()
     }
 
-    /// SIGTERM to every server (they flush their logs), then wait for all.
+    /// SIGTERM to every server (they flush their logs and exit), then waits (at most 5 s)
+    /// for all of them.
     pub fn terminate(&mut self) {
+        let pids: Vec<String> = self
+            .servers
+            .iter_mut()
+            .filter_map(|s| s.running().then(|| s.pid().to_string()))
+            .collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-TERM").args(&pids).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
         for server in &mut self.servers {
-            server.terminate();
+            server.reap(deadline);
         }
     }
 }
@@ -246,23 +244,12 @@ fn wait_listening(server: &mut ServerProcess, deadline: Instant) -> Result<(), S
     }
 }
 
-/// A loopback listener that never accepts: a Places URL pointing here makes a lookup wait
-/// (costing the server no CPU) until the server's own timeout.
-pub struct Blackhole {
-    listener: TcpListener,
-}
-
-impl Blackhole {
-    pub fn new() -> Result<Blackhole, String> {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind a port: {e}"))?;
-        Ok(Blackhole { listener })
-    }
-
-    pub fn places_url(&self) -> String {
-        let port = self.listener.local_addr().map(|a| a.port()).unwrap_or(9);
-        format!("places url http://127.0.0.1:{port}/v1/places:searchNearby")
-    }
+/// A Places URL on a loopback port nobody listens on (picked free, then released): a lookup
+/// fails at once with "connection refused", so a WHATSAT that finds its client is answered
+/// quickly and costs the server almost nothing.
+pub fn refused_places_url() -> Result<String, String> {
+    let addr = free_ports(1)?[0];
+    Ok(format!("places url http://{addr}/v1/places:searchNearby"))
 }
 
 /// Resident set size of a process, from /proc/PID/status.
@@ -315,4 +302,45 @@ pub fn nofile_limit() -> Option<u64> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// CPU time (user + system, all threads) a process has used, from /proc/PID/stat.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu_secs() -> Option<f64> {
+    stat_cpu_secs("/proc/thread-self/stat")
+}
+
+/// CPU time this whole process has used.
+pub fn own_cpu_secs() -> Option<f64> {
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// CPU time every process on the machine has spent in user and system mode (interrupt and
+/// softirq time, which no process is charged for, left out), from /proc/stat.
+pub fn machine_cpu_secs() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(fields.iter().sum::<f64>() / 100.0)
+}
+
+fn stat_cpu_secs(path: &str) -> Option<f64> {
+    let stat = fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces); utime and stime
+    // are fields 14 and 15 of the whole line, in clock ticks (100 a second on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

@@ -15,7 +15,6 @@ pub struct Histogram {
     total: u64,
     min_ns: u64,
     max_ns: u64,
-    sum_ns: u128,
 }
 
 impl Default for Histogram {
@@ -25,7 +24,6 @@ impl Default for Histogram {
             total: 0,
             min_ns: u64::MAX,
             max_ns: 0,
-            sum_ns: 0,
         }
     }
 }
@@ -66,7 +64,6 @@ impl Histogram {
         self.total += n;
         self.min_ns = self.min_ns.min(ns);
         self.max_ns = self.max_ns.max(ns);
-        self.sum_ns += ns as u128 * n as u128;
     }
 
     pub fn merge(&mut self, other: &Histogram) {
@@ -76,7 +73,6 @@ impl Histogram {
         self.total += other.total;
         self.min_ns = self.min_ns.min(other.min_ns);
         self.max_ns = self.max_ns.max(other.max_ns);
-        self.sum_ns += other.sum_ns;
     }
 
     pub fn count(&self) -> u64 {
@@ -92,14 +88,6 @@ impl Histogram {
             0
         } else {
             self.min_ns
-        }
-    }
-
-    pub fn mean(&self) -> u64 {
-        if self.total == 0 {
-            0
-        } else {
-            (self.sum_ns / self.total as u128) as u64
         }
     }
 
@@ -133,4 +121,3 @@ impl Histogram {
         points
     }
 }
-

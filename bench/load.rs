@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::herd::{cpu_secs, machine_cpu_secs, own_cpu_secs, thread_cpu_secs};
 use crate::hist::Histogram;
 
 /// What the reply to a command looks like, so the reader knows where it ends.
@@ -44,6 +45,8 @@ pub struct LoadSpec {
     pub drain: Duration,
     /// Ends the window early when set (a load running beside another measurement).
     pub stop: Option<Arc<AtomicBool>>,
+    /// The server process, whose CPU use over the window is reported when known.
+    pub server_pid: Option<u32>,
 }
 
 impl LoadSpec {
@@ -56,7 +59,14 @@ impl LoadSpec {
             duration,
             drain: Duration::from_secs(2),
             stop: None,
+            server_pid: None,
         }
+    }
+
+    /// Reports this server process's CPU use over the window.
+    pub fn server(mut self, pid: Option<u32>) -> Self {
+        self.server_pid = pid;
+        self
     }
 }
 
@@ -73,9 +83,68 @@ pub struct LoadReport {
     pub unanswered: u64,
     /// Why a connection ended early, when one did.
     pub closed: Option<String>,
+    /// CPU used over the window, as a fraction of one core: by the server (when its pid is
+    /// known) and by the generator's thread. A generator near 1.0 would be the bottleneck.
+    pub server_cpu: Option<f64>,
+    pub generator_cpu: Option<f64>,
+    /// CPU used meanwhile by every other process on the machine.
+    pub other_cpu: Option<f64>,
+}
+
+/// CPU seconds used so far by the server, this thread, this process and the whole machine,
+/// and when they were read.
+struct CpuMark {
+    at: Instant,
+    server: Option<f64>,
+    generator: Option<f64>,
+    bench: Option<f64>,
+    machine: Option<f64>,
+}
+
+impl CpuMark {
+    fn take(server_pid: Option<u32>) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            server: server_pid.and_then(cpu_secs),
+            generator: thread_cpu_secs(),
+            bench: own_cpu_secs(),
+            machine: machine_cpu_secs(),
+        }
+    }
+
+    /// CPU shares of one core between two marks: the server, the generator, and everything
+    /// else on the machine (other servers of a herd, or someone else's work).
+    fn shares(&self, later: &CpuMark) -> [Option<f64>; 3] {
+        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let used = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let server = used(self.server, later.server);
+        let others = || {
+            let rest = used(self.machine, later.machine)? - used(self.bench, later.bench)?;
+            Some((rest - server.unwrap_or(0.0)).max(0.0))
+        };
+        [server, used(self.generator, later.generator), others()].map(|secs| secs.map(|s| s / wall))
+    }
 }
 
 impl LoadReport {
+    /// Adds another run of the same load: one report over both windows.
+    pub fn absorb(&mut self, other: LoadReport) {
+        let (mine, theirs) = (self.window.as_secs_f64(), other.window.as_secs_f64());
+        let weigh = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some((a * mine + b * theirs) / (mine + theirs).max(1e-9)),
+            (a, b) => a.or(b),
+        };
+        self.server_cpu = weigh(self.server_cpu, other.server_cpu);
+        self.generator_cpu = weigh(self.generator_cpu, other.generator_cpu);
+        self.other_cpu = weigh(self.other_cpu, other.other_cpu);
+        self.latency.merge(&other.latency);
+        self.completed += other.completed;
+        self.window += other.window;
+        self.errors += other.errors;
+        self.unanswered += other.unanswered;
+        self.closed = self.closed.take().or(other.closed);
+    }
+
     pub fn rate(&self) -> f64 {
         let secs = self.window.as_secs_f64();
         if secs > 0.0 {
@@ -198,8 +267,52 @@ impl Conn {
 /// the window, then waits (bounded) for what is still owed.
 pub fn run_load(spec: &LoadSpec, work: &mut dyn Workload) -> Result<LoadReport, String> {
     let mut poll = Poll::new().map_err(|e| format!("mio poll: {e}"))?;
+    let mut conns = connect_all(spec, &poll)?;
+    let mut run = Run::new(spec, work);
+    for (index, conn) in conns.iter_mut().enumerate() {
+        run.issue(conn, index, spec.in_flight, 0);
+        conn.flush().map_err(|e| format!("write: {e}"))?;
+    }
+    let mut open = conns.len();
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut events = Events::with_capacity(1024);
+    while let Some(timeout) = run.next_wait(open) {
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("mio poll: {e}"));
+        }
+        for event in events.iter() {
+            let index = event.token().0;
+            let Some(conn) = conns.get_mut(index).filter(|c| c.open) else {
+                continue;
+            };
+            let failure = run
+                .read_replies(conn, index, &mut scratch)
+                .or_else(|| conn.flush().err().map(|e| format!("write: {e}")));
+            if let Some(why) = failure {
+                conn.open = false;
+                open -= 1;
+                run.outstanding -= conn.sent.len() as u64;
+                run.report.closed.get_or_insert(why);
+            }
+        }
+    }
+    Ok(run.finish())
+}
+
+/// Opens every connection (blocking connects, bounded in all to 20 s) and registers it.
+fn connect_all(spec: &LoadSpec, poll: &Poll) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(spec.connections);
+    let deadline = Instant::now() + Duration::from_secs(20);
     for index in 0..spec.connections {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "only {index} of {} connections to {} opened in 20 s",
+                spec.connections, spec.addr
+            ));
+        }
         let stream = std::net::TcpStream::connect_timeout(&spec.addr, Duration::from_secs(3))
             .map_err(|e| format!("connect to {} (connection {}): {e}", spec.addr, index + 1))?;
         stream
@@ -216,131 +329,158 @@ pub fn run_load(spec: &LoadSpec, work: &mut dyn Workload) -> Result<LoadReport, 
             .map_err(|e| format!("mio register: {e}"))?;
         conns.push(Conn::new(stream));
     }
+    Ok(conns)
+}
 
-    let start = Instant::now();
-    let ns_since_start = |t: Instant| t.duration_since(start).as_nanos() as u64;
-    let window_start = spec.warmup.as_nanos() as u64;
-    let mut window_end = window_start + spec.duration.as_nanos() as u64;
-    let drain_ns = spec.drain.as_nanos() as u64;
-    let mut report = LoadReport::default();
-    let mut scratch = vec![0u8; 256 * 1024];
-    let mut events = Events::with_capacity(1024);
-    let mut outstanding: u64 = 0;
-    let mut exhausted = false;
-    let mut draining_since: Option<u64> = None;
-    let mut last_completion = 0;
-    let mut open = conns.len();
+/// One run's bookkeeping: the clock, the window, what is outstanding, what was measured.
+/// Times are nanoseconds since the run started.
+struct Run<'a> {
+    spec: &'a LoadSpec,
+    work: &'a mut dyn Workload,
+    start: Instant,
+    window_start: u64,
+    window_end: u64,
+    report: LoadReport,
+    outstanding: u64,
+    exhausted: bool,
+    draining_since: Option<u64>,
+    last_completion: u64,
+    cpu_at_start: Option<CpuMark>,
+    cpu_at_end: Option<CpuMark>,
+}
 
-    for (index, conn) in conns.iter_mut().enumerate() {
-        for _ in 0..spec.in_flight {
-            if !conn.issue(index, work, 0) {
-                exhausted = true;
-                break;
-            }
-            outstanding += 1;
+impl<'a> Run<'a> {
+    fn new(spec: &'a LoadSpec, work: &'a mut dyn Workload) -> Run<'a> {
+        let window_start = spec.warmup.as_nanos() as u64;
+        Run {
+            spec,
+            work,
+            start: Instant::now(),
+            window_start,
+            window_end: window_start + spec.duration.as_nanos() as u64,
+            report: LoadReport::default(),
+            outstanding: 0,
+            exhausted: false,
+            draining_since: None,
+            last_completion: 0,
+            cpu_at_start: None,
+            cpu_at_end: None,
         }
-        conn.flush().map_err(|e| format!("write: {e}"))?;
     }
 
-    loop {
-        let now = ns_since_start(Instant::now());
-        if draining_since.is_none() {
-            let stopped = spec.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
-            if stopped {
-                window_end = window_end.min(now);
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Appends up to `count` commands to a connection's output, stamped `now`.
+    fn issue(&mut self, conn: &mut Conn, index: usize, count: usize, now: u64) {
+        for _ in 0..count {
+            if !conn.issue(index, self.work, now) {
+                self.exhausted = true;
+                return;
             }
-            if now >= window_end || (exhausted && outstanding == 0) || open == 0 {
-                window_end = window_end.min(now);
-                draining_since = Some(now);
+            self.outstanding += 1;
+        }
+    }
+
+    /// Moves the run through warm-up, window and drain; returns how long to wait for events,
+    /// or `None` when the run is over.
+    fn next_wait(&mut self, open: usize) -> Option<Duration> {
+        let now = self.now();
+        if self.cpu_at_start.is_none() && now >= self.window_start {
+            self.cpu_at_start = Some(CpuMark::take(self.spec.server_pid));
+        }
+        if self.draining_since.is_none() {
+            let stopped = self
+                .spec
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed));
+            let done = self.exhausted && self.outstanding == 0;
+            if stopped || now >= self.window_end || done || open == 0 {
+                self.window_end = self.window_end.min(now);
+                self.draining_since = Some(now);
+                self.cpu_at_end = Some(CpuMark::take(self.spec.server_pid));
             }
         }
-        if let Some(since) = draining_since {
-            if outstanding == 0 || open == 0 || now.saturating_sub(since) >= drain_ns {
-                break;
+        let until = match self.draining_since {
+            Some(since) => {
+                let drain_end = since + self.spec.drain.as_nanos() as u64;
+                if self.outstanding == 0 || open == 0 || now >= drain_end {
+                    return None;
+                }
+                drain_end
             }
-        }
-        let wait_ns = match draining_since {
-            Some(since) => (since + drain_ns).saturating_sub(now),
-            None => window_end.saturating_sub(now),
+            None => self.window_end,
         };
-        let timeout = Duration::from_nanos(wait_ns.min(50_000_000));
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("mio poll: {e}"));
-        }
-        for event in events.iter() {
-            let index = event.token().0;
-            let Some(conn) = conns.get_mut(index) else {
-                continue;
-            };
-            if !conn.open {
-                continue;
-            }
-            let mut failure = None;
-            loop {
-                match conn.stream.read(&mut scratch) {
-                    Ok(0) => {
-                        failure = Some("the server closed a connection".to_string());
-                        break;
-                    }
-                    Ok(n) => {
-                        let now = ns_since_start(Instant::now());
-                        let mut answered = 0;
-                        let unexpected = conn.parse(&scratch[..n], |sent_ns, is_error| {
-                            answered += 1;
-                            if sent_ns >= window_start {
-                                report.latency.record(now - sent_ns);
-                            }
-                            if now >= window_start && now < window_end {
-                                report.completed += 1;
-                            }
-                            if is_error {
-                                report.errors += 1;
-                            }
-                        });
-                        report.errors += unexpected;
-                        outstanding -= answered;
-                        last_completion = now;
-                        if draining_since.is_none() && !exhausted {
-                            for _ in 0..answered {
-                                if !conn.issue(index, work, now) {
-                                    exhausted = true;
-                                    break;
-                                }
-                                outstanding += 1;
-                            }
+        Some(Duration::from_nanos(
+            until.saturating_sub(now).min(50_000_000),
+        ))
+    }
+
+    /// Reads what a connection has received, times the replies it completes and sends as
+    /// many new commands; returns why the connection must close, if it must.
+    fn read_replies(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        scratch: &mut [u8],
+    ) -> Option<String> {
+        loop {
+            match conn.stream.read(scratch) {
+                Ok(0) => return Some("the server closed a connection".into()),
+                Ok(n) => {
+                    let now = self.now();
+                    let (window_start, window_end) = (self.window_start, self.window_end);
+                    let report = &mut self.report;
+                    let mut answered = 0;
+                    let unexpected = conn.parse(&scratch[..n], |sent_ns, is_error| {
+                        answered += 1;
+                        if sent_ns >= window_start {
+                            report.latency.record(now - sent_ns);
                         }
+                        if now >= window_start && now < window_end {
+                            report.completed += 1;
+                        }
+                        report.errors += u64::from(is_error);
+                    });
+                    report.errors += unexpected;
+                    self.outstanding -= answered;
+                    self.last_completion = now;
+                    if self.draining_since.is_none() && !self.exhausted {
+                        self.issue(conn, index, answered as usize, now);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failure = Some(format!("read: {e}"));
-                        break;
+                    // A short read emptied the socket; on Linux the next arrival raises a new
+                    // edge, so the read that would only say WouldBlock is skipped (one syscall
+                    // less per reply at P=1).
+                    if n < scratch.len() {
+                        return None;
                     }
                 }
-            }
-            if failure.is_none() {
-                if let Err(e) = conn.flush() {
-                    failure = Some(format!("write: {e}"));
-                }
-            }
-            if let Some(why) = failure {
-                conn.open = false;
-                open -= 1;
-                outstanding -= conn.sent.len() as u64;
-                report.closed.get_or_insert(why);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(format!("read: {e}")),
             }
         }
     }
 
-    let end = if exhausted {
-        window_end.min(last_completion.max(window_start))
-    } else {
-        window_end
-    };
-    report.window = Duration::from_nanos(end.saturating_sub(window_start));
-    report.unanswered = outstanding;
-    Ok(report)
+    fn finish(mut self) -> LoadReport {
+        // A bounded workload that ran out early ends its window at its last reply.
+        let end = if self.exhausted {
+            self.window_end
+                .min(self.last_completion.max(self.window_start))
+        } else {
+            self.window_end
+        };
+        self.report.window = Duration::from_nanos(end.saturating_sub(self.window_start));
+        self.report.unanswered = self.outstanding;
+        if let (Some(first), Some(last)) = (&self.cpu_at_start, &self.cpu_at_end) {
+            [
+                self.report.server_cpu,
+                self.report.generator_cpu,
+                self.report.other_cpu,
+            ] = first.shares(last);
+        }
+        self.report
+    }
 }

@@ -1,1 +1,227 @@
-fn main() {}
+//! `cargo bench`: herd's own load benches (no criterion). Parses the arguments by hand, runs the
+//! chosen scenarios one after another against servers it starts on loopback (or against
+//! `--target`), and prints the table, then writes the JSON and the SVG chart under
+//! target/bench/. The measuring lives in the modules below; this file only orchestrates.
+//!
+//!     cargo bench --bench load -- [SCENARIO...] [--target ADDR|LIST|CONF] [--quick] [--shape CxP]
+
+mod commands;
+#[path = "../tests/common/fake_places.rs"]
+mod fake_places;
+mod herd;
+mod hist;
+mod load;
+mod logscan;
+mod report;
+mod scenarios;
+mod watch;
+
+use std::os::unix::process::CommandExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::commands::Names;
+use crate::report::{Report, Section};
+use crate::scenarios::{Ctx, Target};
+
+type Scenario = fn(&Ctx) -> Section;
+
+/// Every scenario: its name on the command line and the function that runs it.
+const SCENARIOS: [(&str, Scenario); 6] = [
+    ("iamat", scenarios::iamat::run),
+    ("flood", scenarios::flood::run),
+    ("places", scenarios::places::run),
+    ("conns", scenarios::conns::run),
+    ("memory", scenarios::memory::run),
+    ("bigherd", scenarios::bigherd::run),
+];
+
+const USAGE: &str = "\
+usage: cargo bench --bench load -- [SCENARIO...] [--target ADDR|LIST|CONF] [--quick]
+                                   [--shape CxP]... [--out DIR]
+
+scenarios (default: all, in this order):
+  iamat    IAMAT rate and latency on one server, C x P, log lines on and off
+  flood    flood latency in the five-server herd, idle and loaded; IAMAT rate in the herd
+  places   WHATSAT with a slow Places; IAMAT latency while 200 WHATSATs wait
+  conns    10,000 idle connections: all accepted? RSS per connection
+  memory   RSS per client after 1,000,000 distinct clients
+  bigherd  32 servers in a 4x8 grid: time until all know an update; peer messages
+
+options:
+  --target HOST:PORT   measure a running server instead of starting one
+  --target A,B,...     a running herd (flood, bigherd: the first is the origin)
+  --target herd.conf   a running herd described by its config (servers, links, log dir)
+  --quick              a quarter of the durations and counts (for development)
+  --shape CxP          iamat: only C connections x P in flight (repeatable)
+  --out DIR            where to write the JSON and SVG (default: target/bench)
+";
+
+/// Scenario 4 needs this many descriptors in this process.
+const NOFILE_WANTED: u64 = 10_300;
+
+struct Args {
+    scenarios: Vec<usize>,
+    target: Option<String>,
+    quick: bool,
+    shapes: Vec<(usize, usize)>,
+    out: Option<PathBuf>,
+}
+
+fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
+    let mut args = Args {
+        scenarios: Vec::new(),
+        target: None,
+        quick: false,
+        shapes: Vec::new(),
+        out: None,
+    };
+    let mut words = argv.iter();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            // cargo passes --bench to every bench target.
+            "--bench" => {}
+            "--help" | "-h" => return Ok(None),
+            "--quick" => args.quick = true,
+            "--target" => {
+                let value = words.next().ok_or("--target needs a value")?;
+                args.target = Some(value.clone());
+            }
+            "--shape" => {
+                let value = words.next().ok_or("--shape needs CxP, e.g. 50x16")?;
+                let shape = value
+                    .split_once('x')
+                    .and_then(|(c, p)| Some((c.parse().ok()?, p.parse().ok()?)))
+                    .filter(|&(c, p)| c > 0 && p > 0)
+                    .ok_or_else(|| format!("--shape {value}: expected CxP, e.g. 50x16"))?;
+                args.shapes.push(shape);
+            }
+            "--out" => {
+                let value = words.next().ok_or("--out needs a directory")?;
+                args.out = Some(PathBuf::from(value));
+            }
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            name => match SCENARIOS.iter().position(|(n, _)| *n == name) {
+                Some(i) if !args.scenarios.contains(&i) => args.scenarios.push(i),
+                Some(_) => {}
+                None => return Err(format!("unknown scenario '{name}'")),
+            },
+        }
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = (0..SCENARIOS.len()).collect();
+    }
+    args.scenarios.sort_unstable();
+    Ok(Some(args))
+}
+
+/// Scenario 4 holds 10,000 sockets: with a low soft limit, run again under a shell that raises
+/// it (a process cannot raise its own limit without libc; the shell's `ulimit` can).
+fn raise_nofile_or_continue(argv: &[String]) {
+    const GUARD: &str = "HERD_BENCH_NOFILE_RAISED";
+    let low = herd::nofile_limit().is_some_and(|n| n < NOFILE_WANTED);
+    if !low || std::env::var_os(GUARD).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = Command::new("sh")
+        .arg("-c")
+        .arg(herd::RAISE_NOFILE)
+        .arg(exe)
+        .args(argv)
+        .env(GUARD, "1")
+        .exec();
+    eprintln!("cannot re-run under a raised open-file limit: {error}");
+}
+
+/// target/bench beside the bench binary (target/release/deps/load-*).
+fn default_out_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(|t| t.join("bench")))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"))
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&argv) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(why) => {
+            eprintln!("load bench: {why}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = match args.target.as_deref().map(Target::parse).transpose() {
+        Ok(target) => target,
+        Err(why) => {
+            eprintln!("load bench: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.scenarios.contains(&3) {
+        raise_nofile_or_continue(&argv);
+    }
+
+    let shown: Vec<&str> = argv
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    let command = if shown.is_empty() {
+        "cargo bench --bench load".to_string()
+    } else {
+        format!("cargo bench --bench load -- {}", shown.join(" "))
+    };
+    let ctx = Ctx {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_herd")),
+        target,
+        quick: args.quick,
+        shapes: args.shapes.clone(),
+        names: Names::new(),
+    };
+    let mut report = Report {
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command,
+        argv: std::env::args().collect::<Vec<_>>().join(" "),
+        binary: ctx.bin.display().to_string(),
+        target: args.target.clone(),
+        sections: Vec::new(),
+    };
+
+    let started = Instant::now();
+    for &i in &args.scenarios {
+        let (name, scenario) = SCENARIOS[i];
+        eprintln!("[{:6.1} s] {name} ...", started.elapsed().as_secs_f64());
+        // Server guards are dropped while the panic unwinds, so nothing is left running.
+        let section = panic::catch_unwind(AssertUnwindSafe(|| scenario(&ctx)))
+            .unwrap_or_else(|_| Section::new("?", name).unavailable("the scenario panicked"));
+        report.sections.push(section);
+    }
+    eprintln!("[{:6.1} s] done", started.elapsed().as_secs_f64());
+
+    println!("{}", report.table());
+    let out = args.out.unwrap_or_else(default_out_dir);
+    match report.write_files(&out) {
+        Ok(paths) => {
+            for path in paths {
+                println!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("load bench: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,139 +1,259 @@
 //! Timing a flood through the client protocol only: an IAMAT at one server, then WHATSAT for that
-//! client at every other server until each answers with an AT line instead of `? ...`.
+//! client at every other server, each asked again as soon as it answers `? ...`, until it answers
+//! with an AT line instead (after at least the pacing interval since the previous ask).
 //!
-//! Polls go out in rounds: one WHATSAT to every server that does not know the client yet, then
-//! one reply read from each. A server that answers a round with AT learnt the update after it
-//! answered the previous round and before it read this one, so the time recorded (the send of
-//! its first AT round) is within one loopback round trip of the real arrival. A positive
-//! WHATSAT starts a Places lookup the watcher never waits for: that connection is dropped and
-//! opened afresh, outside the timing, before the next update.
+//! A server that answers a WHATSAT with AT learnt the update after it answered the previous one
+//! and before it read this one, so the time recorded (the write of its first positive WHATSAT)
+//! is within one loopback round trip (or the pacing interval, if longer) of the real arrival. The AT line of a positive WHATSAT
+//! comes only once Places has answered, so the bench points Places at a port nobody listens on:
+//! the lookup fails at once and costs the server little. Every server is polled on its own
+//! connection, driven by one mio poll, so a slow answer from one delays no other; the
+//! connections are opened afresh, outside the timing, for every update.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdStream};
+use std::thread;
 use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
 
 use crate::commands::{whatsat, Names};
 
-/// A reply slower than this means the server is stuck, not slow.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply or connect slower than this means the server is stuck, not slow.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
-struct Line {
-    stream: TcpStream,
-    buf: Vec<u8>,
+fn connect(addr: SocketAddr) -> Result<StdStream, String> {
+    let stream = StdStream::connect_timeout(&addr, REPLY_TIMEOUT)
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("socket options: {e}"))?;
+    Ok(stream)
 }
 
-impl Line {
-    fn connect(addr: SocketAddr) -> Result<Line, String> {
-        let stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT)
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .and_then(|()| stream.set_read_timeout(Some(REPLY_TIMEOUT)))
-            .map_err(|e| format!("socket options: {e}"))?;
-        Ok(Line {
-            stream,
-            buf: Vec::with_capacity(256),
-        })
-    }
+/// Takes one complete line (without its `\n`) off the front of `buf`.
+fn take_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf[..end].to_vec();
+    buf.drain(..=end);
+    Some(line)
+}
 
-    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(bytes)
-            .map_err(|e| format!("write: {e}"))
-    }
-
-    /// Reads one reply line (without its `\n`). Only one command is ever outstanding, so
-    /// nothing after the line is lost that a later call would need.
-    fn read_line(&mut self) -> Result<Vec<u8>, String> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf[..end].to_vec();
-                self.buf.drain(..=end);
-                return Ok(line);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err("the server closed the connection".into()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-    }
+/// One polled server: its connection, unparsed reply bytes, and when the WHATSAT now
+/// outstanding was written.
+struct Watcher {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    asked_at: Instant,
+    /// When to ask again, after a `? ` that came sooner than the pacing interval.
+    ask_due: Option<Instant>,
 }
 
 /// An origin server and the servers whose learning of its updates is timed.
 pub struct Flood {
-    origin: Line,
+    origin: StdStream,
+    origin_buf: Vec<u8>,
     addrs: Vec<SocketAddr>,
-    watchers: Vec<Option<Line>>,
+    poll: Poll,
     names: Names,
+    /// Each server is asked at most once per this interval, so that on a small machine the
+    /// polling does not take the CPU the flood needs; it adds at most this much to a time.
+    pace: Duration,
     sent: u64,
+    last_client: String,
 }
 
 impl Flood {
-    pub fn new(origin: SocketAddr, others: &[SocketAddr], names: &Names) -> Result<Flood, String> {
+    pub fn new(
+        origin: SocketAddr,
+        others: &[SocketAddr],
+        names: &Names,
+        pace: Duration,
+    ) -> Result<Flood, String> {
+        let origin = connect(origin)?;
+        origin
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         Ok(Flood {
-            origin: Line::connect(origin)?,
+            origin,
+            origin_buf: Vec::new(),
             addrs: others.to_vec(),
-            watchers: others.iter().map(|_| None).collect(),
+            poll: Poll::new().map_err(|e| format!("mio poll: {e}"))?,
             names: names.clone(),
+            pace,
             sent: 0,
+            last_client: String::new(),
         })
+    }
+
+    /// The client id of the latest update sent.
+    pub fn last_client(&self) -> &str {
+        &self.last_client
     }
 
     /// Sends one IAMAT for a new client (`{kind}{n}`) at the origin and returns, per other
     /// server, the time from that write until the server was seen to know it; `None` for a
     /// server that did not within `timeout`.
-    pub fn sample(&mut self, kind: &str, timeout: Duration) -> Result<Vec<Option<Duration>>, String> {
-        for (slot, &addr) in self.watchers.iter_mut().zip(&self.addrs) {
-            if slot.is_none() {
-                *slot = Some(Line::connect(addr)?);
-            }
+    pub fn sample(
+        &mut self,
+        kind: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Option<Duration>>, String> {
+        let mut watchers = Vec::with_capacity(self.addrs.len());
+        for (i, &addr) in self.addrs.iter().enumerate() {
+            let std = connect(addr)?;
+            std.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let mut stream = TcpStream::from_std(std);
+            self.poll
+                .registry()
+                .register(&mut stream, Token(i), Interest::READABLE)
+                .map_err(|e| format!("mio register: {e}"))?;
+            watchers.push(Watcher {
+                stream,
+                buf: Vec::new(),
+                asked_at: Instant::now(),
+                ask_due: None,
+            });
         }
         self.sent += 1;
         let client = self.names.client(kind, self.sent);
-        let iamat = self.names.iamat(&client, self.sent);
-        let poll = whatsat(&client, 1, 1);
-        let mut known: Vec<Option<Duration>> = vec![None; self.addrs.len()];
+        let iamat = self.names.iamat(&client, self.names.now_tick());
+        let ask = whatsat(&client, 1, 1);
+        self.last_client = client;
 
         let t0 = Instant::now();
-        self.origin.send(&iamat)?;
-        let deadline = t0 + timeout;
-        loop {
-            let round_start = Instant::now();
-            let pending: Vec<usize> = (0..known.len()).filter(|&i| known[i].is_none()).collect();
-            if pending.is_empty() || round_start >= deadline {
+        self.origin
+            .write_all(&iamat)
+            .map_err(|e| format!("write: {e}"))?;
+        for watcher in &mut watchers {
+            watcher.asked_at = Instant::now();
+            write_small(&mut watcher.stream, &ask)?;
+        }
+        let mut known: Vec<Option<Duration>> = vec![None; watchers.len()];
+        let result = self.watch(&mut watchers, &mut known, &ask, t0, t0 + timeout);
+        for watcher in &mut watchers {
+            let _ = self.poll.registry().deregister(&mut watcher.stream);
+        }
+        result?;
+        self.read_origin_reply()?;
+        Ok(known)
+    }
+
+    fn watch(
+        &mut self,
+        watchers: &mut [Watcher],
+        known: &mut [Option<Duration>],
+        ask: &[u8],
+        t0: Instant,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let mut events = Events::with_capacity(256);
+        let mut chunk = [0u8; 4096];
+        let mut pending = watchers.len();
+        while pending > 0 {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            for &i in &pending {
-                if let Some(line) = &mut self.watchers[i] {
-                    line.send(&poll)?;
+            for watcher in watchers.iter_mut() {
+                if watcher.ask_due.is_some_and(|due| due <= now) {
+                    watcher.ask_due = None;
+                    watcher.asked_at = now;
+                    write_small(&mut watcher.stream, ask)?;
                 }
             }
-            for &i in &pending {
-                let Some(line) = &mut self.watchers[i] else {
+            let wake = watchers
+                .iter()
+                .filter_map(|w| w.ask_due)
+                .min()
+                .unwrap_or(deadline)
+                .min(deadline);
+            // epoll waits in whole milliseconds (mio rounds up): wait the whole milliseconds
+            // there, and sleep what is left below one.
+            let mut wait = wake.saturating_duration_since(now);
+            if wait < Duration::from_millis(1) {
+                thread::sleep(wait);
+                wait = Duration::ZERO;
+            } else {
+                wait = Duration::from_millis(wait.as_millis() as u64);
+            }
+            match self.poll.poll(&mut events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("mio poll: {e}")),
+            }
+            for event in events.iter() {
+                let i = event.token().0;
+                let Some(watcher) = watchers.get_mut(i) else {
                     continue;
                 };
-                let reply = line.read_line()?;
-                if reply.starts_with(b"AT ") {
-                    known[i] = Some(round_start - t0);
-                    self.watchers[i] = None;
-                } else if !reply.starts_with(b"? ") {
-                    return Err(format!(
-                        "{}: unexpected reply to WHATSAT: {}",
-                        self.addrs[i],
-                        String::from_utf8_lossy(&reply)
-                    ));
+                if known[i].is_some() {
+                    continue;
+                }
+                loop {
+                    match watcher.stream.read(&mut chunk) {
+                        Ok(0) => return Err(format!("{}: connection closed", self.addrs[i])),
+                        Ok(n) => watcher.buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(format!("{}: read: {e}", self.addrs[i])),
+                    }
+                }
+                while let Some(line) = take_line(&mut watcher.buf) {
+                    if line.starts_with(b"AT ") {
+                        known[i] = Some(watcher.asked_at - t0);
+                        pending -= 1;
+                        break;
+                    }
+                    if !line.starts_with(b"? ") {
+                        return Err(format!(
+                            "{}: unexpected reply to WHATSAT: {}",
+                            self.addrs[i],
+                            String::from_utf8_lossy(&line)
+                        ));
+                    }
+                    let now = Instant::now();
+                    let due = watcher.asked_at + self.pace;
+                    if due <= now {
+                        watcher.asked_at = now;
+                        write_small(&mut watcher.stream, ask)?;
+                    } else {
+                        watcher.ask_due = Some(due);
+                    }
                 }
             }
         }
-        let reply = self.origin.read_line()?;
-        if !reply.starts_with(b"AT ") {
-            return Err(format!(
-                "origin answered IAMAT with: {}",
-                String::from_utf8_lossy(&reply)
-            ));
+        Ok(())
+    }
+
+    fn read_origin_reply(&mut self) -> Result<(), String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(line) = take_line(&mut self.origin_buf) {
+                if line.starts_with(b"AT ") {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "origin answered IAMAT with: {}",
+                    String::from_utf8_lossy(&line)
+                ));
+            }
+            match self.origin.read(&mut chunk) {
+                Ok(0) => return Err("the origin closed the connection".into()),
+                Ok(n) => self.origin_buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("origin: read: {e}")),
+            }
         }
-        Ok(known)
+    }
+}
+
+/// Writes a short command on a nonblocking socket whose send buffer is empty (one command is
+/// outstanding at a time), so it goes out whole or the connection is broken.
+fn write_small(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+    match stream.write(bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => Err(format!("short write of {n} bytes")),
+        Err(e) => Err(format!("write: {e}")),
     }
 }
