@@ -7,7 +7,7 @@
 use crate::logging::Secret;
 use crate::peer_wire;
 use crate::places::PlacesQuery;
-use crate::protocol::{self, AtLine, ClientTime, Location, Parsed, Request};
+use crate::protocol::{self, AtLine, AtRecord, ClientTime, Location, Parsed, Request};
 use crate::store::{Applied, ClientTable, RecordIndex};
 
 /// What one client line comes to.
@@ -74,11 +74,7 @@ impl App {
             return PeerOutcome::Invalid;
         };
         // Stored as the canonical line, so every server holds byte-identical records.
-        let canonical = protocol::format_at_line_from(&at, line);
-        let Some(at) = AtLine::parse(&canonical) else {
-            return PeerOutcome::Invalid;
-        };
-        match self.clients.apply(&canonical, &at) {
+        match self.clients.apply(&AtRecord::from_parsed(&at, line)) {
             Applied::Stored(record) => PeerOutcome::Stored(record),
             Applied::Stale => PeerOutcome::Stale,
         }
@@ -107,14 +103,16 @@ impl App {
                 client_time,
             }) => {
                 let diff = now.as_nanos() - client_time.as_nanos();
-                let at_line =
-                    protocol::format_at_line(self.name.as_bytes(), diff, client, location, time);
-                let applied = match AtLine::parse(&at_line) {
-                    Some(at) => self.clients.apply(&at_line, &at),
-                    // Unreachable for a valid IAMAT; answering is still right.
-                    None => Applied::Stale,
-                };
-                let mut reply = at_line;
+                let record = AtRecord::new(
+                    self.name.as_bytes(),
+                    diff,
+                    client,
+                    location,
+                    time,
+                    client_time,
+                );
+                let applied = self.clients.apply(&record);
+                let mut reply = record.line;
                 reply.push(b'\n');
                 match applied {
                     Applied::Stored(record) => ClientOutcome::Stored { reply, record },

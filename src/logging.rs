@@ -108,12 +108,18 @@ impl Sink {
         })?;
         match party {
             Party::Conn { id, peer } => {
-                write!(self.out, "conn={id}")?;
+                self.out.write_all(b"conn=")?;
+                let mut digits = [0u8; 20];
+                self.out.write_all(decimal(id, &mut digits))?;
                 if let Some(peer) = peer {
-                    write!(self.out, " peer={peer}")?;
+                    self.out.write_all(b" peer=")?;
+                    self.out.write_all(peer.as_bytes())?;
                 }
             }
-            Party::Link(name) => write!(self.out, "link={name}")?,
+            Party::Link(name) => {
+                self.out.write_all(b"link=")?;
+                self.out.write_all(name.as_bytes())?;
+            }
         }
         self.out.write_all(b" ")?;
         write_escaped(&mut self.out, line)?;
@@ -210,6 +216,19 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// `value` in decimal, in the tail of `buf`.
+fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buf[start..];
+        }
+    }
 }
 
 /// Writes network bytes escaped: printable ASCII as is, `\` as `\\`, any other byte as `\xNN`.
@@ -318,6 +337,14 @@ mod tests {
         // 2024-02-29 (leap day) and 2100-03-01 (century, not leap)
         assert_eq!(&clock.stamp(1_709_164_800, 0)[..10], b"2024-02-29");
         assert_eq!(&clock.stamp(4_107_542_400, 0)[..10], b"2100-03-01");
+    }
+
+    #[test]
+    fn decimals() {
+        let mut buf = [0u8; 20];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(1234567, &mut buf), b"1234567");
+        assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! borrows from the line, so parsing allocates nothing.
 
 use std::cmp::Ordering;
-use std::fmt::Write as _;
+use std::ops::Range;
 
 /// The six bytes that separate fields (SPEC section 2). Anything else, U+00A0 included, belongs
 /// to a field.
@@ -274,16 +274,34 @@ pub fn format_invalid(line: &[u8]) -> Vec<u8> {
 
 /// A signed time difference in nanoseconds as `+S.NNNNNNNNN` (always a sign, 9 digits).
 pub fn format_time_diff(diff_nanos: i128, out: &mut Vec<u8>) {
-    let sign = if diff_nanos < 0 { '-' } else { '+' };
+    out.push(if diff_nanos < 0 { b'-' } else { b'+' });
     let magnitude = diff_nanos.unsigned_abs();
-    let mut text = String::with_capacity(24);
-    let _ = write!(
-        text,
-        "{sign}{}.{:09}",
-        magnitude / 1_000_000_000,
-        magnitude % 1_000_000_000
-    );
-    out.extend_from_slice(text.as_bytes());
+    push_decimal(out, magnitude / 1_000_000_000);
+    out.push(b'.');
+    // Exactly nine digits, leading zeros kept. (Hand-rolled: this runs for every IAMAT and
+    // `fmt` machinery was a tenth of the work.)
+    let mut fraction = magnitude % 1_000_000_000;
+    let mut digits = [b'0'; 9];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (fraction % 10) as u8;
+        fraction /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// Appends `value` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut value: u128) {
+    let mut digits = [0u8; 40];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Parses `+S.NNNNNNNNN` back into nanoseconds (the exact inverse of [`format_time_diff`]).
@@ -324,11 +342,52 @@ pub fn format_at_line(
     line
 }
 
-/// The AT line with single spaces between its fields, rebuilt from a parsed one (`line` is the
-/// text `at` was parsed from; its time field is copied as written).
-pub fn format_at_line_from(at: &AtLine<'_>, line: &[u8]) -> Vec<u8> {
-    let time = fields(line).last().unwrap_or_default();
-    format_at_line(at.server, at.diff_nanos, at.client, at.location, time)
+/// An AT line ready to store: the line (single spaces between fields), where the client id
+/// sits in it, and the client time it carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AtRecord {
+    pub line: Vec<u8>,
+    pub client: Range<usize>,
+    pub client_time: ClientTime,
+}
+
+impl AtRecord {
+    /// The record a server makes for an IAMAT it took (fields already validated).
+    pub fn new(
+        server: &[u8],
+        diff_nanos: i128,
+        client: &[u8],
+        location: &[u8],
+        time: &[u8],
+        client_time: ClientTime,
+    ) -> AtRecord {
+        let line = format_at_line(server, diff_nanos, client, location, time);
+        // The client id is followed by " LOCATION TIME" at the end of the line.
+        let client_end = line.len() - time.len() - location.len() - 2;
+        AtRecord {
+            line,
+            client: client_end - client.len()..client_end,
+            client_time,
+        }
+    }
+
+    /// The canonical record of a parsed AT line (`line` is the text `at` was parsed from;
+    /// its time field is copied as written).
+    pub fn from_parsed(at: &AtLine<'_>, line: &[u8]) -> AtRecord {
+        let time = fields(line).last().unwrap_or_default();
+        AtRecord::new(
+            at.server,
+            at.diff_nanos,
+            at.client,
+            at.location,
+            time,
+            at.client_time,
+        )
+    }
+
+    pub fn client(&self) -> &[u8] {
+        &self.line[self.client.clone()]
+    }
 }
 
 /// The fields of an AT line, borrowed from it.
@@ -594,6 +653,19 @@ mod tests {
         assert_eq!(parsed.diff_nanos, 263_873_386);
         assert_eq!(parsed.client, b"kiwi.cs.ucla.edu");
         assert_eq!(parsed.client_time.nanos, 959_498_503);
+    }
+
+    #[test]
+    fn at_record_locates_the_client_id() {
+        let time = ClientTime::parse(b"1.5").unwrap();
+        let record = AtRecord::new(b"Bona", -7, b"kiwi", b"+1-2", b"1.5", time);
+        assert_eq!(record.line, b"AT Bona -0.000000007 kiwi +1-2 1.5");
+        assert_eq!(record.client(), b"kiwi");
+        let line = b"AT  Bona\t+0.000000007 kiwi +1-2 1.5 ";
+        let canonical = AtRecord::from_parsed(&AtLine::parse(line).unwrap(), line);
+        assert_eq!(canonical.line, b"AT Bona +0.000000007 kiwi +1-2 1.5");
+        assert_eq!(canonical.client(), b"kiwi");
+        assert_eq!(canonical.client_time, time);
     }
 
     #[test]

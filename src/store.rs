@@ -9,7 +9,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
-use crate::protocol::{AtLine, ClientTime};
+use crate::protocol::{AtLine, AtRecord, ClientTime};
 
 /// The index of a record; stable for the life of the table.
 pub type RecordIndex = usize;
@@ -78,37 +78,41 @@ impl ClientTable {
             .map(|&i| i as usize)
     }
 
-    /// Keeps `line` (a valid AT line, parsed as `at`) if it supersedes what is known.
-    pub fn apply(&mut self, line: &[u8], at: &AtLine<'_>) -> Applied {
-        let hash = self.hasher.hash_one(at.client);
+    /// Keeps `update` if it supersedes what is known of its client.
+    pub fn apply(&mut self, update: &AtRecord) -> Applied {
+        let client = update.client();
+        let hash = self.hasher.hash_one(client);
         let records = &self.records;
         let found = self
             .index
-            .find(hash, |&i| records[i as usize].client() == at.client)
+            .find(hash, |&i| records[i as usize].client() == client)
             .map(|&i| i as usize);
         match found {
             Some(i) => {
                 let current = &self.records[i];
                 // Fast path: the client time alone decides unless the times are equal.
-                let newer = match at.client_time.cmp(&current.client_time) {
+                let newer = match update.client_time.cmp(&current.client_time) {
                     Ordering::Greater => true,
                     Ordering::Less => false,
                     Ordering::Equal => {
-                        let Some(known) = AtLine::parse(&current.line) else {
-                            return Applied::Stale;
-                        };
-                        at.precedence(line, &known, &current.line) == Ordering::Greater
+                        match (AtLine::parse(&update.line), AtLine::parse(&current.line)) {
+                            (Some(new), Some(known)) => {
+                                new.precedence(&update.line, &known, &current.line)
+                                    == Ordering::Greater
+                            }
+                            _ => false,
+                        }
                     }
                 };
                 if !newer {
                     return Applied::Stale;
                 }
-                self.records[i] = make_record(line, at);
+                self.records[i] = make_record(update);
                 Applied::Stored(i)
             }
             None => {
                 let i = self.records.len();
-                self.records.push(make_record(line, at));
+                self.records.push(make_record(update));
                 let records = &self.records;
                 let hasher = &self.hasher;
                 self.index.insert_unique(hash, i as u32, |&j| {
@@ -120,14 +124,12 @@ impl ClientTable {
     }
 }
 
-fn make_record(line: &[u8], at: &AtLine<'_>) -> Record {
-    // `at.client` borrows from `line`, so its offset locates the id inside the stored copy.
-    let client_start = at.client.as_ptr() as usize - line.as_ptr() as usize;
+fn make_record(update: &AtRecord) -> Record {
     Record {
-        line: line.into(),
-        client_time: at.client_time,
-        client_start: client_start as u32,
-        client_len: at.client.len() as u32,
+        line: update.line.as_slice().into(),
+        client_time: update.client_time,
+        client_start: update.client.start as u32,
+        client_len: update.client.len() as u32,
     }
 }
 
@@ -137,7 +139,7 @@ mod tests {
 
     fn apply(table: &mut ClientTable, line: &str) -> Applied {
         let at = AtLine::parse(line.as_bytes()).unwrap();
-        table.apply(line.as_bytes(), &at)
+        table.apply(&AtRecord::from_parsed(&at, line.as_bytes()))
     }
 
     fn known(table: &ClientTable, client: &str) -> Option<String> {
@@ -219,7 +221,10 @@ mod tests {
         let mut t = ClientTable::new();
         let line = b"AT A +0.000000000 \xff\xc2\xa0 +1+1 1";
         let at = AtLine::parse(line).unwrap();
-        assert_eq!(t.apply(line, &at), Applied::Stored(0));
+        assert_eq!(
+            t.apply(&AtRecord::from_parsed(&at, line)),
+            Applied::Stored(0)
+        );
         assert!(t.line_of(b"\xff\xc2\xa0").is_some());
     }
 }
