@@ -81,6 +81,8 @@ pub struct EventLoop {
     more_input: Vec<usize>,
     /// Connections marked closed during this batch.
     marked_closed: Vec<usize>,
+    /// Connections that read input this turn; their replies are written after the links.
+    replied: Vec<usize>,
     stopping: bool,
 }
 
@@ -134,6 +136,7 @@ impl EventLoop {
             scratch: vec![0; READ_CHUNK],
             more_input: Vec::new(),
             marked_closed: Vec::new(),
+            replied: Vec::new(),
             stopping: false,
         })
     }
@@ -182,7 +185,13 @@ impl EventLoop {
             }
             self.serve_more_input();
             self.tick_links();
+            // Floods are handed to the links before the replies that acknowledge them go out,
+            // so a client never holds an AT reply for an update its server's links have not
+            // taken; one write per link and per client per turn either way.
             self.flush_links();
+            for key in std::mem::take(&mut self.replied) {
+                self.write_output(key);
+            }
             self.close_marked();
             if Instant::now() >= next_flush {
                 logging::flush();
@@ -235,7 +244,8 @@ impl EventLoop {
         }
     }
 
-    /// Reads and answers what a connection sent, up to its budget, then writes the replies.
+    /// Reads and answers what a connection sent, up to its budget; the replies are written at
+    /// the end of the turn, after the floods (see `run`).
     ///
     /// A read that returns less than the buffer has emptied the socket, and with epoll every
     /// later arrival raises a new edge, so the loop stops there instead of paying one more
@@ -310,7 +320,7 @@ impl EventLoop {
                 }
             }
         }
-        self.write_output(key);
+        self.replied.push(key);
     }
 
     /// Reads again from connections that used up their budget last time.
