@@ -1,8 +1,14 @@
-//! The load generator: C connections in one mio poll loop on one thread, P commands in flight
-//! on each, every read and write batched (one syscall carries as many commands or replies as
-//! are ready). A command is timed from the write that carried it to the read that completed its
-//! reply; replies on one connection come back in command order (SPEC section 2), so a FIFO of
-//! send times per connection matches them. It knows nothing of servers or scenarios.
+//! The load generator: C connections in one mio poll loop on one thread, every read and write
+//! batched (one syscall carries as many commands or replies as are ready). Closed loop (the
+//! default): P commands in flight on each connection, a new one sent as each reply completes, a
+//! command timed from the write that carried it to the read that completed its reply. Paced
+//! (`LoadSpec::paced`): commands due on a fixed schedule, the total rate spread evenly over the
+//! connections, at most P in flight on each; a command is timed from when it was due, so a
+//! late send (a full connection, or the generator's own lateness) counts against the server
+//! instead of hiding the wait (no coordinated omission). Replies on one connection come back in
+//! command order (SPEC section 2), so a FIFO of stamps per connection matches them. One run
+//! can drive several servers at once (`LoadSpec::also`), the connections dealt out among them
+//! in turn, each server with a report of its own. It knows nothing of scenarios.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -47,6 +53,11 @@ pub struct LoadSpec {
     pub stop: Option<Arc<AtomicBool>>,
     /// The server process, whose CPU use over the window is reported when known.
     pub server_pid: Option<u32>,
+    /// Paced mode: commands per second over all connections (closed loop when `None`).
+    pub rate: Option<f64>,
+    /// More servers driven in the same run, with their pids: connection `i` goes to server
+    /// `i % n` of `addr` followed by these (see `run_load_each`).
+    pub others: Vec<(SocketAddr, Option<u32>)>,
 }
 
 impl LoadSpec {
@@ -60,13 +71,38 @@ impl LoadSpec {
             drain: Duration::from_secs(2),
             stop: None,
             server_pid: None,
+            rate: None,
+            others: Vec::new(),
         }
+    }
+
+    /// Paced mode: `per_sec` commands a second in all, connection `i`'s `k`-th due at
+    /// `(i + k * C) / per_sec` seconds after the start; still at most `in_flight` outstanding
+    /// on a connection (a due command waits for a free slot, its stamp unchanged).
+    pub fn paced(mut self, per_sec: f64) -> Self {
+        self.rate = Some(per_sec);
+        self
     }
 
     /// Reports this server process's CPU use over the window.
     pub fn server(mut self, pid: Option<u32>) -> Self {
         self.server_pid = pid;
         self
+    }
+
+    /// Drives one more server in the same run (its pid for its CPU use, when known): the
+    /// connections are dealt out in turn, so with `paced` the servers' commands alternate in
+    /// time and anything that disturbs the run falls on all of them alike.
+    pub fn also(mut self, addr: SocketAddr, pid: Option<u32>) -> Self {
+        self.others.push((addr, pid));
+        self
+    }
+
+    /// Every server driven: `addr` first, then `others`.
+    fn servers(&self) -> Vec<(SocketAddr, Option<u32>)> {
+        let mut all = vec![(self.addr, self.server_pid)];
+        all.extend_from_slice(&self.others);
+        all
     }
 }
 
@@ -87,42 +123,62 @@ pub struct LoadReport {
     /// known) and by the generator's thread. A generator near 1.0 would be the bottleneck.
     pub server_cpu: Option<f64>,
     pub generator_cpu: Option<f64>,
-    /// CPU used meanwhile by every other process on the machine.
+    /// CPU used meanwhile by every other process on the machine (the servers driven in the
+    /// same run left out).
     pub other_cpu: Option<f64>,
+    /// Paced mode: the rate asked for (commands per second over this server's connections).
+    pub paced_rate: Option<f64>,
+    /// Paced mode: how late each command of the window was sent after it was due (waiting
+    /// for a free slot on its connection, or for the generator to come round).
+    pub send_lag: Histogram,
+    /// Paced mode: commands due inside the window never sent, their connection still full
+    /// when it ended.
+    pub unsent: u64,
 }
 
-/// CPU seconds used so far by the server, this thread, this process and the whole machine,
+/// CPU seconds used so far by each server, this thread, this process and the whole machine,
 /// and when they were read.
 struct CpuMark {
     at: Instant,
-    server: Option<f64>,
+    servers: Vec<Option<f64>>,
     generator: Option<f64>,
     bench: Option<f64>,
     machine: Option<f64>,
 }
 
 impl CpuMark {
-    fn take(server_pid: Option<u32>) -> CpuMark {
+    fn take(server_pids: &[Option<u32>]) -> CpuMark {
         CpuMark {
             at: Instant::now(),
-            server: server_pid.and_then(cpu_secs),
+            servers: server_pids
+                .iter()
+                .map(|pid| pid.and_then(cpu_secs))
+                .collect(),
             generator: thread_cpu_secs(),
             bench: own_cpu_secs(),
             machine: machine_cpu_secs(),
         }
     }
 
-    /// CPU shares of one core between two marks: the server, the generator, and everything
+    /// CPU shares of one core between two marks: each server, the generator, and everything
     /// else on the machine (other servers of a herd, or someone else's work).
-    fn shares(&self, later: &CpuMark) -> [Option<f64>; 3] {
+    fn shares(&self, later: &CpuMark) -> (Vec<Option<f64>>, Option<f64>, Option<f64>) {
         let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let used = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
-        let server = used(self.server, later.server);
+        let servers: Vec<Option<f64>> = (self.servers.iter().zip(&later.servers))
+            .map(|(&a, &b)| used(a, b))
+            .collect();
         let others = || {
             let rest = used(self.machine, later.machine)? - used(self.bench, later.bench)?;
-            Some((rest - server.unwrap_or(0.0)).max(0.0))
+            let driven: f64 = servers.iter().flatten().sum();
+            Some((rest - driven).max(0.0))
         };
-        [server, used(self.generator, later.generator), others()].map(|secs| secs.map(|s| s / wall))
+        let share = |secs: Option<f64>| secs.map(|s| s / wall);
+        (
+            servers.iter().map(|&s| share(s)).collect(),
+            share(used(self.generator, later.generator)),
+            share(others()),
+        )
     }
 }
 
@@ -138,6 +194,9 @@ impl LoadReport {
         self.generator_cpu = weigh(self.generator_cpu, other.generator_cpu);
         self.other_cpu = weigh(self.other_cpu, other.other_cpu);
         self.latency.merge(&other.latency);
+        self.send_lag.merge(&other.send_lag);
+        self.paced_rate = self.paced_rate.or(other.paced_rate);
+        self.unsent += other.unsent;
         self.completed += other.completed;
         self.window += other.window;
         self.errors += other.errors;
@@ -166,6 +225,8 @@ struct Conn {
     line_first: u8,
     in_whatsat_body: bool,
     open: bool,
+    /// Paced mode: the schedule index of this connection's next command.
+    next_k: u64,
 }
 
 impl Conn {
@@ -179,14 +240,16 @@ impl Conn {
             line_first: 0,
             in_whatsat_body: false,
             open: true,
+            next_k: 0,
         }
     }
 
-    /// Appends the next command; false when the workload is exhausted.
-    fn issue(&mut self, index: usize, work: &mut dyn Workload, now_ns: u64) -> bool {
+    /// Appends the next command, stamped `stamp_ns` (when it was sent, or paced, when it was
+    /// due); false when the workload is exhausted.
+    fn issue(&mut self, index: usize, work: &mut dyn Workload, stamp_ns: u64) -> bool {
         match work.next_command(index, &mut self.out) {
             Some(expect) => {
-                self.sent.push_back((now_ns, expect));
+                self.sent.push_back((stamp_ns, expect));
                 true
             }
             None => false,
@@ -215,7 +278,7 @@ impl Conn {
         Ok(())
     }
 
-    /// Feeds received bytes through the reply framing; calls `done(sent_ns, is_error)` for
+    /// Feeds received bytes through the reply framing; calls `done(stamp_ns, is_error)` for
     /// every reply completed. Returns the number of lines that matched no command.
     fn parse(&mut self, data: &[u8], mut done: impl FnMut(u64, bool)) -> u64 {
         let mut unexpected = 0;
@@ -263,20 +326,50 @@ impl Conn {
     }
 }
 
-/// Opens the connections, keeps `in_flight` commands outstanding on each for the warm-up plus
-/// the window, then waits (bounded) for what is still owed.
+/// Opens the connections, keeps `in_flight` commands outstanding on each (closed loop) or sends
+/// them as they fall due (paced) for the warm-up plus the window, then waits (bounded) for what
+/// is still owed. The report of the first server (`spec.addr`).
 pub fn run_load(spec: &LoadSpec, work: &mut dyn Workload) -> Result<LoadReport, String> {
+    let mut reports = run_load_each(spec, work)?;
+    Ok(reports.swap_remove(0))
+}
+
+/// `run_load` over every server of `spec` (`addr`, then `others`): one report each, in that
+/// order, over the same window.
+pub fn run_load_each(spec: &LoadSpec, work: &mut dyn Workload) -> Result<Vec<LoadReport>, String> {
     let mut poll = Poll::new().map_err(|e| format!("mio poll: {e}"))?;
     let mut conns = connect_all(spec, &poll)?;
     let mut run = Run::new(spec, work);
-    for (index, conn) in conns.iter_mut().enumerate() {
-        run.issue(conn, index, spec.in_flight, 0);
-        conn.flush().map_err(|e| format!("write: {e}"))?;
+    if run.pace.is_none() {
+        for (index, conn) in conns.iter_mut().enumerate() {
+            run.issue(conn, index, spec.in_flight, 0);
+            conn.flush().map_err(|e| format!("write: {e}"))?;
+        }
     }
     let mut open = conns.len();
     let mut scratch = vec![0u8; 256 * 1024];
     let mut events = Events::with_capacity(1024);
-    while let Some(timeout) = run.next_wait(open) {
+    loop {
+        if run.pace.is_some() {
+            let now = run.now();
+            for (index, conn) in conns.iter_mut().enumerate() {
+                if !conn.open || !run.issue_due(conn, index, now) {
+                    continue;
+                }
+                if let Err(e) = conn.flush() {
+                    run.close(conn, index, format!("write: {e}"));
+                    open -= 1;
+                }
+            }
+        }
+        let Some(timeout) = run.next_wait(&conns, open) else {
+            break;
+        };
+        if timeout.is_zero() && run.pace.is_some() {
+            // The next send due within a millisecond: poll without blocking, and let anything
+            // else that wants this core have it meanwhile.
+            std::thread::yield_now();
+        }
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -292,18 +385,18 @@ pub fn run_load(spec: &LoadSpec, work: &mut dyn Workload) -> Result<LoadReport, 
                 .read_replies(conn, index, &mut scratch)
                 .or_else(|| conn.flush().err().map(|e| format!("write: {e}")));
             if let Some(why) = failure {
-                conn.open = false;
+                run.close(conn, index, why);
                 open -= 1;
-                run.outstanding -= conn.sent.len() as u64;
-                run.report.closed.get_or_insert(why);
             }
         }
     }
-    Ok(run.finish())
+    Ok(run.finish(&conns))
 }
 
-/// Opens every connection (blocking connects, bounded in all to 20 s) and registers it.
+/// Opens every connection (blocking connects, bounded in all to 20 s) and registers it;
+/// connection `i` goes to server `i % n`.
 fn connect_all(spec: &LoadSpec, poll: &Poll) -> Result<Vec<Conn>, String> {
+    let servers = spec.servers();
     let mut conns = Vec::with_capacity(spec.connections);
     let deadline = Instant::now() + Duration::from_secs(20);
     for index in 0..spec.connections {
@@ -313,8 +406,9 @@ fn connect_all(spec: &LoadSpec, poll: &Poll) -> Result<Vec<Conn>, String> {
                 spec.connections, spec.addr
             ));
         }
-        let stream = std::net::TcpStream::connect_timeout(&spec.addr, Duration::from_secs(3))
-            .map_err(|e| format!("connect to {} (connection {}): {e}", spec.addr, index + 1))?;
+        let addr = servers[index % servers.len()].0;
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .map_err(|e| format!("connect to {addr} (connection {}): {e}", index + 1))?;
         stream
             .set_nodelay(true)
             .and_then(|()| stream.set_nonblocking(true))
@@ -332,15 +426,37 @@ fn connect_all(spec: &LoadSpec, poll: &Poll) -> Result<Vec<Conn>, String> {
     Ok(conns)
 }
 
+/// Paced mode: the poll's timeout goes in whole milliseconds (mio rounds up), so a send due
+/// sooner than this is waited for by polling without blocking.
+const SPIN_WITHIN_NS: u64 = 1_100_000;
+
+/// Paced mode's schedule: command `n` overall is due `n * ns_per_command` after the start, on
+/// connection `n % connections`.
+#[derive(Clone, Copy)]
+struct Pace {
+    ns_per_command: f64,
+    connections: u64,
+}
+
+impl Pace {
+    /// When the `k`-th command of connection `index` is due.
+    fn due(&self, index: usize, k: u64) -> u64 {
+        ((index as u64 + k * self.connections) as f64 * self.ns_per_command) as u64
+    }
+}
+
 /// One run's bookkeeping: the clock, the window, what is outstanding, what was measured.
 /// Times are nanoseconds since the run started.
 struct Run<'a> {
     spec: &'a LoadSpec,
     work: &'a mut dyn Workload,
+    pace: Option<Pace>,
     start: Instant,
     window_start: u64,
     window_end: u64,
-    report: LoadReport,
+    /// The servers' pids, and one report per server (connection `i`'s is `i % n`).
+    pids: Vec<Option<u32>>,
+    reports: Vec<LoadReport>,
     outstanding: u64,
     exhausted: bool,
     draining_since: Option<u64>,
@@ -352,13 +468,31 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     fn new(spec: &'a LoadSpec, work: &'a mut dyn Workload) -> Run<'a> {
         let window_start = spec.warmup.as_nanos() as u64;
+        let pace = spec.rate.filter(|r| *r > 0.0).map(|rate| Pace {
+            ns_per_command: 1e9 / rate,
+            connections: spec.connections.max(1) as u64,
+        });
+        let pids: Vec<Option<u32>> = spec.servers().iter().map(|s| s.1).collect();
+        let n = pids.len();
+        let reports = (0..n)
+            .map(|i| LoadReport {
+                // This server's share of the connections, and so of the rate.
+                paced_rate: pace.and(spec.rate).map(|rate| {
+                    let mine = (spec.connections + n - 1 - i) / n;
+                    rate * mine as f64 / spec.connections.max(1) as f64
+                }),
+                ..LoadReport::default()
+            })
+            .collect();
         Run {
             spec,
             work,
+            pace,
             start: Instant::now(),
             window_start,
             window_end: window_start + spec.duration.as_nanos() as u64,
-            report: LoadReport::default(),
+            pids,
+            reports,
             outstanding: 0,
             exhausted: false,
             draining_since: None,
@@ -383,12 +517,85 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Paced mode: appends every command of this connection that is due by `now`, while it has
+    /// a free slot, each stamped when it was due; true when it appended any.
+    fn issue_due(&mut self, conn: &mut Conn, index: usize, now: u64) -> bool {
+        let Some(pace) = self.pace else {
+            return false;
+        };
+        let mut issued = false;
+        while self.draining_since.is_none()
+            && !self.exhausted
+            && conn.sent.len() < self.spec.in_flight
+        {
+            let due = pace.due(index, conn.next_k);
+            if due > now || due >= self.window_end {
+                break;
+            }
+            if !conn.issue(index, self.work, due) {
+                self.exhausted = true;
+                break;
+            }
+            conn.next_k += 1;
+            self.outstanding += 1;
+            if due >= self.window_start {
+                self.report_of(index).send_lag.record(now - due);
+            }
+            issued = true;
+        }
+        issued
+    }
+
+    /// Paced mode: when the next command that could be sent now (its connection open and not
+    /// full) is due.
+    fn next_due(&self, conns: &[Conn]) -> Option<u64> {
+        let pace = self.pace.filter(|_| !self.exhausted)?;
+        conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.open && c.sent.len() < self.spec.in_flight)
+            .map(|(index, c)| pace.due(index, c.next_k))
+            .min()
+    }
+
+    /// Paced mode, as the window ends: counts the commands due inside it that were never sent.
+    fn count_unsent(&mut self, conns: &[Conn]) {
+        let Some(pace) = self.pace else {
+            return;
+        };
+        for (index, conn) in conns.iter().enumerate().filter(|(_, c)| c.open) {
+            let mut k = conn.next_k;
+            loop {
+                let due = pace.due(index, k);
+                if due >= self.window_end {
+                    break;
+                }
+                let in_window = due >= self.window_start;
+                self.report_of(index).unsent += u64::from(in_window);
+                k += 1;
+            }
+        }
+    }
+
+    /// Marks a connection closed: what it still owed is no longer awaited.
+    fn close(&mut self, conn: &mut Conn, index: usize, why: String) {
+        conn.open = false;
+        self.outstanding -= conn.sent.len() as u64;
+        self.report_of(index).closed.get_or_insert(why);
+    }
+
+    /// The report of connection `index`'s server.
+    fn report_of(&mut self, index: usize) -> &mut LoadReport {
+        let servers = self.reports.len();
+        &mut self.reports[index % servers]
+    }
+
     /// Moves the run through warm-up, window and drain; returns how long to wait for events,
     /// or `None` when the run is over.
-    fn next_wait(&mut self, open: usize) -> Option<Duration> {
+    fn next_wait(&mut self, conns: &[Conn], open: usize) -> Option<Duration> {
         let now = self.now();
         if self.cpu_at_start.is_none() && now >= self.window_start {
-            self.cpu_at_start = Some(CpuMark::take(self.spec.server_pid));
+            self.cpu_at_start = Some(CpuMark::take(&self.pids));
         }
         if self.draining_since.is_none() {
             let stopped = self
@@ -400,7 +607,8 @@ impl<'a> Run<'a> {
             if stopped || now >= self.window_end || done || open == 0 {
                 self.window_end = self.window_end.min(now);
                 self.draining_since = Some(now);
-                self.cpu_at_end = Some(CpuMark::take(self.spec.server_pid));
+                self.cpu_at_end = Some(CpuMark::take(&self.pids));
+                self.count_unsent(conns);
             }
         }
         let until = match self.draining_since {
@@ -411,7 +619,18 @@ impl<'a> Run<'a> {
                 }
                 drain_end
             }
-            None => self.window_end,
+            None => match self.next_due(conns) {
+                Some(due) if due < self.window_end => {
+                    let gap = due.saturating_sub(now);
+                    if gap < SPIN_WITHIN_NS {
+                        return Some(Duration::ZERO);
+                    }
+                    // Whole milliseconds, rounded down, so the poll does not overshoot.
+                    let millis = (gap - 100_000) / 1_000_000;
+                    return Some(Duration::from_millis(millis.min(50)));
+                }
+                _ => self.window_end,
+            },
         };
         Some(Duration::from_nanos(
             until.saturating_sub(now).min(50_000_000),
@@ -432,12 +651,12 @@ impl<'a> Run<'a> {
                 Ok(n) => {
                     let now = self.now();
                     let (window_start, window_end) = (self.window_start, self.window_end);
-                    let report = &mut self.report;
+                    let report = self.report_of(index);
                     let mut answered = 0;
-                    let unexpected = conn.parse(&scratch[..n], |sent_ns, is_error| {
+                    let unexpected = conn.parse(&scratch[..n], |stamp_ns, is_error| {
                         answered += 1;
-                        if sent_ns >= window_start {
-                            report.latency.record(now - sent_ns);
+                        if stamp_ns >= window_start {
+                            report.latency.record(now - stamp_ns);
                         }
                         if now >= window_start && now < window_end {
                             report.completed += 1;
@@ -447,7 +666,9 @@ impl<'a> Run<'a> {
                     report.errors += unexpected;
                     self.outstanding -= answered;
                     self.last_completion = now;
-                    if self.draining_since.is_none() && !self.exhausted {
+                    if self.pace.is_some() {
+                        self.issue_due(conn, index, now);
+                    } else if self.draining_since.is_none() && !self.exhausted {
                         self.issue(conn, index, answered as usize, now);
                     }
                     // A short read emptied the socket; on Linux the next arrival raises a new
@@ -464,7 +685,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn finish(mut self) -> LoadReport {
+    fn finish(mut self, conns: &[Conn]) -> Vec<LoadReport> {
         // A bounded workload that ran out early ends its window at its last reply.
         let end = if self.exhausted {
             self.window_end
@@ -472,15 +693,22 @@ impl<'a> Run<'a> {
         } else {
             self.window_end
         };
-        self.report.window = Duration::from_nanos(end.saturating_sub(self.window_start));
-        self.report.unanswered = self.outstanding;
-        if let (Some(first), Some(last)) = (&self.cpu_at_start, &self.cpu_at_end) {
-            [
-                self.report.server_cpu,
-                self.report.generator_cpu,
-                self.report.other_cpu,
-            ] = first.shares(last);
+        let window = Duration::from_nanos(end.saturating_sub(self.window_start));
+        for (index, conn) in conns.iter().enumerate().filter(|(_, c)| c.open) {
+            self.report_of(index).unanswered += conn.sent.len() as u64;
         }
-        self.report
+        let shares = match (&self.cpu_at_start, &self.cpu_at_end) {
+            (Some(first), Some(last)) => Some(first.shares(last)),
+            _ => None,
+        };
+        for (i, report) in self.reports.iter_mut().enumerate() {
+            report.window = window;
+            if let Some((servers, generator, other)) = &shares {
+                report.server_cpu = servers[i];
+                report.generator_cpu = *generator;
+                report.other_cpu = *other;
+            }
+        }
+        self.reports
     }
 }

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::commands::Names;
 use crate::herd::{pid_listening_on, Herd, HerdConfig};
 use crate::load::LoadReport;
-use crate::report::{fmt_latency, fmt_rate, Row};
+use crate::report::{fmt_latency, fmt_ns, fmt_rate, Row};
 
 pub struct Ctx {
     pub bin: PathBuf,
@@ -198,6 +198,19 @@ pub fn load_row(config: impl Into<String>, load: &LoadReport) -> Row {
     if let Some(other) = load.other_cpu {
         result += &format!(" other {:.0}%", other * 100.0);
         row = row.figure("other_cpu", round3(other));
+    }
+    if let Some(rate) = load.paced_rate {
+        // How late the generator sent (a full connection included): already in the latency.
+        let lag = load.send_lag.percentile(0.99);
+        result += &format!("  sent late p99 {}", fmt_ns(lag));
+        row = row
+            .figure("paced_rate_per_s", rate.round())
+            .figure("send_lag_p99_ns", lag)
+            .figure("unsent", load.unsent);
+        // One command at the window's edge whose connection was still waiting is routine.
+        if load.unsent * 1000 > load.completed {
+            result += &format!("  {} due but never sent", load.unsent);
+        }
     }
     if load.errors > 0 {
         result += &format!("  {} '?' replies", load.errors);
