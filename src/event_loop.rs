@@ -21,7 +21,7 @@ use crate::conn::{Connection, Stage};
 use crate::link::Link;
 use crate::logging::{self, Secret};
 use crate::net::{self, ReadOutcome};
-use crate::places::{shape_reply, LookupDone, PlacesPool};
+use crate::places::{LookupDone, PlacesPool};
 use crate::protocol::ClientTime;
 use crate::session::{send_ready_replies, ClientSession};
 use crate::timer::{Backoff, Jitter};
@@ -374,10 +374,9 @@ impl EventLoop {
         while let Some(done) = self.places.try_result() {
             let LookupDone {
                 job,
-                outcome,
+                reply: shaped,
                 elapsed,
             } = done;
-            let shaped = shape_reply(self.places_api, &job.at_line, job.query.bound, &outcome);
             info!(
                 "places conn={} {} {} in {:.1} ms",
                 job.conn_id,

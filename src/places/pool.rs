@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mio::Waker;
 
 use super::request::{legacy_query, new_api_body, PlacesQuery};
-use super::response::{PlacesError, PlacesOutcome};
+use super::response::{shape_reply, PlacesError, PlacesOutcome, ShapedReply};
 use crate::config::{PlacesApi, PlacesSettings};
 use crate::logging::Secret;
 
@@ -31,11 +31,12 @@ pub struct LookupJob {
     pub query: PlacesQuery,
 }
 
-/// A finished lookup.
+/// A finished lookup, with its WHATSAT reply already built: parsing and pretty-printing a
+/// Places answer (tens of KB for 20 results) happens here on the worker, not on the loop.
 #[derive(Debug)]
 pub struct LookupDone {
     pub job: LookupJob,
-    pub outcome: PlacesOutcome,
+    pub reply: ShapedReply,
     pub elapsed: Duration,
 }
 
@@ -132,10 +133,12 @@ fn work(
         let Ok(job) = next else { return };
         let started = Instant::now();
         let outcome = endpoint.call(&job.query);
+        let elapsed = started.elapsed();
+        let reply = shape_reply(endpoint.api, &job.at_line, job.query.bound, &outcome);
         let done = LookupDone {
             job,
-            outcome,
-            elapsed: started.elapsed(),
+            reply,
+            elapsed,
         };
         if results.send(done).is_err() {
             return;
