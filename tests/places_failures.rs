@@ -39,60 +39,59 @@ fn parse(body: &str) -> Value {
     serde_json::from_str(body).expect("test body is JSON")
 }
 
+/// Which API a server speaks in a pass-through test.
+#[derive(Clone, Copy)]
+enum Api {
+    New,
+    Legacy,
+}
+
+/// Places answers `code` with `body`; the client gets exactly that body back as the JSON.
+fn assert_passed_through(api: Api, code: u16, body: &str) {
+    let fake = FakePlaces::start();
+    fake.set_reply(Reply::Status {
+        code,
+        body: body.to_string(),
+    });
+    let builder = Server::builder("Alpha");
+    let server = match api {
+        Api::New => builder.places(&fake),
+        Api::Legacy => builder.legacy(&fake),
+    }
+    .start();
+    assert_eq!(whatsat_once(&server), parse(body));
+}
+
 #[test]
 fn google_error_body_is_passed_through() {
-    let fake = FakePlaces::start();
     let body = google_error_body(
         403,
         "PERMISSION_DENIED",
         "API key not valid. Please pass a valid API key.",
     );
-    fake.set_reply(Reply::Status {
-        code: 403,
-        body: body.clone(),
-    });
-    let server = Server::builder("Alpha").places(&fake).start();
-    assert_eq!(whatsat_once(&server), parse(&body));
+    assert_passed_through(Api::New, 403, &body);
 }
 
 #[test]
 fn google_error_body_with_status_500_is_passed_through() {
-    let fake = FakePlaces::start();
     let body = google_error_body(500, "INTERNAL", "Internal error encountered.");
-    fake.set_reply(Reply::Status {
-        code: 500,
-        body: body.clone(),
-    });
-    let server = Server::builder("Alpha").places(&fake).start();
-    assert_eq!(whatsat_once(&server), parse(&body));
+    assert_passed_through(Api::New, 500, &body);
 }
 
 #[test]
 fn legacy_request_denied_body_is_passed_through() {
-    let fake = FakePlaces::start();
     let body = "{\n   \"error_message\" : \"The provided API key is invalid.\",\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"REQUEST_DENIED\"\n}\n";
-    fake.set_reply(Reply::Status {
-        code: 200,
-        body: body.to_string(),
-    });
-    let server = Server::builder("Alpha").legacy(&fake).start();
-    assert_eq!(whatsat_once(&server), parse(body));
+    assert_passed_through(Api::Legacy, 200, body);
 }
 
 #[test]
 fn legacy_error_status_with_google_body_is_passed_through() {
-    let fake = FakePlaces::start();
     let body = google_error_body(
         403,
         "PERMISSION_DENIED",
         "This API project is not authorized.",
     );
-    fake.set_reply(Reply::Status {
-        code: 403,
-        body: body.clone(),
-    });
-    let server = Server::builder("Alpha").legacy(&fake).start();
-    assert_eq!(whatsat_once(&server), parse(&body));
+    assert_passed_through(Api::Legacy, 403, &body);
 }
 
 #[test]
