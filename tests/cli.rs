@@ -176,3 +176,26 @@ fn sigterm_stops_a_single_server() {
     );
     assert!(!port_accepts(port), "its port is closed");
 }
+
+#[test]
+fn a_configured_peer_secret_that_is_not_set_stops_the_server_before_it_listens() {
+    let dir = TestDir::new();
+    let port = common::free_port();
+    dir.write(
+        "herd.conf",
+        &format!(
+            "server Alpha 127.0.0.1:{port}\npeer secret-env HERD_TEST_SECRET_NEVER_SET\nlog dir {}\n",
+            dir.path().display()
+        ),
+    );
+    let run = run_herd(&["Alpha", "herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(1), "stderr: {:?}", run.stderr);
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
+    assert!(
+        lines[0].contains("HERD_TEST_SECRET_NEVER_SET"),
+        "names the variable: {:?}",
+        lines[0]
+    );
+    assert!(!port_accepts(port), "no port opened");
+}
