@@ -293,12 +293,9 @@ impl EventLoop {
                         break;
                     }
                     if conn.unread_bytes() > limits.max_output_bytes {
-                        warn!(
-                            "limit output-bytes conn={}: {} bytes unread, dropping client",
-                            conn.id,
-                            conn.unread_bytes()
-                        );
-                        conn.stage = Stage::Closed("output limit");
+                        // No more input until the turn's writes: then either the client took
+                        // enough to go on, or `write_output` drops it.
+                        more_input.push(key);
                         break;
                     }
                     budget = budget.saturating_sub(n);
@@ -347,6 +344,19 @@ impl EventLoop {
         }
         if conn.is_finished() {
             conn.stage = Stage::Closed("eof");
+            self.marked_closed.push(key);
+            return;
+        }
+        // Checked here, after the socket took what it would, so it covers replies from reads
+        // and from finished lookups alike: a client that keeps asking but never reads is
+        // dropped rather than buffered without end.
+        if conn.unread_bytes() > self.limits.max_output_bytes {
+            warn!(
+                "limit output-bytes conn={}: {} bytes unread, dropping client",
+                conn.id,
+                conn.unread_bytes()
+            );
+            conn.stage = Stage::Closed("output limit");
             self.marked_closed.push(key);
             return;
         }
