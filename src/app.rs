@@ -80,10 +80,6 @@ impl App {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn clients(&self) -> &ClientTable {
         &self.clients
     }

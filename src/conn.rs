@@ -4,7 +4,6 @@
 //! No I/O happens here: `net` moves bytes, `event_loop` decides; this is the state they share.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 use mio::Interest;
@@ -90,7 +89,6 @@ pub struct Connection {
     /// Unique for the life of the process (slab keys are reused; this is not). Logged as `conn=`.
     pub id: u64,
     pub stream: TcpStream,
-    pub remote: SocketAddr,
     pub stage: Stage,
     /// The neighbour's name once it said a valid hello: its lines are then updates.
     pub peer: Option<String>,
@@ -102,11 +100,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(id: u64, stream: TcpStream, remote: SocketAddr, max_line_bytes: usize) -> Self {
+    pub fn new(id: u64, stream: TcpStream, max_line_bytes: usize) -> Self {
         Connection {
             id,
             stream,
-            remote,
             stage: Stage::Open,
             peer: None,
             reader: LineReader::new(max_line_bytes),

@@ -235,12 +235,8 @@ impl EventLoop {
             let id = self.next_conn_id;
             self.next_conn_id += 1;
             info!("accept conn={id} from {remote}");
-            entry.insert(Connection::new(
-                id,
-                stream,
-                remote,
-                self.limits.max_line_bytes,
-            ));
+            // The address is in the `accept` record; later records name the connection by id.
+            entry.insert(Connection::new(id, stream, self.limits.max_line_bytes));
         }
     }
 

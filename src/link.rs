@@ -67,8 +67,6 @@ pub struct Link {
     pub registered: Option<Interest>,
     /// The last write stopped at `WouldBlock`: wait for a writable event before writing again.
     pub write_blocked: bool,
-    /// Records sent by the resync in progress (for its log line).
-    pub synced: usize,
 }
 
 impl Link {
@@ -93,7 +91,6 @@ impl Link {
             silence_limit,
             registered: None,
             write_blocked: false,
-            synced: 0,
         }
     }
 
@@ -178,7 +175,6 @@ impl Link {
     /// The neighbour accepted us: start the resync from the first record.
     pub fn welcomed(&mut self, now: Instant) {
         self.backoff.reset();
-        self.synced = 0;
         self.stage = Stage::Up {
             sync_cursor: Some(0),
             last_heard: now,

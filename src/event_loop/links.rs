@@ -211,12 +211,12 @@ impl EventLoop {
             link.out.push(line);
             link.out.push(b"\n");
             cursor += 1;
-            link.synced += 1;
         }
         let done = cursor >= table.len();
         link.set_sync_cursor((!done).then_some(cursor));
         if done {
-            info!("link sync {}: sent {} records", link.name, link.synced);
+            // The stream starts at record 0, so where it ends is how many it sent.
+            info!("link sync {}: sent {cursor} records", link.name);
         }
         link.out.len() - before
     }
