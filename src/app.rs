@@ -4,10 +4,10 @@
 //! Pure: no sockets, no clock (the loop passes `now` in), no threads. The event loop carries
 //! out what these functions decide.
 
-use crate::logging::Secret;
 use crate::peer_wire;
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, AtRecord, ClientTime, Location, Parsed, Request};
+use crate::secret::Secret;
 use crate::store::{Applied, ClientTable, RecordIndex};
 
 /// What one client line comes to.

@@ -16,15 +16,16 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::app::App;
+use crate::backoff::{Backoff, Jitter};
 use crate::config::{Config, Limits, PlacesApi};
 use crate::conn::{Connection, Stage};
 use crate::link::Link;
-use crate::logging::{self, Secret};
+use crate::logging;
 use crate::net::{self, ReadOutcome};
 use crate::places::{LookupDone, PlacesPool};
 use crate::protocol::ClientTime;
+use crate::secret::Secret;
 use crate::session::{send_ready_replies, ClientSession};
-use crate::timer::{Backoff, Jitter};
 
 mod links;
 

@@ -9,6 +9,7 @@
 //! `places::pool`, whose results wake the loop through a `mio::Waker`.
 
 pub mod app;
+pub mod backoff;
 pub mod buffer;
 pub mod cli;
 pub mod config;
@@ -20,7 +21,7 @@ pub mod net;
 pub mod peer_wire;
 pub mod places;
 pub mod protocol;
+pub mod secret;
 pub mod session;
 pub mod store;
 pub mod supervisor;
-pub mod timer;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::backoff::Backoff;
 use crate::buffer::{LineReader, OutBuffer};
 use crate::peer_wire::PING_LINE;
 use crate::store::RecordIndex;
-use crate::timer::Backoff;
 
 /// How long a connect may take before the attempt counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

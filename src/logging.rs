@@ -1,6 +1,6 @@
 //! The server's log (SPEC section 6): `<log dir>/NAME.log`, written through one buffer that the
 //! event loop flushes at least once a second and at exit; [`Escaped`] for every byte that came
-//! from the network; [`Secret`] for values that must never be printed.
+//! from the network.
 //!
 //! Events (`accept`, `link up`, `places`, ...) go through simplelog and the `log` macros. The
 //! per-line `recv`/`send` records, two or more per command, go through [`traffic`], which
@@ -276,33 +276,6 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// A value that must not appear in logs, replies or errors: `Debug` and `Display` print
-/// `<redacted>`; only [`expose`](Secret::expose) gives it out, where it is sent.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,12 +318,5 @@ mod tests {
         assert_eq!(decimal(0, &mut buf), b"0");
         assert_eq!(decimal(1234567, &mut buf), b"1234567");
         assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615");
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("AIzaSECRET".into());
-        assert_eq!(format!("{s} {s:?}"), "<redacted> <redacted>");
-        assert_eq!(s.expose(), "AIzaSECRET");
     }
 }

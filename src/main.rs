@@ -13,7 +13,8 @@ use mio::net::UnixStream;
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
-use herd::logging::{self, Secret};
+use herd::logging;
+use herd::secret::Secret;
 use herd::{net, supervisor};
 
 /// Exit status for usage and config errors.

@@ -19,8 +19,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::logging::Secret;
 use crate::protocol::fields;
+use crate::secret::Secret;
 
 pub const HELLO: &[u8] = b"HERD-HELLO";
 pub const WELCOME: &[u8] = b"HERD-WELCOME";

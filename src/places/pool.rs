@@ -16,7 +16,7 @@ use mio::Waker;
 use super::request::{legacy_query, new_api_body, PlacesQuery};
 use super::response::{shape_reply, PlacesError, PlacesOutcome, ShapedReply};
 use crate::config::{PlacesApi, PlacesSettings};
-use crate::logging::Secret;
+use crate::secret::Secret;
 
 /// One lookup to make, and where its reply goes.
 #[derive(Debug)]
