@@ -8,14 +8,15 @@ use crate::peer_wire;
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, AtRecord, ClientTime, Location, Parsed, Request};
 use crate::secret::Secret;
-use crate::store::{Applied, ClientTable, RecordIndex};
+use crate::store::{Applied, ClientTable, LinkId, RecordIndex, Source};
 
 /// What one client line comes to.
 #[derive(Debug, PartialEq)]
 pub enum ClientOutcome {
     /// A blank line: no reply.
     Silent,
-    /// A reply that is ready now (an AT line for a stale IAMAT, or `? ` + the line).
+    /// A reply that is ready now (an AT line for a stale IAMAT, or `? ` + the line), without
+    /// its terminator.
     Reply(Vec<u8>),
     /// An IAMAT that updated the table: reply, and flood the record to the neighbours.
     Stored { reply: Vec<u8>, record: RecordIndex },
@@ -24,8 +25,13 @@ pub enum ClientOutcome {
         at_line: Box<[u8]>,
         query: PlacesQuery,
     },
-    /// A valid hello from a neighbour: from now on the connection carries its updates.
-    PeerAccepted { name: String, reply: Vec<u8> },
+    /// A valid hello from a neighbour: from now on the connection carries its updates. `link`
+    /// is our outbound link to the same neighbour.
+    PeerAccepted {
+        link: LinkId,
+        name: String,
+        reply: Vec<u8>,
+    },
 }
 
 /// What one line from a neighbour comes to.
@@ -39,25 +45,44 @@ pub enum PeerOutcome {
     Ping(&'static [u8]),
     /// Not an AT line: the neighbour is broken or not a neighbour; drop the connection.
     Invalid,
+    /// A valid AT line whose client time is further ahead of our clock than `limit
+    /// future-seconds`: not stored (it would shadow every real update of that client), logged,
+    /// and the link stays up (the neighbour's server is not broken, a client's clock is).
+    FromTheFuture,
 }
 
 /// The state one server keeps about the world: its name, who its neighbours are, and what it
 /// knows of every client.
 pub struct App {
     name: String,
+    /// In config order: a neighbour's position is its [`LinkId`].
     neighbours: Vec<String>,
     peer_secret: Option<Secret>,
+    /// How far past our clock a client time may be (`limit future-seconds`).
+    max_future_nanos: i128,
     clients: ClientTable,
 }
 
 impl App {
-    pub fn new(name: &str, neighbours: Vec<String>, peer_secret: Option<Secret>) -> App {
+    pub fn new(
+        name: &str,
+        neighbours: Vec<String>,
+        peer_secret: Option<Secret>,
+        max_future_secs: u64,
+    ) -> App {
         App {
             name: name.to_string(),
             neighbours,
             peer_secret,
+            max_future_nanos: i128::from(max_future_secs) * 1_000_000_000,
             clients: ClientTable::new(),
         }
+    }
+
+    /// SPEC section 2 leaves clocks to the clients; one far ahead would win every later
+    /// comparison of its client, forever, so such a time is refused.
+    fn is_too_far_ahead(&self, client_time: ClientTime, now: ClientTime) -> bool {
+        client_time.as_nanos() - now.as_nanos() > self.max_future_nanos
     }
 
     /// The hello this server sends on its link to `to`.
@@ -65,16 +90,20 @@ impl App {
         peer_wire::format_hello(&self.name, to, self.peer_secret.as_ref(), now.secs)
     }
 
-    /// Handles one line from an accepted neighbour: an AT line as the taking server made it.
-    pub fn handle_peer_line(&mut self, line: &[u8]) -> PeerOutcome {
+    /// Handles one line from the neighbour at `from`: an AT line as the taking server made it.
+    pub fn handle_peer_line(&mut self, line: &[u8], from: LinkId, now: ClientTime) -> PeerOutcome {
         if peer_wire::is_ping(line) {
             return PeerOutcome::Ping(peer_wire::PONG_LINE);
         }
         let Some(at) = AtLine::parse(line) else {
             return PeerOutcome::Invalid;
         };
+        if self.is_too_far_ahead(at.client_time, now) {
+            return PeerOutcome::FromTheFuture;
+        }
         // Stored as the canonical line, so every server holds byte-identical records.
-        match self.clients.apply(&AtRecord::from_parsed(&at, line)) {
+        let record = AtRecord::from_parsed(&at, line);
+        match self.clients.apply(&record, Source::Neighbour(from)) {
             Applied::Stored(record) => PeerOutcome::Stored(record),
             Applied::Stale => PeerOutcome::Stale,
         }
@@ -92,6 +121,11 @@ impl App {
         match protocol::parse_request(line) {
             Parsed::Blank => ClientOutcome::Silent,
             Parsed::Invalid => ClientOutcome::Reply(protocol::format_invalid(line)),
+            Parsed::Request(Request::IAmAt { client_time, .. })
+                if self.is_too_far_ahead(client_time, now) =>
+            {
+                ClientOutcome::Reply(protocol::format_invalid(line))
+            }
             Parsed::Request(Request::IAmAt {
                 client,
                 location,
@@ -107,9 +141,8 @@ impl App {
                     time,
                     client_time,
                 );
-                let applied = self.clients.apply(&record);
-                let mut reply = record.line;
-                reply.push(b'\n');
+                let applied = self.clients.apply(&record, Source::Client);
+                let reply = record.line;
                 match applied {
                     Applied::Stored(record) => ClientOutcome::Stored { reply, record },
                     Applied::Stale => ClientOutcome::Reply(reply),
@@ -152,12 +185,14 @@ impl App {
             now.secs,
             |name| self.neighbours.iter().any(|n| n == name),
         );
-        match accepted {
-            Some(name) => ClientOutcome::PeerAccepted {
+        let link = accepted.and_then(|name| self.neighbours.iter().position(|n| n == name));
+        match (accepted, link) {
+            (Some(name), Some(link)) => ClientOutcome::PeerAccepted {
+                link,
                 name: name.to_string(),
                 reply: peer_wire::format_welcome(&self.name),
             },
-            None => ClientOutcome::Reply(protocol::format_invalid(line)),
+            _ => ClientOutcome::Reply(protocol::format_invalid(line)),
         }
     }
 }
@@ -166,8 +201,10 @@ impl App {
 mod tests {
     use super::*;
 
+    const DAY_SECS: u64 = 86_400;
+
     fn app(name: &str) -> App {
-        App::new(name, vec!["Bona".into(), "Jaquez".into()], None)
+        App::new(name, vec!["Bona".into(), "Jaquez".into()], None, DAY_SECS)
     }
 
     fn at(secs: i64, nanos: u32) -> ClientTime {
@@ -193,7 +230,7 @@ mod tests {
         assert!(matches!(outcome, ClientOutcome::Stored { record: 0, .. }));
         assert_eq!(
             text(&outcome),
-            "AT Campbell +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
+            "AT Campbell +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503"
         );
     }
 
@@ -201,7 +238,7 @@ mod tests {
     fn a_time_in_the_future_gives_a_negative_difference() {
         let mut app = app("Bona");
         let outcome = app.handle_client_line(b"IAMAT c +1+1 100.5", at(100, 0));
-        assert_eq!(text(&outcome), "AT Bona -0.500000000 c +1+1 100.5\n");
+        assert_eq!(text(&outcome), "AT Bona -0.500000000 c +1+1 100.5");
     }
 
     #[test]
@@ -211,7 +248,7 @@ mod tests {
         let older = app.handle_client_line(b"IAMAT c +2+2 150", at(300, 0));
         assert_eq!(
             older,
-            ClientOutcome::Reply(b"AT Bona +150.000000000 c +2+2 150\n".to_vec())
+            ClientOutcome::Reply(b"AT Bona +150.000000000 c +2+2 150".to_vec())
         );
         assert_eq!(
             app.clients().line_of(b"c").unwrap(),
@@ -255,7 +292,7 @@ mod tests {
     fn whatsat_for_an_unknown_client_is_invalid() {
         let mut app = app("Clark");
         let outcome = app.handle_client_line(b"WHATSAT nobody.example 10 5", at(3, 0));
-        assert_eq!(text(&outcome), "? WHATSAT nobody.example 10 5\n");
+        assert_eq!(text(&outcome), "? WHATSAT nobody.example 10 5");
     }
 
     #[test]
@@ -264,7 +301,7 @@ mod tests {
         let line = b"AT Bona +0.000000000 c +1+1 1";
         assert_eq!(
             text(&app.handle_client_line(line, at(3, 0))),
-            "? AT Bona +0.000000000 c +1+1 1\n"
+            "? AT Bona +0.000000000 c +1+1 1"
         );
         assert!(app.clients().is_empty());
     }
@@ -284,28 +321,38 @@ mod tests {
         assert_eq!(
             app.handle_client_line(b"HERD-HELLO Bona", at(1, 0)),
             ClientOutcome::PeerAccepted {
+                link: 0,
                 name: "Bona".into(),
-                reply: b"HERD-WELCOME Campbell\n".to_vec()
+                reply: b"HERD-WELCOME Campbell".to_vec()
             }
         );
+        assert!(matches!(
+            app.handle_client_line(b"HERD-HELLO Jaquez", at(1, 0)),
+            ClientOutcome::PeerAccepted { link: 1, .. }
+        ));
         assert_eq!(
             text(&app.handle_client_line(b"HERD-HELLO Clark", at(1, 0))),
-            "? HERD-HELLO Clark\n"
+            "? HERD-HELLO Clark"
         );
     }
 
     #[test]
     fn with_a_secret_a_hello_without_proof_is_invalid() {
         let secret = Secret::new("k".into());
-        let mut campbell = App::new("Campbell", vec!["Bona".into()], Some(secret.clone()));
-        let bona = App::new("Bona", vec!["Campbell".into()], Some(secret));
+        let mut campbell = App::new(
+            "Campbell",
+            vec!["Bona".into()],
+            Some(secret.clone()),
+            DAY_SECS,
+        );
+        let bona = App::new("Bona", vec!["Campbell".into()], Some(secret), DAY_SECS);
         assert!(matches!(
             campbell.handle_client_line(b"HERD-HELLO Bona", at(1, 0)),
             ClientOutcome::Reply(_)
         ));
         let hello = bona.hello_to("Campbell", at(1000, 0));
         assert!(matches!(
-            campbell.handle_client_line(&hello[..hello.len() - 1], at(1001, 0)),
+            campbell.handle_client_line(&hello, at(1001, 0)),
             ClientOutcome::PeerAccepted { .. }
         ));
     }
@@ -314,27 +361,69 @@ mod tests {
     fn peer_updates_are_stored_once() {
         let mut app = app("Campbell");
         let line = b"AT Bona +0.500000000 c +1+1 10";
-        assert_eq!(app.handle_peer_line(line), PeerOutcome::Stored(0));
-        assert_eq!(app.handle_peer_line(line), PeerOutcome::Stale);
+        let now = at(20, 0);
+        assert_eq!(app.handle_peer_line(line, 0, now), PeerOutcome::Stored(0));
+        assert_eq!(app.handle_peer_line(line, 1, now), PeerOutcome::Stale);
         assert_eq!(
-            app.handle_peer_line(b"AT Bona +0.5 c +1+1 9"),
+            app.handle_peer_line(b"AT Bona +0.5 c +1+1 9", 0, now),
             PeerOutcome::Invalid
         );
-        assert_eq!(app.handle_peer_line(b"garbage"), PeerOutcome::Invalid);
         assert_eq!(
-            app.handle_peer_line(b"HERD-PING"),
-            PeerOutcome::Ping(b"HERD-PONG\n")
+            app.handle_peer_line(b"garbage", 0, now),
+            PeerOutcome::Invalid
+        );
+        assert_eq!(
+            app.handle_peer_line(b"HERD-PING", 0, now),
+            PeerOutcome::Ping(b"HERD-PONG")
         );
         assert_eq!(app.clients().line_of(b"c").unwrap(), line);
+        assert_eq!(app.clients().source_at(0), Source::Neighbour(0));
     }
 
     #[test]
     fn peer_lines_are_stored_in_canonical_form() {
         let mut app = app("Campbell");
-        app.handle_peer_line(b"AT  Bona\t+0.500000000 c +1+1 10 ");
+        app.handle_peer_line(b"AT  Bona\t+0.500000000 c +1+1 10 ", 0, at(20, 0));
         assert_eq!(
             app.clients().line_of(b"c").unwrap(),
             b"AT Bona +0.500000000 c +1+1 10"
         );
+    }
+
+    #[test]
+    fn an_iamat_from_too_far_ahead_is_invalid_and_changes_nothing() {
+        let mut app = app("Bona");
+        let now = at(1_000_000, 0);
+        app.handle_client_line(b"IAMAT c +1+1 999999", now);
+        let day_ahead = b"IAMAT c +2+2 1086400";
+        assert!(matches!(
+            app.handle_client_line(day_ahead, now),
+            ClientOutcome::Stored { .. }
+        ));
+        let beyond = b"IAMAT c +3+3 1086400.000000001";
+        assert_eq!(
+            text(&app.handle_client_line(beyond, now)),
+            "? IAMAT c +3+3 1086400.000000001"
+        );
+        let year_9999 = b"IAMAT c +4+4 253402300799";
+        assert_eq!(
+            app.handle_client_line(year_9999, now),
+            ClientOutcome::Reply(b"? IAMAT c +4+4 253402300799".to_vec())
+        );
+        assert_eq!(
+            app.clients().line_of(b"c").unwrap(),
+            b"AT Bona -86400.000000000 c +2+2 1086400"
+        );
+    }
+
+    #[test]
+    fn a_peer_update_from_too_far_ahead_is_not_stored() {
+        let mut app = app("Campbell");
+        let line = b"AT Bona -9999.000000000 c +1+1 253402300799";
+        assert_eq!(
+            app.handle_peer_line(line, 0, at(1_000_000, 0)),
+            PeerOutcome::FromTheFuture
+        );
+        assert!(app.clients().is_empty());
     }
 }

@@ -87,6 +87,17 @@ impl LineReader {
         }
     }
 
+    /// The stream has ended: the bytes after the last `\n` are one last line (SPEC section 2:
+    /// `printf 'IAMAT ...' | nc -N` gets its answer). The tail of a line already answered as
+    /// too long is not a line.
+    pub fn finish(&mut self, mut emit: impl FnMut(Line<'_>)) {
+        let tail = std::mem::take(&mut self.partial);
+        if !tail.is_empty() && !self.discarding {
+            emit(frame(&tail, self.max_line_bytes));
+        }
+        self.discarding = false;
+    }
+
     /// Whether the unfinished line is over the limit whatever comes next. One byte of grace
     /// past the limit is allowed for a `\r` that a following `\n` would drop.
     fn is_already_too_long(&self) -> bool {
@@ -230,6 +241,34 @@ mod tests {
     #[test]
     fn an_over_long_line_split_before_its_newline_is_answered_once() {
         assert_eq!(lines(4, &[b"ab", b"cdefghij\nz\n"]), ["long:abcd", "ok:z"]);
+    }
+
+    #[test]
+    fn the_tail_after_the_last_newline_is_a_last_line() {
+        let mut reader = LineReader::new(4);
+        let mut got = Vec::new();
+        reader.feed(b"ab\ncd", |l| got.push(format!("{l:?}")));
+        reader.finish(|l| got.push(format!("{l:?}")));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1], format!("{:?}", Line::Complete(b"cd")));
+        // A `\r` before the end is dropped as before a `\n`; nothing after a finish.
+        let mut last = Vec::new();
+        reader.feed(b"xy\r", |_| {});
+        reader.finish(|l| last.push(format!("{l:?}")));
+        reader.finish(|l| last.push(format!("{l:?}")));
+        assert_eq!(last, [format!("{:?}", Line::Complete(b"xy"))]);
+    }
+
+    #[test]
+    fn the_rest_of_an_answered_long_line_is_not_a_last_line() {
+        let mut reader = LineReader::new(4);
+        let mut count = 0;
+        reader.feed(b"abcdefgh", |_| count += 1);
+        reader.finish(|_| count += 1);
+        assert_eq!(count, 1);
+        let mut empty = LineReader::new(4);
+        empty.finish(|_| count += 1);
+        assert_eq!(count, 1);
     }
 
     #[test]

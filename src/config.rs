@@ -87,6 +87,9 @@ pub struct Limits {
     pub max_line_bytes: usize,
     pub max_output_bytes: usize,
     pub max_connections: usize,
+    /// How far ahead of the server's clock a client time may be; a later one is invalid, since
+    /// it would shadow every real update of its client for as long as that lasts.
+    pub max_future_secs: u64,
 }
 
 impl Default for Limits {
@@ -95,6 +98,7 @@ impl Default for Limits {
             max_line_bytes: 64 * 1024,
             max_output_bytes: 4 * 1024 * 1024,
             max_connections: 16384,
+            max_future_secs: 86_400,
         }
     }
 }
@@ -104,15 +108,24 @@ pub struct PeerSettings {
     pub secret_env: Option<String>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    pub max_queue_bytes: usize,
     /// A link that has been quiet this long sends a ping; one that hears nothing for
     /// [`PeerSettings::silence_limit`] is taken down (a silent partition, a hung neighbour).
     pub ping_interval: Duration,
+    /// While a link that is making progress owes more live updates than this, the server
+    /// reads no new client commands (they wait in the kernel), so it never runs far ahead of
+    /// its herd.
+    pub max_owed: usize,
+    /// A link whose socket takes nothing for this long while output waits is dropped (and
+    /// resynced when it returns), so one stuck neighbour cannot hold the server back.
+    pub stall_limit: Duration,
 }
+
+/// How many ping intervals of silence take a link down.
+pub const SILENT_PING_INTERVALS: u32 = 5;
 
 impl PeerSettings {
     pub fn silence_limit(&self) -> Duration {
-        self.ping_interval * 5
+        self.ping_interval * SILENT_PING_INTERVALS
     }
 }
 
@@ -122,8 +135,9 @@ impl Default for PeerSettings {
             secret_env: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(5000),
-            max_queue_bytes: 16 * 1024 * 1024,
             ping_interval: Duration::from_millis(1000),
+            max_owed: 10_000,
+            stall_limit: Duration::from_millis(2000),
         }
     }
 }
@@ -307,6 +321,9 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
         "line-bytes" => limits.max_line_bytes = number_in(setting, value, 16, 1 << 30)?,
         "output-bytes" => limits.max_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
         "connections" => limits.max_connections = number_in(setting, value, 1, 1 << 24)?,
+        "future-seconds" => {
+            limits.max_future_secs = number_in(setting, value, 0, 100 * 365 * 86_400)? as u64
+        }
         _ => return Err(format!("unknown limit '{setting}'")),
     }
     Ok(())
@@ -317,8 +334,16 @@ fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(),
         "secret-env" => peer.secret_env = Some(env_var_name(value)?),
         "backoff-min-ms" => peer.backoff_min = millis(setting, value)?,
         "backoff-max-ms" => peer.backoff_max = millis(setting, value)?,
-        "queue-bytes" => peer.max_queue_bytes = number_in(setting, value, 1024, 1 << 40)?,
         "ping-ms" => peer.ping_interval = millis(setting, value)?,
+        "max-owed" => peer.max_owed = number_in(setting, value, 1, 1 << 30)?,
+        "stall-ms" => peer.stall_limit = millis(setting, value)?,
+        "queue-bytes" => {
+            return Err(
+                "peer queue-bytes is gone: a link now owes records, not bytes \
+                        (see peer max-owed)"
+                    .into(),
+            )
+        }
         _ => return Err(format!("unknown peer setting '{setting}'")),
     }
     if peer.backoff_min > peer.backoff_max {
@@ -454,8 +479,9 @@ log lines on
             "places workers 8\nplaces timeout-ms 250\nplaces queue 10\nplaces key-env K_1\n\
              places field-mask places.displayName\nlog dir /tmp/x\nlog lines off\nlog level debug\n\
              limit line-bytes 100\nlimit output-bytes 2048\nlimit connections 3\n\
-             peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer queue-bytes 4096\n\
-             peer ping-ms 300",
+             limit future-seconds 60\n\
+             peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer max-owed 4096\n\
+             peer ping-ms 300\npeer stall-ms 700",
         )
         .unwrap();
         assert_eq!(config.places.workers, 8);
@@ -472,7 +498,9 @@ log lines on
         assert_eq!(config.peer.secret_env.as_deref(), Some("S"));
         assert_eq!(config.peer.backoff_min, Duration::from_millis(10));
         assert_eq!(config.peer.backoff_max, Duration::from_millis(20));
-        assert_eq!(config.peer.max_queue_bytes, 4096);
+        assert_eq!(config.limits.max_future_secs, 60);
+        assert_eq!(config.peer.max_owed, 4096);
+        assert_eq!(config.peer.stall_limit, Duration::from_millis(700));
         assert_eq!(config.peer.ping_interval, Duration::from_millis(300));
         assert_eq!(config.peer.silence_limit(), Duration::from_millis(1500));
     }
@@ -513,6 +541,9 @@ log lines on
             ("peer secret-env", 2),
             ("peer backoff-min-ms 900\npeer backoff-max-ms 100", 3),
             ("peer flavour x", 2),
+            ("peer queue-bytes 4096", 2),
+            ("peer max-owed 0", 2),
+            ("limit future-seconds -1", 2),
         ];
         for (extra, line) in cases {
             let e = with_server(extra).expect_err(extra);

@@ -1,18 +1,22 @@
-//! One accepted connection: its socket, its buffers, what stage it is at, and the reply slots
-//! that keep replies in command order while a WHATSAT waits on Places (SPEC section 2).
+//! One accepted connection as the protocol sees it: where it is in its life, who it is (a
+//! client, or a neighbour once its hello was accepted), its output, and the reply slots that
+//! keep replies in command order while a WHATSAT waits on Places (SPEC section 2).
 //!
-//! No I/O happens here: `net` moves bytes, `event_loop` decides; this is the state they share.
+//! No socket here: the event loop holds the stream beside it and moves the bytes; `session`
+//! decides what each line does to it. Every line it sends goes through `wire`.
 
 use std::collections::VecDeque;
 
-use mio::net::TcpStream;
 use mio::Interest;
 
-use crate::buffer::{LineReader, OutBuffer};
+use crate::buffer::OutBuffer;
+use crate::logging::Party;
+use crate::store::LinkId;
+use crate::wire;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+pub enum ConnState {
     /// Reading commands and answering them.
     Open,
     /// The other side half-closed: nothing more to read, but every reply owed (a pending
@@ -22,8 +26,17 @@ pub enum Stage {
     Closed(&'static str),
 }
 
+/// The neighbour an accepted connection belongs to, once its hello was accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Our outbound link to the same neighbour: what it sends us is not sent back on it.
+    pub link: LinkId,
+    pub name: String,
+}
+
 /// Replies in command order. A command whose reply is ready while nothing waits goes straight
-/// to the output buffer; once a WHATSAT waits, later replies queue behind it.
+/// to the output buffer; once a WHATSAT waits, later replies queue behind it. A reply is its
+/// lines without the final terminator, as `wire` takes them.
 #[derive(Debug, Default)]
 pub struct ReplyQueue {
     /// Sequence number of `slots[0]`.
@@ -42,11 +55,6 @@ impl ReplyQueue {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
-    }
-
-    /// Replies still waiting on a lookup.
-    pub fn waiting(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_none()).count()
     }
 
     /// Holds a place for a reply that is not ready; returns its sequence number.
@@ -85,32 +93,62 @@ impl ReplyQueue {
 }
 
 /// One accepted connection: a client, or a neighbour's link once its hello was accepted.
+#[derive(Debug)]
 pub struct Connection {
     /// Unique for the life of the process (slab keys are reused; this is not). Logged as `conn=`.
     pub id: u64,
-    pub stream: TcpStream,
-    pub stage: Stage,
-    /// The neighbour's name once it said a valid hello: its lines are then updates.
-    pub peer: Option<String>,
-    pub reader: LineReader,
+    pub state: ConnState,
+    /// Set once the connection said a valid hello: its lines are then updates.
+    pub peer: Option<Peer>,
     pub out: OutBuffer,
-    pub replies: ReplyQueue,
-    /// The interest the socket is registered with now.
-    pub registered: Interest,
+    replies: ReplyQueue,
 }
 
 impl Connection {
-    pub fn new(id: u64, stream: TcpStream, max_line_bytes: usize) -> Self {
+    pub fn new(id: u64) -> Self {
         Connection {
             id,
-            stream,
-            stage: Stage::Open,
+            state: ConnState::Open,
             peer: None,
-            reader: LineReader::new(max_line_bytes),
             out: OutBuffer::default(),
             replies: ReplyQueue::default(),
-            registered: Interest::READABLE,
         }
+    }
+
+    /// Who this connection is, for traffic records.
+    pub fn party(&self) -> Party<'_> {
+        party(self.id, &self.peer)
+    }
+
+    /// Logs a line received on this connection.
+    pub fn received(&self, line: &[u8]) {
+        wire::received(self.party(), line);
+    }
+
+    /// Sends a ready reply now, or queues it behind replies still waiting on Places.
+    pub fn deliver(&mut self, reply: Vec<u8>) {
+        if self.replies.is_empty() {
+            self.send(&reply);
+        } else {
+            self.replies.push_ready(reply);
+        }
+    }
+
+    /// Holds the place of a reply that is not ready yet (a WHATSAT); returns its number.
+    pub fn reserve_reply(&mut self) -> u64 {
+        self.replies.reserve()
+    }
+
+    /// The reply numbered `seq` is ready: sends it and every reply behind it that is ready.
+    pub fn fill_reply(&mut self, seq: u64, reply: Vec<u8>) {
+        self.replies.fill(seq, reply);
+        while let Some(reply) = self.replies.pop_ready() {
+            self.send(&reply);
+        }
+    }
+
+    fn send(&mut self, reply: &[u8]) {
+        wire::send_lines(&mut self.out, party(self.id, &self.peer), reply);
     }
 
     /// The interest the connection's state calls for: writable only while output waits.
@@ -127,9 +165,23 @@ impl Connection {
         self.out.len() + self.replies.queued_bytes()
     }
 
+    /// Whether replies wait for a lookup or behind one.
+    pub fn owes_replies(&self) -> bool {
+        !self.replies.is_empty()
+    }
+
     /// A draining connection is done once nothing is owed and everything is written.
     pub fn is_finished(&self) -> bool {
-        self.stage == Stage::Draining && self.replies.is_empty() && self.out.is_empty()
+        self.state == ConnState::Draining && self.replies.is_empty() && self.out.is_empty()
+    }
+}
+
+/// A free function so that it borrows only the fields it reads (the output buffer is
+/// borrowed mutably beside it when sending).
+fn party(id: u64, peer: &Option<Peer>) -> Party<'_> {
+    Party::Conn {
+        id,
+        peer: peer.as_ref().map(|p| p.name.as_str()),
     }
 }
 
@@ -162,7 +214,6 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let a = queue.reserve();
         let b = queue.reserve();
-        assert_eq!(queue.waiting(), 2);
         queue.fill(b, b"b".to_vec());
         assert_eq!(queue.pop_ready(), None);
         queue.fill(a, b"a".to_vec());
@@ -181,5 +232,19 @@ mod tests {
         queue.fill(seq + 5, b"nowhere".to_vec());
         assert_eq!(queue.queued_bytes(), 1);
         assert_eq!(queue.pop_ready().unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_connection_sends_ready_replies_at_once_and_the_rest_in_order() {
+        let mut conn = Connection::new(7);
+        conn.deliver(b"first".to_vec());
+        assert_eq!(conn.out.pending(), b"first\n");
+        let seq = conn.reserve_reply();
+        conn.deliver(b"third".to_vec());
+        assert_eq!(conn.out.pending(), b"first\n");
+        assert_eq!(conn.unread_bytes(), 6 + 5);
+        conn.fill_reply(seq, b"AT x\n{}\n".to_vec());
+        assert_eq!(conn.out.pending(), b"first\nAT x\n{}\n\nthird\n");
+        assert!(!conn.owes_replies());
     }
 }

@@ -1,9 +1,11 @@
 //! The server's one thread of control: a `mio` poll loop that owns the listener, every
-//! connection (a slab entry whose token is derived from its key), the Places results channel
-//! (through a `Waker`) and the signal pipe. It is the only user of the `Registry`.
+//! accepted connection (a slab entry whose token is derived from its key), the outbound links,
+//! the Places results channel (through a `Waker`) and the signal pipe. It is the only user of
+//! the `Registry`. It decides nothing about the protocol: `session` says what a line does and
+//! the links say what they owe; this carries it out on the sockets.
 //!
 //! Handlers never close a connection in the middle of an event batch: they mark it
-//! [`Stage::Closed`] and the loop frees it after the batch, in [`EventLoop::close_marked`],
+//! [`ConnState::Closed`] and the loop frees it after the batch, in [`EventLoop::close_marked`],
 //! which deregisters, frees the slot and logs once.
 
 use std::io;
@@ -11,21 +13,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
-use mio::net::{TcpListener, UnixStream};
+use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
+use crate::buffer::LineReader;
 use crate::config::{Config, Limits, PlacesApi};
-use crate::conn::{Connection, Stage};
-use crate::link::Link;
+use crate::conn::{ConnState, Connection};
+use crate::link::{Backlog, Link, LinkTiming};
 use crate::logging;
-use crate::net::{self, ReadOutcome};
-use crate::places::{LookupDone, PlacesPool};
+use crate::net::{self, ReadOutcome, Socket};
+use crate::places::{LookupDone, LookupJob, PlacesPool};
 use crate::protocol::ClientTime;
 use crate::secret::Secret;
-use crate::session::{send_ready_replies, ClientSession};
+use crate::session::{self, Effect};
 
 mod links;
 
@@ -36,6 +39,8 @@ const SIGNALS: Token = Token(2);
 /// `first_conn + slab key`.
 const FIRST_LINK: usize = 3;
 
+/// Readiness events taken per `poll` call; more simply wait for the next call.
+const EVENTS_PER_POLL: usize = 1024;
 /// Bytes read per `read` call, into one buffer shared by all connections: a connection keeps
 /// only the unfinished tail of a line, so an idle one holds no buffer.
 const READ_CHUNK: usize = 64 * 1024;
@@ -44,9 +49,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 4 * READ_CHUNK;
 /// The log is flushed at least this often (SPEC section 6 asks for within a second).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
-/// Most resync bytes one link may write per loop turn, so a million-record resync shares the
-/// loop with everything else.
-const SYNC_BUDGET_BYTES: usize = 1024 * 1024;
 
 /// What the loop needs from the config and the environment for one server.
 pub struct ServerSetup {
@@ -59,31 +61,40 @@ pub struct ServerSetup {
     pub signals: UnixStream,
 }
 
+/// An accepted connection in the slab: its socket and framing beside the protocol state.
+struct Accepted {
+    stream: TcpStream,
+    registered: Interest,
+    reader: LineReader,
+    conn: Connection,
+    /// In `more_input` already (so it is queued once however many edges arrive).
+    more_input: bool,
+}
+
 pub struct EventLoop {
     poll: Poll,
     listener: TcpListener,
     /// Registered under `SIGNALS`; owned here so the pipe stays open while the loop runs.
     _signal_pipe: UnixStream,
-    conns: Slab<Connection>,
+    conns: Slab<Accepted>,
     first_conn: usize,
     next_conn_id: u64,
-    links: Vec<Link>,
+    links: Vec<Link<Socket>>,
     jitter: Jitter,
-    max_link_queue_bytes: usize,
-    /// A resync still has records to send: the loop must not sleep.
-    sync_pending: bool,
     app: App,
     places: PlacesPool,
     places_api: PlacesApi,
     limits: Limits,
-    log_lines: bool,
     scratch: Vec<u8>,
-    /// Connections whose read budget ran out with input possibly left in the socket.
+    /// What the lines of one read asked for, carried out right after the read.
+    effects: Vec<Effect>,
+    /// Connections with input possibly left in the socket: their read budget ran out, or
+    /// their clients were held back while a link caught up.
     more_input: Vec<usize>,
     /// Connections marked closed during this batch.
     marked_closed: Vec<usize>,
     /// Connections that read input this turn; their replies are written after the links.
-    replied: Vec<usize>,
+    read_this_turn: Vec<usize>,
     stopping: bool,
 }
 
@@ -100,22 +111,23 @@ impl EventLoop {
         let places = PlacesPool::start(&setup.config.places, setup.places_key, waker)?;
         let config = &setup.config;
         let now = Instant::now();
-        let links: Vec<Link> = config
+        let peer = &config.peer;
+        let timing = LinkTiming {
+            ping_interval: peer.ping_interval,
+            silence_limit: peer.silence_limit(),
+            max_owed: peer.max_owed,
+            stall_limit: peer.stall_limit,
+        };
+        let links: Vec<Link<Socket>> = config
             .neighbours(&setup.name)
             .into_iter()
-            .map(|n| {
-                let peer = &config.peer;
+            .enumerate()
+            .map(|(id, n)| {
                 let backoff = Backoff::new(peer.backoff_min, peer.backoff_max);
-                Link::new(
-                    &n.name,
-                    n.addr,
-                    backoff,
-                    peer.ping_interval,
-                    peer.silence_limit(),
-                    now,
-                )
+                Link::new(id, &n.name, n.addr, backoff, timing.clone(), now)
             })
             .collect();
+        // The app numbers neighbours as the links are numbered: by position, config order.
         let neighbours = links.iter().map(|l| l.name.clone()).collect();
         let seed = wall_clock().as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
         Ok(EventLoop {
@@ -127,35 +139,42 @@ impl EventLoop {
             next_conn_id: 1,
             links,
             jitter: Jitter::new(seed),
-            max_link_queue_bytes: config.peer.max_queue_bytes,
-            sync_pending: false,
-            app: App::new(&setup.name, neighbours, setup.peer_secret),
+            app: App::new(
+                &setup.name,
+                neighbours,
+                setup.peer_secret,
+                config.limits.max_future_secs,
+            ),
             places,
-            places_api: setup.config.places.api,
-            limits: setup.config.limits.clone(),
-            log_lines: setup.config.log.lines,
+            places_api: config.places.api,
+            limits: config.limits.clone(),
             scratch: vec![0; READ_CHUNK],
+            effects: Vec::new(),
             more_input: Vec::new(),
             marked_closed: Vec::new(),
-            replied: Vec::new(),
+            read_this_turn: Vec::new(),
             stopping: false,
         })
     }
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut next_flush = Instant::now() + FLUSH_INTERVAL;
         while !self.stopping {
+            let now = Instant::now();
             let wake_at = self
                 .links
                 .iter()
                 .filter_map(Link::deadline)
                 .fold(next_flush, Instant::min);
-            let timeout = if self.more_input.is_empty() && !self.sync_pending {
-                wake_at.saturating_duration_since(Instant::now())
-            } else {
+            let input_waits = !self.more_input.is_empty() && !self.holding_back_clients(now);
+            let table = self.app.clients();
+            let links_have_work = self.links.iter().any(|l| l.has_unsent(table));
+            let timeout = if input_waits || links_have_work {
                 Duration::ZERO
+            } else {
+                wake_at.saturating_duration_since(now)
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -190,7 +209,7 @@ impl EventLoop {
             // so a client never holds an AT reply for an update its server's links have not
             // taken; one write per link and per client per turn either way.
             self.flush_links();
-            for key in std::mem::take(&mut self.replied) {
+            for key in std::mem::take(&mut self.read_this_turn) {
                 self.write_output(key);
             }
             self.close_marked();
@@ -237,8 +256,25 @@ impl EventLoop {
             self.next_conn_id += 1;
             info!("accept conn={id} from {remote}");
             // The address is in the `accept` record; later records name the connection by id.
-            entry.insert(Connection::new(id, stream, self.limits.max_line_bytes));
+            entry.insert(Accepted {
+                stream,
+                registered: Interest::READABLE,
+                reader: LineReader::new(self.limits.max_line_bytes),
+                conn: Connection::new(id),
+                more_input: false,
+            });
         }
+    }
+
+    /// Whether new client commands must wait: a link is behind but making progress, so this
+    /// server would otherwise run ahead of its herd. Neighbours' connections are read
+    /// regardless: holding them back too could deadlock a cycle of servers that each wait
+    /// for the next.
+    fn holding_back_clients(&self, now: Instant) -> bool {
+        let table = self.app.clients();
+        self.links
+            .iter()
+            .any(|l| l.backlog(table, now) == Backlog::Behind)
     }
 
     /// Reads and answers what a connection sent, up to its budget; the replies are written at
@@ -251,96 +287,154 @@ impl EventLoop {
     /// shows, since no new edge would come for them.
     fn read_input(&mut self, key: usize, until_would_block: bool) {
         let now = wall_clock();
-        let EventLoop {
-            conns,
-            app,
-            places,
-            links,
-            scratch,
-            more_input,
-            limits,
-            places_api,
-            log_lines,
-            ..
-        } = self;
-        let Some(conn) = conns.get_mut(key) else {
-            return;
-        };
         let mut budget = READ_BUDGET;
-        while conn.stage == Stage::Open {
-            match net::read_some(&mut conn.stream, scratch) {
+        loop {
+            let is_client = match self.conns.get(key) {
+                Some(entry) if entry.conn.state == ConnState::Open => entry.conn.peer.is_none(),
+                _ => break,
+            };
+            if is_client && self.holding_back_clients(Instant::now()) {
+                self.queue_more_input(key);
+                break;
+            }
+            let EventLoop {
+                conns,
+                app,
+                effects,
+                scratch,
+                ..
+            } = self;
+            let Some(entry) = conns.get_mut(key) else {
+                break;
+            };
+            let Accepted {
+                stream,
+                reader,
+                conn,
+                ..
+            } = entry;
+            let mut stop = false;
+            match net::read_some(stream, scratch) {
                 ReadOutcome::Data(n) => {
-                    let mut session = ClientSession {
-                        key,
-                        conn_id: conn.id,
-                        stage: &mut conn.stage,
-                        peer: &mut conn.peer,
-                        out: &mut conn.out,
-                        replies: &mut conn.replies,
-                        app,
-                        links,
-                        places,
-                        places_api: *places_api,
-                        log_lines: *log_lines,
-                        now,
-                    };
-                    conn.reader
-                        .feed(&scratch[..n], |line| session.handle_line(line));
-                    if conn.stage != Stage::Open {
-                        break;
-                    }
-                    if conn.unread_bytes() > limits.max_output_bytes {
-                        // No more input until the turn's writes: then either the client took
-                        // enough to go on, or `write_output` drops it.
-                        more_input.push(key);
-                        break;
-                    }
+                    reader.feed(&scratch[..n], |line| {
+                        effects.extend(session::handle_line(conn, app, line, now));
+                    });
                     budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        more_input.push(key);
-                        break;
-                    }
-                    if n < scratch.len() && !until_would_block {
-                        break;
-                    }
+                    stop = n < scratch.len() && !until_would_block;
                 }
-                ReadOutcome::WouldBlock => break,
+                ReadOutcome::WouldBlock => stop = true,
                 ReadOutcome::Eof => {
-                    conn.stage = Stage::Draining;
+                    // SPEC section 2: what follows the last `\n` is one last line.
+                    reader.finish(|line| {
+                        effects.extend(session::handle_line(conn, app, line, now));
+                    });
+                    if conn.state == ConnState::Open {
+                        conn.state = ConnState::Draining;
+                    }
                 }
                 ReadOutcome::Failed(e) => {
                     info!("conn={} read error: {e}", conn.id);
-                    conn.stage = Stage::Closed("read error");
+                    conn.state = ConnState::Closed("read error");
+                }
+            }
+            self.carry_out_effects(key);
+            let Some(entry) = self.conns.get(key) else {
+                break;
+            };
+            if stop || entry.conn.state != ConnState::Open {
+                break;
+            }
+            if entry.conn.unread_bytes() > self.limits.max_output_bytes || budget == 0 {
+                // No more input until the turn's writes: then either the client took enough
+                // to go on, or `write_output` drops it.
+                self.queue_more_input(key);
+                break;
+            }
+        }
+        self.read_this_turn.push(key);
+    }
+
+    /// Floods go to every link (each decides whether it owes the record); lookups go to the
+    /// Places pool, or are answered at once when its queue is full.
+    fn carry_out_effects(&mut self, key: usize) {
+        let table = self.app.clients();
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Flood(record) => {
+                    for link in &mut self.links {
+                        link.owe(record, table);
+                    }
+                }
+                Effect::Lookup {
+                    seq,
+                    at_line,
+                    query,
+                } => {
+                    let Some(entry) = self.conns.get_mut(key) else {
+                        continue;
+                    };
+                    let job = LookupJob {
+                        conn_key: key,
+                        conn_id: entry.conn.id,
+                        seq,
+                        at_line,
+                        query,
+                    };
+                    if let Err(job) = self.places.submit(job) {
+                        let bound = job.query.bound;
+                        session::refuse_lookup(
+                            &mut entry.conn,
+                            self.places_api,
+                            seq,
+                            &job.at_line,
+                            bound,
+                        );
+                    }
                 }
             }
         }
-        self.replied.push(key);
     }
 
-    /// Reads again from connections that used up their budget last time.
+    fn queue_more_input(&mut self, key: usize) {
+        if let Some(entry) = self.conns.get_mut(key) {
+            if !entry.more_input {
+                entry.more_input = true;
+                self.more_input.push(key);
+            }
+        }
+    }
+
+    /// Reads again from connections that used up their budget or were held back.
     fn serve_more_input(&mut self) {
+        if self.holding_back_clients(Instant::now()) {
+            return;
+        }
         for key in std::mem::take(&mut self.more_input) {
-            self.read_input(key, true);
+            if let Some(entry) = self.conns.get_mut(key) {
+                entry.more_input = false;
+                self.read_input(key, true);
+            }
         }
     }
 
     /// Writes what the socket takes, then settles the connection's fate and interest.
     fn write_output(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(entry) = self.conns.get_mut(key) else {
             return;
         };
-        if let Stage::Closed(_) = conn.stage {
+        let conn = &mut entry.conn;
+        if let ConnState::Closed(_) = conn.state {
             self.marked_closed.push(key);
             return;
         }
-        if let Err(e) = net::write_pending(&mut conn.stream, &mut conn.out) {
+        if let Err(e) = net::write_pending(&mut entry.stream, &mut conn.out) {
             info!("conn={} write error: {e}", conn.id);
-            conn.stage = Stage::Closed("write error");
+            conn.state = ConnState::Closed("write error");
             self.marked_closed.push(key);
             return;
         }
         if conn.is_finished() {
-            conn.stage = Stage::Closed("eof");
+            conn.state = ConnState::Closed("eof");
             self.marked_closed.push(key);
             return;
         }
@@ -353,22 +447,22 @@ impl EventLoop {
                 conn.id,
                 conn.unread_bytes()
             );
-            conn.stage = Stage::Closed("output limit");
+            conn.state = ConnState::Closed("output limit");
             self.marked_closed.push(key);
             return;
         }
         let wanted = conn.wanted_interest();
-        if wanted != conn.registered {
+        if wanted != entry.registered {
             let token = Token(self.first_conn + key);
             match self
                 .poll
                 .registry()
-                .reregister(&mut conn.stream, token, wanted)
+                .reregister(&mut entry.stream, token, wanted)
             {
-                Ok(()) => conn.registered = wanted,
+                Ok(()) => entry.registered = wanted,
                 Err(e) => {
                     warn!("conn={} reregister failed: {e}", conn.id);
-                    conn.stage = Stage::Closed("reregister failed");
+                    conn.state = ConnState::Closed("reregister failed");
                     self.marked_closed.push(key);
                 }
             }
@@ -391,30 +485,31 @@ impl EventLoop {
                 shaped.summary,
                 elapsed.as_secs_f64() * 1000.0
             );
-            let Some(conn) = self
+            let Some(entry) = self
                 .conns
                 .get_mut(job.conn_key)
-                .filter(|c| c.id == job.conn_id)
+                .filter(|e| e.conn.id == job.conn_id)
             else {
                 continue; // the client left; its reply has nowhere to go
             };
-            conn.replies.fill(job.seq, shaped.bytes);
-            send_ready_replies(conn.id, &mut conn.out, &mut conn.replies, self.log_lines);
+            entry.conn.fill_reply(job.seq, shaped.bytes);
             self.write_output(job.conn_key);
         }
     }
 
     fn close_marked(&mut self) {
         for key in std::mem::take(&mut self.marked_closed) {
-            let closed =
-                matches!(self.conns.get(key), Some(c) if matches!(c.stage, Stage::Closed(_)));
+            let closed = matches!(
+                self.conns.get(key),
+                Some(e) if matches!(e.conn.state, ConnState::Closed(_))
+            );
             if !closed {
                 continue; // already freed earlier in this pass
             }
-            let mut conn = self.conns.remove(key);
-            let _ = self.poll.registry().deregister(&mut conn.stream);
-            if let Stage::Closed(reason) = conn.stage {
-                info!("close conn={} ({reason})", conn.id);
+            let mut entry = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut entry.stream);
+            if let ConnState::Closed(reason) = entry.conn.state {
+                info!("close conn={} ({reason})", entry.conn.id);
             }
         }
     }

@@ -1,43 +1,63 @@
-//! One outbound link to a neighbour (SPEC section 3): its stage, its socket, its bounded output
-//! queue and its retry backoff. The link carries this server's updates to the neighbour; the
+//! One outbound link to a neighbour (SPEC section 3) as a state machine: its [`LinkState`]
+//! (with the socket and the data each state needs inside its variant), its retry backoff, and
+//! what it owes the neighbour. The link carries this server's updates to the neighbour; the
 //! neighbour's updates arrive on the link it opens to us, as an accepted connection.
 //!
-//! Socket calls and registration are the event loop's; the decisions here are pure.
+//! Transitions are methods that take the event and `now` and say what the loop must do; the
+//! socket type is a parameter, so they are tested with no socket at all. Socket calls and
+//! registration are the event loop's.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::backoff::Backoff;
 use crate::buffer::{LineReader, OutBuffer};
-use crate::peer_wire::PING_LINE;
-use crate::store::RecordIndex;
+use crate::logging::{Escaped, Party};
+use crate::owed::{NextRecord, Owed};
+use crate::peer_wire::{self, MAX_REPLY_LINE_BYTES, PING_LINE};
+use crate::store::{ClientTable, LinkId};
+use crate::wire;
 
 /// How long a connect may take before the attempt counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the neighbour may take to answer the hello.
 pub const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
-/// A resync refills the queue only below this, so a million records stream in slices
-/// instead of being copied into memory at once.
-pub const SYNC_LOW_WATER_BYTES: usize = 256 * 1024;
+/// Owed records are turned into bytes only while less than this is waiting for the socket, so
+/// the newest version of a record is picked as late as possible and a link's buffer stays
+/// small whatever it owes.
+pub const LOW_WATER_BYTES: usize = 64 * 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+/// The timing and bounds every link of a server shares (from the `peer` settings).
+#[derive(Clone, Debug)]
+pub struct LinkTiming {
+    /// A link that has been quiet this long sends a ping.
+    pub ping_interval: Duration,
+    /// A neighbour not heard from for this long is taken for gone.
+    pub silence_limit: Duration,
+    /// A link that owes more live updates than this holds back new client commands.
+    pub max_owed: usize,
+    /// A link whose socket took nothing for this long, with output waiting, is dropped.
+    pub stall_limit: Duration,
+}
+
+pub enum LinkState<S> {
     /// Down; the next attempt is due at `retry_at`.
     Waiting { retry_at: Instant },
     /// A nonblocking connect is in flight.
-    Connecting { deadline: Instant },
+    Connecting { socket: S, deadline: Instant },
     /// Connected and the hello sent; waiting for the neighbour's welcome.
-    Greeting { deadline: Instant },
-    /// Accepted. While `sync_cursor` is `Some`, the whole client table is streaming to the
-    /// neighbour in index order, from that index on. A ping goes out at `ping_due`; a
-    /// neighbour not heard from since `last_heard` plus the silence limit is taken for gone.
+    Greeting { socket: S, deadline: Instant },
+    /// Accepted: floods and the resync go out from `owed`. A ping goes out at `ping_due`; a
+    /// neighbour not heard from since `last_heard` plus the silence limit is taken for gone;
+    /// `last_progress` is the last time the socket took bytes or had nothing waiting.
     Up {
-        sync_cursor: Option<RecordIndex>,
+        socket: S,
+        owed: Owed,
         last_heard: Instant,
         ping_due: Instant,
+        last_progress: Instant,
     },
 }
 
@@ -47,275 +67,578 @@ pub enum TimerAction {
     Nothing,
     /// The retry is due: start a connect.
     Connect,
-    /// A ping was queued.
-    Pinged,
     /// Take the link down, for this reason.
     GiveUp(&'static str),
 }
 
-pub struct Link {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub stage: Stage,
-    pub stream: Option<TcpStream>,
-    pub reader: LineReader,
-    pub out: OutBuffer,
-    pub backoff: Backoff,
-    pub ping_interval: Duration,
-    pub silence_limit: Duration,
-    /// The interest the socket is registered with, if it is registered.
-    pub registered: Option<Interest>,
-    /// The last write stopped at `WouldBlock`: wait for a writable event before writing again.
-    pub write_blocked: bool,
+/// What the neighbour's bytes came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Nothing that changes the state (a pong, or part of a line).
+    Nothing,
+    /// The welcome: the link is up and owes the whole table.
+    Welcomed,
+    /// Take the link down, for this reason.
+    Refused(String),
 }
 
-impl Link {
+/// How a link stands against what it owes (see [`Link::backlog`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Within bounds, or not up.
+    Fine,
+    /// Owes more than `max_owed` and is making progress: hold back new client commands.
+    Behind,
+    /// Output has waited for the socket longer than `stall_limit`: drop the link.
+    Stalled,
+}
+
+pub struct Link<S> {
+    /// This link's index among the server's neighbours (config order).
+    pub id: LinkId,
+    pub name: String,
+    pub addr: SocketAddr,
+    state: LinkState<S>,
+    reader: LineReader,
+    out: OutBuffer,
+    backoff: Backoff,
+    timing: LinkTiming,
+}
+
+impl<S> Link<S> {
     /// A link that will make its first attempt at `now`.
     pub fn new(
+        id: LinkId,
         name: &str,
         addr: SocketAddr,
         backoff: Backoff,
-        ping_interval: Duration,
-        silence_limit: Duration,
+        timing: LinkTiming,
         now: Instant,
-    ) -> Link {
+    ) -> Link<S> {
         Link {
+            id,
             name: name.to_string(),
             addr,
-            stage: Stage::Waiting { retry_at: now },
-            stream: None,
-            reader: LineReader::new(4096),
+            state: LinkState::Waiting { retry_at: now },
+            reader: LineReader::new(MAX_REPLY_LINE_BYTES),
             out: OutBuffer::default(),
             backoff,
-            ping_interval,
-            silence_limit,
-            registered: None,
-            write_blocked: false,
+            timing,
+        }
+    }
+
+    pub fn state(&self) -> &LinkState<S> {
+        &self.state
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, LinkState::Up { .. })
+    }
+
+    /// Whether bytes wait for the socket.
+    pub fn has_pending_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn stall_limit(&self) -> Duration {
+        self.timing.stall_limit
+    }
+
+    /// The socket and the bytes waiting for it, while there is a socket.
+    pub fn io(&mut self) -> Option<(&mut S, &mut OutBuffer)> {
+        match &mut self.state {
+            LinkState::Waiting { .. } => None,
+            LinkState::Connecting { socket, .. }
+            | LinkState::Greeting { socket, .. }
+            | LinkState::Up { socket, .. } => Some((socket, &mut self.out)),
         }
     }
 
     /// When the loop must look at this link again, whatever the sockets do.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.stage {
-            Stage::Waiting { retry_at } => Some(retry_at),
-            Stage::Connecting { deadline } | Stage::Greeting { deadline } => Some(deadline),
-            Stage::Up {
+        match &self.state {
+            LinkState::Waiting { retry_at } => Some(*retry_at),
+            LinkState::Connecting { deadline, .. } | LinkState::Greeting { deadline, .. } => {
+                Some(*deadline)
+            }
+            LinkState::Up {
                 last_heard,
                 ping_due,
+                last_progress,
                 ..
-            } => Some(ping_due.min(last_heard + self.silence_limit)),
+            } => {
+                let due = (*ping_due).min(*last_heard + self.timing.silence_limit);
+                if self.out.is_empty() {
+                    Some(due)
+                } else {
+                    Some(due.min(*last_progress + self.timing.stall_limit))
+                }
+            }
         }
     }
 
     /// Acts on whichever of the link's deadlines has passed.
     pub fn on_timer(&mut self, now: Instant) -> TimerAction {
-        match &mut self.stage {
-            Stage::Waiting { retry_at } if *retry_at <= now => TimerAction::Connect,
-            Stage::Connecting { deadline } if *deadline <= now => {
+        let silence_limit = self.timing.silence_limit;
+        let ping_interval = self.timing.ping_interval;
+        match &mut self.state {
+            LinkState::Waiting { retry_at } if *retry_at <= now => TimerAction::Connect,
+            LinkState::Connecting { deadline, .. } if *deadline <= now => {
                 TimerAction::GiveUp("connect timed out")
             }
-            Stage::Greeting { deadline } if *deadline <= now => {
+            LinkState::Greeting { deadline, .. } if *deadline <= now => {
                 TimerAction::GiveUp("no welcome in time")
             }
-            Stage::Up { last_heard, .. } if *last_heard + self.silence_limit <= now => {
+            LinkState::Up { last_heard, .. } if *last_heard + silence_limit <= now => {
                 TimerAction::GiveUp("neighbour silent, no answer to pings")
             }
-            Stage::Up { ping_due, .. } if *ping_due <= now => {
-                *ping_due = now + self.ping_interval;
-                self.out.push(PING_LINE);
-                TimerAction::Pinged
+            LinkState::Up { ping_due, .. } if *ping_due <= now => {
+                *ping_due = now + ping_interval;
+                wire::send_line(&mut self.out, Party::Link(&self.name), PING_LINE);
+                TimerAction::Nothing
             }
             _ => TimerAction::Nothing,
         }
     }
 
-    /// Something arrived from the neighbour: it is alive.
-    pub fn heard(&mut self, now: Instant) {
-        if let Stage::Up { last_heard, .. } = &mut self.stage {
-            *last_heard = now;
+    /// The retry is due and a connect has started on `socket`.
+    pub fn connecting(&mut self, socket: S, now: Instant) {
+        self.state = LinkState::Connecting {
+            socket,
+            deadline: now + CONNECT_TIMEOUT,
+        };
+    }
+
+    /// The connect finished: send the hello and wait for the welcome.
+    pub fn connected(&mut self, hello: &[u8], now: Instant) {
+        if let LinkState::Connecting { .. } = self.state {
+            let LinkState::Connecting { socket, .. } = self.take_state(now) else {
+                unreachable!("matched above");
+            };
+            wire::send_line(&mut self.out, Party::Link(&self.name), hello);
+            self.state = LinkState::Greeting {
+                socket,
+                deadline: now + GREETING_TIMEOUT,
+            };
         }
     }
 
-    pub fn is_up(&self) -> bool {
-        matches!(self.stage, Stage::Up { .. })
+    /// Bytes from the neighbour: its welcome, then only pongs. Anything arriving counts as a
+    /// sign of life.
+    pub fn on_bytes(&mut self, bytes: &[u8], table: &ClientTable, now: Instant) -> Heard {
+        let mut welcome: Option<Result<(), String>> = None;
+        let greeting = matches!(self.state, LinkState::Greeting { .. });
+        let party = Party::Link(&self.name);
+        self.reader.feed(bytes, |line| {
+            let line = match line {
+                crate::buffer::Line::Complete(line) | crate::buffer::Line::TooLong(line) => line,
+            };
+            wire::received(party, line);
+            if greeting && welcome.is_none() {
+                welcome = Some(match peer_wire::parse_welcome(line) {
+                    Some(_) => Ok(()),
+                    None => Err(format!("refused: {}", Escaped(line))),
+                });
+            }
+        });
+        match welcome {
+            Some(Ok(())) => {
+                self.welcomed(table, now);
+                Heard::Welcomed
+            }
+            Some(Err(why)) => Heard::Refused(why),
+            None => {
+                if let LinkState::Up { last_heard, .. } = &mut self.state {
+                    *last_heard = now;
+                }
+                Heard::Nothing
+            }
+        }
     }
 
-    /// Whether a live update of `record` must be queued: only on a link that is up, and not
-    /// when a resync still to reach `record` will send it anyway (each update crosses a link
-    /// a bounded number of times).
-    pub fn wants_live_update(&self, record: RecordIndex) -> bool {
-        match self.stage {
-            Stage::Up {
-                sync_cursor: None, ..
-            } => true,
-            Stage::Up {
-                sync_cursor: Some(cursor),
-                ..
-            } => record < cursor,
+    /// The neighbour accepted us: it is owed the whole table (the resync), then every update.
+    fn welcomed(&mut self, table: &ClientTable, now: Instant) {
+        if let LinkState::Greeting { .. } = self.state {
+            let LinkState::Greeting { socket, .. } = self.take_state(now) else {
+                unreachable!("matched above");
+            };
+            self.backoff.reset();
+            self.state = LinkState::Up {
+                socket,
+                owed: Owed::resync(self.id, table),
+                last_heard: now,
+                ping_due: now + self.timing.ping_interval,
+                last_progress: now,
+            };
+        }
+    }
+
+    /// A record was stored (from a client or a neighbour): an up link owes it. One that is
+    /// down owes nothing: it resyncs when it comes back.
+    pub fn owe(&mut self, record: crate::store::RecordIndex, table: &ClientTable) {
+        if let LinkState::Up { owed, .. } = &mut self.state {
+            owed.mark(record, table.source_at(record));
+        }
+    }
+
+    /// Turns owed records into lines, the newest version of each, until the buffer reaches
+    /// [`LOW_WATER_BYTES`] or nothing is owed. Returns the bytes added, and, once, the number
+    /// of records a finished resync sent.
+    pub fn fill(&mut self, table: &ClientTable) -> (usize, Option<usize>) {
+        let LinkState::Up { owed, .. } = &mut self.state else {
+            return (0, None);
+        };
+        let before = self.out.len();
+        while self.out.len() < LOW_WATER_BYTES {
+            let NextRecord::Send(record) = owed.next_record(table) else {
+                break;
+            };
+            if let Some(line) = table.line_at(record) {
+                wire::send_line(&mut self.out, Party::Link(&self.name), line);
+            }
+        }
+        (self.out.len() - before, owed.take_finished_resync())
+    }
+
+    /// After a write: `took` is whether the socket accepted any bytes.
+    pub fn wrote(&mut self, took: bool, now: Instant) {
+        if let LinkState::Up { last_progress, .. } = &mut self.state {
+            if took || self.out.is_empty() {
+                *last_progress = now;
+            }
+        }
+    }
+
+    /// Whether the link has records to send and room to send them: the loop must not sleep.
+    pub fn has_unsent(&self, table: &ClientTable) -> bool {
+        match &self.state {
+            LinkState::Up { owed, .. } => self.out.is_empty() && !owed.is_empty(table),
             _ => false,
         }
     }
 
+    /// How the link stands against what it owes. A server must not run ahead of its herd, but
+    /// one stuck neighbour must not stall it either (SPEC section 3: links survive faults).
+    pub fn backlog(&self, table: &ClientTable, now: Instant) -> Backlog {
+        let LinkState::Up {
+            owed,
+            last_progress,
+            ..
+        } = &self.state
+        else {
+            return Backlog::Fine;
+        };
+        if !self.out.is_empty() && now.duration_since(*last_progress) >= self.timing.stall_limit {
+            Backlog::Stalled
+        } else if owed.live_count(table) > self.timing.max_owed {
+            Backlog::Behind
+        } else {
+            Backlog::Fine
+        }
+    }
+
     pub fn wanted_interest(&self) -> Interest {
-        match self.stage {
-            Stage::Connecting { .. } => Interest::WRITABLE,
+        match self.state {
+            LinkState::Connecting { .. } => Interest::WRITABLE,
             _ if self.out.is_empty() => Interest::READABLE,
             _ => Interest::READABLE | Interest::WRITABLE,
         }
     }
 
-    /// The connect finished: queue the hello and wait for the welcome.
-    pub fn connected(&mut self, hello: &[u8], now: Instant) {
-        self.out.push(hello);
-        self.stage = Stage::Greeting {
-            deadline: now + GREETING_TIMEOUT,
-        };
-    }
-
-    /// The neighbour accepted us: start the resync from the first record.
-    pub fn welcomed(&mut self, now: Instant) {
-        self.backoff.reset();
-        self.stage = Stage::Up {
-            sync_cursor: Some(0),
-            last_heard: now,
-            ping_due: now + self.ping_interval,
-        };
-    }
-
-    /// Where a running resync has got to (`None` when none runs).
-    pub fn sync_cursor(&self) -> Option<RecordIndex> {
-        match self.stage {
-            Stage::Up { sync_cursor, .. } => sync_cursor,
-            _ => None,
-        }
-    }
-
-    /// Moves a running resync on to `cursor`, or ends it (`None`).
-    pub fn set_sync_cursor(&mut self, cursor: Option<RecordIndex>) {
-        if let Stage::Up { sync_cursor, .. } = &mut self.stage {
-            *sync_cursor = cursor;
-        }
-    }
-
-    /// Takes the link down: the socket (already deregistered by the caller) is dropped with
-    /// everything queued, and the next attempt is scheduled. Returns the delay.
-    pub fn down(&mut self, now: Instant, jitter: f64) -> Duration {
-        self.stream = None;
-        self.registered = None;
-        self.write_blocked = false;
-        self.out = OutBuffer::default();
-        self.reader = LineReader::new(4096);
+    /// Takes the link down: everything queued and owed is dropped (a resync follows the next
+    /// welcome) and the next attempt is scheduled. Returns the socket, for the caller to
+    /// deregister, and the delay.
+    pub fn down(&mut self, now: Instant, jitter: f64) -> (Option<S>, Duration) {
         let delay = self.backoff.next_delay(jitter);
-        self.stage = Stage::Waiting {
-            retry_at: now + delay,
+        let old = std::mem::replace(
+            &mut self.state,
+            LinkState::Waiting {
+                retry_at: now + delay,
+            },
+        );
+        self.out = OutBuffer::default();
+        self.reader = LineReader::new(MAX_REPLY_LINE_BYTES);
+        let socket = match old {
+            LinkState::Waiting { .. } => None,
+            LinkState::Connecting { socket, .. }
+            | LinkState::Greeting { socket, .. }
+            | LinkState::Up { socket, .. } => Some(socket),
         };
-        delay
+        (socket, delay)
+    }
+
+    /// Moves the state out, leaving a placeholder the caller overwrites at once.
+    fn take_state(&mut self, now: Instant) -> LinkState<S> {
+        std::mem::replace(&mut self.state, LinkState::Waiting { retry_at: now })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{store_for_test as store, Source};
 
     const PING: Duration = Duration::from_millis(1000);
     const SILENCE: Duration = Duration::from_millis(5000);
+    const STALL: Duration = Duration::from_millis(2000);
 
-    fn link(now: Instant) -> Link {
+    /// Stands in for a socket: the link only carries it from state to state.
+    #[derive(Debug, PartialEq)]
+    struct FakeSocket(u32);
+
+    fn link(now: Instant) -> Link<FakeSocket> {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(5000));
+        let timing = LinkTiming {
+            ping_interval: PING,
+            silence_limit: SILENCE,
+            max_owed: 2,
+            stall_limit: STALL,
+        };
         Link::new(
+            1,
             "Bona",
             "127.0.0.1:1".parse().unwrap(),
             backoff,
-            PING,
-            SILENCE,
+            timing,
             now,
         )
     }
 
-    fn link_up_and_synced(now: Instant) -> Link {
+    fn link_greeting(now: Instant) -> Link<FakeSocket> {
         let mut l = link(now);
-        l.connected(b"HERD-HELLO A\n", now);
-        l.welcomed(now);
-        l.set_sync_cursor(None);
+        l.connecting(FakeSocket(7), now);
+        l.connected(b"HERD-HELLO Campbell", now);
+        l
+    }
+
+    fn link_up(table: &ClientTable, now: Instant) -> Link<FakeSocket> {
+        let mut l = link_greeting(now);
+        assert_eq!(
+            l.on_bytes(b"HERD-WELCOME Bona\n", table, now),
+            Heard::Welcomed
+        );
         l.out = OutBuffer::default();
         l
+    }
+
+    fn sent(l: &mut Link<FakeSocket>) -> String {
+        let text = String::from_utf8_lossy(l.out.pending()).into_owned();
+        l.out = OutBuffer::default();
+        text
     }
 
     #[test]
     fn a_new_link_tries_at_once() {
         let now = Instant::now();
-        assert_eq!(link(now).deadline(), Some(now));
+        let mut l = link(now);
+        assert_eq!(l.deadline(), Some(now));
+        assert_eq!(l.on_timer(now), TimerAction::Connect);
+        assert!(l.io().is_none());
     }
 
     #[test]
     fn connected_sends_the_hello_and_waits_for_a_welcome() {
         let now = Instant::now();
-        let mut l = link(now);
-        l.connected(b"HERD-HELLO A\n", now);
-        assert_eq!(l.out.pending(), b"HERD-HELLO A\n");
+        let mut l = link_greeting(now);
+        assert_eq!(sent(&mut l), "HERD-HELLO Campbell\n");
         assert_eq!(l.deadline(), Some(now + GREETING_TIMEOUT));
         assert!(!l.is_up());
-        assert!(!l.wants_live_update(0));
+        assert_eq!(l.io().map(|(s, _)| s.0), Some(7));
     }
 
     #[test]
-    fn welcomed_starts_a_resync_from_the_first_record() {
+    fn a_welcome_brings_the_link_up_owing_the_whole_table() {
         let now = Instant::now();
-        let mut l = link(now);
-        l.connected(b"x\n", now);
-        l.welcomed(now);
-        assert_eq!(l.sync_cursor(), Some(0));
+        let mut table = ClientTable::new();
+        store(&mut table, "a", 1, Source::Client);
+        store(&mut table, "b", 1, Source::Neighbour(1));
+        let mut l = link_greeting(now);
+        sent(&mut l);
+        // The welcome may arrive in pieces.
+        assert_eq!(l.on_bytes(b"HERD-WEL", &table, now), Heard::Nothing);
+        assert!(!l.is_up());
+        assert_eq!(l.on_bytes(b"COME Bona\n", &table, now), Heard::Welcomed);
+        assert!(l.is_up());
         assert_eq!(l.deadline(), Some(now + PING));
+        let (bytes, resync) = l.fill(&table);
+        assert_eq!(resync, Some(2));
+        assert_eq!(
+            sent(&mut l),
+            "AT S +0.000000000 a +1+1 1\nAT S +0.000000000 b +1+1 1\n"
+        );
+        assert_eq!(bytes, 54);
     }
 
     #[test]
-    fn live_updates_skip_records_the_resync_will_send() {
+    fn anything_but_a_welcome_is_a_refusal() {
         let now = Instant::now();
-        let mut l = link_up_and_synced(now);
-        assert!(l.wants_live_update(7));
-        l.set_sync_cursor(Some(5));
-        assert!(l.wants_live_update(4));
-        assert!(!l.wants_live_update(5));
-        assert!(!l.wants_live_update(9));
+        let table = ClientTable::new();
+        let mut l = link_greeting(now);
+        assert_eq!(
+            l.on_bytes(b"? HERD-HELLO Campbell\n", &table, now),
+            Heard::Refused("refused: ? HERD-HELLO Campbell".into())
+        );
     }
 
     #[test]
-    fn down_drops_the_queue_and_backs_off() {
+    fn floods_wait_as_owed_records_and_go_out_as_the_newest_version() {
         let now = Instant::now();
-        let mut l = link_up_and_synced(now);
-        l.out.push(b"AT ...\n");
-        let first = l.down(now, 0.5);
+        let mut table = ClientTable::new();
+        let mut l = link_up(&table, now);
+        l.fill(&table);
+        for time in 1..=100 {
+            let record = store(&mut table, "kiwi", time, Source::Client);
+            l.owe(record, &table);
+        }
+        assert!(l.has_unsent(&table));
+        l.fill(&table);
+        assert_eq!(sent(&mut l), "AT S +0.000000000 kiwi +1+1 100\n");
+        assert!(!l.has_unsent(&table));
+        // From the neighbour itself: nothing to send back.
+        let record = store(&mut table, "kiwi", 101, Source::Neighbour(1));
+        l.owe(record, &table);
+        l.fill(&table);
+        assert_eq!(sent(&mut l), "");
+    }
+
+    #[test]
+    fn a_link_that_is_down_owes_nothing() {
+        let now = Instant::now();
+        let mut table = ClientTable::new();
+        let mut l = link_greeting(now);
+        sent(&mut l);
+        let record = store(&mut table, "kiwi", 1, Source::Client);
+        l.owe(record, &table);
+        assert_eq!(l.fill(&table), (0, None));
+        assert!(!l.has_unsent(&table));
+    }
+
+    #[test]
+    fn the_buffer_stops_at_the_low_water_mark() {
+        let now = Instant::now();
+        let mut table = ClientTable::new();
+        for n in 0..5000 {
+            store(&mut table, &format!("client{n}"), 1, Source::Client);
+        }
+        let mut l = link_up(&table, now);
+        let (first, resync) = l.fill(&table);
+        assert!((LOW_WATER_BYTES..LOW_WATER_BYTES + 100).contains(&first));
+        assert_eq!(resync, None);
+        assert!(
+            !l.has_unsent(&table),
+            "the buffer is full: wait for the socket"
+        );
+        assert_eq!(l.fill(&table).0, 0);
+        sent(&mut l);
+        assert!(l.has_unsent(&table));
+        let mut total = first;
+        loop {
+            let (bytes, resync) = l.fill(&table);
+            total += bytes;
+            sent(&mut l);
+            if let Some(count) = resync {
+                assert_eq!(count, 5000);
+                break;
+            }
+        }
+        let expected: usize = (0..5000).map(|i| table.line_at(i).unwrap().len() + 1).sum();
+        assert_eq!(total, expected);
+    }
+
+    #[test]
+    fn a_link_owing_too_much_is_behind_until_it_drains() {
+        let now = Instant::now();
+        let mut table = ClientTable::new();
+        let mut l = link_up(&table, now);
+        l.fill(&table);
+        for n in 0..3 {
+            let record = store(&mut table, &format!("c{n}"), 1, Source::Client);
+            l.owe(record, &table);
+        }
+        assert_eq!(l.backlog(&table, now), Backlog::Behind);
+        l.fill(&table);
+        assert_eq!(l.backlog(&table, now), Backlog::Fine);
+    }
+
+    #[test]
+    fn a_resync_alone_does_not_hold_clients_back() {
+        let now = Instant::now();
+        let mut table = ClientTable::new();
+        for n in 0..10 {
+            store(&mut table, &format!("c{n}"), 1, Source::Client);
+        }
+        let l = link_up(&table, now);
+        assert_eq!(l.backlog(&table, now), Backlog::Fine);
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_for_the_stall_limit_is_stalled() {
+        let now = Instant::now();
+        let mut table = ClientTable::new();
+        let mut l = link_up(&table, now);
+        let record = store(&mut table, "c", 1, Source::Client);
+        l.owe(record, &table);
+        l.fill(&table);
+        l.wrote(false, now);
+        assert_eq!(l.deadline(), Some(now + PING));
+        assert_eq!(l.backlog(&table, now + STALL / 2), Backlog::Fine);
+        l.wrote(true, now + STALL / 2);
+        assert_eq!(l.backlog(&table, now + STALL), Backlog::Fine);
+        assert_eq!(l.backlog(&table, now + STALL / 2 + STALL), Backlog::Stalled);
+        // With nothing waiting for the socket there is nothing to stall on.
+        sent(&mut l);
+        assert_eq!(l.backlog(&table, now + 10 * STALL), Backlog::Fine);
+    }
+
+    #[test]
+    fn down_drops_everything_returns_the_socket_and_backs_off() {
+        let now = Instant::now();
+        let table = ClientTable::new();
+        let mut l = link_up(&table, now);
+        wire::send_line(&mut l.out, Party::Link("Bona"), b"AT ...");
+        let (socket, first) = l.down(now, 0.5);
+        assert_eq!(socket, Some(FakeSocket(7)));
         assert!(l.out.is_empty());
         assert_eq!(l.deadline(), Some(now + first));
-        let second = l.down(now, 0.5);
+        let (socket, second) = l.down(now, 0.5);
+        assert_eq!(socket, None);
         assert!(second > first);
-        l.welcomed(now);
-        let after_up = l.down(now, 0.5);
+        let mut l2 = link_up(&table, now);
+        let (_, after_up) = l2.down(now, 0.5);
         assert_eq!(after_up, first);
     }
 
     #[test]
     fn a_quiet_link_pings_and_a_silent_one_gives_up() {
         let now = Instant::now();
-        let mut l = link_up_and_synced(now);
+        let table = ClientTable::new();
+        let mut l = link_up(&table, now);
         assert_eq!(l.on_timer(now), TimerAction::Nothing);
-        assert_eq!(l.on_timer(now + PING), TimerAction::Pinged);
-        assert_eq!(l.out.pending(), b"HERD-PING\n");
+        assert_eq!(sent(&mut l), "");
+        assert_eq!(l.on_timer(now + PING), TimerAction::Nothing);
+        assert_eq!(sent(&mut l), "HERD-PING\n");
         assert_eq!(l.deadline(), Some(now + 2 * PING));
-        l.heard(now + PING + Duration::from_millis(1));
-        assert_eq!(l.on_timer(now + SILENCE), TimerAction::Pinged);
-        let later = now + PING + Duration::from_millis(1) + SILENCE;
-        assert!(matches!(l.on_timer(later), TimerAction::GiveUp(_)));
+        let later = now + PING + Duration::from_millis(1);
+        assert_eq!(l.on_bytes(b"HERD-PONG\n", &table, later), Heard::Nothing);
+        assert_eq!(l.on_timer(now + SILENCE), TimerAction::Nothing);
+        assert_eq!(sent(&mut l), "HERD-PING\n");
+        assert!(matches!(
+            l.on_timer(later + SILENCE),
+            TimerAction::GiveUp(_)
+        ));
     }
 
     #[test]
     fn timers_before_the_link_is_up() {
         let now = Instant::now();
         let mut l = link(now);
-        assert_eq!(l.on_timer(now), TimerAction::Connect);
-        l.stage = Stage::Connecting { deadline: now };
-        assert!(matches!(l.on_timer(now), TimerAction::GiveUp(_)));
-        l.connected(b"x\n", now);
+        l.connecting(FakeSocket(1), now);
+        assert_eq!(l.on_timer(now), TimerAction::Nothing);
+        assert!(matches!(
+            l.on_timer(now + CONNECT_TIMEOUT),
+            TimerAction::GiveUp(_)
+        ));
+        l.connected(b"x", now);
         assert_eq!(l.on_timer(now), TimerAction::Nothing);
         assert!(matches!(
             l.on_timer(now + GREETING_TIMEOUT),
@@ -324,15 +647,15 @@ mod tests {
     }
 
     #[test]
-    fn interest_follows_the_stage_and_the_queue() {
+    fn interest_follows_the_state_and_the_buffer() {
         let now = Instant::now();
+        let table = ClientTable::new();
         let mut l = link(now);
-        l.stage = Stage::Connecting { deadline: now };
+        l.connecting(FakeSocket(1), now);
         assert_eq!(l.wanted_interest(), Interest::WRITABLE);
-        let mut l = link_up_and_synced(now);
-        l.out = OutBuffer::default();
+        let mut l = link_up(&table, now);
         assert_eq!(l.wanted_interest(), Interest::READABLE);
-        l.out.push(b"x");
+        l.on_timer(now + PING);
         assert_eq!(l.wanted_interest(), Interest::READABLE | Interest::WRITABLE);
     }
 }

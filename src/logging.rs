@@ -13,6 +13,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,9 +22,12 @@ use simplelog::{ConfigBuilder, WriteLogger};
 
 /// The traffic records' way into the log file (set once by [`init`]).
 static TRAFFIC_SINK: OnceLock<Arc<Mutex<Sink>>> = OnceLock::new();
+/// `log lines on|off` (SPEC section 6): whether [`traffic`] writes anything.
+static TRAFFIC_ON: AtomicBool = AtomicBool::new(false);
 
-/// Opens (appending) `dir/NAME.log` and makes it the process's logger. Returns its path.
-pub fn init(dir: &Path, name: &str, level: LevelFilter) -> io::Result<PathBuf> {
+/// Opens (appending) `dir/NAME.log` and makes it the process's logger; `lines` turns the
+/// per-line traffic records on. Returns the log's path.
+pub fn init(dir: &Path, name: &str, level: LevelFilter, lines: bool) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.log"));
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -40,6 +44,7 @@ pub fn init(dir: &Path, name: &str, level: LevelFilter) -> io::Result<PathBuf> {
         .build();
     WriteLogger::init(level, config, SinkWriter(Arc::clone(&sink))).map_err(io::Error::other)?;
     let _ = TRAFFIC_SINK.set(sink);
+    TRAFFIC_ON.store(lines, Ordering::Relaxed);
     Ok(path)
 }
 
@@ -65,9 +70,10 @@ pub enum Party<'a> {
 }
 
 /// Logs one line received or sent, at level info: `recv conn=7 LINE`, `recv conn=9 peer=Bona
-/// LINE`, `send link=Bona LINE`. The line is escaped as [`Escaped`] does.
+/// LINE`, `send link=Bona LINE`. The line is escaped as [`Escaped`] does. Only `wire` calls
+/// this, so every line in and out is logged the same way, in one place.
 pub fn traffic(direction: Direction, party: Party<'_>, line: &[u8]) {
-    if log::max_level() < LevelFilter::Info {
+    if !TRAFFIC_ON.load(Ordering::Relaxed) || log::max_level() < LevelFilter::Info {
         return;
     }
     let Some(sink) = TRAFFIC_SINK.get() else {

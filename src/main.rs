@@ -101,7 +101,7 @@ fn serve(
         },
     };
     let listener = net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let log_path = logging::init(&config.log.dir, name, config.log.level)
+    let log_path = logging::init(&config.log.dir, name, config.log.level, config.log.lines)
         .map_err(|e| format!("cannot open log in {}: {e}", config.log.dir.display()))?;
     let (signals, signal_writer) =
         UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;

@@ -6,8 +6,17 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream};
+use mio::Interest;
 
 use crate::buffer::OutBuffer;
+
+/// A stream and the interest it is registered with, so the loop reregisters only when the
+/// interest its owner wants has changed.
+#[derive(Debug)]
+pub struct Socket {
+    pub stream: TcpStream,
+    pub registered: Interest,
+}
 
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -73,16 +82,22 @@ pub fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
     }
 }
 
-/// Writes as much of `out` as the socket takes now. `Err` means the connection is broken.
-pub fn write_pending(stream: &mut TcpStream, out: &mut OutBuffer) -> io::Result<()> {
+/// Writes as much of `out` as the socket takes now; returns how many bytes it took. Output
+/// left in `out` afterwards means the socket is full (wait for `WRITABLE`). `Err` means the
+/// connection is broken.
+pub fn write_pending(stream: &mut TcpStream, out: &mut OutBuffer) -> io::Result<usize> {
+    let mut written = 0;
     while !out.is_empty() {
         match stream.write(out.pending()) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => out.consume(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Ok(n) => {
+                out.consume(n);
+                written += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(written)
 }

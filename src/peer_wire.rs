@@ -24,33 +24,37 @@ use crate::secret::Secret;
 
 pub const HELLO: &[u8] = b"HERD-HELLO";
 pub const WELCOME: &[u8] = b"HERD-WELCOME";
-pub const PING_LINE: &[u8] = b"HERD-PING\n";
-pub const PONG_LINE: &[u8] = b"HERD-PONG\n";
+/// Every line here is without its terminator: the one function that sends a line adds it.
+pub const PING_LINE: &[u8] = b"HERD-PING";
+pub const PONG_LINE: &[u8] = b"HERD-PONG";
+/// Longest line a link reads from its neighbour (a welcome, a pong); an AT line from a
+/// neighbour is bounded by the client line limit instead.
+pub const MAX_REPLY_LINE_BYTES: usize = 4096;
 /// How far a hello's time may be from the acceptor's clock.
 pub const HELLO_MAX_SKEW_SECS: i64 = 60;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The first line of a link from `from` to `to` (with `\n`).
+/// The first line of a link from `from` to `to`.
 pub fn format_hello(from: &str, to: &str, secret: Option<&Secret>, now_secs: i64) -> Vec<u8> {
     let line = match secret {
-        None => format!("HERD-HELLO {from}\n"),
+        None => format!("HERD-HELLO {from}"),
         Some(secret) => {
             let mac = hello_mac(secret, from.as_bytes(), to.as_bytes(), now_secs);
-            format!("HERD-HELLO {from} {now_secs} {}\n", hex(&mac))
+            format!("HERD-HELLO {from} {now_secs} {}", hex(&mac))
         }
     };
     line.into_bytes()
 }
 
 pub fn format_welcome(name: &str) -> Vec<u8> {
-    format!("HERD-WELCOME {name}\n").into_bytes()
+    format!("HERD-WELCOME {name}").into_bytes()
 }
 
 /// Whether a line from a neighbour is a ping (its answer is [`PONG_LINE`]).
 pub fn is_ping(line: &[u8]) -> bool {
     let mut words = fields(line);
-    words.next() == Some(&PING_LINE[..PING_LINE.len() - 1]) && words.next().is_none()
+    words.next() == Some(PING_LINE) && words.next().is_none()
 }
 
 /// Whether a line is a hello at all (whatever its validity).
@@ -154,8 +158,8 @@ mod tests {
     #[test]
     fn a_plain_hello_from_a_neighbour_is_accepted() {
         let hello = format_hello("Bona", "Campbell", None, 0);
-        assert_eq!(hello, b"HERD-HELLO Bona\n");
-        let line = &hello[..hello.len() - 1];
+        assert_eq!(hello, b"HERD-HELLO Bona");
+        let line = &hello[..];
         assert_eq!(
             check_hello(line, "Campbell", None, 0, neighbours),
             Some("Bona")
@@ -182,7 +186,7 @@ mod tests {
     fn with_a_secret_the_proof_is_checked() {
         let s = secret();
         let hello = format_hello("Bona", "Campbell", Some(&s), 1000);
-        let line = &hello[..hello.len() - 1];
+        let line = &hello[..];
         assert_eq!(
             check_hello(line, "Campbell", Some(&s), 1010, neighbours),
             Some("Bona")
@@ -237,17 +241,14 @@ mod tests {
     #[test]
     fn welcome_round_trip() {
         let welcome = format_welcome("Campbell");
-        assert_eq!(
-            parse_welcome(&welcome[..welcome.len() - 1]),
-            Some(&b"Campbell"[..])
-        );
+        assert_eq!(parse_welcome(&welcome), Some(&b"Campbell"[..]));
         assert_eq!(parse_welcome(b"? HERD-HELLO Bona"), None);
         assert_eq!(parse_welcome(b"HERD-WELCOME a b"), None);
     }
 
     #[test]
     fn ping_detection() {
-        assert!(is_ping(&PING_LINE[..PING_LINE.len() - 1]));
+        assert!(is_ping(PING_LINE));
         assert!(is_ping(b"HERD-PING "));
         assert!(!is_ping(b"HERD-PING x"));
         assert!(!is_ping(b"HERD-PONG"));

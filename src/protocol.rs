@@ -263,12 +263,11 @@ fn parse_whatsat(line: &[u8]) -> Option<Request<'_>> {
     })
 }
 
-/// `? ` + the line as received, then `\n`.
+/// `? ` + the line as received (without a terminator, like every line handed to be sent).
 pub fn format_invalid(line: &[u8]) -> Vec<u8> {
     let mut reply = Vec::with_capacity(line.len() + 3);
     reply.extend_from_slice(b"? ");
     reply.extend_from_slice(line);
-    reply.push(b'\n');
     reply
 }
 
@@ -712,6 +711,6 @@ mod tests {
 
     #[test]
     fn invalid_reply_echoes_the_line() {
-        assert_eq!(format_invalid(b" HELLO x"), b"?  HELLO x\n");
+        assert_eq!(format_invalid(b" HELLO x"), b"?  HELLO x");
     }
 }

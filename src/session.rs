@@ -1,209 +1,379 @@
-//! What the lines of one read do: a client's commands answered in order (or handed to Places),
-//! a neighbour's updates applied and flooded on. One `ClientSession` borrows, for the length of
-//! one read, everything a line may touch; it makes no socket calls (the loop writes after).
+//! What one line read on an accepted connection does: a client's command is answered in order
+//! or becomes a lookup; a neighbour's update is applied and becomes a flood. [`handle_line`]
+//! changes only the connection and the server's state and returns what the loop must carry
+//! out ([`Effect`]), so every rule here is tested without a socket or a thread.
 
 use log::{info, warn};
 
 use crate::app::{App, ClientOutcome, PeerOutcome};
-use crate::buffer::{Line, OutBuffer};
+use crate::buffer::Line;
 use crate::config::PlacesApi;
-use crate::conn::{ReplyQueue, Stage};
-use crate::link::Link;
-use crate::logging::{traffic, Direction::Recv, Direction::Send, Escaped, Party};
-use crate::places::{shape_reply, LookupJob, PlacesError, PlacesOutcome, PlacesPool};
+use crate::conn::{ConnState, Connection, Peer};
+use crate::logging::Escaped;
+use crate::places::{shape_reply, PlacesError, PlacesOutcome, PlacesQuery};
 use crate::protocol::{self, ClientTime};
-use crate::store::{ClientTable, RecordIndex};
+use crate::store::RecordIndex;
 
-/// Everything one client line may touch, borrowed from the loop for the length of one read.
-pub struct ClientSession<'a> {
-    pub key: usize,
-    pub conn_id: u64,
-    pub stage: &'a mut Stage,
-    pub peer: &'a mut Option<String>,
-    pub out: &'a mut OutBuffer,
-    pub replies: &'a mut ReplyQueue,
-    pub app: &'a mut App,
-    pub links: &'a mut [Link],
-    pub places: &'a PlacesPool,
-    pub places_api: PlacesApi,
-    pub log_lines: bool,
-    pub now: ClientTime,
+/// What a line asks of the world beyond its connection; the loop carries it out.
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    /// The record was stored: every link owes it now (but the one toward its source).
+    Flood(RecordIndex),
+    /// Ask Places; the reply goes into the slot `seq` reserved on the connection, and starts
+    /// with `at_line`.
+    Lookup {
+        seq: u64,
+        at_line: Box<[u8]>,
+        query: PlacesQuery,
+    },
 }
 
-impl ClientSession<'_> {
-    pub fn handle_line(&mut self, line: Line<'_>) {
-        if let Stage::Closed(_) = self.stage {
-            return; // the rest of the chunk from a dropped neighbour is ignored
-        }
-        if self.peer.is_some() {
-            self.handle_peer_line(line);
-            return;
-        }
-        let line = match line {
-            Line::Complete(line) => line,
-            Line::TooLong(cut) => {
-                if self.log_lines {
-                    traffic(Recv, self.party(), cut);
-                }
-                warn!(
-                    "limit line-bytes conn={}: line of more than {} bytes",
-                    self.conn_id,
-                    cut.len()
-                );
-                self.deliver(protocol::format_invalid(cut));
-                return;
-            }
-        };
-        if self.log_lines {
-            traffic(Recv, self.party(), line);
-        }
-        match self.app.handle_client_line(line, self.now) {
-            ClientOutcome::Silent => {}
-            ClientOutcome::Reply(reply) => self.deliver(reply),
-            ClientOutcome::Stored { reply, record } => {
-                self.deliver(reply);
-                flood(self.links, self.app.clients(), record, None, self.log_lines);
-            }
-            ClientOutcome::PeerAccepted { name, reply } => {
-                info!("peer conn={} is {name}", self.conn_id);
-                self.deliver(reply);
-                *self.peer = Some(name);
-            }
-            ClientOutcome::Lookup { at_line, query } => {
-                let seq = self.replies.reserve();
-                let job = LookupJob {
-                    conn_key: self.key,
-                    conn_id: self.conn_id,
-                    seq,
-                    at_line,
-                    query,
-                };
-                if let Err(job) = self.places.submit(job) {
-                    // Every worker is busy and the queue is full: answer at once.
-                    let outcome = PlacesOutcome::Failed(PlacesError::QueueFull);
-                    let shaped =
-                        shape_reply(self.places_api, &job.at_line, job.query.bound, &outcome);
-                    warn!(
-                        "places conn={} {} {}",
-                        self.conn_id,
-                        self.places_api.name(),
-                        shaped.summary
-                    );
-                    self.replies.fill(seq, shaped.bytes);
-                    send_ready_replies(self.conn_id, self.out, self.replies, self.log_lines);
-                }
-            }
-        }
+/// Handles one framed line received on `conn` at `now`.
+pub fn handle_line(
+    conn: &mut Connection,
+    app: &mut App,
+    line: Line<'_>,
+    now: ClientTime,
+) -> Option<Effect> {
+    if conn.state != ConnState::Open && conn.state != ConnState::Draining {
+        return None; // the rest of a chunk from a dropped neighbour is ignored
     }
-
-    /// A line on a neighbour's link: an update to apply and pass on. Anything else means the
-    /// neighbour is broken, and the connection is dropped (it reconnects and resyncs).
-    fn handle_peer_line(&mut self, line: Line<'_>) {
-        let from = self.peer.as_deref().unwrap_or_default();
-        let line = match line {
-            Line::Complete(line) => line,
-            Line::TooLong(_) => {
-                warn!(
-                    "peer conn={} {from}: line over the limit, dropping link",
-                    self.conn_id
-                );
-                *self.stage = Stage::Closed("peer line too long");
-                return;
-            }
-        };
-        if self.log_lines {
-            traffic(Recv, self.party(), line);
-        }
-        match self.app.handle_peer_line(line) {
-            PeerOutcome::Stored(record) => {
-                flood(
-                    self.links,
-                    self.app.clients(),
-                    record,
-                    Some(from),
-                    self.log_lines,
-                );
-            }
-            PeerOutcome::Stale => {}
-            PeerOutcome::Ping(pong) => self.deliver(pong.to_vec()),
-            PeerOutcome::Invalid => {
-                warn!(
-                    "peer conn={} {from}: invalid line, dropping link: {}",
-                    self.conn_id,
-                    Escaped(line)
-                );
-                *self.stage = Stage::Closed("invalid peer line");
-            }
-        }
+    if conn.peer.is_some() {
+        return handle_peer_line(conn, app, line, now);
     }
-
-    /// Who this connection is, for traffic records.
-    fn party(&self) -> Party<'_> {
-        Party::Conn {
-            id: self.conn_id,
-            peer: self.peer.as_deref(),
-        }
-    }
-
-    /// Sends a ready reply now, or queues it behind replies still waiting on Places.
-    fn deliver(&mut self, reply: Vec<u8>) {
-        if self.replies.is_empty() {
-            send(self.conn_id, self.out, &reply, self.log_lines);
-        } else {
-            self.replies.push_ready(reply);
-        }
-    }
-}
-
-/// Queues the record on every link that is up, except the one toward the neighbour it came
-/// from (SPEC section 3). Only stored (newer) records are flooded, which ends every flood.
-fn flood(
-    links: &mut [Link],
-    table: &ClientTable,
-    record: RecordIndex,
-    from: Option<&str>,
-    log_lines: bool,
-) {
-    let Some(line) = table.line_at(record) else {
-        return;
-    };
-    for link in links.iter_mut() {
-        if from == Some(link.name.as_str()) || !link.wants_live_update(record) {
-            continue;
-        }
-        if log_lines {
-            traffic(Send, Party::Link(&link.name), line);
-        }
-        link.out.push(line);
-        link.out.push(b"\n");
-    }
-}
-
-/// Moves every reply whose turn has come to the output buffer.
-pub fn send_ready_replies(
-    conn_id: u64,
-    out: &mut OutBuffer,
-    replies: &mut ReplyQueue,
-    log_lines: bool,
-) {
-    while let Some(reply) = replies.pop_ready() {
-        send(conn_id, out, &reply, log_lines);
-    }
-}
-
-fn send(conn_id: u64, out: &mut OutBuffer, reply: &[u8], log_lines: bool) {
-    if log_lines {
-        let body = reply.strip_suffix(b"\n").unwrap_or(reply);
-        for line in body.split(|&b| b == b'\n') {
-            traffic(
-                Send,
-                Party::Conn {
-                    id: conn_id,
-                    peer: None,
-                },
-                line,
+    let line = match line {
+        Line::Complete(line) => line,
+        Line::TooLong(cut) => {
+            conn.received(cut);
+            warn!(
+                "limit line-bytes conn={}: line of more than {} bytes",
+                conn.id,
+                cut.len()
             );
+            conn.deliver(protocol::format_invalid(cut));
+            return None;
+        }
+    };
+    conn.received(line);
+    match app.handle_client_line(line, now) {
+        ClientOutcome::Silent => None,
+        ClientOutcome::Reply(reply) => {
+            conn.deliver(reply);
+            None
+        }
+        ClientOutcome::Stored { reply, record } => {
+            conn.deliver(reply);
+            Some(Effect::Flood(record))
+        }
+        ClientOutcome::PeerAccepted { link, name, reply } => {
+            info!("peer conn={} is {name}", conn.id);
+            conn.deliver(reply);
+            conn.peer = Some(Peer { link, name });
+            None
+        }
+        ClientOutcome::Lookup { at_line, query } => Some(Effect::Lookup {
+            seq: conn.reserve_reply(),
+            at_line,
+            query,
+        }),
+    }
+}
+
+/// A line on a neighbour's link: an update to apply and pass on. Anything else means the
+/// neighbour is broken, and the connection is dropped (it reconnects and resyncs).
+fn handle_peer_line(
+    conn: &mut Connection,
+    app: &mut App,
+    line: Line<'_>,
+    now: ClientTime,
+) -> Option<Effect> {
+    let peer = conn.peer.as_ref()?;
+    let line = match line {
+        Line::Complete(line) => line,
+        Line::TooLong(_) => {
+            warn!(
+                "peer conn={} {}: line over the limit, dropping link",
+                conn.id, peer.name
+            );
+            conn.state = ConnState::Closed("peer line too long");
+            return None;
+        }
+    };
+    conn.received(line);
+    match app.handle_peer_line(line, peer.link, now) {
+        PeerOutcome::Stored(record) => Some(Effect::Flood(record)),
+        PeerOutcome::Stale => None,
+        PeerOutcome::Ping(pong) => {
+            conn.deliver(pong.to_vec());
+            None
+        }
+        PeerOutcome::FromTheFuture => {
+            warn!(
+                "limit future-seconds peer conn={} {}: not stored: {}",
+                conn.id,
+                peer.name,
+                Escaped(line)
+            );
+            None
+        }
+        PeerOutcome::Invalid => {
+            warn!(
+                "peer conn={} {}: invalid line, dropping link: {}",
+                conn.id,
+                peer.name,
+                Escaped(line)
+            );
+            conn.state = ConnState::Closed("invalid peer line");
+            None
         }
     }
-    out.push(reply);
+}
+
+/// The Places queue is full (every worker busy): the WHATSAT in slot `seq` is answered at
+/// once with the framed error, in its place among the connection's replies.
+pub fn refuse_lookup(conn: &mut Connection, api: PlacesApi, seq: u64, at_line: &[u8], bound: u8) {
+    let outcome = PlacesOutcome::Failed(PlacesError::QueueFull);
+    let shaped = shape_reply(api, at_line, bound, &outcome);
+    warn!("places conn={} {} {}", conn.id, api.name(), shaped.summary);
+    conn.fill_reply(seq, shaped.bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::LineReader;
+
+    const NOW: ClientTime = ClientTime {
+        secs: 1_621_464_828,
+        nanos: 223_371_889,
+    };
+
+    const MAX_LINE: usize = 100;
+
+    fn app() -> App {
+        App::new(
+            "Campbell",
+            vec!["Bona".into(), "Clark".into()],
+            None,
+            86_400,
+        )
+    }
+
+    /// Feeds `input` through a reader as the loop does and collects the effects.
+    fn feed(conn: &mut Connection, app: &mut App, input: &[u8]) -> Vec<Effect> {
+        let mut reader = LineReader::new(MAX_LINE);
+        let mut effects = Vec::new();
+        reader.feed(input, |line| {
+            effects.extend(handle_line(conn, app, line, NOW))
+        });
+        effects
+    }
+
+    fn output(conn: &Connection) -> String {
+        String::from_utf8_lossy(conn.out.pending()).into_owned()
+    }
+
+    fn neighbour(app: &mut App, id: u64) -> Connection {
+        let mut conn = Connection::new(id);
+        feed(&mut conn, app, b"HERD-HELLO Bona\n");
+        conn
+    }
+
+    fn client_with_pending_whatsat(app: &mut App) -> (Connection, u64) {
+        let mut conn = Connection::new(1);
+        feed(
+            &mut conn,
+            app,
+            b"IAMAT kiwi +34.068930-118.445127 1621464827.959498503\n",
+        );
+        conn.out = Default::default();
+        let effects = feed(&mut conn, app, b"WHATSAT kiwi 10 5\n");
+        let [Effect::Lookup { seq, .. }] = effects[..] else {
+            panic!("{effects:?}");
+        };
+        (conn, seq)
+    }
+
+    #[test]
+    fn an_iamat_is_answered_and_flooded() {
+        let mut app = app();
+        let mut conn = Connection::new(1);
+        let effects = feed(
+            &mut conn,
+            &mut app,
+            b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\r\n",
+        );
+        assert_eq!(effects, [Effect::Flood(0)]);
+        assert_eq!(
+            output(&conn),
+            "AT Campbell +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
+        );
+    }
+
+    #[test]
+    fn a_stale_iamat_is_answered_but_not_flooded() {
+        let mut app = app();
+        let mut conn = Connection::new(1);
+        feed(&mut conn, &mut app, b"IAMAT c +1+1 1621464000\n");
+        let effects = feed(&mut conn, &mut app, b"IAMAT c +2+2 1621463000\n");
+        assert!(effects.is_empty());
+        assert_eq!(output(&conn).lines().count(), 2);
+    }
+
+    #[test]
+    fn bad_lines_get_a_question_mark_and_the_line() {
+        let mut app = app();
+        let mut conn = Connection::new(1);
+        let effects = feed(
+            &mut conn,
+            &mut app,
+            b"HELLO\nWHATSAT nobody 10 5\n  \nIAMAT c +91+0 1\nAT Bona +0.000000000 c +1+1 1\n",
+        );
+        assert!(effects.is_empty());
+        assert_eq!(
+            output(&conn),
+            "? HELLO\n? WHATSAT nobody 10 5\n? IAMAT c +91+0 1\n? AT Bona +0.000000000 c +1+1 1\n"
+        );
+        assert_eq!(conn.state, ConnState::Open);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_answered_with_its_cut_copy() {
+        let mut app = app();
+        let mut conn = Connection::new(1);
+        let long = [b'x'; 2 * MAX_LINE];
+        let mut input = long.to_vec();
+        input.extend_from_slice(b"\nIAMAT c +1+1 1\n");
+        let effects = feed(&mut conn, &mut app, &input);
+        assert_eq!(effects, [Effect::Flood(0)]);
+        let out = output(&conn);
+        let first = out.lines().next().unwrap();
+        assert_eq!(first, format!("? {}", "x".repeat(MAX_LINE)));
+        assert!(out.lines().nth(1).unwrap().starts_with("AT Campbell "));
+    }
+
+    #[test]
+    fn a_whatsat_for_a_known_client_becomes_a_lookup_holding_its_place() {
+        let mut app = app();
+        let (mut conn, seq) = client_with_pending_whatsat(&mut app);
+        // A later command is quicker, but its reply waits behind the lookup's.
+        feed(&mut conn, &mut app, b"bogus\n");
+        assert_eq!(output(&conn), "");
+        conn.fill_reply(seq, b"AT Campbell ...\n{}\n".to_vec());
+        assert_eq!(output(&conn), "AT Campbell ...\n{}\n\n? bogus\n");
+    }
+
+    #[test]
+    fn a_lookup_refused_for_a_full_queue_is_answered_429_in_order() {
+        let mut app = app();
+        let (mut conn, seq) = client_with_pending_whatsat(&mut app);
+        feed(&mut conn, &mut app, b"bogus\n");
+        let at = app.clients().line_of(b"kiwi").unwrap().to_vec();
+        refuse_lookup(&mut conn, PlacesApi::New, seq, &at, 5);
+        let out = output(&conn);
+        let mut blocks = out.split("\n\n");
+        let reply = blocks.next().unwrap();
+        assert!(reply.starts_with("AT Campbell "), "{reply}");
+        let json: serde_json::Value =
+            serde_json::from_str(reply.split_once('\n').unwrap().1).unwrap();
+        assert_eq!(json["error"]["code"], 429);
+        assert_eq!(json["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(blocks.next().unwrap(), "? bogus\n");
+    }
+
+    #[test]
+    fn pipelined_commands_are_answered_in_the_order_sent() {
+        let mut app = app();
+        let mut conn = Connection::new(1);
+        let effects = feed(
+            &mut conn,
+            &mut app,
+            b"IAMAT a +1+1 1621464000\nWHATSAT a 1 1\nIAMAT b +1+1 1621464000\nWHATSAT a 2 2\nx\n",
+        );
+        let seqs: Vec<u64> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Lookup { seq, .. } => Some(*seq),
+                Effect::Flood(_) => None,
+            })
+            .collect();
+        assert_eq!(effects.len(), 4);
+        assert_eq!(output(&conn).lines().count(), 1); // only the reply before the first lookup
+        conn.fill_reply(seqs[1], b"second".to_vec());
+        assert_eq!(output(&conn).lines().count(), 1);
+        conn.fill_reply(seqs[0], b"first".to_vec());
+        let out = output(&conn);
+        let replies: Vec<&str> = out.lines().collect();
+        assert_eq!(replies.len(), 5);
+        assert!(replies[0].starts_with("AT Campbell +828.223371889 a "));
+        assert_eq!(replies[1], "first");
+        assert!(replies[2].starts_with("AT Campbell +828.223371889 b "));
+        assert_eq!(replies[3..], ["second", "? x"]);
+    }
+
+    #[test]
+    fn a_hello_turns_the_connection_into_a_neighbours_link() {
+        let mut app = app();
+        let mut conn = Connection::new(3);
+        feed(&mut conn, &mut app, b"HERD-HELLO Clark\n");
+        assert_eq!(output(&conn), "HERD-WELCOME Campbell\n");
+        assert_eq!(conn.peer.as_ref().map(|p| p.link), Some(1));
+        let effects = feed(
+            &mut conn,
+            &mut app,
+            b"AT Clark +0.100000000 kiwi +1+1 1621464000\nHERD-PING\n",
+        );
+        assert_eq!(effects, [Effect::Flood(0)]);
+        assert!(output(&conn).ends_with("HERD-PONG\n"));
+        assert_eq!(
+            app.clients().source_at(0),
+            crate::store::Source::Neighbour(1)
+        );
+    }
+
+    #[test]
+    fn a_broken_neighbour_is_dropped_and_the_rest_of_its_input_ignored() {
+        let mut app = app();
+        let mut conn = neighbour(&mut app, 3);
+        let effects = feed(
+            &mut conn,
+            &mut app,
+            b"IAMAT c +1+1 1\nAT Bona +0.100000000 c +1+1 1621464000\n",
+        );
+        assert!(effects.is_empty());
+        assert_eq!(conn.state, ConnState::Closed("invalid peer line"));
+        assert!(app.clients().is_empty());
+    }
+
+    #[test]
+    fn a_neighbours_update_from_the_far_future_is_dropped_but_the_link_stays() {
+        let mut app = app();
+        let mut conn = neighbour(&mut app, 3);
+        let effects = feed(
+            &mut conn,
+            &mut app,
+            b"AT Bona +0.000000000 c +1+1 253402300799\nAT Bona +0.1 c\n",
+        );
+        assert!(effects.is_empty());
+        assert!(app.clients().is_empty());
+        // The first line was refused alone; the second (malformed) one dropped the link.
+        assert_eq!(conn.state, ConnState::Closed("invalid peer line"));
+        let mut conn = neighbour(&mut app, 4);
+        feed(
+            &mut conn,
+            &mut app,
+            b"AT Bona +0.000000000 c +1+1 253402300799\n",
+        );
+        assert_eq!(conn.state, ConnState::Open);
+    }
+
+    #[test]
+    fn a_line_after_a_half_close_is_still_answered() {
+        let mut app = app();
+        let mut conn = Connection::new(1);
+        conn.state = ConnState::Draining;
+        let effects = feed(&mut conn, &mut app, b"WHATSAT nobody 1 1\n");
+        assert!(effects.is_empty());
+        assert_eq!(output(&conn), "? WHATSAT nobody 1 1\n");
+    }
 }

@@ -14,16 +14,58 @@ use crate::protocol::{AtLine, AtRecord, ClientTime};
 /// The index of a record; stable for the life of the table.
 pub type RecordIndex = usize;
 
+/// An outbound link, by its index in the server's list of neighbours (config order).
+pub type LinkId = usize;
+
+/// Where the current version of a record came from. A link never sends a record back to the
+/// neighbour it came from (SPEC section 3), so the table remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An IAMAT this server took.
+    Client,
+    /// An update that arrived from this neighbour.
+    Neighbour(LinkId),
+}
+
+impl Source {
+    /// Packed into the record: 0 for a client, `link + 1` for a neighbour.
+    fn pack(self) -> u16 {
+        match self {
+            Source::Client => 0,
+            Source::Neighbour(link) => u16::try_from(link + 1).unwrap_or(u16::MAX),
+        }
+    }
+
+    fn unpack(packed: u16) -> Source {
+        match packed {
+            0 => Source::Client,
+            n => Source::Neighbour(usize::from(n) - 1),
+        }
+    }
+}
+
 /// One client's newest location, as the AT line the taking server made.
 #[derive(Debug)]
 struct Record {
     line: Box<[u8]>,
-    client_time: ClientTime,
+    /// The client time, kept as its two parts: a nested `ClientTime` would bring its own
+    /// padding, and a record would grow from 40 to 48 bytes.
+    client_secs: i64,
+    client_nanos: u32,
     client_start: u32,
     client_len: u32,
+    /// [`Source::pack`]ed; fits in the padding, so a record stays 40 bytes.
+    source: u16,
 }
 
 impl Record {
+    fn client_time(&self) -> ClientTime {
+        ClientTime {
+            secs: self.client_secs,
+            nanos: self.client_nanos,
+        }
+    }
+
     fn client(&self) -> &[u8] {
         let start = self.client_start as usize;
         &self.line[start..start + self.client_len as usize]
@@ -70,6 +112,13 @@ impl ClientTable {
         self.records.get(index).map(|r| &*r.line)
     }
 
+    /// Where the record at `index` came from (a client for an index past the end).
+    pub fn source_at(&self, index: RecordIndex) -> Source {
+        self.records
+            .get(index)
+            .map_or(Source::Client, |r| Source::unpack(r.source))
+    }
+
     fn find(&self, client: &[u8]) -> Option<RecordIndex> {
         let hash = self.hasher.hash_one(client);
         let records = &self.records;
@@ -78,8 +127,8 @@ impl ClientTable {
             .map(|&i| i as usize)
     }
 
-    /// Keeps `update` if it supersedes what is known of its client.
-    pub fn apply(&mut self, update: &AtRecord) -> Applied {
+    /// Keeps `update`, which came from `source`, if it supersedes what is known of its client.
+    pub fn apply(&mut self, update: &AtRecord, source: Source) -> Applied {
         let client = update.client();
         let hash = self.hasher.hash_one(client);
         let records = &self.records;
@@ -91,7 +140,7 @@ impl ClientTable {
             Some(i) => {
                 let current = &self.records[i];
                 // Fast path: the client time alone decides unless the times are equal.
-                let newer = match update.client_time.cmp(&current.client_time) {
+                let newer = match update.client_time.cmp(&current.client_time()) {
                     Ordering::Greater => true,
                     Ordering::Less => false,
                     Ordering::Equal => {
@@ -107,12 +156,12 @@ impl ClientTable {
                 if !newer {
                     return Applied::Stale;
                 }
-                self.records[i] = make_record(update);
+                self.records[i] = make_record(update, source);
                 Applied::Stored(i)
             }
             None => {
                 let i = self.records.len();
-                self.records.push(make_record(update));
+                self.records.push(make_record(update, source));
                 let records = &self.records;
                 let hasher = &self.hasher;
                 self.index.insert_unique(hash, i as u32, |&j| {
@@ -124,12 +173,31 @@ impl ClientTable {
     }
 }
 
-fn make_record(update: &AtRecord) -> Record {
+fn make_record(update: &AtRecord, source: Source) -> Record {
     Record {
         line: update.line.as_slice().into(),
-        client_time: update.client_time,
+        client_secs: update.client_time.secs,
+        client_nanos: update.client_time.nanos,
         client_start: update.client.start as u32,
         client_len: update.client.len() as u32,
+        source: source.pack(),
+    }
+}
+
+/// For the tests of the modules built on the table: stores `AT S +0.000000000 CLIENT +1+1
+/// TIME` from `source`; it must be newer than what is known.
+#[cfg(test)]
+pub fn store_for_test(
+    table: &mut ClientTable,
+    client: &str,
+    time: u32,
+    source: Source,
+) -> RecordIndex {
+    let line = format!("AT S +0.000000000 {client} +1+1 {time}");
+    let at = AtLine::parse(line.as_bytes()).unwrap();
+    match table.apply(&AtRecord::from_parsed(&at, line.as_bytes()), source) {
+        Applied::Stored(record) => record,
+        Applied::Stale => panic!("{line}: stale"),
     }
 }
 
@@ -139,7 +207,7 @@ mod tests {
 
     fn apply(table: &mut ClientTable, line: &str) -> Applied {
         let at = AtLine::parse(line.as_bytes()).unwrap();
-        table.apply(&AtRecord::from_parsed(&at, line.as_bytes()))
+        table.apply(&AtRecord::from_parsed(&at, line.as_bytes()), Source::Client)
     }
 
     fn known(table: &ClientTable, client: &str) -> Option<String> {
@@ -222,9 +290,26 @@ mod tests {
         let line = b"AT A +0.000000000 \xff\xc2\xa0 +1+1 1";
         let at = AtLine::parse(line).unwrap();
         assert_eq!(
-            t.apply(&AtRecord::from_parsed(&at, line)),
+            t.apply(&AtRecord::from_parsed(&at, line), Source::Client),
             Applied::Stored(0)
         );
         assert!(t.line_of(b"\xff\xc2\xa0").is_some());
+    }
+
+    #[test]
+    fn the_table_remembers_where_the_newest_version_came_from() {
+        let mut t = ClientTable::new();
+        let record = |line: &str| {
+            let at = AtLine::parse(line.as_bytes()).unwrap();
+            AtRecord::from_parsed(&at, line.as_bytes())
+        };
+        t.apply(&record("AT A +0.000000000 c +1+1 1"), Source::Client);
+        assert_eq!(t.source_at(0), Source::Client);
+        t.apply(&record("AT B +0.000000000 c +1+1 2"), Source::Neighbour(2));
+        assert_eq!(t.source_at(0), Source::Neighbour(2));
+        // A stale update changes nothing, its source included.
+        t.apply(&record("AT C +0.000000000 c +1+1 1"), Source::Neighbour(0));
+        assert_eq!(t.source_at(0), Source::Neighbour(2));
+        assert_eq!(std::mem::size_of::<Record>(), 40);
     }
 }

@@ -169,7 +169,9 @@ fn comments_blank_lines_and_every_documented_directive_are_accepted() {
         .line("limit connections 100")
         .line("peer backoff-min-ms 50")
         .line("peer backoff-max-ms 1000")
-        .line("peer queue-bytes 100000")
+        .line("peer max-owed 1000")
+        .line("peer stall-ms 3000")
+        .line("limit future-seconds 3600")
         .start();
     let reply = server.client().iamat("c1", "+1+2", "100");
     assert!(reply.starts_with("AT Alpha "), "{reply:?}");

@@ -41,6 +41,8 @@ pub enum PlacesOutcome {
 /// A finished WHATSAT reply, and a short account of it for the log.
 #[derive(Debug)]
 pub struct ShapedReply {
+    /// The reply's lines without the final terminator, which the sender adds (so the reply
+    /// ends in an empty line: the JSON's `\n`, then the sender's).
     pub bytes: Vec<u8>,
     /// e.g. `ok status=200 results=5`, `error status=403`, `error timeout`.
     pub summary: String,
@@ -59,7 +61,7 @@ pub fn shape_reply(
     bytes.extend_from_slice(at_line);
     bytes.push(b'\n');
     bytes.extend_from_slice(text.as_bytes());
-    bytes.extend_from_slice(b"\n\n");
+    bytes.push(b'\n');
     ShapedReply { bytes, summary }
 }
 
@@ -193,7 +195,9 @@ mod tests {
     }
 
     fn reply_text(api: PlacesApi, bound: u8, outcome: &PlacesOutcome) -> String {
-        String::from_utf8(shape_reply(api, AT, bound, outcome).bytes).unwrap()
+        let mut text = shape_reply(api, AT, bound, outcome).bytes;
+        text.push(b'\n'); // as sent
+        String::from_utf8(text).unwrap()
     }
 
     fn json_of(reply: &str) -> Value {
