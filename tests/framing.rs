@@ -158,3 +158,32 @@ fn invalid_lines_are_echoed_as_received_with_leading_and_trailing_white_space() 
     client.send_raw(b"FOO\r\r\n");
     assert_eq!(client.read_line_bytes(), b"? FOO\r");
 }
+
+/// SPEC section 2: what `printf 'IAMAT ...' | nc -N` sends — no final newline, then a
+/// half-close — is one last line, and is answered before the server closes.
+#[test]
+fn the_bytes_after_the_last_newline_are_a_last_line_at_half_close() {
+    let server = server();
+    let mut client = server.client();
+    client.send_raw(b"IAMAT c1 +1+2 100\nIAMAT c2 +3+4 200\r");
+    client.shutdown_write();
+    check_at_line(&client.read_line(), "Alpha", "c1", "+1+2", "100");
+    check_at_line(&client.read_line(), "Alpha", "c2", "+3+4", "200");
+    client.expect_eof();
+}
+
+#[test]
+fn an_unterminated_invalid_last_line_is_answered_and_a_blank_one_is_not() {
+    let server = server();
+    let mut client = server.client();
+    client.send_raw(b"HELLO there");
+    client.shutdown_write();
+    assert_eq!(client.read_line(), "? HELLO there");
+    client.expect_eof();
+
+    let mut client = server.client();
+    client.send_raw(b"IAMAT c1 +1+2 100\n \t ");
+    client.shutdown_write();
+    check_at_line(&client.read_line(), "Alpha", "c1", "+1+2", "100");
+    client.expect_eof();
+}

@@ -251,3 +251,32 @@ fn a_neighbour_that_sends_an_endless_line_is_dropped_and_the_server_keeps_servin
     );
     check_serving(&herd, "after-endless.example");
 }
+
+#[test]
+fn a_neighbours_update_from_far_ahead_is_not_stored_and_the_link_stays_up() {
+    let herd = campbell_with_absent_bona();
+    let (mut peer, id) = fake_bona(&herd);
+    let far = format!(
+        "AT Bona +0.500000000 clock.example +10+10 {}",
+        time_from_now(2 * 86_400)
+    );
+    peer.send_line(&far);
+    let fine = format!(
+        "AT Bona +0.500000000 fine.example +10+10 {}",
+        time_from_now(-2)
+    );
+    peer.send_line(&fine);
+    // Taken after the refused one, on the same connection: the link stayed up.
+    herd.wait_knows("Campbell", &[record("fine.example", &fine)]);
+    assert_eq!(herd.known("Campbell", "clock.example"), None);
+    let log = herd.wait_log_count(
+        "Campbell",
+        &format!("limit future-seconds peer conn={id} Bona: not stored: {far}"),
+        1,
+    );
+    assert!(
+        !log.contains(&format!("close conn={id} ")),
+        "the link was not dropped:\n{}",
+        cluster::tail(&log, 20)
+    );
+}

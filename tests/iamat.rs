@@ -213,3 +213,45 @@ fn the_store_is_shared_by_all_connections() {
     let mut other = server.client();
     assert_eq!(stored(&mut other, &fake, "c1").0, at);
 }
+
+/// A client clock far ahead must not poison its record: one IAMAT from year 9999 would
+/// otherwise shadow every real update of that client for good.
+#[test]
+fn a_time_more_than_a_day_ahead_is_invalid_and_not_stored() {
+    let server = Server::builder("Alpha").start();
+    let mut client = server.client();
+    let far = time_from_now(86_400 + 600);
+    let line = format!("IAMAT c1 +1+2 {far}");
+    assert_eq!(client.request(&line), format!("? {line}"));
+    let year_9999 = "IAMAT c1 +1+2 253402300799";
+    assert_eq!(client.request(year_9999), format!("? {year_9999}"));
+    assert_eq!(client.request("WHATSAT c1 10 1"), "? WHATSAT c1 10 1");
+    // Just inside the limit is a valid (if odd) time; a real update after it is older.
+    let near = time_from_now(86_400 - 600);
+    check_at_line(
+        &client.iamat("c1", "+1+2", &near),
+        "Alpha",
+        "c1",
+        "+1+2",
+        &near,
+    );
+}
+
+#[test]
+fn the_future_limit_is_a_setting() {
+    let server = Server::builder("Alpha")
+        .line("limit future-seconds 10")
+        .start();
+    let mut client = server.client();
+    let ahead = time_from_now(60);
+    let line = format!("IAMAT c1 +1+2 {ahead}");
+    assert_eq!(client.request(&line), format!("? {line}"));
+    let soon = time_from_now(5);
+    check_at_line(
+        &client.iamat("c1", "+1+2", &soon),
+        "Alpha",
+        "c1",
+        "+1+2",
+        &soon,
+    );
+}

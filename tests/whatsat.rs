@@ -441,3 +441,17 @@ fn half_close_right_after_iamat_gets_the_reply_then_eof() {
     common::check_at_line(&client.read_line(), "Alpha", "c1", "+1+2", "100");
     client.expect_eof();
 }
+
+#[test]
+fn an_unterminated_whatsat_before_a_half_close_gets_its_whole_reply() {
+    let fake = FakePlaces::start();
+    fake.set_delay(Duration::from_millis(200));
+    let server = Server::builder("Alpha").places(&fake).start();
+    let mut client = server.client();
+    let at = client.iamat("c1", "+1+2", "100");
+    client.send_raw(b"WHATSAT c1 10 3");
+    client.shutdown_write();
+    let json = check_framing(&client.read_whatsat_reply(), &at);
+    assert_eq!(place_ids(&json, "places", "id"), fake_ids(3));
+    client.expect_eof();
+}
