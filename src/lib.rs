@@ -1,11 +1,14 @@
-//! herd: one server of a proxy herd (see ../shared/SPEC.md and README.md).
+//! herd: one server of a proxy herd (README.md is the whole user documentation).
 //!
 //! Architecture: `main` turns arguments and the config into a [`event_loop::EventLoop`], a
-//! single-threaded `mio` loop that owns every socket. Protocol rules live in pure modules
-//! (`protocol`, `store`, `app`, `buffer`, `config`, `places::request`, `places::response`) that
-//! are tested without sockets; `net` is the only code that makes socket calls; `session` decides
-//! what the lines of one read do, `event_loop` (with `event_loop::links` for the outbound links)
-//! owns the sockets and the `Registry`; Places calls run on the worker threads of
+//! single-threaded `mio` loop that owns every socket. Everything that decides is pure and
+//! tested without sockets: the protocol (`protocol`, `peer_wire`), the client table (`store`),
+//! what a command does (`app`), what a line read on a connection does (`session`, which
+//! returns an `Effect` for the loop to carry out), framing and buffers (`buffer`), a
+//! connection's ordered replies (`conn`), an outbound link's state machine (`link`) and what
+//! it owes its neighbour (`owed`), backoff, config, and Places request/response shaping.
+//! `net` is the only code that makes socket calls, `wire` the only door lines go in and out
+//! by (and the only caller of the traffic log); Places calls run on the worker threads of
 //! `places::pool`, whose results wake the loop through a `mio::Waker`.
 
 pub mod app;
