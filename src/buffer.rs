@@ -34,11 +34,6 @@ impl LineReader {
         }
     }
 
-    /// Bytes held for an unfinished line.
-    pub fn buffered(&self) -> usize {
-        self.partial.len()
-    }
-
     /// Feeds a chunk of the stream; `emit` gets every line it completes, in order.
     pub fn feed(&mut self, chunk: &[u8], mut emit: impl FnMut(Line<'_>)) {
         let mut rest = chunk;
@@ -278,7 +273,7 @@ mod tests {
         let mut count = 0;
         for _ in 0..10 {
             reader.feed(&big, |_| count += 1);
-            assert!(reader.buffered() <= 9);
+            assert!(reader.partial.len() <= 9);
         }
         assert_eq!(count, 1);
     }

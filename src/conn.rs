@@ -165,11 +165,6 @@ impl Connection {
         self.out.len() + self.replies.queued_bytes()
     }
 
-    /// Whether replies wait for a lookup or behind one.
-    pub fn owes_replies(&self) -> bool {
-        !self.replies.is_empty()
-    }
-
     /// A draining connection is done once nothing is owed and everything is written.
     pub fn is_finished(&self) -> bool {
         self.state == ConnState::Draining && self.replies.is_empty() && self.out.is_empty()
@@ -245,6 +240,10 @@ mod tests {
         assert_eq!(conn.unread_bytes(), 6 + 5);
         conn.fill_reply(seq, b"AT x\n{}\n".to_vec());
         assert_eq!(conn.out.pending(), b"first\nAT x\n{}\n\nthird\n");
-        assert!(!conn.owes_replies());
+        conn.deliver(b"fourth".to_vec());
+        assert!(
+            conn.out.pending().ends_with(b"third\nfourth\n"),
+            "sent at once"
+        );
     }
 }

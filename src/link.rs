@@ -131,10 +131,6 @@ impl<S> Link<S> {
         &self.state
     }
 
-    pub fn is_up(&self) -> bool {
-        matches!(self.state, LinkState::Up { .. })
-    }
-
     /// Whether bytes wait for the socket.
     pub fn has_pending_output(&self) -> bool {
         !self.out.is_empty()
@@ -442,7 +438,7 @@ mod tests {
         let mut l = link_greeting(now);
         assert_eq!(sent(&mut l), "HERD-HELLO Campbell\n");
         assert_eq!(l.deadline(), Some(now + GREETING_TIMEOUT));
-        assert!(!l.is_up());
+        assert!(!matches!(l.state(), LinkState::Up { .. }));
         assert_eq!(l.io().map(|(s, _)| s.0), Some(7));
     }
 
@@ -456,9 +452,9 @@ mod tests {
         sent(&mut l);
         // The welcome may arrive in pieces.
         assert_eq!(l.on_bytes(b"HERD-WEL", &table, now), Heard::Nothing);
-        assert!(!l.is_up());
+        assert!(!matches!(l.state(), LinkState::Up { .. }));
         assert_eq!(l.on_bytes(b"COME Bona\n", &table, now), Heard::Welcomed);
-        assert!(l.is_up());
+        assert!(matches!(l.state(), LinkState::Up { .. }));
         assert_eq!(l.deadline(), Some(now + PING));
         let (bytes, resync) = l.fill(&table);
         assert_eq!(resync, Some(2));

@@ -20,6 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::LevelFilter;
 use simplelog::{ConfigBuilder, WriteLogger};
 
+use crate::protocol::{decimal, MAX_DECIMAL_DIGITS};
+
 /// The traffic records' way into the log file (set once by [`init`]).
 static TRAFFIC_SINK: OnceLock<Arc<Mutex<Sink>>> = OnceLock::new();
 /// `log lines on|off` (SPEC section 6): whether [`traffic`] writes anything.
@@ -115,7 +117,7 @@ impl Sink {
         match party {
             Party::Conn { id, peer } => {
                 self.out.write_all(b"conn=")?;
-                let mut digits = [0u8; 20];
+                let mut digits = [0u8; MAX_DECIMAL_DIGITS];
                 self.out.write_all(decimal(id, &mut digits))?;
                 if let Some(peer) = peer {
                     self.out.write_all(b" peer=")?;
@@ -224,19 +226,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// `value` in decimal, in the tail of `buf`.
-fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &buf[start..];
-        }
-    }
-}
-
 /// Writes network bytes escaped: printable ASCII as is, `\` as `\\`, any other byte as `\xNN`.
 fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     let mut rest = bytes;
@@ -316,13 +305,5 @@ mod tests {
         // 2024-02-29 (leap day) and 2100-03-01 (century, not leap)
         assert_eq!(&clock.stamp(1_709_164_800, 0)[..10], b"2024-02-29");
         assert_eq!(&clock.stamp(4_107_542_400, 0)[..10], b"2100-03-01");
-    }
-
-    #[test]
-    fn decimals() {
-        let mut buf = [0u8; 20];
-        assert_eq!(decimal(0, &mut buf), b"0");
-        assert_eq!(decimal(1234567, &mut buf), b"1234567");
-        assert_eq!(decimal(u64::MAX, &mut buf), b"18446744073709551615");
     }
 }
