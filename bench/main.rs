@@ -8,6 +8,8 @@
 mod commands;
 #[path = "../tests/common/fake_places.rs"]
 mod fake_places;
+#[path = "../tests/common/harness.rs"]
+mod harness;
 mod herd;
 mod hist;
 mod load;
@@ -181,7 +183,7 @@ fn main() -> ExitCode {
         format!("cargo bench --bench load -- {}", shown.join(" "))
     };
     let ctx = Ctx {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_herd")),
+        bin: PathBuf::from(harness::HERD),
         target,
         quick: args.quick,
         shapes: args.shapes.clone(),

@@ -1,15 +1,27 @@
 //! The command line (SPEC section 1, README "On a fresh machine"): `--help`, `--version`,
 //! `herd NAME CONFIG` with an unknown name, and `herd --all CONFIG`.
 
-mod common;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/run.rs"]
+mod run;
+#[path = "common/server.rs"]
+mod server;
 
-use common::{port_accepts, run_herd, Client, Server, TestDir, KEY_ENV};
-use std::net::TcpListener;
+use client::{time_from_now, Client};
+use harness::{accepts, free_ports, refused_places_url, wait_until, TempDir, KEY_ENV};
+use run::run_herd;
+use server::Server;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 #[test]
 fn help_prints_usage_on_stdout_and_exits_0() {
-    let dir = TestDir::new();
+    let dir = TempDir::new("cli").unwrap();
     let run = run_herd(&["--help"], dir.path());
     assert_eq!(run.status.code(), Some(0), "stderr: {}", run.stderr);
     assert!(
@@ -31,7 +43,7 @@ fn help_prints_usage_on_stdout_and_exits_0() {
 
 #[test]
 fn version_prints_the_package_version_and_exits_0() {
-    let dir = TestDir::new();
+    let dir = TempDir::new("cli").unwrap();
     let run = run_herd(&["--version"], dir.path());
     assert_eq!(run.status.code(), Some(0), "stderr: {}", run.stderr);
     assert!(
@@ -44,7 +56,7 @@ fn version_prints_the_package_version_and_exits_0() {
 
 #[test]
 fn no_arguments_is_a_usage_error() {
-    let dir = TestDir::new();
+    let dir = TempDir::new("cli").unwrap();
     let run = run_herd(&[], dir.path());
     assert_eq!(
         run.status.code(),
@@ -61,15 +73,13 @@ fn no_arguments_is_a_usage_error() {
 
 #[test]
 fn unknown_server_name_exits_2_with_one_line_naming_config_and_name() {
-    let dir = TestDir::new();
-    let port = common::free_port();
+    let dir = TempDir::new("cli").unwrap();
+    let addr = free_ports(1).unwrap()[0];
     dir.write(
         "herd.conf",
-        &format!(
-            "server Alpha 127.0.0.1:{port}\nlog dir {}\n",
-            dir.path().display()
-        ),
-    );
+        &format!("server Alpha {addr}\nlog dir {}\n", dir.path().display()),
+    )
+    .unwrap();
     let run = run_herd(&["Nobody", "herd.conf"], dir.path());
     assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
@@ -84,12 +94,12 @@ fn unknown_server_name_exits_2_with_one_line_naming_config_and_name() {
         "names the unknown server: {:?}",
         lines[0]
     );
-    assert!(!port_accepts(port), "no port opened");
+    assert!(!accepts(addr), "no port opened");
 }
 
 #[test]
 fn missing_config_file_exits_2_naming_the_file() {
-    let dir = TestDir::new();
+    let dir = TempDir::new("cli").unwrap();
     let run = run_herd(&["Alpha", "no-such-herd.conf"], dir.path());
     assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
@@ -101,30 +111,30 @@ fn missing_config_file_exits_2_naming_the_file() {
     );
 }
 
-fn two_server_config(dir: &TestDir, alpha: u16, beta: u16) -> String {
+fn two_server_config(dir: &TempDir, alpha: SocketAddr, beta: SocketAddr) -> String {
     format!(
-        "server Alpha 127.0.0.1:{alpha}\nserver Beta 127.0.0.1:{beta}\n\
-         places url http://127.0.0.1:{}/v1/places:searchNearby\n\
-         places key-env {KEY_ENV}\nlog dir {}\n",
-        common::free_port(),
+        "server Alpha {alpha}\nserver Beta {beta}\n{}\nplaces key-env {KEY_ENV}\nlog dir {}\n",
+        refused_places_url().unwrap(),
         dir.path().display()
     )
 }
 
 #[test]
 fn all_runs_every_server_and_sigterm_stops_them_all() {
-    let dir = TestDir::new();
-    let (alpha, beta) = (common::free_port(), common::free_port());
+    let dir = TempDir::new("cli").unwrap();
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
     let config = two_server_config(&dir, alpha, beta);
-    let mut supervisor = Server::start_all(dir, &config, vec![alpha, beta]);
+    let mut supervisor = Server::start_all(dir, &config, vec![alpha.port(), beta.port()]);
 
-    let time = common::time_from_now(0);
-    let reply = Client::connect(alpha).iamat("c1", "+1+2", &time);
+    let time = time_from_now(0);
+    let reply = Client::connect(alpha.port()).iamat("c1", "+1+2", &time);
     assert!(
         reply.starts_with("AT Alpha "),
         "Alpha answers as Alpha: {reply:?}"
     );
-    let reply = Client::connect(beta).iamat("c1", "+1+2", &time);
+    let reply = Client::connect(beta.port()).iamat("c1", "+1+2", &time);
     assert!(
         reply.starts_with("AT Beta "),
         "Beta answers as Beta: {reply:?}"
@@ -136,27 +146,26 @@ fn all_runs_every_server_and_sigterm_stops_them_all() {
         "the supervisor exits after SIGTERM"
     );
     assert!(
-        common::wait_until(Duration::from_secs(10), || !port_accepts(alpha)
-            && !port_accepts(beta)),
+        wait_until(Duration::from_secs(10), || !accepts(alpha) && !accepts(beta)),
         "both servers stop listening after SIGTERM to the supervisor (alpha open: {}, beta open: {})",
-        port_accepts(alpha),
-        port_accepts(beta)
+        accepts(alpha),
+        accepts(beta)
     );
 }
 
 #[test]
 fn all_prefixes_each_servers_stderr_with_its_name() {
-    let dir = TestDir::new();
+    let dir = TempDir::new("cli").unwrap();
     // Beta's port is taken, so Beta has to say so on stderr.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let beta = taken.local_addr().expect("addr").port();
-    let alpha = common::free_port();
+    let beta = taken.local_addr().expect("addr");
+    let alpha = free_ports(1).unwrap()[0];
     let config = two_server_config(&dir, alpha, beta);
     let supervisor = Server::start_all(dir, &config, vec![]);
-    let stderr = supervisor.wait_for_stderr(&beta.to_string(), Duration::from_secs(10));
+    let stderr = supervisor.wait_for_stderr(&beta.port().to_string(), Duration::from_secs(10));
     let line = stderr
         .lines()
-        .find(|line| line.contains(&beta.to_string()))
+        .find(|line| line.contains(&beta.port().to_string()))
         .expect("a line naming the port");
     assert!(
         line.trim_start_matches('[').starts_with("Beta"),
@@ -168,26 +177,27 @@ fn all_prefixes_each_servers_stderr_with_its_name() {
 #[test]
 fn sigterm_stops_a_single_server() {
     let mut server = Server::builder("Alpha").start();
-    let port = server.port;
+    let addr = ([127, 0, 0, 1], server.port).into();
     server.terminate();
     assert!(
         server.wait_exit(Duration::from_secs(10)).is_some(),
         "the server exits after SIGTERM"
     );
-    assert!(!port_accepts(port), "its port is closed");
+    assert!(!accepts(addr), "its port is closed");
 }
 
 #[test]
 fn a_configured_peer_secret_that_is_not_set_stops_the_server_before_it_listens() {
-    let dir = TestDir::new();
-    let port = common::free_port();
+    let dir = TempDir::new("cli").unwrap();
+    let addr = free_ports(1).unwrap()[0];
     dir.write(
         "herd.conf",
         &format!(
-            "server Alpha 127.0.0.1:{port}\npeer secret-env HERD_TEST_SECRET_NEVER_SET\nlog dir {}\n",
+            "server Alpha {addr}\npeer secret-env HERD_TEST_SECRET_NEVER_SET\nlog dir {}\n",
             dir.path().display()
         ),
-    );
+    )
+    .unwrap();
     let run = run_herd(&["Alpha", "herd.conf"], dir.path());
     assert_eq!(run.status.code(), Some(1), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
@@ -197,5 +207,5 @@ fn a_configured_peer_secret_that_is_not_set_stops_the_server_before_it_listens()
         "names the variable: {:?}",
         lines[0]
     );
-    assert!(!port_accepts(port), "no port opened");
+    assert!(!accepts(addr), "no port opened");
 }

@@ -1,17 +1,33 @@
 //! Bad configs (SPEC sections 1 and 4, README "Config reference"): one stderr line
 //! `FILE:LINE: problem` naming the right line, exit status 2, no port opened.
 
-mod common;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/run.rs"]
+mod run;
+#[path = "common/server.rs"]
+mod server;
 
-use common::{port_accepts, run_herd, Server, TestDir};
+use fake_places::FakePlaces;
+use harness::{accepts, free_ports, TempDir};
+use run::run_herd;
+use server::Server;
 
 /// Writes `body` (with `{PORT}` replaced by a free port) as `herd.conf`, runs
 /// `herd Alpha herd.conf`, and checks the one error line names `herd.conf:LINE:` and contains
 /// every word of `mentions`.
 fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
-    let dir = TestDir::new();
-    let port = common::free_port();
-    dir.write("herd.conf", &body.replace("{PORT}", &port.to_string()));
+    let dir = TempDir::new("config").unwrap();
+    let addr = free_ports(1).unwrap()[0];
+    dir.write(
+        "herd.conf",
+        &body.replace("{PORT}", &addr.port().to_string()),
+    )
+    .unwrap();
     let run = run_herd(&["Alpha", "herd.conf"], dir.path());
     assert_eq!(
         run.status.code(),
@@ -39,7 +55,7 @@ fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
             lines[0]
         );
     }
-    assert!(!port_accepts(port), "no port opened");
+    assert!(!accepts(addr), "no port opened");
 }
 
 #[test]
@@ -132,12 +148,13 @@ fn error_after_comments_and_blank_lines_counts_every_line() {
 
 #[test]
 fn all_with_a_bad_config_exits_2_too() {
-    let dir = TestDir::new();
-    let port = common::free_port();
+    let dir = TempDir::new("config").unwrap();
+    let addr = free_ports(1).unwrap()[0];
     dir.write(
         "herd.conf",
-        &format!("server Alpha 127.0.0.1:{port}\nlnk Alpha Beta\n"),
-    );
+        &format!("server Alpha {addr}\nlnk Alpha Beta\n"),
+    )
+    .unwrap();
     let run = run_herd(&["--all", "herd.conf"], dir.path());
     assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
     let lines = run.stderr_lines();
@@ -147,12 +164,12 @@ fn all_with_a_bad_config_exits_2_too() {
         "names the line: {:?}",
         lines[0]
     );
-    assert!(!port_accepts(port), "no port opened");
+    assert!(!accepts(addr), "no port opened");
 }
 
 #[test]
 fn comments_blank_lines_and_every_documented_directive_are_accepted() {
-    let fake = common::fake_places::FakePlaces::start();
+    let fake = FakePlaces::start();
     let server = Server::builder("Alpha")
         .places(&fake)
         .line("   # an indented comment")

@@ -1,9 +1,10 @@
 //! The fake Places server itself (tests/common/fake_places.rs), checked with raw HTTP so the
 //! other tests and the load bench can trust it.
 
-mod common;
+#[path = "common/fake_places.rs"]
+mod fake_places;
 
-use common::fake_places::{FakePlaces, Reply};
+use fake_places::{FakePlaces, Reply};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,9 +2,20 @@
 //! bytes, blank lines, U+00A0 inside a field, non-UTF-8 bytes, several commands per
 //! connection, commands split across writes.
 
-mod common;
+#[path = "common/checks.rs"]
+mod checks;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/server.rs"]
+mod server;
 
-use common::{check_at_line, Server};
+use checks::check_at_line;
+use server::Server;
+use std::time::{Duration, Instant};
 
 fn server() -> Server {
     Server::builder("Alpha").start()
@@ -115,7 +126,7 @@ fn a_command_split_across_writes_is_one_line() {
     for piece in [&b"IAM"[..], b"AT c1 +1", b"+2 10", b"0\r"] {
         client.send_raw(piece);
         assert!(
-            client.is_quiet_for(std::time::Duration::from_millis(50)),
+            client.is_quiet_until(Instant::now() + Duration::from_millis(50)),
             "no reply before the line is complete"
         );
     }

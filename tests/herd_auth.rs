@@ -4,12 +4,19 @@
 //! nothing; and an accepted neighbour that sends anything but AT lines, or an endless line, is
 //! dropped and logged while the server keeps serving.
 
+#[path = "common/client.rs"]
+mod client;
 #[path = "common/cluster.rs"]
 mod cluster;
-mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/raw_peer.rs"]
+mod raw_peer;
 
-use cluster::{log_event, Herd, RawPeer};
-use common::{now, time_from_now};
+use client::{now, time_from_now};
+use cluster::Herd;
+use harness::{accepted_conn, log_event, tail};
+use raw_peer::RawPeer;
 use std::io::Write;
 
 const SECRET_ENV: &str = "HERD_PEER_SECRET";
@@ -27,17 +34,9 @@ fn three_in_a_row() -> Herd {
 
 /// The `conn=ID` that `server` gave the connection from our local `port`.
 fn conn_id(herd: &Herd, server: &str, port: u16) -> String {
-    let needle = format!("from 127.0.0.1:{port}");
-    let log = herd.wait_log_count(server, &needle, 1);
-    let event = log
-        .lines()
-        .map(log_event)
-        .find(|e| e.starts_with("accept conn=") && e.ends_with(&needle))
-        .unwrap_or_else(|| panic!("an `accept conn=ID {needle}` record"));
-    event["accept conn=".len()..]
-        .split(' ')
-        .next()
-        .unwrap_or_default()
+    let log = herd.wait_log_count(server, &format!("from 127.0.0.1:{port}"), 1);
+    accepted_conn(&log, port)
+        .unwrap_or_else(|| panic!("an `accept conn=ID from 127.0.0.1:{port}` record"))
         .to_string()
 }
 
@@ -224,7 +223,7 @@ fn a_neighbour_that_sends_anything_but_at_lines_is_dropped_and_the_server_keeps_
                 .starts_with(&format!("peer conn={id} Bona: invalid line"))
                 && e.ends_with(line)),
             "Campbell logged why it dropped conn={id} after {line:?}:\n{}",
-            cluster::tail(&log, 20)
+            tail(&log, 20)
         );
         check_serving(&herd, &format!("client-{i}.example"));
     }
@@ -247,7 +246,7 @@ fn a_neighbour_that_sends_an_endless_line_is_dropped_and_the_server_keeps_servin
     assert!(
         log.contains(&format!("peer conn={id} Bona: line over the limit")),
         "Campbell logged why it dropped conn={id}:\n{}",
-        cluster::tail(&log, 20)
+        tail(&log, 20)
     );
     check_serving(&herd, "after-endless.example");
 }

@@ -3,15 +3,33 @@
 //! mid-run is caught up by resyncs when it comes back; and a partition (a TCP relay cut between
 //! the two halves of a chain) heals to the newest record of every client on every server.
 
+#[path = "common/client.rs"]
+mod client;
 #[path = "common/cluster.rs"]
 mod cluster;
-mod common;
+#[path = "common/harness.rs"]
+mod harness;
 
-use cluster::{
-    log_event, log_time_nanos, Herd, Relay, BACKOFF_MAX_MS, BACKOFF_MIN_MS, SPEC_SERVERS,
-};
-use common::{parse_nanos, time_from_now, wait_until};
+use client::{parse_nanos, time_from_now};
+use cluster::{Herd, BACKOFF_MAX_MS, BACKOFF_MIN_MS};
+use harness::{log_event, log_time_nanos, wait_until, SPEC_SERVERS};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
+
+/// The servers `name` is linked with, in config order.
+fn neighbours(herd: &Herd, name: &str) -> Vec<String> {
+    herd.links()
+        .iter()
+        .filter_map(|(a, b)| match (a == name, b == name) {
+            (true, _) => Some(b.clone()),
+            (_, true) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
 
 fn record(id: &str, line: &str) -> (String, String) {
     (id.to_string(), line.to_string())
@@ -148,7 +166,7 @@ fn a_killed_server_leaves_the_herd_flooding_and_catches_up_when_restarted() {
     let before = herd.iamat("Clark", "before.example", "+10+10", &time_from_now(-9));
     herd.wait_converged(&SPEC_SERVERS, &[record("before.example", &before)]);
 
-    let bona_neighbours = herd.neighbours("Bona");
+    let bona_neighbours = neighbours(&herd, "Bona");
     let downs: Vec<usize> = bona_neighbours
         .iter()
         .map(|n| herd.count_in_log(n, "link down Bona"))
@@ -339,4 +357,154 @@ fn a_healed_partition_converges_to_the_newest_record_of_every_client() {
         record("east.example", &solo_east),
     ];
     herd.wait_converged(&all, &expected);
+}
+
+/// A TCP relay on a loopback port of its own that forwards every connection to `target`,
+/// byte for byte both ways, until it is [`cut`](Relay::cut): then every relayed connection is
+/// shut down and new ones are accepted and closed at once, as a network partition looks to
+/// the servers (a link drops, reconnects fail) until [`restore`](Relay::restore).
+pub struct Relay {
+    pub port: u16,
+    shared: Arc<RelayShared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+struct RelayShared {
+    target: SocketAddr,
+    state: Mutex<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    cut: bool,
+    stopping: bool,
+    /// Both sockets of every relayed connection, to shut down on a cut.
+    open: Vec<TcpStream>,
+    relayed: usize,
+    dropped: usize,
+}
+
+impl RelayShared {
+    fn state(&self) -> MutexGuard<'_, RelayState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Relay {
+    /// A relay to 127.0.0.1:`target_port` (which need not be listening yet).
+    pub fn start(target_port: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let shared = Arc::new(RelayShared {
+            target: ([127, 0, 0, 1], target_port).into(),
+            state: Mutex::new(RelayState::default()),
+        });
+        let for_thread = Arc::clone(&shared);
+        let acceptor = thread::spawn(move || accept_loop(listener, for_thread));
+        Relay {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// Shuts down every relayed connection; until [`restore`](Relay::restore), new ones are
+    /// closed as soon as they are accepted.
+    pub fn cut(&self) {
+        let mut state = self.shared.state();
+        state.cut = true;
+        for stream in state.open.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Relays new connections again.
+    pub fn restore(&self) {
+        self.shared.state().cut = false;
+    }
+
+    /// Connections relayed so far.
+    pub fn relayed(&self) -> usize {
+        self.shared.state().relayed
+    }
+
+    /// Connections accepted and closed at once because the relay was cut.
+    pub fn dropped(&self) -> usize {
+        self.shared.state().dropped
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.state();
+            state.stopping = true;
+        }
+        self.cut();
+        // Wake the blocking accept so the thread sees `stopping`.
+        let _ =
+            TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<RelayShared>) {
+    for incoming in listener.incoming() {
+        let mut state = shared.state();
+        if state.stopping {
+            return;
+        }
+        let Ok(client) = incoming else {
+            drop(state);
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        if state.cut {
+            state.dropped += 1;
+            drop(client);
+            continue;
+        }
+        let Ok(server) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(1)) else {
+            state.dropped += 1;
+            continue; // the target is down: the client sees its connection close
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let clones = (
+            client.try_clone(),
+            server.try_clone(),
+            client.try_clone(),
+            server.try_clone(),
+        );
+        let (Ok(client_in), Ok(server_out), Ok(client_keep), Ok(server_keep)) = clones else {
+            state.dropped += 1;
+            continue;
+        };
+        state.open.push(client_keep);
+        state.open.push(server_keep);
+        state.relayed += 1;
+        drop(state);
+        thread::spawn(move || pump(client_in, server_out));
+        thread::spawn(move || pump(server, client));
+    }
+}
+
+/// Copies `from` to `to` until either side ends, then shuts both down (a link is one
+/// conversation: when one half goes, the connection is over).
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
 }

@@ -2,15 +2,22 @@
 //! answers, and a neighbour that accepted the link but then falls silent (a silent partition,
 //! a hung process) is taken down and retried instead of holding updates forever.
 
+#[path = "common/client.rs"]
+mod client;
 #[path = "common/cluster.rs"]
 mod cluster;
-mod common;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/raw_peer.rs"]
+mod raw_peer;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use cluster::{Herd, RawPeer};
+use cluster::Herd;
+use harness::wait_until;
+use raw_peer::RawPeer;
 
 #[test]
 fn an_accepted_neighbour_answers_pings() {
@@ -35,7 +42,7 @@ fn a_neighbour_that_welcomes_but_falls_silent_is_taken_down_and_retried() {
     herd.route("Campbell", "Bona", fake_port);
     herd.start("Campbell");
 
-    let (stream, _) = silent_bona.accept().expect("Campbell's link connects");
+    let stream = accept_within(&silent_bona, Duration::from_secs(5));
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("set_read_timeout");
@@ -69,6 +76,28 @@ fn a_neighbour_that_welcomes_but_falls_silent_is_taken_down_and_retried() {
     );
     assert!(log.contains("link retry Bona in"), "{log}");
     // The retry reconnects to the same (fake) address.
-    silent_bona.set_nonblocking(false).expect("blocking accept");
-    let (_again, _) = silent_bona.accept().expect("Campbell retries the link");
+    accept_within(&silent_bona, Duration::from_secs(5));
+}
+
+/// The next connection `listener` accepts within `timeout` (a test that never gets one fails
+/// instead of hanging), as a blocking stream the reads' timeouts apply to.
+fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
+    listener.set_nonblocking(true).expect("nonblocking accept");
+    let mut accepted = None;
+    let connected = wait_until(timeout, || match listener.accept() {
+        Ok((stream, _)) => {
+            accepted = Some(stream);
+            true
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept failed: {e}"),
+    });
+    assert!(
+        connected,
+        "Campbell's link did not connect within {timeout:?}"
+    );
+    let stream = accepted.expect("accepted");
+    // Not every platform's accept(2) clears the listener's O_NONBLOCK on the new socket.
+    stream.set_nonblocking(false).expect("blocking stream");
+    stream
 }

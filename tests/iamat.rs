@@ -1,10 +1,27 @@
 //! IAMAT (SPEC section 2): the exact AT reply, the signed 9-digit time difference checked
 //! against the test's own clock, fields copied as written, and newest-wins storage.
 
-mod common;
+#[path = "common/checks.rs"]
+mod checks;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/server.rs"]
+mod server;
 
-use common::fake_places::FakePlaces;
-use common::{check_at_line, now_nanos, parse_nanos, time_from_now, Client, Server};
+use checks::check_at_line;
+use client::{now, parse_nanos, time_from_now, Client};
+use fake_places::FakePlaces;
+use server::Server;
+
+/// Current POSIX time in nanoseconds.
+fn now_nanos() -> i128 {
+    let (secs, nanos) = now();
+    secs as i128 * 1_000_000_000 + nanos as i128
+}
 
 const SECOND: i128 = 1_000_000_000;
 /// Slack for the server reading a clock a little before/after our own readings.

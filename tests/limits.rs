@@ -1,9 +1,21 @@
 //! Limits (SPEC section 2 on long lines, README "Config reference" and "Behaviour the SPEC
 //! leaves open"): `limit line-bytes`, `limit connections`, `limit output-bytes`.
 
-mod common;
+#[path = "common/checks.rs"]
+mod checks;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/server.rs"]
+mod server;
 
-use common::{check_at_line, Client, Server};
+use checks::check_at_line;
+use client::Client;
+use harness::wait_until;
+use server::Server;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -197,7 +209,7 @@ fn client_that_never_reads_is_dropped_past_output_bytes() {
         }
         (20_000, None)
     });
-    let found = common::wait_until(Duration::from_secs(20), || {
+    let found = wait_until(Duration::from_secs(20), || {
         server.log_text().contains("limit output-bytes")
     });
     let (sent, error) = writing.join().expect("writer thread");

@@ -2,23 +2,27 @@
 //! `send`, `close` and `places` records, network bytes escaped, `log lines off`, flushed at
 //! exit.
 
-mod common;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/server.rs"]
+mod server;
 
-use common::fake_places::FakePlaces;
-use common::{conn_id, records, wait_for_record, Server};
+use fake_places::FakePlaces;
+use harness::log_time_nanos;
+use server::{conn_id, records, wait_for_record, Server};
 use std::time::Duration;
 
-/// Every record starts with an RFC 3339 timestamp (`2024-05-19T22:13:47...`).
+/// Every record starts with an RFC 3339 UTC timestamp (`2024-05-19T22:13:47.123456Z`), the
+/// one the harness reads flood times from.
 fn assert_timestamped(line: &str) {
-    let bytes = line.as_bytes();
-    let ok = bytes.len() > 19
-        && bytes[..4].iter().all(u8::is_ascii_digit)
-        && bytes[4] == b'-'
-        && bytes[7] == b'-'
-        && bytes[10] == b'T'
-        && bytes[13] == b':'
-        && bytes[16] == b':';
-    assert!(ok, "record starts with an RFC 3339 timestamp: {line:?}");
+    assert!(
+        log_time_nanos(line).is_some(),
+        "record starts with an RFC 3339 timestamp: {line:?}"
+    );
 }
 
 /// The one record `event conn=ID ...` whose text after `conn=ID ` is `rest`.
@@ -154,10 +158,10 @@ fn places_calls_are_logged_with_outcome_and_duration() {
     let id = conn_id(&server, client.local_port());
     client.iamat("c1", "+1+2", "100");
     client.send("WHATSAT c1 10 5");
-    client.read_whatsat_reply();
+    client.read_until_blank_line();
     fake.set_delay(Duration::from_secs(1));
     client.send("WHATSAT c1 10 5");
-    client.read_whatsat_reply();
+    client.read_until_blank_line();
     drop(client);
     let log = wait_for_record(&server, "close", &id);
     let places = records(&log, "places", &id);

@@ -4,11 +4,23 @@
 //! `500 INTERNAL`, `429 RESOURCE_EXHAUSTED`), nothing hangs, and the API key never shows up in
 //! a reply or the log.
 
-mod common;
+#[path = "common/checks.rs"]
+mod checks;
+#[path = "common/client.rs"]
+mod client;
+#[path = "common/fake_places.rs"]
+mod fake_places;
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/server.rs"]
+mod server;
 
-use common::fake_places::{google_error_body, FakePlaces, Reply};
-use common::{check_at_line, check_error_shape, check_framing, Client, Server, API_KEY};
+use checks::{check_at_line, check_error_shape, check_framing, fake_ids, place_ids};
+use client::Client;
+use fake_places::{google_error_body, FakePlaces, Reply};
+use harness::API_KEY;
 use serde_json::Value;
+use server::{conn_id, wait_for_record, Server};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -215,10 +227,7 @@ fn full_queue_answers_the_overflow_at_once_with_429() {
             );
             outcomes.push("overflow");
         } else {
-            assert_eq!(
-                common::place_ids(&json, "places", "id"),
-                common::fake_ids(bound)
-            );
+            assert_eq!(place_ids(&json, "places", "id"), fake_ids(bound));
             outcomes.push("queued");
         }
     }
@@ -229,10 +238,7 @@ fn full_queue_answers_the_overflow_at_once_with_429() {
         "exactly one of the two overflows"
     );
     let json = check_framing(&first.read_whatsat_reply(), &at);
-    assert_eq!(
-        common::place_ids(&json, "places", "id"),
-        common::fake_ids(1)
-    );
+    assert_eq!(place_ids(&json, "places", "id"), fake_ids(1));
 }
 
 #[test]
@@ -243,7 +249,7 @@ fn api_key_never_appears_in_replies_or_log_with_legacy_failures() {
         .line("places timeout-ms 300")
         .start();
     let mut client = server.client();
-    let id = common::conn_id(&server, client.local_port());
+    let id = conn_id(&server, client.local_port());
     let at = client.iamat("c1", "+34-118", "100");
     let mut replies = String::new();
     let scenarios: Vec<(Reply, Duration)> = vec![
@@ -277,7 +283,7 @@ fn api_key_never_appears_in_replies_or_log_with_legacy_failures() {
     );
     assert!(!replies.contains(API_KEY), "key in a reply:\n{replies}");
     drop(client);
-    let log = common::wait_for_record(&server, "close", &id);
+    let log = wait_for_record(&server, "close", &id);
     assert!(log.contains("places"), "Places calls are logged:\n{log}");
     assert!(!log.contains(API_KEY), "key in the log:\n{log}");
     assert!(!server.stderr_text().contains(API_KEY), "key on stderr");
@@ -291,7 +297,7 @@ fn api_key_never_appears_with_the_new_api_either() {
         .line("places timeout-ms 300")
         .start();
     let mut client = server.client();
-    let id = common::conn_id(&server, client.local_port());
+    let id = conn_id(&server, client.local_port());
     let at = client.iamat("c1", "+34-118", "100");
     let mut replies = String::new();
     for reply in [Reply::Places, Reply::NotJson, Reply::Close] {
@@ -303,6 +309,6 @@ fn api_key_never_appears_with_the_new_api_either() {
     }
     assert!(!replies.contains(API_KEY), "key in a reply:\n{replies}");
     drop(client);
-    let log = common::wait_for_record(&server, "close", &id);
+    let log = wait_for_record(&server, "close", &id);
     assert!(!log.contains(API_KEY), "key in the log:\n{log}");
 }

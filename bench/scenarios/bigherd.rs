@@ -63,7 +63,7 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
             let (names, links) = grid();
             let config = HerdConfig::new(&names, &links)?.with(&refused_places_url()?);
             let herd = Herd::start(&ctx.bin, config, "bigherd")?;
-            let dir = herd.dir.path.clone();
+            let dir = herd.dir.path().to_path_buf();
             (names, herd.addrs(), links, Some(dir), Some(herd))
         }
     };

@@ -179,7 +179,7 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     );
 
     let origin_pid = match &herd {
-        Some(herd) => Some(herd.servers[0].pid()),
+        Some(herd) => herd.pid(0),
         None => pid_listening_on(addrs[0]),
     };
     let spec = LoadSpec::new(addrs[0], 50, 1, ctx.secs(3.0)).server(origin_pid);
@@ -214,7 +214,7 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
         herd.terminate();
     }
     let log_dir = match (&herd, &ctx.target) {
-        (Some(herd), _) => Some(herd.dir.path.clone()),
+        (Some(herd), _) => Some(herd.dir.path().to_path_buf()),
         (None, Some(Target::Herd(t))) => t.log_dir.clone(),
         _ => None,
     };
@@ -272,8 +272,7 @@ fn alone_rate(ctx: &Ctx, directives: &[String]) -> Result<(LoadReport, Row), Str
         config = config.with(d);
     }
     let herd = Herd::start(&ctx.bin, config, "alone")?;
-    let spec = LoadSpec::new(herd.config.addrs[0], 50, 1, ctx.secs(3.0))
-        .server(Some(herd.servers[0].pid()));
+    let spec = LoadSpec::new(herd.config.addrs[0], 50, 1, ctx.secs(3.0)).server(herd.pid(0));
     let load = run_load(&spec, &mut IamatLoad::cycling(&ctx.names, 50))?;
     let row = load_row("IAMAT C=50 P=1, one server alone", &load);
     Ok((load, row))

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::commands::Names;
+use crate::harness::{link_indices, SPEC_LINKS, SPEC_SERVERS};
 use crate::herd::{pid_listening_on, Herd, HerdConfig};
 use crate::load::LoadReport;
 use crate::report::{fmt_latency, fmt_ns, fmt_rate, Row};
@@ -102,48 +103,22 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--target {text}: no address"))
 }
 
-/// Reads the `server`, `link` and `log dir` lines of a herd.conf (SPEC section 4).
+/// The servers, links and log directory of a herd.conf, read with the server's own parser.
 fn parse_config(path: &Path) -> Result<TargetHerd, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut herd = TargetHerd {
-        names: Vec::new(),
-        addrs: Vec::new(),
-        links: Vec::new(),
-        log_dir: None,
-    };
-    let mut link_names = Vec::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            ["server", name, addr] => {
-                herd.names.push(name.to_string());
-                herd.addrs.push(resolve(addr)?);
-            }
-            ["link", a, b] => link_names.push((a.to_string(), b.to_string())),
-            ["log", "dir", dir] => {
-                let base = path.parent().unwrap_or(Path::new("."));
-                herd.log_dir = Some(base.join(dir));
-            }
-            _ => {}
-        }
-    }
-    for (a, b) in link_names {
-        let index = |name: &str| herd.names.iter().position(|n| n == name);
-        match (index(&a), index(&b)) {
-            (Some(i), Some(j)) => herd.links.push((i, j)),
-            _ => {
-                return Err(format!(
-                    "{}: link {a} {b} names an unknown server",
-                    path.display()
-                ))
-            }
-        }
-    }
-    if herd.addrs.is_empty() {
-        return Err(format!("{}: no server lines", path.display()));
-    }
-    Ok(herd)
+    let config = ::herd::config::parse_config(&text)
+        .map_err(|e| format!("{}:{}: {}", path.display(), e.line, e.problem))?;
+    let names: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
+    let links =
+        link_indices(&names, &config.links).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A relative `log dir` is relative to where the servers run: take the config's directory.
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(TargetHerd {
+        addrs: config.servers.iter().map(|s| s.addr).collect(),
+        names,
+        links,
+        log_dir: Some(base.join(&config.log.dir)),
+    })
 }
 
 /// The server a single-server scenario measures: `--target`, or a fresh herd of one.
@@ -178,7 +153,7 @@ impl Subject {
     pub fn pid(&self) -> Option<u32> {
         match self {
             Subject::Target { pid, .. } => *pid,
-            Subject::Own(herd) => Some(herd.servers[0].pid()),
+            Subject::Own(herd) => herd.pid(0),
         }
     }
 }
@@ -263,21 +238,7 @@ pub fn eccentricity(n: usize, links: &[(usize, usize)], from: usize) -> Option<u
 
 /// The SPEC's five-server herd (section 4).
 pub fn five_servers() -> (Vec<String>, Vec<(usize, usize)>) {
-    let names: Vec<String> = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let index = |name: &str| names.iter().position(|n| n == name).unwrap_or(0);
-    let links = [
-        ("Clark", "Jaquez"),
-        ("Clark", "Bona"),
-        ("Campbell", "Bailey"),
-        ("Campbell", "Bona"),
-        ("Campbell", "Jaquez"),
-        ("Bona", "Bailey"),
-    ]
-    .iter()
-    .map(|&(a, b)| (index(a), index(b)))
-    .collect();
+    let names: Vec<String> = SPEC_SERVERS.iter().map(|s| s.to_string()).collect();
+    let links = link_indices(&names, &SPEC_LINKS).unwrap_or_default();
     (names, links)
 }
