@@ -276,6 +276,6 @@ fn a_neighbours_update_from_far_ahead_is_not_stored_and_the_link_stays_up() {
     assert!(
         !log.contains(&format!("close conn={id} ")),
         "the link was not dropped:\n{}",
-        cluster::tail(&log, 20)
+        tail(&log, 20)
     );
 }
