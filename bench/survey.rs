@@ -23,10 +23,12 @@ use crate::commands::{parse_client_time, whatsat};
 const WINDOW: usize = 256;
 
 /// One finished round: each asked client (an index into the survey's ids) with the client time
-/// the server stored for it (`None`: unknown to it), and when the last reply arrived.
+/// the server stored for it (`None`: unknown to it), when it was asked, and when the last reply
+/// arrived.
 pub struct Round {
     pub server: usize,
     pub answers: Vec<(u32, Option<u128>)>,
+    pub asked_at: Instant,
     pub last_reply: Instant,
 }
 
@@ -43,12 +45,23 @@ struct Conn {
     in_body: bool,
 }
 
-/// A server's current round: replies still owed and those received.
-#[derive(Default)]
+/// A server's current round: when it was asked, replies still owed and those received.
 struct Pending {
+    asked_at: Instant,
     owed: usize,
     answers: Vec<(u32, Option<u128>)>,
     last_reply: Option<Instant>,
+}
+
+impl Pending {
+    fn new(owed: usize) -> Pending {
+        Pending {
+            asked_at: Instant::now(),
+            owed,
+            answers: Vec::with_capacity(owed),
+            last_reply: None,
+        }
+    }
 }
 
 pub struct Survey {
@@ -102,7 +115,7 @@ impl Survey {
             poll,
             conns,
             per_server,
-            pending: (0..addrs.len()).map(|_| Pending::default()).collect(),
+            pending: (0..addrs.len()).map(|_| Pending::new(0)).collect(),
             ids: ids.to_vec(),
             next_conn: vec![0; addrs.len()],
         })
@@ -115,11 +128,7 @@ impl Survey {
         if pending.owed > 0 {
             return Err(format!("server {server} still owes a round"));
         }
-        *pending = Pending {
-            owed: clients.len(),
-            answers: Vec::with_capacity(clients.len()),
-            last_reply: None,
-        };
+        *pending = Pending::new(clients.len());
         for &client in clients {
             let at = server * self.per_server + self.next_conn[server];
             self.next_conn[server] = (self.next_conn[server] + 1) % self.per_server;
@@ -168,6 +177,7 @@ impl Survey {
                     done.push(Round {
                         server,
                         answers: std::mem::take(&mut pending.answers),
+                        asked_at: pending.asked_at,
                         last_reply,
                     });
                 }

@@ -16,11 +16,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::commands::Names;
-use crate::herd::{pid_listening_on, refused_places_url, rss_bytes, Herd, HerdConfig};
+use crate::herd::{
+    cpu_secs, machine_cpu_secs, own_cpu_secs, pid_listening_on, refused_places_url, rss_bytes,
+    Herd, HerdConfig,
+};
 use crate::load::{run_load, Expect, LoadReport, LoadSpec, Workload};
 use crate::report::{fmt_count, fmt_ns, fmt_rate, Row, Section};
 use crate::scenarios::flood::first_update;
-use crate::scenarios::{five_servers, Ctx, Target};
+use crate::scenarios::{five_servers, round3, Ctx, Target};
 use crate::survey::Survey;
 use crate::watch::Flood;
 
@@ -182,12 +185,53 @@ impl Servers {
     fn rss(&self) -> Vec<Option<u64>> {
         self.pids.iter().map(|p| p.and_then(rss_bytes)).collect()
     }
+
+    fn cpu(&self) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            servers: self.pids.iter().map(|p| p.and_then(cpu_secs)).collect(),
+            bench: own_cpu_secs(),
+            machine: machine_cpu_secs(),
+        }
+    }
+}
+
+/// Shares of one core: each server, the bench process, everything else on the machine.
+type CpuShares = (Vec<Option<f64>>, Option<f64>, Option<f64>);
+
+/// CPU seconds used so far by every server, this process and the whole machine: read before
+/// and after the load, so the row shows whether the herd or something outside it (a build
+/// beside the bench) had the cores.
+struct CpuMark {
+    at: Instant,
+    servers: Vec<Option<f64>>,
+    bench: Option<f64>,
+    machine: Option<f64>,
+}
+
+impl CpuMark {
+    /// Shares of one core from `self` to `later`: each server, the bench, and everything else.
+    fn shares(&self, later: &CpuMark) -> CpuShares {
+        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let used = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / wall);
+        let servers: Vec<Option<f64>> = (self.servers.iter().zip(&later.servers))
+            .map(|(&a, &b)| used(a, b))
+            .collect();
+        let bench = used(self.bench, later.bench);
+        let outside = (|| {
+            let herd: f64 = servers.iter().flatten().sum();
+            Some((used(self.machine, later.machine)? - bench? - herd).max(0.0))
+        })();
+        (servers, bench, outside)
+    }
 }
 
 /// How the catch-up went, per polled server (in `Servers::others` order).
 struct CatchUp {
     /// Since the last acknowledgement, when the round that found the server current ended.
     caught: Vec<Option<Duration>>,
+    /// How long that round took (ask to last reply): the figure is late by at most this.
+    last_round: Vec<Option<Duration>>,
     /// Polled clients still stale when the limit passed.
     stale: Vec<usize>,
     rounds: u64,
@@ -206,6 +250,7 @@ fn catch_up(
 ) -> Result<CatchUp, String> {
     let mut result = CatchUp {
         caught: vec![None; servers],
+        last_round: vec![None; servers],
         stale: vec![polled.len(); servers],
         rounds: 0,
         newer: 0,
@@ -245,6 +290,7 @@ fn catch_up(
             result.stale[s] = lacking[s].len();
             if lacking[s].is_empty() {
                 result.caught[s] = Some(round.last_reply.saturating_duration_since(since));
+                result.last_round[s] = Some(round.last_reply - round.asked_at);
             }
         }
     }
@@ -361,7 +407,9 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
     // Opened before the load, so polling starts the moment it ends.
     let mut survey = Survey::connect(&other_addrs, POLL_CONNECTIONS, &ids)?;
     let mut work = Tracked::new(&ctx.names, &ids, clients);
+    let cpu_before = servers.cpu();
     let load = run_load(&load_spec(ctx, clients, origin_addr, &servers), &mut work)?;
+    let cpu = cpu_before.shares(&servers.cpu());
     let since = load.last_reply.ok_or("no IAMAT was answered")?;
 
     let expected: Vec<Option<u128>> = work
@@ -406,6 +454,7 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
         &servers.names,
         (&rss_before, &rss_after),
     ));
+    rows.push(cpu_row(&servers.names, &cpu));
     if let Some(swept) = &swept {
         rows.push(sweep_row(swept, others.len() * acked.len()));
     }
@@ -439,10 +488,15 @@ fn catch_up_row(config: String, caught: &CatchUp, names: &[String], load: &LoadR
     };
     let each: Vec<String> = names
         .iter()
-        .zip(caught.caught.iter().zip(&caught.stale))
-        .map(|(name, (time, stale))| match time {
-            Some(t) => format!("{name} {}", fmt_ns(t.as_nanos() as u64)),
-            None => format!("{name} {stale} stale"),
+        .zip(caught.caught.iter().zip(&caught.last_round))
+        .zip(&caught.stale)
+        .map(|((name, (time, round)), stale)| match (time, round) {
+            (Some(t), Some(r)) => format!(
+                "{name} {} (round {})",
+                fmt_ns(t.as_nanos() as u64),
+                fmt_ns(r.as_nanos() as u64)
+            ),
+            _ => format!("{name} {stale} stale"),
         })
         .collect();
     result += &format!(": {}; {} rounds", each.join(", "), caught.rounds);
@@ -462,6 +516,11 @@ fn catch_up_row(config: String, caught: &CatchUp, names: &[String], load: &LoadR
             Some(t) => row.figure(&format!("caught_up_ns_{name}"), t.as_nanos() as u64),
             None => row.figure(&format!("stale_{name}"), *stale),
         };
+    }
+    for (name, round) in names.iter().zip(&caught.last_round) {
+        if let Some(r) = round {
+            row = row.figure(&format!("last_round_ns_{name}"), r.as_nanos() as u64);
+        }
     }
     // A '?' or missing IAMAT reply would leave the expected times unknown: no verdict then.
     let sound = load.errors == 0 && load.unanswered == 0 && caught.newer == 0;
@@ -520,6 +579,31 @@ fn load_rss_row(
         }
     }
     row.result(result)
+}
+
+/// Who used the CPU over the load (warm-up and drain included), as shares of one core.
+fn cpu_row(names: &[String], (servers, bench, outside): &CpuShares) -> Row {
+    let pct = |x: Option<f64>| x.map_or("?".to_string(), |x| format!("{:.0}%", x * 100.0));
+    let mut cells: Vec<String> = names
+        .iter()
+        .zip(servers)
+        .map(|(name, &x)| format!("{name} {}", pct(x)))
+        .collect();
+    cells.push(format!("bench {}", pct(*bench)));
+    cells.push(format!("outside {}", pct(*outside)));
+    let mut row = Row::new("  CPU over the load").result(cells.join(", "));
+    for (name, x) in names.iter().zip(servers) {
+        if let Some(x) = x {
+            row = row.figure(&format!("cpu_{name}"), round3(*x));
+        }
+    }
+    if let Some(x) = bench {
+        row = row.figure("cpu_bench", round3(*x));
+    }
+    if let Some(x) = outside {
+        row = row.figure("cpu_outside", round3(*x));
+    }
+    row
 }
 
 /// The untimed check of every client at every server.
