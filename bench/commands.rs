@@ -45,10 +45,21 @@ impl Names {
     /// A whole IAMAT line for `client` at client time base + `tick` nanoseconds.
     pub fn iamat(&self, client: &str, tick: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
+        self.push_iamat(&mut out, client, tick);
+        out
+    }
+
+    /// Appends the IAMAT line of `iamat` to `out` (no allocation, for the load generator).
+    pub fn push_iamat(&self, out: &mut Vec<u8>, client: &str, tick: u64) {
         out.extend_from_slice(b"IAMAT ");
         out.extend_from_slice(client.as_bytes());
-        self.push_rest(&mut out, tick);
-        out
+        self.push_rest(out, tick);
+    }
+
+    /// The client time of `tick` in nanoseconds since the Unix epoch, as a reply's time field
+    /// reads back with `parse_client_time`.
+    pub fn time_ns(&self, tick: u64) -> u128 {
+        self.base_secs as u128 * 1_000_000_000 + tick as u128
     }
 
     /// ` LOCATION SECS.NANOS\n`, the part of an IAMAT after the client id.
@@ -61,6 +72,24 @@ impl Names {
         push_decimal(out, tick % 1_000_000_000, 9);
         out.push(b'\n');
     }
+}
+
+/// A client time field (`SECS.FRACTION`, as an AT line carries it) in nanoseconds since the
+/// epoch; digits past the ninth are dropped.
+pub fn parse_client_time(field: &[u8]) -> Option<u128> {
+    let text = std::str::from_utf8(field).ok()?;
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: u128 = secs.parse().ok()?;
+    let mut nanos: u128 = 0;
+    for i in 0..9 {
+        let digit = match frac.as_bytes().get(i) {
+            Some(d) if d.is_ascii_digit() => (d - b'0') as u128,
+            Some(_) => return None,
+            None => 0,
+        };
+        nanos = nanos * 10 + digit;
+    }
+    Some(secs * 1_000_000_000 + nanos)
 }
 
 pub fn whatsat(client: &str, radius_km: u32, bound: u32) -> Vec<u8> {

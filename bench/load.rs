@@ -37,6 +37,10 @@ pub trait Workload {
     /// Appends one command for connection `conn` to `out` and says what its reply looks like;
     /// `None` when a bounded run has issued everything.
     fn next_command(&mut self, conn: usize, out: &mut Vec<u8>) -> Option<Expect>;
+
+    /// `replies` more of connection `conn`'s commands were answered, the oldest first (for a
+    /// workload that records which updates were acknowledged).
+    fn answered(&mut self, _conn: usize, _replies: usize) {}
 }
 
 pub struct LoadSpec {
@@ -134,6 +138,8 @@ pub struct LoadReport {
     /// Paced mode: commands due inside the window never sent, their connection still full
     /// when it ended.
     pub unsent: u64,
+    /// When the run's last reply arrived (any server's), if one did.
+    pub last_reply: Option<Instant>,
 }
 
 /// CPU seconds used so far by each server, this thread, this process and the whole machine,
@@ -461,6 +467,8 @@ struct Run<'a> {
     exhausted: bool,
     draining_since: Option<u64>,
     last_completion: u64,
+    /// When the latest reply completed (a read may carry only part of one).
+    last_reply: Option<u64>,
     cpu_at_start: Option<CpuMark>,
     cpu_at_end: Option<CpuMark>,
 }
@@ -497,6 +505,7 @@ impl<'a> Run<'a> {
             exhausted: false,
             draining_since: None,
             last_completion: 0,
+            last_reply: None,
             cpu_at_start: None,
             cpu_at_end: None,
         }
@@ -666,6 +675,10 @@ impl<'a> Run<'a> {
                     report.errors += unexpected;
                     self.outstanding -= answered;
                     self.last_completion = now;
+                    if answered > 0 {
+                        self.work.answered(index, answered as usize);
+                        self.last_reply = Some(now);
+                    }
                     if self.pace.is_some() {
                         self.issue_due(conn, index, now);
                     } else if self.draining_since.is_none() && !self.exhausted {
@@ -701,8 +714,12 @@ impl<'a> Run<'a> {
             (Some(first), Some(last)) => Some(first.shares(last)),
             _ => None,
         };
+        let last_reply = self
+            .last_reply
+            .map(|ns| self.start + Duration::from_nanos(ns));
         for (i, report) in self.reports.iter_mut().enumerate() {
             report.window = window;
+            report.last_reply = last_reply;
             if let Some((servers, generator, other)) = &shares {
                 report.server_cpu = servers[i];
                 report.generator_cpu = *generator;

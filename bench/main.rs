@@ -16,6 +16,7 @@ mod load;
 mod logscan;
 mod report;
 mod scenarios;
+mod survey;
 mod watch;
 
 use std::os::unix::process::CommandExt;
@@ -31,13 +32,14 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 6] = [
+const SCENARIOS: [(&str, Scenario); 7] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
     ("conns", scenarios::conns::run),
     ("memory", scenarios::memory::run),
     ("bigherd", scenarios::bigherd::run),
+    ("staleness", scenarios::staleness::run),
 ];
 
 const USAGE: &str = "\
@@ -51,10 +53,12 @@ scenarios (default: all, in this order):
   conns    10,000 idle connections: all accepted? RSS per connection
   memory   RSS per client after 1,000,000 distinct clients
   bigherd  32 servers in a 4x8 grid: time until all know an update; peer messages
+  staleness  five-server herd: how far behind the others are when IAMAT load at one stops
 
 options:
   --target HOST:PORT   measure a running server instead of starting one
-  --target A,B,...     a running herd (flood, bigherd: the first is the origin)
+  --target A,B,...     a running herd (flood, bigherd: the first is the origin;
+                       staleness: Campbell, else the first)
   --target herd.conf   a running herd described by its config (servers, links, log dir)
   --quick              a quarter of the durations and counts (for development)
   --shape CxP          iamat: only C connections x P in flight (repeatable)

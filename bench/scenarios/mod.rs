@@ -8,6 +8,7 @@ pub mod flood;
 pub mod iamat;
 pub mod memory;
 pub mod places;
+pub mod staleness;
 
 use std::collections::VecDeque;
 use std::fs;
