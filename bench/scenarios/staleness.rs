@@ -166,9 +166,9 @@ impl Servers {
                 let herd = Herd::start(&ctx.bin, config, "staleness")?;
                 Ok(Servers {
                     origin: names.iter().position(|n| n == ORIGIN).unwrap_or(0),
+                    pids: (0..names.len()).map(|i| herd.pid(i)).collect(),
                     names,
                     addrs: herd.addrs(),
-                    pids: herd.servers.iter().map(|s| Some(s.pid())).collect(),
                     _herd: Some(herd),
                 })
             }
