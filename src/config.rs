@@ -136,7 +136,7 @@ impl Default for PeerSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(5000),
             ping_interval: Duration::from_millis(1000),
-            max_owed: 10_000,
+            max_owed: 1_000,
             stall_limit: Duration::from_millis(2000),
         }
     }

@@ -365,6 +365,13 @@ impl EventLoop {
                         link.owe(record, table);
                     }
                 }
+                Effect::Peered => {
+                    if let Some(entry) = self.conns.get(key) {
+                        if let Err(e) = net::limit_link_receive_buffer(&entry.stream) {
+                            warn!("peer conn={}: cannot size its buffer: {e}", entry.conn.id);
+                        }
+                    }
+                }
                 Effect::Lookup {
                     seq,
                     at_line,

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
@@ -38,12 +39,46 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
     }
 }
 
-/// Starts a nonblocking connect; completion is reported as writability (see
+/// The kernel buffer of a link's socket, on each side. Loopback autotuning grows them to
+/// megabytes (`tcp_rmem` allows 32 MiB), and every byte waiting in one is an update the
+/// neighbour has not applied yet while this server counts it as sent: small buffers keep what
+/// a link has in flight to a few milliseconds of records, so `peer max-owed` measures what the
+/// neighbour really lacks. Loopback needs little: its round trip is tens of microseconds.
+pub const LINK_SOCKET_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Starts a nonblocking connect for a link; completion is reported as writability (see
 /// [`connect_finished`]).
 pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
     let _ = stream.set_nodelay(true);
+    let _ = set_buffer(&stream, libc::SO_SNDBUF, LINK_SOCKET_BUFFER_BYTES);
     Ok(stream)
+}
+
+/// An accepted connection turned out to be a neighbour's link: bound what it may queue
+/// toward us, as the sending side bounds its own buffer.
+pub fn limit_link_receive_buffer(stream: &TcpStream) -> io::Result<()> {
+    set_buffer(stream, libc::SO_RCVBUF, LINK_SOCKET_BUFFER_BYTES)
+}
+
+fn set_buffer(stream: &TcpStream, option: libc::c_int, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open for the life of `stream`, and the option value is a
+    // c_int whose size is passed along with its address.
+    let status = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// After a writable event on a connecting socket: `Ok(true)` once connected, `Ok(false)` while

@@ -19,6 +19,8 @@ use crate::store::RecordIndex;
 pub enum Effect {
     /// The record was stored: every link owes it now (but the one toward its source).
     Flood(RecordIndex),
+    /// The connection is a neighbour's link from now on (its hello was accepted).
+    Peered,
     /// Ask Places; the reply goes into the slot `seq` reserved on the connection, and starts
     /// with `at_line`.
     Lookup {
@@ -69,7 +71,7 @@ pub fn handle_line(
             info!("peer conn={} is {name}", conn.id);
             conn.deliver(reply);
             conn.peer = Some(Peer { link, name });
-            None
+            Some(Effect::Peered)
         }
         ClientOutcome::Lookup { at_line, query } => Some(Effect::Lookup {
             seq: conn.reserve_reply(),
@@ -294,7 +296,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Effect::Lookup { seq, .. } => Some(*seq),
-                Effect::Flood(_) => None,
+                _ => None,
             })
             .collect();
         assert_eq!(effects.len(), 4);
@@ -315,7 +317,8 @@ mod tests {
     fn a_hello_turns_the_connection_into_a_neighbours_link() {
         let mut app = app();
         let mut conn = Connection::new(3);
-        feed(&mut conn, &mut app, b"HERD-HELLO Clark\n");
+        let effects = feed(&mut conn, &mut app, b"HERD-HELLO Clark\n");
+        assert_eq!(effects, [Effect::Peered]);
         assert_eq!(output(&conn), "HERD-WELCOME Campbell\n");
         assert_eq!(conn.peer.as_ref().map(|p| p.link), Some(1));
         let effects = feed(
