@@ -50,6 +50,67 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 /// The log is flushed at least this often (SPEC section 6 asks for within a second).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Client input held back for a link (`peer max-owed`) is logged as one summary line at most
+/// this often, not a line per episode: under a load the herd cannot carry there are thousands.
+const HOLD_BACK_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Episodes of client input held back since the last report, and their total length.
+struct HoldBacks {
+    episodes: u64,
+    held: Duration,
+    /// When the episode under way began.
+    since: Option<Instant>,
+    last_report: Instant,
+}
+
+impl HoldBacks {
+    fn new(now: Instant) -> HoldBacks {
+        HoldBacks {
+            episodes: 0,
+            held: Duration::ZERO,
+            since: None,
+            // The first episode is reported at the next flush, not a second later.
+            last_report: now.checked_sub(HOLD_BACK_REPORT_INTERVAL).unwrap_or(now),
+        }
+    }
+
+    fn observe(&mut self, holding: bool, now: Instant) {
+        match (holding, self.since) {
+            (true, None) => {
+                self.episodes += 1;
+                self.since = Some(now);
+            }
+            (false, Some(since)) => {
+                self.held += now.duration_since(since);
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The summary line, when one is due and there is something to say.
+    fn report(&mut self, now: Instant, max_owed: usize) -> Option<String> {
+        if self.episodes == 0 || now.duration_since(self.last_report) < HOLD_BACK_REPORT_INTERVAL {
+            return None;
+        }
+        let ongoing = self.since.map_or(Duration::ZERO, |since| {
+            self.since = Some(now);
+            now.duration_since(since)
+        });
+        let line = format!(
+            "peer max-owed: client input held back {} times for {} ms in the last {} ms \
+             (a link owed more than {max_owed} updates)",
+            self.episodes,
+            (self.held + ongoing).as_millis(),
+            now.duration_since(self.last_report).as_millis()
+        );
+        self.episodes = u64::from(self.since.is_some());
+        self.held = Duration::ZERO;
+        self.last_report = now;
+        Some(line)
+    }
+}
+
 /// What the loop needs from the config and the environment for one server.
 pub struct ServerSetup {
     pub name: String,
@@ -95,6 +156,8 @@ pub struct EventLoop {
     marked_closed: Vec<usize>,
     /// Connections that read input this turn; their replies are written after the links.
     read_this_turn: Vec<usize>,
+    hold_backs: HoldBacks,
+    max_owed: usize,
     stopping: bool,
 }
 
@@ -153,6 +216,8 @@ impl EventLoop {
             more_input: Vec::new(),
             marked_closed: Vec::new(),
             read_this_turn: Vec::new(),
+            hold_backs: HoldBacks::new(now),
+            max_owed: peer.max_owed,
             stopping: false,
         })
     }
@@ -168,7 +233,9 @@ impl EventLoop {
                 .iter()
                 .filter_map(Link::deadline)
                 .fold(next_flush, Instant::min);
-            let input_waits = !self.more_input.is_empty() && !self.holding_back_clients(now);
+            let holding = self.holding_back_clients(now);
+            self.hold_backs.observe(holding, now);
+            let input_waits = !self.more_input.is_empty() && !holding;
             let table = self.app.clients();
             let links_have_work = self.links.iter().any(|l| l.has_unsent(table));
             let timeout = if input_waits || links_have_work {
@@ -214,6 +281,9 @@ impl EventLoop {
             }
             self.close_marked();
             if Instant::now() >= next_flush {
+                if let Some(line) = self.hold_backs.report(Instant::now(), self.max_owed) {
+                    info!("{line}");
+                }
                 logging::flush();
                 next_flush = Instant::now() + FLUSH_INTERVAL;
             }
@@ -530,5 +600,32 @@ fn wall_clock() -> ClientTime {
     ClientTime {
         secs: since_epoch.as_secs() as i64,
         nanos: since_epoch.subsec_nanos(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_back_input_is_summed_up_once_a_second() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut holds = HoldBacks::new(start);
+        assert_eq!(holds.report(at(0), 10), None, "nothing to report");
+        holds.observe(true, at(0));
+        holds.observe(true, at(5));
+        holds.observe(false, at(10));
+        holds.observe(true, at(20));
+        let first = holds.report(at(30), 10).unwrap();
+        assert!(first.contains("held back 2 times for 20 ms"), "{first}");
+        assert_eq!(holds.report(at(500), 10), None, "at most once a second");
+        holds.observe(false, at(600));
+        let second = holds.report(at(1030), 10).unwrap();
+        assert!(
+            second.contains("held back 1 times for 570 ms in the last 1000 ms"),
+            "{second}"
+        );
+        assert_eq!(holds.report(at(2100), 10), None, "quiet since");
     }
 }
