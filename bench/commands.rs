@@ -75,38 +75,26 @@ impl Names {
 }
 
 /// A client time field (`SECS.FRACTION`, as an AT line carries it) in nanoseconds since the
-/// epoch; digits past the ninth are dropped.
+/// epoch, read by the server's own parser.
 pub fn parse_client_time(field: &[u8]) -> Option<u128> {
-    let text = std::str::from_utf8(field).ok()?;
-    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    let secs: u128 = secs.parse().ok()?;
-    let mut nanos: u128 = 0;
-    for i in 0..9 {
-        let digit = match frac.as_bytes().get(i) {
-            Some(d) if d.is_ascii_digit() => (d - b'0') as u128,
-            Some(_) => return None,
-            None => 0,
-        };
-        nanos = nanos * 10 + digit;
-    }
-    Some(secs * 1_000_000_000 + nanos)
+    let time = herd::protocol::ClientTime::parse(field)?;
+    u128::try_from(time.as_nanos()).ok()
 }
 
 pub fn whatsat(client: &str, radius_km: u32, bound: u32) -> Vec<u8> {
     format!("WHATSAT {client} {radius_km} {bound}\n").into_bytes()
 }
 
-/// Appends `value` in decimal, zero-padded to `width` digits (cheaper than `write!` on the hot
-/// path: the generator formats one command per reply).
-fn push_decimal(out: &mut Vec<u8>, mut value: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut at = digits.len();
-    while value > 0 || digits.len() - at < width.max(1) {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-    out.extend_from_slice(&digits[at..]);
+/// Appends `value` in decimal, zero-padded to `width` digits, with the server's own digit
+/// writer (cheaper than `write!` on the hot path: the generator formats one command per reply).
+fn push_decimal(out: &mut Vec<u8>, value: u64, width: usize) {
+    let mut buf = [0u8; herd::protocol::MAX_DECIMAL_DIGITS];
+    let digits = herd::protocol::decimal(value, &mut buf);
+    out.extend(std::iter::repeat_n(
+        b'0',
+        width.saturating_sub(digits.len()),
+    ));
+    out.extend_from_slice(digits);
 }
 
 /// IAMATs for the load generator. `Cycling`: each connection cycles through its own few clients
