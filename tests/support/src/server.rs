@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::fake_places::FakePlaces;
 use crate::harness::{
-    self, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, API_KEY, HERD,
+    self, herd_bin, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, API_KEY,
     KEY_ENV, LOG_TIMEOUT,
 };
 
@@ -62,7 +62,7 @@ impl ServerBuilder {
             for line in self.places_lines.iter().chain(&self.extra_lines) {
                 config = config.with(line);
             }
-            let mut herd = Herd::new(Path::new(HERD), config, "test").expect("a test herd");
+            let mut herd = Herd::new(&herd_bin(), config, "test").expect("a test herd");
             if !self.with_key {
                 herd.env[0].push((KEY_ENV.to_string(), None));
             }
@@ -110,7 +110,7 @@ impl Server {
     /// all `ports` accept (none: returns at once). The servers it starts are killed on drop too.
     pub fn start_all(dir: TempDir, config_text: &str, ports: Vec<u16>) -> Server {
         let config = dir.write("herd.conf", config_text).expect("write config");
-        let mut command = Command::new(HERD);
+        let mut command = Command::new(herd_bin());
         command
             .arg("--all")
             .arg(&config)

@@ -2,13 +2,9 @@
 //! ports, temporary directories, herd config text, `herd` processes, and reading their logs
 //! (one timestamp parser, one reader of `recv`/`send` records).
 //!
-//! std only and no `use` of any other test module, so bench/main.rs includes this file with
-//! `#[path = "../tests/common/harness.rs"]`. Every process started here is killed and reaped on
-//! drop (also while a panic unwinds), every directory removed; every wait polls what it waits
-//! for (a port accepting, a log line) until a deadline.
-//!
-//! Each test binary and the bench include this file and use different parts of it; the few
-//! items that some of them never call carry `#[allow(dead_code)]` and say who uses them.
+//! std only and no `use` of any other test module. Every process started here is killed and
+//! reaped on drop (also while a panic unwinds), every directory removed; every wait polls what
+//! it waits for (a port accepting, a log line) until a deadline.
 
 use std::fs::{self, OpenOptions};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,8 +14,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The `herd` binary of this package (Cargo sets the variable for tests and benches).
-pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+/// The `herd` binary the running test or bench is for. Cargo 1.94 and later put its path in
+/// `CARGO_BIN_EXE_herd` while running the root package's tests and benches; older Cargo sets
+/// that only when compiling them (not this library), so then it is the `herd` that Cargo
+/// built beside the running binary (`target/PROFILE/deps/NAME-HASH` -> `target/PROFILE/herd`).
+pub fn herd_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_herd") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    dir.join(format!("herd{}", std::env::consts::EXE_SUFFIX))
+}
 
 /// The env var every generated config names in `places key-env`, and the key put in it: never
 /// a real key from the caller's environment, and distinctive, so a test can search replies and

@@ -2,19 +2,17 @@
 //! per-server config files in one temporary directory, and waits on what servers know (their
 //! WHATSAT replies) and what they log (`NAME.log`).
 //!
-//! Included by the `tests/herd_*.rs` files with `#[path = "common/cluster.rs"] mod cluster;`
-//! next to the harness and the client. Every wait polls observable state until a deadline;
-//! every process is killed on drop, also when a test panics (then each server's log tail and
-//! stderr are printed).
+//! Used by the `tests/herd_*.rs` files, next to the harness and the client. Every wait polls
+//! observable state until a deadline; every process is killed on drop, also when a test panics
+//! (then each server's log tail and stderr are printed).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::harness::{
-    self, link_indices, read_lossy, refused_places_url, tail, HerdConfig, HERD, LOG_TIMEOUT,
+    self, herd_bin, link_indices, read_lossy, refused_places_url, tail, HerdConfig, LOG_TIMEOUT,
     SPEC_LINKS, SPEC_SERVERS,
 };
 
@@ -51,7 +49,7 @@ impl Herd {
             .with(&refused_places_url().expect("a free port"))
             .with("log lines on");
         Herd {
-            herd: harness::Herd::new(Path::new(HERD), config, "herd").expect("a test herd"),
+            herd: harness::Herd::new(&herd_bin(), config, "herd").expect("a test herd"),
             links: links
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -1,5 +1,5 @@
 //! A fake Google Places HTTP server for the integration tests and the load bench: std only, no
-//! `use` of any other test module, so the bench can include this file with `#[path]`.
+//! `use` of any other test module.
 //!
 //! It binds `127.0.0.1:0`, answers every connection on its own thread with `Connection: close`,
 //! and closes after one response. It understands just enough HTTP/1.1 for one request per
