@@ -20,14 +20,11 @@ use crate::harness::{
 pub const BACKOFF_MIN_MS: u64 = 50;
 pub const BACKOFF_MAX_MS: u64 = 400;
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// How long links get to come up (a few retries at most `BACKOFF_MAX_MS` apart).
 const LINK_TIMEOUT: Duration = Duration::from_secs(8);
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// How long an update gets to reach every server.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(8);
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Servers described by one set of `server` and `link` lines, each started from its own config
 /// file (so one server can be told to reach a neighbour through a relay), logging into one
 /// shared temporary directory. Processes are killed (SIGKILL) and reaped on drop.
@@ -36,7 +33,6 @@ pub struct Herd {
     links: Vec<(String, String)>,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Herd {
     /// A herd of `names` on free loopback ports with `links`, fast backoff, per-line logs on,
     /// and a Places URL on a closed port (a WHATSAT answers at once with an error JSON).
@@ -287,7 +283,6 @@ impl Drop for Herd {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// What the server behind `client` holds for `id`: the AT line its WHATSAT reply starts with,
 /// or None when it answers `? ` (an unknown client). The herd's Places URL is a closed port, so
 /// the reply is the AT line, an error JSON and a blank line.

@@ -31,7 +31,6 @@
 //! their keys in a deliberately non-alphabetical order (`name`, `id`, `formattedAddress`, ...;
 //! legacy: `name`, `place_id`, `geometry`, ...) and the JSON is pretty-printed with blank lines
 //! between places and trailing newlines, so tests can see both key order and newline squeezing.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{herd_bin, API_KEY, KEY_ENV};
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The output of a `herd` run that is expected to exit by itself.
 pub struct Finished {
     pub status: ExitStatus,
