@@ -1,4 +1,4 @@
-//! The fake Places server itself (tests/common/fake_places.rs), checked with raw HTTP so the
+//! The fake Places server itself (tests/support/src/fake_places.rs), checked with raw HTTP so the
 //! other tests and the load bench can trust it.
 
 use herd_test_support::fake_places::{FakePlaces, Reply};
