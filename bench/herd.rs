@@ -1,12 +1,13 @@
 //! What the bench starts and measures: herd servers through the shared harness
-//! (tests/common/harness.rs: configs, temporary directories, processes killed on drop, free
-//! loopback ports), and the /proc readings taken of a server (RSS, open descriptors, CPU). It
-//! sends no protocol traffic beyond the connect that shows a server is listening.
+//! (`herd_test_support::harness`, tests/support/src/harness.rs: configs, temporary directories,
+//! processes killed on drop, free loopback ports), and the /proc readings taken of a server
+//! (RSS, open descriptors, CPU). It sends no protocol traffic beyond the connect that shows a
+//! server is listening.
 
 use std::fs;
 use std::net::SocketAddr;
 
-pub use crate::harness::{refused_places_url, Herd, HerdConfig, RAISE_NOFILE};
+pub use herd_test_support::harness::{refused_places_url, Herd, HerdConfig, RAISE_NOFILE};
 
 /// Resident set size of a process, from /proc/PID/status.
 pub fn rss_bytes(pid: u32) -> Option<u64> {

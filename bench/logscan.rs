@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use crate::harness::traffic;
+use herd_test_support::harness::traffic;
+
 use crate::hist::Histogram;
 
 #[derive(Default)]

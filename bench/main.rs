@@ -6,10 +6,6 @@
 //!     cargo bench --bench load -- [SCENARIO...] [--target ADDR|LIST|CONF] [--quick] [--shape CxP]
 
 mod commands;
-#[path = "../tests/common/fake_places.rs"]
-mod fake_places;
-#[path = "../tests/common/harness.rs"]
-mod harness;
 mod herd;
 mod hist;
 mod load;
@@ -24,6 +20,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use herd_test_support::harness::herd_bin;
 
 use crate::commands::Names;
 use crate::report::{Report, Section};
@@ -187,7 +185,7 @@ fn main() -> ExitCode {
         format!("cargo bench --bench load -- {}", shown.join(" "))
     };
     let ctx = Ctx {
-        bin: PathBuf::from(harness::HERD),
+        bin: herd_bin(),
         target,
         quick: args.quick,
         shapes: args.shapes.clone(),

@@ -1,21 +1,12 @@
 //! The command line (SPEC section 1, README "On a fresh machine"): `--help`, `--version`,
 //! `herd NAME CONFIG` with an unknown name, and `herd --all CONFIG`.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/run.rs"]
-mod run;
-#[path = "common/server.rs"]
-mod server;
-
-use client::{time_from_now, Client};
-use harness::{accepts, free_ports, refused_places_url, wait_until, TempDir, KEY_ENV};
-use run::run_herd;
-use server::Server;
+use herd_test_support::{
+    client::{time_from_now, Client},
+    harness::{accepts, free_ports, refused_places_url, wait_until, TempDir, KEY_ENV},
+    run::run_herd,
+    server::Server,
+};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 

@@ -1,21 +1,12 @@
 //! Bad configs (SPEC sections 1 and 4, README "Config reference"): one stderr line
 //! `FILE:LINE: problem` naming the right line, exit status 2, no port opened.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/run.rs"]
-mod run;
-#[path = "common/server.rs"]
-mod server;
-
-use fake_places::FakePlaces;
-use harness::{accepts, free_ports, TempDir};
-use run::run_herd;
-use server::Server;
+use herd_test_support::{
+    fake_places::FakePlaces,
+    harness::{accepts, free_ports, TempDir},
+    run::run_herd,
+    server::Server,
+};
 
 /// Writes `body` (with `{PORT}` replaced by a free port) as `herd.conf`, runs
 /// `herd Alpha herd.conf`, and checks the one error line names `herd.conf:LINE:` and contains

@@ -1,10 +1,7 @@
-//! The fake Places server itself (tests/common/fake_places.rs), checked with raw HTTP so the
+//! The fake Places server itself (tests/support/src/fake_places.rs), checked with raw HTTP so the
 //! other tests and the load bench can trust it.
 
-#[path = "common/fake_places.rs"]
-mod fake_places;
-
-use fake_places::{FakePlaces, Reply};
+use herd_test_support::fake_places::{FakePlaces, Reply};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;

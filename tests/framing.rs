@@ -2,19 +2,7 @@
 //! bytes, blank lines, U+00A0 inside a field, non-UTF-8 bytes, several commands per
 //! connection, commands split across writes.
 
-#[path = "common/checks.rs"]
-mod checks;
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use checks::check_at_line;
-use server::Server;
+use herd_test_support::{checks::check_at_line, server::Server};
 use std::time::{Duration, Instant};
 
 fn server() -> Server {

@@ -4,19 +4,12 @@
 //! nothing; and an accepted neighbour that sends anything but AT lines, or an endless line, is
 //! dropped and logged while the server keeps serving.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/raw_peer.rs"]
-mod raw_peer;
-
-use client::{now, time_from_now};
-use cluster::Herd;
-use harness::{accepted_conn, log_event, tail};
-use raw_peer::RawPeer;
+use herd_test_support::{
+    client::{now, time_from_now},
+    cluster::Herd,
+    harness::{accepted_conn, log_event, tail},
+    raw_peer::RawPeer,
+};
 use std::io::Write;
 
 const SECRET_ENV: &str = "HERD_PEER_SECRET";

@@ -3,20 +3,14 @@
 //! kernel and are answered once the neighbour catches up; a neighbour that takes nothing for
 //! `peer stall-ms` is dropped instead, so clients are answered again.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "common/harness.rs"]
-mod harness;
-
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use client::{time_from_now, Client};
-use cluster::Herd;
+use herd_test_support::client::{time_from_now, Client};
+use herd_test_support::cluster::Herd;
+use herd_test_support::harness;
 
 /// Updates with long client ids, so that a few hundred fill the link's socket buffers (a few
 /// hundred KiB) and the link then owes more than `peer max-owed`.

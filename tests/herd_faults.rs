@@ -3,16 +3,11 @@
 //! mid-run is caught up by resyncs when it comes back; and a partition (a TCP relay cut between
 //! the two halves of a chain) heals to the newest record of every client on every server.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "common/harness.rs"]
-mod harness;
-
-use client::{parse_nanos, time_from_now};
-use cluster::{Herd, BACKOFF_MAX_MS, BACKOFF_MIN_MS};
-use harness::{log_event, log_time_nanos, wait_until, SPEC_SERVERS};
+use herd_test_support::{
+    client::{parse_nanos, time_from_now},
+    cluster::{Herd, BACKOFF_MAX_MS, BACKOFF_MIN_MS},
+    harness::{log_event, log_time_nanos, wait_until, SPEC_SERVERS},
+};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};

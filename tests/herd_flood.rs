@@ -3,16 +3,11 @@
 //! its taking server made, only newer updates travel, and each update crosses each direction
 //! of each link at most once (no loops, no storms), with only AT lines on the links.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "common/harness.rs"]
-mod harness;
-
-use client::time_from_now;
-use cluster::Herd;
-use harness::{traffic, SPEC_SERVERS};
+use herd_test_support::{
+    client::time_from_now,
+    cluster::Herd,
+    harness::{traffic, SPEC_SERVERS},
+};
 
 /// (client id, AT line) pairs, as the convergence waits take them.
 fn record(id: &str, line: &str) -> (String, String) {

@@ -2,22 +2,10 @@
 //! answers, and a neighbour that accepted the link but then falls silent (a silent partition,
 //! a hung process) is taken down and retried instead of holding updates forever.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/cluster.rs"]
-mod cluster;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/raw_peer.rs"]
-mod raw_peer;
-
+use herd_test_support::{cluster::Herd, harness::wait_until, raw_peer::RawPeer};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-use cluster::Herd;
-use harness::wait_until;
-use raw_peer::RawPeer;
 
 #[test]
 fn an_accepted_neighbour_answers_pings() {

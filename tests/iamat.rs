@@ -1,21 +1,12 @@
 //! IAMAT (SPEC section 2): the exact AT reply, the signed 9-digit time difference checked
 //! against the test's own clock, fields copied as written, and newest-wins storage.
 
-#[path = "common/checks.rs"]
-mod checks;
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use checks::check_at_line;
-use client::{now, parse_nanos, time_from_now, Client};
-use fake_places::FakePlaces;
-use server::Server;
+use herd_test_support::{
+    checks::check_at_line,
+    client::{now, parse_nanos, time_from_now, Client},
+    fake_places::FakePlaces,
+    server::Server,
+};
 
 /// Current POSIX time in nanoseconds.
 fn now_nanos() -> i128 {

@@ -1,21 +1,9 @@
 //! Anything that is not a valid IAMAT or WHATSAT (SPEC section 2, "Anything else") gets `? `
 //! and the line as received, and the connection stays open for the next command.
 
-#[path = "common/checks.rs"]
-mod checks;
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use checks::check_at_line;
-use client::Client;
-use fake_places::FakePlaces;
-use server::Server;
+use herd_test_support::{
+    checks::check_at_line, client::Client, fake_places::FakePlaces, server::Server,
+};
 
 /// Sends each line and expects `? LINE` back, all on one connection, then checks the
 /// connection still answers a valid command.

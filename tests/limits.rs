@@ -1,21 +1,9 @@
 //! Limits (SPEC section 2 on long lines, README "Config reference" and "Behaviour the SPEC
 //! leaves open"): `limit line-bytes`, `limit connections`, `limit output-bytes`.
 
-#[path = "common/checks.rs"]
-mod checks;
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use checks::check_at_line;
-use client::Client;
-use harness::wait_until;
-use server::Server;
+use herd_test_support::{
+    checks::check_at_line, client::Client, harness::wait_until, server::Server,
+};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -2,18 +2,11 @@
 //! `send`, `close` and `places` records, network bytes escaped, `log lines off`, flushed at
 //! exit.
 
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use fake_places::FakePlaces;
-use harness::log_time_nanos;
-use server::{conn_id, records, wait_for_record, Server};
+use herd_test_support::{
+    fake_places::FakePlaces,
+    harness::log_time_nanos,
+    server::{conn_id, records, wait_for_record, Server},
+};
 use std::time::Duration;
 
 /// Every record starts with an RFC 3339 UTC timestamp (`2024-05-19T22:13:47.123456Z`), the

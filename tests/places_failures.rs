@@ -4,23 +4,14 @@
 //! `500 INTERNAL`, `429 RESOURCE_EXHAUSTED`), nothing hangs, and the API key never shows up in
 //! a reply or the log.
 
-#[path = "common/checks.rs"]
-mod checks;
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use checks::{check_at_line, check_error_shape, check_framing, fake_ids, place_ids};
-use client::Client;
-use fake_places::{google_error_body, FakePlaces, Reply};
-use harness::API_KEY;
+use herd_test_support::{
+    checks::{check_at_line, check_error_shape, check_framing, fake_ids, place_ids},
+    client::Client,
+    fake_places::{google_error_body, FakePlaces, Reply},
+    harness::API_KEY,
+    server::{conn_id, wait_for_record, Server},
+};
 use serde_json::Value;
-use server::{conn_id, wait_for_record, Server};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 

@@ -3,23 +3,14 @@
 //! mask, centre, radius in metres, result count) for both APIs; replies in command order; and
 //! lookups that never hold up other work.
 
-#[path = "common/checks.rs"]
-mod checks;
-#[path = "common/client.rs"]
-mod client;
-#[path = "common/fake_places.rs"]
-mod fake_places;
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/server.rs"]
-mod server;
-
-use checks::{check_at_line, check_framing, fake_ids, place_ids};
-use client::Client;
-use fake_places::{FakePlaces, Reply, Request};
-use harness::{wait_until, API_KEY, KEY_ENV};
+use herd_test_support::{
+    checks::{check_at_line, check_framing, fake_ids, place_ids},
+    client::Client,
+    fake_places::{FakePlaces, Reply, Request},
+    harness::{wait_until, API_KEY, KEY_ENV},
+    server::Server,
+};
 use serde_json::{json, Value};
-use server::Server;
 use std::time::{Duration, Instant};
 
 const KIWI: &str = "+34.068930-118.445127";

@@ -16,10 +16,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use herd_test_support::harness::{link_indices, SPEC_LINKS, SPEC_SERVERS};
 use serde_json::json;
 
 use crate::commands::Names;
-use crate::harness::{link_indices, SPEC_LINKS, SPEC_SERVERS};
 use crate::herd::{pid_listening_on, Herd, HerdConfig};
 use crate::load::LoadReport;
 use crate::report::{fmt_latency, fmt_ns, fmt_rate, Row};

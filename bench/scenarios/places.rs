@@ -12,8 +12,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
+use herd_test_support::fake_places::FakePlaces;
+
 use crate::commands::{whatsat, IamatLoad, Names, WhatsatLoad};
-use crate::fake_places::FakePlaces;
 use crate::load::{run_load, run_load_each, LoadReport, LoadSpec};
 use crate::report::{fmt_ns, fmt_rate, Section};
 use crate::scenarios::{load_row, Ctx, Subject};

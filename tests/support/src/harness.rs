@@ -2,13 +2,9 @@
 //! ports, temporary directories, herd config text, `herd` processes, and reading their logs
 //! (one timestamp parser, one reader of `recv`/`send` records).
 //!
-//! std only and no `use` of any other test module, so bench/main.rs includes this file with
-//! `#[path = "../tests/common/harness.rs"]`. Every process started here is killed and reaped on
-//! drop (also while a panic unwinds), every directory removed; every wait polls what it waits
-//! for (a port accepting, a log line) until a deadline.
-//!
-//! Each test binary and the bench include this file and use different parts of it; the few
-//! items that some of them never call carry `#[allow(dead_code)]` and say who uses them.
+//! std only and no `use` of any other test module. Every process started here is killed and
+//! reaped on drop (also while a panic unwinds), every directory removed; every wait polls what
+//! it waits for (a port accepting, a log line) until a deadline.
 
 use std::fs::{self, OpenOptions};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,8 +14,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The `herd` binary of this package (Cargo sets the variable for tests and benches).
-pub const HERD: &str = env!("CARGO_BIN_EXE_herd");
+/// The `herd` binary the running test or bench is for. Cargo 1.94 and later put its path in
+/// `CARGO_BIN_EXE_herd` while running the root package's tests and benches; older Cargo sets
+/// that only when compiling them (not this library), so then it is the `herd` that Cargo
+/// built beside the running binary (`target/PROFILE/deps/NAME-HASH` -> `target/PROFILE/herd`).
+pub fn herd_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_herd") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    dir.join(format!("herd{}", std::env::consts::EXE_SUFFIX))
+}
 
 /// The env var every generated config names in `places key-env`, and the key put in it: never
 /// a real key from the caller's environment, and distinctive, so a test can search replies and
@@ -29,7 +40,6 @@ pub const API_KEY: &str = "TESTKEY-q7Zx93-do-not-leak";
 
 /// How long a server gets to open its port.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The server flushes its log at least every 250 ms; allow for a loaded machine.
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,10 +49,8 @@ pub const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RAISE_NOFILE: &str =
     r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$0" "$@""#;
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The herd of SPEC section 4.
 pub const SPEC_SERVERS: [&str; 5] = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"];
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 pub const SPEC_LINKS: [(&str, &str); 6] = [
     ("Clark", "Jaquez"),
     ("Clark", "Bona"),
@@ -77,7 +85,6 @@ pub fn accepts(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -142,7 +149,6 @@ pub struct HerdConfig {
     pub routes: Vec<(usize, usize, SocketAddr)>,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl HerdConfig {
     /// `names` on distinct free loopback ports, linked by `links` (indices into `names`).
     pub fn new(names: &[impl AsRef<str>], links: &[(usize, usize)]) -> Result<HerdConfig, String> {
@@ -199,7 +205,6 @@ impl HerdConfig {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Links given by server names as index pairs into `names`; Err names a link to a server that
 /// is not there.
 pub fn link_indices(
@@ -229,7 +234,6 @@ pub struct Process {
     pub kill_descendants: bool,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Process {
     /// Starts `command` with stdin and stdout on /dev/null and stderr appended to `stderr_path`
     /// (a file: once the process has exited, everything it wrote is there).
@@ -381,7 +385,6 @@ pub struct Herd {
     pub dir: TempDir,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Herd {
     /// The herd of `config` with the `herd` binary `bin`, none of it running yet.
     pub fn new(bin: &Path, config: HerdConfig, label: &str) -> Result<Herd, String> {
@@ -522,7 +525,6 @@ pub fn read_lossy(path: &Path) -> String {
     String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Waits until at least `at_least` lines of the log at `path` contain `needle`; returns the
 /// log then. Err holds the log's last lines.
 pub fn wait_for_log(
@@ -547,14 +549,12 @@ pub fn wait_for_log(
     ))
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The last `count` lines of `text`.
 pub fn tail(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The event part of a log line: what follows the `[LEVEL] ` after the timestamp.
 pub fn log_event(line: &str) -> &str {
     match line.find("] ") {
@@ -563,7 +563,6 @@ pub fn log_event(line: &str) -> &str {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The `conn=ID` of the `accept conn=ID from 127.0.0.1:PORT` record in `log` for a client whose
 /// local port is `port`.
 pub fn accepted_conn(log: &str, port: u16) -> Option<&str> {
@@ -575,7 +574,6 @@ pub fn accepted_conn(log: &str, port: u16) -> Option<&str> {
     event["accept conn=".len()..].split(' ').next()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The timestamp at the start of a log line (RFC 3339, UTC, `Z` or `+00:00`, up to 9
 /// fractional digits) as nanoseconds since the Unix epoch.
 pub fn log_time_nanos(line: &str) -> Option<i128> {
@@ -627,7 +625,6 @@ pub fn log_time_nanos(line: &str) -> Option<i128> {
     Some(secs as i128 * 1_000_000_000 + frac_nanos)
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// One `recv` or `send` record of a server's log (README "Logs"): `recv conn=ID LINE` (a
 /// client's line), `recv conn=ID peer=NAME LINE` (a neighbour's), `send conn=ID LINE` (a
 /// reply), `send link=NAME LINE` (on the link to NAME).
@@ -645,7 +642,6 @@ pub struct Traffic<'a> {
     pub line: &'a str,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The `recv`/`send` record in a log line; None for other records and unparseable lines.
 pub fn traffic(log_line: &str) -> Option<Traffic<'_>> {
     let nanos = log_time_nanos(log_line)?;

@@ -7,9 +7,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::{API_KEY, HERD, KEY_ENV};
+use crate::harness::{herd_bin, API_KEY, KEY_ENV};
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The output of a `herd` run that is expected to exit by itself.
 pub struct Finished {
     pub status: ExitStatus,
@@ -29,7 +28,7 @@ impl Finished {
 
 /// Runs `herd ARGS` in `cwd` and waits (at most 10 s) for it to exit.
 pub fn run_herd(args: &[&str], cwd: &Path) -> Finished {
-    let mut child = Command::new(HERD)
+    let mut child = Command::new(herd_bin())
         .args(args)
         .current_dir(cwd)
         .env(KEY_ENV, API_KEY)

@@ -2,19 +2,17 @@
 //! per-server config files in one temporary directory, and waits on what servers know (their
 //! WHATSAT replies) and what they log (`NAME.log`).
 //!
-//! Included by the `tests/herd_*.rs` files with `#[path = "common/cluster.rs"] mod cluster;`
-//! next to the harness and the client. Every wait polls observable state until a deadline;
-//! every process is killed on drop, also when a test panics (then each server's log tail and
-//! stderr are printed).
+//! Used by the `tests/herd_*.rs` files, next to the harness and the client. Every wait polls
+//! observable state until a deadline; every process is killed on drop, also when a test panics
+//! (then each server's log tail and stderr are printed).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::harness::{
-    self, link_indices, read_lossy, refused_places_url, tail, HerdConfig, HERD, LOG_TIMEOUT,
+    self, herd_bin, link_indices, read_lossy, refused_places_url, tail, HerdConfig, LOG_TIMEOUT,
     SPEC_LINKS, SPEC_SERVERS,
 };
 
@@ -22,14 +20,11 @@ use crate::harness::{
 pub const BACKOFF_MIN_MS: u64 = 50;
 pub const BACKOFF_MAX_MS: u64 = 400;
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// How long links get to come up (a few retries at most `BACKOFF_MAX_MS` apart).
 const LINK_TIMEOUT: Duration = Duration::from_secs(8);
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// How long an update gets to reach every server.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(8);
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Servers described by one set of `server` and `link` lines, each started from its own config
 /// file (so one server can be told to reach a neighbour through a relay), logging into one
 /// shared temporary directory. Processes are killed (SIGKILL) and reaped on drop.
@@ -38,7 +33,6 @@ pub struct Herd {
     links: Vec<(String, String)>,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Herd {
     /// A herd of `names` on free loopback ports with `links`, fast backoff, per-line logs on,
     /// and a Places URL on a closed port (a WHATSAT answers at once with an error JSON).
@@ -51,7 +45,7 @@ impl Herd {
             .with(&refused_places_url().expect("a free port"))
             .with("log lines on");
         Herd {
-            herd: harness::Herd::new(Path::new(HERD), config, "herd").expect("a test herd"),
+            herd: harness::Herd::new(&herd_bin(), config, "herd").expect("a test herd"),
             links: links
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -289,7 +283,6 @@ impl Drop for Herd {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// What the server behind `client` holds for `id`: the AT line its WHATSAT reply starts with,
 /// or None when it answers `? ` (an unknown client). The herd's Places URL is a closed port, so
 /// the reply is the AT line, an error JSON and a blank line.

@@ -3,7 +3,6 @@
 
 use crate::client::{parse_nanos, Client};
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// One reply to WHATSAT: the AT line, the JSON text between it and the blank line, and the
 /// whole reply as received (ending in the blank line).
 pub struct WhatsatReply {
@@ -12,7 +11,6 @@ pub struct WhatsatReply {
     pub raw: String,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl WhatsatReply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.json_text)
@@ -20,7 +18,6 @@ impl WhatsatReply {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Client {
     /// Reads one WHATSAT reply: AT line, JSON, blank line.
     pub fn read_whatsat_reply(&mut self) -> WhatsatReply {
@@ -35,7 +32,6 @@ impl Client {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Checks the framing every WHATSAT reply must have (SPEC section 2): the stored AT line, JSON
 /// with no blank line inside, then one empty line. Returns the parsed JSON.
 pub fn check_framing(reply: &WhatsatReply, at_line: &str) -> serde_json::Value {
@@ -63,7 +59,6 @@ pub fn check_framing(reply: &WhatsatReply, at_line: &str) -> serde_json::Value {
     reply.json()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The ids of the places in `json[list]` (`places`/`id` or `results`/`place_id`).
 pub fn place_ids(json: &serde_json::Value, list: &str, id_key: &str) -> Vec<String> {
     json[list]
@@ -74,13 +69,11 @@ pub fn place_ids(json: &serde_json::Value, list: &str, id_key: &str) -> Vec<Stri
         .collect()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The ids the fake gives its first `count` places.
 pub fn fake_ids(count: usize) -> Vec<String> {
     (1..=count).map(|i| format!("FAKE{i:04}")).collect()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Checks a WHATSAT failure JSON has the new API's error shape and returns (code, status).
 pub fn check_error_shape(json: &serde_json::Value) -> (i64, String) {
     let object = json

@@ -1,5 +1,5 @@
 //! A fake Google Places HTTP server for the integration tests and the load bench: std only, no
-//! `use` of any other test module, so the bench can include this file with `#[path]`.
+//! `use` of any other test module.
 //!
 //! It binds `127.0.0.1:0`, answers every connection on its own thread with `Connection: close`,
 //! and closes after one response. It understands just enough HTTP/1.1 for one request per
@@ -15,7 +15,6 @@
 //! fake.set_reply(Reply)                    what to answer from now on (default Reply::Places)
 //! fake.set_delay(Duration)                 wait this long before answering (default none)
 //! fake.set_delay_for_count(n, Duration)    new API only: this delay when maxResultCount == n
-//! fake.set_legacy_results(n)               how many legacy results (default 20)
 //! fake.request_count() -> usize            requests read completely so far
 //! fake.answered_count() -> usize           answers begun (or connections closed, Reply::Close)
 //! fake.requests() -> Vec<Request>          every request so far, in arrival order
@@ -31,7 +30,6 @@
 //! their keys in a deliberately non-alphabetical order (`name`, `id`, `formattedAddress`, ...;
 //! legacy: `name`, `place_id`, `geometry`, ...) and the JSON is pretty-printed with blank lines
 //! between places and trailing newlines, so tests can see both key order and newline squeezing.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -43,7 +41,7 @@ use std::time::{Duration, Instant};
 /// What the fake answers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
-    /// Made-up places: `maxResultCount` of them (new API) or `legacy_results` (legacy).
+    /// Made-up places: `maxResultCount` of them (new API) or 20 (legacy).
     Places,
     /// Nothing found: `{}` (new API) or `"status": "ZERO_RESULTS"` (legacy).
     NoPlaces,
@@ -114,7 +112,6 @@ struct Behaviour {
     reply: Reply,
     delay: Duration,
     delay_for_count: Vec<(usize, Duration)>,
-    legacy_results: usize,
 }
 
 struct Shared {
@@ -135,6 +132,8 @@ pub struct FakePlaces {
 /// Connections that send nothing are given up after this long, so no thread lingers.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How many results every legacy answer has, whatever the bound asked for.
+const LEGACY_RESULTS: usize = 20;
 
 impl FakePlaces {
     pub fn start() -> FakePlaces {
@@ -148,7 +147,6 @@ impl FakePlaces {
                 reply: Reply::Places,
                 delay: Duration::ZERO,
                 delay_for_count: Vec::new(),
-                legacy_results: 20,
             }),
             requests: Mutex::new(Vec::new()),
             request_count: AtomicUsize::new(0),
@@ -194,10 +192,6 @@ impl FakePlaces {
         let mut behaviour = self.behaviour();
         behaviour.delay_for_count.retain(|(n, _)| *n != count);
         behaviour.delay_for_count.push((count, delay));
-    }
-
-    pub fn set_legacy_results(&self, count: usize) {
-        self.behaviour().legacy_results = count;
     }
 
     pub fn request_count(&self) -> usize {
@@ -276,7 +270,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     let Some(request) = read_request(&mut reader) else {
         return;
     };
-    let (reply, delay, legacy_results) = {
+    let (reply, delay) = {
         let behaviour = lock(&shared.behaviour);
         let mut delay = behaviour.delay;
         if request.method == "POST" {
@@ -289,7 +283,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
                 delay = *d;
             }
         }
-        (behaviour.reply.clone(), delay, behaviour.legacy_results)
+        (behaviour.reply.clone(), delay)
     };
     let new_api = request.method == "POST";
     let result_count = max_result_count(&request.body_text()).unwrap_or(20);
@@ -313,7 +307,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             let _ = stream.shutdown(Shutdown::Both);
         }
         Reply::Places if new_api => respond(&mut stream, 200, "application/json", &new_places(result_count)),
-        Reply::Places => respond(&mut stream, 200, "application/json", &legacy_places(legacy_results)),
+        Reply::Places => respond(&mut stream, 200, "application/json", &legacy_places(LEGACY_RESULTS)),
         Reply::NoPlaces if new_api => respond(&mut stream, 200, "application/json", "{}\n"),
         Reply::NoPlaces => respond(
             &mut stream,

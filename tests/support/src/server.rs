@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::fake_places::FakePlaces;
 use crate::harness::{
-    self, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, API_KEY, HERD,
+    self, herd_bin, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, API_KEY,
     KEY_ENV, LOG_TIMEOUT,
 };
 
@@ -21,7 +21,6 @@ pub struct ServerBuilder {
     with_key: bool,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl ServerBuilder {
     /// Points `places` at the fake with the new API.
     pub fn places(mut self, fake: &FakePlaces) -> ServerBuilder {
@@ -62,7 +61,7 @@ impl ServerBuilder {
             for line in self.places_lines.iter().chain(&self.extra_lines) {
                 config = config.with(line);
             }
-            let mut herd = Herd::new(Path::new(HERD), config, "test").expect("a test herd");
+            let mut herd = Herd::new(&herd_bin(), config, "test").expect("a test herd");
             if !self.with_key {
                 herd.env[0].push((KEY_ENV.to_string(), None));
             }
@@ -80,13 +79,11 @@ impl ServerBuilder {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 enum Kind {
     One(Herd),
     All { process: Process, _dir: TempDir },
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// A running `herd` process (one server, or a `--all` supervisor), killed and reaped on drop.
 pub struct Server {
     kind: Kind,
@@ -94,7 +91,6 @@ pub struct Server {
     pub port: u16,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Server {
     pub fn builder(name: &str) -> ServerBuilder {
         ServerBuilder {
@@ -110,7 +106,7 @@ impl Server {
     /// all `ports` accept (none: returns at once). The servers it starts are killed on drop too.
     pub fn start_all(dir: TempDir, config_text: &str, ports: Vec<u16>) -> Server {
         let config = dir.write("herd.conf", config_text).expect("write config");
-        let mut command = Command::new(HERD);
+        let mut command = Command::new(herd_bin());
         command
             .arg("--all")
             .arg(&config)
@@ -206,7 +202,6 @@ impl Server {
     }
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// The `conn=ID` the log gives the connection from our local `port`, from its `accept` record.
 pub fn conn_id(server: &Server, local_port: u16) -> String {
     let log = server.wait_for_log(&format!("from 127.0.0.1:{local_port}"));
@@ -215,7 +210,6 @@ pub fn conn_id(server: &Server, local_port: u16) -> String {
         .to_string()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Log lines holding `event conn=ID` exactly (not `conn=ID7`).
 pub fn records<'a>(log: &'a str, event: &str, id: &str) -> Vec<&'a str> {
     let needle = format!("{event} conn={id}");
@@ -229,7 +223,6 @@ pub fn records<'a>(log: &'a str, event: &str, id: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Waits until the log holds an `event conn=ID` record; returns the log then.
 pub fn wait_for_record(server: &Server, event: &str, id: &str) -> String {
     let mut log = String::new();

@@ -6,11 +6,9 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Safety net on every client read.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Current POSIX time as (seconds, nanoseconds).
 pub fn now() -> (i64, u32) {
     let since = SystemTime::now()
@@ -19,14 +17,12 @@ pub fn now() -> (i64, u32) {
     (since.as_secs() as i64, since.subsec_nanos())
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// A client time string `offset_secs` from now, with 9 fractional digits.
 pub fn time_from_now(offset_secs: i64) -> String {
     let (secs, nanos) = now();
     format!("{}.{:09}", secs + offset_secs, nanos)
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// Parses a decimal time or time difference (`+1.5`, `-0.000000001`, `1621464827`) to integer
 /// nanoseconds, exactly. None if it is not sign? digits [. 1-9 digits].
 pub fn parse_nanos(text: &str) -> Option<i128> {
@@ -51,14 +47,12 @@ pub fn parse_nanos(text: &str) -> Option<i128> {
     Some(sign * (int * 1_000_000_000 + frac_nanos))
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 /// A line-oriented client connection with a read timeout as a safety net.
 pub struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl Client {
     pub fn connect(port: u16) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port))

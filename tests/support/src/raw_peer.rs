@@ -11,7 +11,6 @@ pub struct RawPeer {
     pending: Vec<u8>,
 }
 
-#[allow(dead_code)] // shared by several binaries; not all of them use this
 impl RawPeer {
     pub fn connect(port: u16) -> RawPeer {
         let stream = TcpStream::connect(("127.0.0.1", port))

@@ -1,0 +1,22 @@
+//! The helpers of herd's integration tests (`tests/*.rs`) and load bench (`bench/`), as one
+//! library: every test binary and the bench use what they need of it with
+//! `use herd_test_support::{...}`, so nothing is compiled per binary and nothing is dead code.
+//!
+//! - [`harness`]: free loopback ports, temporary directories, herd configs, `herd` processes
+//!   (killed on drop), and reading their logs (the bench uses it too);
+//! - [`server`]: one server under test (or a `herd --all` supervisor) and its log records;
+//! - [`cluster`]: a test herd of several servers and waits on what they know and log;
+//! - [`client`]: a line-oriented client and the client times IAMAT sends;
+//! - [`checks`]: checks of replies (AT lines, WHATSAT framing, Places JSON);
+//! - [`raw_peer`]: a raw connection that plays a neighbour by hand;
+//! - [`run`]: `herd` runs expected to exit by themselves;
+//! - [`fake_places`]: a fake Google Places HTTP server (the bench uses it too).
+
+pub mod checks;
+pub mod client;
+pub mod cluster;
+pub mod fake_places;
+pub mod harness;
+pub mod raw_peer;
+pub mod run;
+pub mod server;
