@@ -37,19 +37,25 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let rss_before = pid.and_then(rss_bytes);
     let fds_before = pid.and_then(fd_count);
 
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
     let mut idle = Vec::with_capacity(IDLE);
     let mut failures = 0;
+    let mut first_failure = None;
     while idle.len() < IDLE && Instant::now() < deadline {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
             Ok(stream) => idle.push(stream),
-            Err(_) => failures += 1,
+            Err(e) => {
+                failures += 1;
+                first_failure.get_or_insert_with(|| format!("after {}: {e}", idle.len()));
+            }
         }
         if failures > 100 {
             break;
         }
     }
     let connected = idle.len();
+    let connecting = started.elapsed();
 
     // Accepted: the server holds a descriptor for each (bounded wait while it catches up).
     let accepted = pid.and_then(|pid| {
@@ -76,13 +82,17 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
         _ => None,
     };
     let mut result = format!(
-        "connected {}, accepted {}, answered {}",
+        "connected {} in {:.1} s, accepted {}, answered {}",
         fmt_count(connected as u64),
+        connecting.as_secs_f64(),
         accepted.map_or("?".into(), |a| fmt_count(a as u64)),
         fmt_count(answered as u64)
     );
     if let Some(per_conn) = per_conn {
         result += &format!("  RSS {} per connection", fmt_bytes(per_conn));
+    }
+    if let Some(why) = first_failure {
+        result += &format!("  ({failures} connects failed, the first {why})");
     }
     let all_accepted = connected == IDLE && answered == IDLE && accepted.is_none_or(|a| a == IDLE);
     let mut row = Row::new("10,000 idle connections")
