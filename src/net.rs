@@ -44,7 +44,7 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
 /// neighbour has not applied yet while this server counts it as sent: small buffers keep what
 /// a link has in flight to a few milliseconds of records, so `peer max-owed` measures what the
 /// neighbour really lacks. Loopback needs little: its round trip is tens of microseconds.
-pub const LINK_SOCKET_BUFFER_BYTES: usize = 128 * 1024;
+pub const LINK_SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Starts a nonblocking connect for a link; completion is reported as writability (see
 /// [`connect_finished`]).
