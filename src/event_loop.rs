@@ -122,14 +122,23 @@ pub struct ServerSetup {
     pub signals: UnixStream,
 }
 
+/// Where a connection's unread input waits to be read again.
+enum Queue {
+    /// Its read budget ran out.
+    More,
+    /// It is a client, and a link is behind.
+    Held,
+}
+
 /// An accepted connection in the slab: its socket and framing beside the protocol state.
 struct Accepted {
     stream: TcpStream,
     registered: Interest,
     reader: LineReader,
     conn: Connection,
-    /// In `more_input` already (so it is queued once however many edges arrive).
-    more_input: bool,
+    /// In `more_input` or `held_input` already (so it is queued once however many edges
+    /// arrive).
+    input_queued: bool,
 }
 
 pub struct EventLoop {
@@ -149,9 +158,12 @@ pub struct EventLoop {
     scratch: Vec<u8>,
     /// What the lines of one read asked for, carried out right after the read.
     effects: Vec<Effect>,
-    /// Connections with input possibly left in the socket: their read budget ran out, or
-    /// their clients were held back while a link caught up.
+    /// Connections with input possibly left in the socket whose read budget ran out: read
+    /// again before the loop sleeps.
     more_input: Vec<usize>,
+    /// Clients whose input waits while a link catches up (`peer max-owed`); read again once
+    /// no link is behind. Neighbours' connections are never held.
+    held_input: Vec<usize>,
     /// Connections marked closed during this batch.
     marked_closed: Vec<usize>,
     /// Connections that read input this turn; their replies are written after the links.
@@ -214,6 +226,7 @@ impl EventLoop {
             scratch: vec![0; READ_CHUNK],
             effects: Vec::new(),
             more_input: Vec::new(),
+            held_input: Vec::new(),
             marked_closed: Vec::new(),
             read_this_turn: Vec::new(),
             hold_backs: HoldBacks::new(now),
@@ -235,7 +248,8 @@ impl EventLoop {
                 .fold(next_flush, Instant::min);
             let holding = self.holding_back_clients(now);
             self.hold_backs.observe(holding, now);
-            let input_waits = !self.more_input.is_empty() && !holding;
+            let input_waits =
+                !self.more_input.is_empty() || (!self.held_input.is_empty() && !holding);
             let table = self.app.clients();
             let links_have_work = self.links.iter().any(|l| l.has_unsent(table));
             let timeout = if input_waits || links_have_work {
@@ -331,7 +345,7 @@ impl EventLoop {
                 registered: Interest::READABLE,
                 reader: LineReader::new(self.limits.max_line_bytes),
                 conn: Connection::new(id),
-                more_input: false,
+                input_queued: false,
             });
         }
     }
@@ -364,7 +378,7 @@ impl EventLoop {
                 _ => break,
             };
             if is_client && self.holding_back_clients(Instant::now()) {
-                self.queue_more_input(key);
+                self.queue_input(key, Queue::Held);
                 break;
             }
             let EventLoop {
@@ -417,7 +431,7 @@ impl EventLoop {
             if entry.conn.unread_bytes() > self.limits.max_output_bytes || budget == 0 {
                 // No more input until the turn's writes: then either the client took enough
                 // to go on, or `write_output` drops it.
-                self.queue_more_input(key);
+                self.queue_input(key, Queue::More);
                 break;
             }
         }
@@ -472,23 +486,28 @@ impl EventLoop {
         }
     }
 
-    fn queue_more_input(&mut self, key: usize) {
+    fn queue_input(&mut self, key: usize, queue: Queue) {
         if let Some(entry) = self.conns.get_mut(key) {
-            if !entry.more_input {
-                entry.more_input = true;
-                self.more_input.push(key);
+            if !entry.input_queued {
+                entry.input_queued = true;
+                match queue {
+                    Queue::More => self.more_input.push(key),
+                    Queue::Held => self.held_input.push(key),
+                }
             }
         }
     }
 
-    /// Reads again from connections that used up their budget or were held back.
+    /// Reads again from connections that used up their budget, and from held clients once no
+    /// link is behind. A client read while a link is behind goes (back) to `held_input`.
     fn serve_more_input(&mut self) {
-        if self.holding_back_clients(Instant::now()) {
-            return;
+        let mut keys = std::mem::take(&mut self.more_input);
+        if !self.holding_back_clients(Instant::now()) {
+            keys.append(&mut self.held_input);
         }
-        for key in std::mem::take(&mut self.more_input) {
+        for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.more_input = false;
+                entry.input_queued = false;
                 self.read_input(key, true);
             }
         }

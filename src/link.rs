@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use mio::Interest;
 
 use crate::backoff::Backoff;
-use crate::buffer::{LineReader, OutBuffer};
+use crate::buffer::{Line, LineReader, OutBuffer};
 use crate::logging::{Escaped, Party};
 use crate::owed::{NextRecord, Owed};
 use crate::peer_wire::{self, MAX_REPLY_LINE_BYTES, PING_LINE};
-use crate::store::{ClientTable, LinkId};
+use crate::store::{ClientTable, LinkId, RecordIndex};
 use crate::wire;
 
 /// How long a connect may take before the attempt counts as failed.
@@ -227,7 +227,7 @@ impl<S> Link<S> {
         let party = Party::Link(&self.name);
         self.reader.feed(bytes, |line| {
             let line = match line {
-                crate::buffer::Line::Complete(line) | crate::buffer::Line::TooLong(line) => line,
+                Line::Complete(line) | Line::TooLong(line) => line,
             };
             wire::received(party, line);
             if greeting && welcome.is_none() {
@@ -271,7 +271,7 @@ impl<S> Link<S> {
 
     /// A record was stored (from a client or a neighbour): an up link owes it. One that is
     /// down owes nothing: it resyncs when it comes back.
-    pub fn owe(&mut self, record: crate::store::RecordIndex, table: &ClientTable) {
+    pub fn owe(&mut self, record: RecordIndex, table: &ClientTable) {
         if let LinkState::Up { owed, .. } = &mut self.state {
             owed.mark(record, table.source_at(record));
         }

@@ -144,6 +144,7 @@ pub fn refuse_lookup(conn: &mut Connection, api: PlacesApi, seq: u64, at_line: &
 mod tests {
     use super::*;
     use crate::buffer::LineReader;
+    use crate::store::Source;
 
     const NOW: ClientTime = ClientTime {
         secs: 1_621_464_828,
@@ -328,10 +329,7 @@ mod tests {
         );
         assert_eq!(effects, [Effect::Flood(0)]);
         assert!(output(&conn).ends_with("HERD-PONG\n"));
-        assert_eq!(
-            app.clients().source_at(0),
-            crate::store::Source::Neighbour(1)
-        );
+        assert_eq!(app.clients().source_at(0), Source::Neighbour(1));
     }
 
     #[test]
