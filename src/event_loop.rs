@@ -25,7 +25,7 @@ use crate::conn::{ConnState, Connection};
 use crate::link::{Backlog, Link, LinkTiming};
 use crate::logging;
 use crate::net::{self, ReadOutcome, Socket};
-use crate::places::{LookupDone, LookupJob, PlacesPool};
+use crate::places::{reply_with, Begun, LookupDone, LookupJob, Lookups, PlacesPool, Waiter};
 use crate::protocol::ClientTime;
 use crate::secret::Secret;
 use crate::session::{self, Effect};
@@ -153,6 +153,8 @@ pub struct EventLoop {
     jitter: Jitter,
     app: App,
     places: PlacesPool,
+    /// What each WHATSAT's lookup costs: cache, coalescing, rate limit, counters.
+    lookups: Lookups,
     places_api: PlacesApi,
     limits: Limits,
     scratch: Vec<u8>,
@@ -221,6 +223,12 @@ impl EventLoop {
                 config.limits.max_future_secs,
             ),
             places,
+            lookups: Lookups::new(
+                config.places.cache_ms,
+                config.places.cache_entries,
+                config.places.max_per_second,
+                now,
+            ),
             places_api: config.places.api,
             limits: config.limits.clone(),
             scratch: vec![0; READ_CHUNK],
@@ -464,22 +472,31 @@ impl EventLoop {
                     let Some(entry) = self.conns.get_mut(key) else {
                         continue;
                     };
-                    let job = LookupJob {
+                    let waiter = Waiter {
                         conn_key: key,
                         conn_id: entry.conn.id,
                         seq,
                         at_line,
-                        query,
                     };
-                    if let Err(job) = self.places.submit(job) {
-                        let bound = job.query.bound;
-                        session::refuse_lookup(
+                    let lookup = query.key();
+                    let places = &self.places;
+                    let begun = self.lookups.begin(lookup, waiter, Instant::now(), || {
+                        places.submit(LookupJob { key: lookup, query }).is_ok()
+                    });
+                    match begun {
+                        Begun::Sent | Begun::Joined => {}
+                        Begun::Cached(json, waiter) => {
+                            entry
+                                .conn
+                                .fill_reply(waiter.seq, reply_with(&waiter.at_line, &json));
+                        }
+                        Begun::Refused(why, waiter) => session::refuse_lookup(
                             &mut entry.conn,
                             self.places_api,
-                            seq,
-                            &job.at_line,
-                            bound,
-                        );
+                            waiter.seq,
+                            &waiter.at_line,
+                            why,
+                        ),
                     }
                 }
             }
@@ -565,31 +582,38 @@ impl EventLoop {
         }
     }
 
-    /// Delivers finished lookups to the connections that wait for them. The waker coalesces
+    /// Delivers finished lookups to every connection that waits for one. The waker coalesces
     /// wakes, so this drains the channel.
     fn finish_lookups(&mut self) {
         while let Some(done) = self.places.try_result() {
-            let LookupDone {
-                job,
-                reply: shaped,
-                elapsed,
-            } = done;
-            info!(
-                "places conn={} {} {} in {:.1} ms",
-                job.conn_id,
-                self.places_api.name(),
-                shaped.summary,
-                elapsed.as_secs_f64() * 1000.0
-            );
-            let Some(entry) = self
-                .conns
-                .get_mut(job.conn_key)
-                .filter(|e| e.conn.id == job.conn_id)
-            else {
-                continue; // the client left; its reply has nowhere to go
-            };
-            entry.conn.fill_reply(job.seq, shaped.bytes);
-            self.write_output(job.conn_key);
+            let LookupDone { key, json, elapsed } = done;
+            let waiters = self.lookups.finish(key, &json, elapsed, Instant::now());
+            if let Some(first) = waiters.first() {
+                let shared = match waiters.len() {
+                    1 => String::new(),
+                    n => format!(" for {n} WHATSATs"),
+                };
+                info!(
+                    "places conn={} {} {} in {:.1} ms{shared}",
+                    first.conn_id,
+                    self.places_api.name(),
+                    json.summary,
+                    elapsed.as_secs_f64() * 1000.0
+                );
+            }
+            for waiter in waiters {
+                let Some(entry) = self
+                    .conns
+                    .get_mut(waiter.conn_key)
+                    .filter(|e| e.conn.id == waiter.conn_id)
+                else {
+                    continue; // the client left; its reply has nowhere to go
+                };
+                entry
+                    .conn
+                    .fill_reply(waiter.seq, reply_with(&waiter.at_line, &json));
+                self.write_output(waiter.conn_key);
+            }
         }
     }
 

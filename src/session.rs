@@ -10,7 +10,7 @@ use crate::buffer::Line;
 use crate::config::PlacesApi;
 use crate::conn::{ConnState, Connection, Peer};
 use crate::logging::Escaped;
-use crate::places::{shape_reply, PlacesError, PlacesOutcome, PlacesQuery};
+use crate::places::{reply_with, shape_json, PlacesError, PlacesOutcome, PlacesQuery};
 use crate::protocol::{self, ClientTime};
 use crate::store::RecordIndex;
 
@@ -131,13 +131,19 @@ fn handle_peer_line(
     }
 }
 
-/// The Places queue is full (every worker busy): the WHATSAT in slot `seq` is answered at
-/// once with the framed error, in its place among the connection's replies.
-pub fn refuse_lookup(conn: &mut Connection, api: PlacesApi, seq: u64, at_line: &[u8], bound: u8) {
-    let outcome = PlacesOutcome::Failed(PlacesError::QueueFull);
-    let shaped = shape_reply(api, at_line, bound, &outcome);
-    warn!("places conn={} {} {}", conn.id, api.name(), shaped.summary);
-    conn.fill_reply(seq, shaped.bytes);
+/// The lookup of the WHATSAT in slot `seq` was not attempted (`why`: the Places queue is full,
+/// or the rate limit reached): it is answered at once with the framed error, in its place
+/// among the connection's replies.
+pub fn refuse_lookup(
+    conn: &mut Connection,
+    api: PlacesApi,
+    seq: u64,
+    at_line: &[u8],
+    why: PlacesError,
+) {
+    let json = shape_json(api, 1, &PlacesOutcome::Failed(why));
+    warn!("places conn={} {} {}", conn.id, api.name(), json.summary);
+    conn.fill_reply(seq, reply_with(at_line, &json));
 }
 
 #[cfg(test)]
@@ -272,7 +278,7 @@ mod tests {
         let (mut conn, seq) = client_with_pending_whatsat(&mut app);
         feed(&mut conn, &mut app, b"bogus\n");
         let at = app.clients().line_of(b"kiwi").unwrap().to_vec();
-        refuse_lookup(&mut conn, PlacesApi::New, seq, &at, 5);
+        refuse_lookup(&mut conn, PlacesApi::New, seq, &at, PlacesError::QueueFull);
         let out = output(&conn);
         let mut blocks = out.split("\n\n");
         let reply = blocks.next().unwrap();

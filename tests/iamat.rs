@@ -132,6 +132,15 @@ fn boundary_latitudes_and_longitudes_are_valid() {
     }
 }
 
+/// A server whose every WHATSAT makes a Places call (no cache), so [`stored`] can see what
+/// each one sent.
+fn uncached(fake: &FakePlaces) -> Server {
+    Server::builder("Alpha")
+        .places(fake)
+        .line("places cache-ms 0")
+        .start()
+}
+
 /// The stored AT line and the center the server sent to Places, via WHATSAT.
 fn stored(client: &mut Client, fake: &FakePlaces, id: &str) -> (String, f64, f64) {
     let before = fake.request_count();
@@ -152,7 +161,7 @@ fn stored(client: &mut Client, fake: &FakePlaces, id: &str) -> (String, f64, f64
 #[test]
 fn older_iamat_is_answered_but_changes_nothing() {
     let fake = FakePlaces::start();
-    let server = Server::builder("Alpha").places(&fake).start();
+    let server = uncached(&fake);
     let mut client = server.client();
     let newer = client.iamat("c1", "+10+20", "1621464827.5");
     let older = client.iamat("c1", "-30-40", "1621464827.4");
@@ -169,7 +178,7 @@ fn older_iamat_is_answered_but_changes_nothing() {
 #[test]
 fn equal_time_is_not_newer() {
     let fake = FakePlaces::start();
-    let server = Server::builder("Alpha").places(&fake).start();
+    let server = uncached(&fake);
     let mut client = server.client();
     let first = client.iamat("c1", "+10+20", "1621464827.5");
     let second = client.iamat("c1", "-30-40", "1621464827.500");
@@ -187,7 +196,7 @@ fn equal_time_is_not_newer() {
 #[test]
 fn newer_iamat_replaces_the_location() {
     let fake = FakePlaces::start();
-    let server = Server::builder("Alpha").places(&fake).start();
+    let server = uncached(&fake);
     let mut client = server.client();
     client.iamat("c1", "+10+20", "1621464827");
     let newer = client.iamat("c1", "-30-40", "1621464827.000000001");
@@ -199,7 +208,7 @@ fn newer_iamat_replaces_the_location() {
 #[test]
 fn times_compare_as_numbers_not_as_text() {
     let fake = FakePlaces::start();
-    let server = Server::builder("Alpha").places(&fake).start();
+    let server = uncached(&fake);
     let mut client = server.client();
     // "99" sorts after "100" as text; "100.5" is newer than "100.49".
     let kept = client.iamat("c1", "+1+1", "100");
@@ -216,7 +225,7 @@ fn times_compare_as_numbers_not_as_text() {
 #[test]
 fn the_store_is_shared_by_all_connections() {
     let fake = FakePlaces::start();
-    let server = Server::builder("Alpha").places(&fake).start();
+    let server = uncached(&fake);
     let at = server.client().iamat("c1", "+10+20", "1621464827");
     let mut other = server.client();
     assert_eq!(stored(&mut other, &fake, "c1").0, at);

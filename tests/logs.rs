@@ -146,6 +146,7 @@ fn places_calls_are_logged_with_outcome_and_duration() {
     let server = Server::builder("Alpha")
         .places(&fake)
         .line("places timeout-ms 300")
+        .line("places cache-ms 0")
         .start();
     let mut client = server.client();
     let id = conn_id(&server, client.local_port());

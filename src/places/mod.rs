@@ -1,11 +1,15 @@
 //! Places lookups (SPEC section 5): what to ask ([`request`]), how to turn the answer into a
-//! WHATSAT reply ([`response`]), and the worker threads that ask without blocking the event
-//! loop ([`pool`]).
+//! WHATSAT reply ([`response`]), what a lookup costs: cache, coalescing and rate limit
+//! ([`lookups`], counted in [`stats`]), and the worker threads that ask without blocking the
+//! event loop ([`pool`]).
 
+pub mod lookups;
 pub mod pool;
 pub mod request;
 pub mod response;
+pub mod stats;
 
+pub use lookups::{Begun, Lookups, Waiter};
 pub use pool::{LookupDone, LookupJob, PlacesPool};
 pub use request::PlacesQuery;
-pub use response::{shape_reply, PlacesError, PlacesOutcome};
+pub use response::{reply_with, shape_json, PlacesError, PlacesOutcome};

@@ -1,48 +1,72 @@
 //! The worker threads that make Places calls with blocking `ureq`, so the event loop never waits
 //! on the network (SPEC section 5).
 //!
-//! The loop hands a [`LookupJob`] to a bounded queue and goes on; a worker makes the call and
-//! sends a [`LookupDone`] back over a channel, then wakes the loop through its `mio::Waker`.
-//! This is the only module that touches `ureq` or spawns threads for lookups.
+//! The loop hands a [`LookupJob`] to a bounded queue and goes on; a worker makes the call,
+//! shapes the answer, sends a [`LookupDone`] back over a channel, then wakes the loop through
+//! its `mio::Waker`. Workers are sized for Places' real latency: `places workers` is the most
+//! calls in flight, threads start when there is work and no idle worker to take it, and stop
+//! after a while without work, so an idle server keeps none; each has a small stack. The agent
+//! keeps one idle connection per worker, so in steady state a call opens no new TCP or TLS
+//! connection. This is the only module that touches `ureq` or spawns threads for lookups.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use super::request::{legacy_query, new_api_body, PlacesQuery};
-use super::response::{shape_reply, PlacesError, PlacesOutcome, ShapedReply};
+use super::request::{legacy_query, new_api_body, LookupKey, PlacesQuery};
+use super::response::{shape_json, PlacesError, PlacesOutcome, ShapedJson};
 use crate::config::{PlacesApi, PlacesSettings};
 use crate::secret::Secret;
 
-/// One lookup to make, and where its reply goes.
+/// A worker with nothing to do for this long ends; the next burst starts new ones.
+const IDLE_EXIT: Duration = Duration::from_secs(10);
+/// Stack of a worker thread. A call (ureq, rustls, serde_json on a reply of tens of KB) needs
+/// far less than the 2 MiB default; what a thread costs in RSS is the part of it touched.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+
+/// One call to make.
 #[derive(Debug)]
 pub struct LookupJob {
-    /// Which connection asked (its slab key and its unique id, so a reply never reaches a
-    /// connection that reused the slot) and which reply slot on it waits.
-    pub conn_key: usize,
-    pub conn_id: u64,
-    pub seq: u64,
-    /// The stored AT line at the time of the WHATSAT: the first line of the reply.
-    pub at_line: Box<[u8]>,
+    pub key: LookupKey,
     pub query: PlacesQuery,
 }
 
-/// A finished lookup, with its WHATSAT reply already built: parsing and pretty-printing a
-/// Places answer (tens of KB for 20 results) happens here on the worker, not on the loop.
+/// A finished call, with its JSON already shaped: parsing and pretty-printing a Places answer
+/// (tens of KB for 20 results) happens here on the worker, not on the loop.
 #[derive(Debug)]
 pub struct LookupDone {
-    pub job: LookupJob,
-    pub reply: ShapedReply,
+    pub key: LookupKey,
+    pub json: ShapedJson,
     pub elapsed: Duration,
 }
 
 pub struct PlacesPool {
-    jobs: Option<SyncSender<LookupJob>>,
+    shared: Arc<Shared>,
     results: Receiver<LookupDone>,
+}
+
+/// What the loop and the workers share: the queue, and how many workers there are.
+struct Shared {
+    state: Mutex<PoolState>,
+    work: Condvar,
+    max_workers: usize,
+    max_queue: usize,
+    endpoint: Endpoint,
+    results: Sender<LookupDone>,
+    waker: Arc<Waker>,
+}
+
+struct PoolState {
+    queue: VecDeque<LookupJob>,
+    workers: usize,
+    /// Workers waiting for a job.
+    idle: usize,
+    closed: bool,
 }
 
 /// What every worker needs to make a call.
@@ -55,96 +79,152 @@ struct Endpoint {
 }
 
 impl PlacesPool {
-    /// Starts `settings.workers` threads. `waker` wakes the loop after each result.
+    /// A pool of up to `settings.workers` threads, none started yet. `waker` wakes the loop
+    /// after each result.
     pub fn start(
         settings: &PlacesSettings,
         key: Option<Secret>,
         waker: Arc<Waker>,
     ) -> io::Result<PlacesPool> {
-        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<LookupJob>(settings.queue);
         let (results_tx, results_rx) = mpsc::channel();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
             .user_agent(concat!("herd/", env!("CARGO_PKG_VERSION")))
+            // One idle connection per worker: ureq keeps 3 per host by default, so most calls
+            // of a busy pool would open a new connection (and a TLS handshake) each.
+            .max_idle_connections(settings.workers)
+            .max_idle_connections_per_host(settings.workers)
+            // Nagle plus the server's delayed ACK stall a kept-alive request for ~40 ms.
+            .no_delay(true)
             .build()
             .into();
-        let endpoint = Arc::new(Endpoint {
-            api: settings.api,
-            url: settings.url().to_string(),
-            field_mask: settings.field_mask.clone(),
-            key,
-            agent,
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PoolState {
+                queue: VecDeque::new(),
+                workers: 0,
+                idle: 0,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            max_workers: settings.workers,
+            max_queue: settings.queue,
+            endpoint: Endpoint {
+                api: settings.api,
+                url: settings.url().to_string(),
+                field_mask: settings.field_mask.clone(),
+                key,
+                agent,
+            },
+            results: results_tx,
+            waker,
         });
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-        for n in 0..settings.workers {
-            let endpoint = Arc::clone(&endpoint);
-            let jobs = Arc::clone(&jobs_rx);
-            let results = results_tx.clone();
-            let waker = Arc::clone(&waker);
-            // Detached: a worker ends when the queue closes (the pool is dropped) or with the
-            // process; stopping the server never waits on a Places call in flight.
-            thread::Builder::new()
-                .name(format!("places-{n}"))
-                .spawn(move || work(&endpoint, &jobs, &results, &waker))?;
-        }
         Ok(PlacesPool {
-            jobs: Some(jobs_tx),
+            shared,
             results: results_rx,
         })
     }
 
-    /// Queues a lookup, or hands it back at once when the queue is full.
+    /// Queues a call, starting a worker when none is idle to take it; hands the job back at
+    /// once when `places queue` jobs already wait for a worker.
     pub fn submit(&self, job: LookupJob) -> Result<(), LookupJob> {
-        let Some(jobs) = &self.jobs else {
+        let mut state = lock(&self.shared.state);
+        // Jobs that an idle worker, or one yet to start, will take at once do not wait.
+        let served_at_once = state.idle + (self.shared.max_workers - state.workers);
+        if state.closed || state.queue.len() >= self.shared.max_queue + served_at_once {
             return Err(job);
-        };
-        match jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Err(job),
         }
+        state.queue.push_back(job);
+        // A woken worker leaves `idle` only when it runs, so count the jobs it has not taken.
+        if state.queue.len() > state.idle && state.workers < self.shared.max_workers {
+            let shared = Arc::clone(&self.shared);
+            let spawned = thread::Builder::new()
+                .name("places".to_string())
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || work(&shared));
+            match spawned {
+                Ok(_) => state.workers += 1,
+                Err(e) if state.workers == 0 => {
+                    log::warn!("places: cannot start a worker: {e}");
+                    return Err(state.queue.pop_back().expect("pushed above"));
+                }
+                // Others are running; the job waits for one of them.
+                Err(e) => log::warn!("places: cannot start another worker: {e}"),
+            }
+        }
+        self.shared.work.notify_one();
+        Ok(())
     }
 
     /// A finished lookup, if one is waiting. Wakes coalesce, so the loop drains until `None`.
     pub fn try_result(&self) -> Option<LookupDone> {
         self.results.try_recv().ok()
     }
+
+    /// Worker threads running now.
+    pub fn workers(&self) -> usize {
+        lock(&self.shared.state).workers
+    }
 }
 
 impl Drop for PlacesPool {
     fn drop(&mut self) {
-        // Closing the queue ends each worker after its current call.
-        self.jobs = None;
+        // Each worker ends after its current call; stopping the server never waits on one.
+        lock(&self.shared.state).closed = true;
+        self.shared.work.notify_all();
     }
 }
 
-fn work(
-    endpoint: &Endpoint,
-    jobs: &Mutex<Receiver<LookupJob>>,
-    results: &Sender<LookupDone>,
-    waker: &Waker,
-) {
+fn lock(state: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
+    // A worker that panicked mid-call leaves the counts as they were; carry on with them.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn work(shared: &Shared) {
     loop {
-        // The lock is held only while waiting for the next job, never during a call.
-        let next = match jobs.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(_) => return,
+        let Some(job) = next_job(shared) else {
+            return;
         };
-        let Ok(job) = next else { return };
         let started = Instant::now();
-        let outcome = endpoint.call(&job.query);
-        let elapsed = started.elapsed();
-        let reply = shape_reply(endpoint.api, &job.at_line, job.query.bound, &outcome);
+        let outcome = shared.endpoint.call(&job.query);
+        let json = shape_json(shared.endpoint.api, job.query.bound, &outcome);
         let done = LookupDone {
-            job,
-            reply,
-            elapsed,
+            key: job.key,
+            json,
+            elapsed: started.elapsed(),
         };
-        if results.send(done).is_err() {
+        if shared.results.send(done).is_err() {
             return;
         }
         // A failed wake leaves the result queued; the loop's next tick picks it up.
-        let _ = waker.wake();
+        let _ = shared.waker.wake();
+    }
+}
+
+/// The next job, or `None` when the pool closes or this worker has idled for [`IDLE_EXIT`].
+fn next_job(shared: &Shared) -> Option<LookupJob> {
+    let mut state = lock(&shared.state);
+    loop {
+        if state.closed {
+            state.workers -= 1;
+            return None;
+        }
+        if let Some(job) = state.queue.pop_front() {
+            return Some(job);
+        }
+        state.idle += 1;
+        let (guard, wait) = shared
+            .work
+            .wait_timeout(state, IDLE_EXIT)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state = guard;
+        state.idle -= 1;
+        if wait.timed_out() && state.queue.is_empty() {
+            state.workers -= 1;
+            return None;
+        }
     }
 }
 

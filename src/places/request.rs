@@ -15,6 +15,29 @@ pub struct PlacesQuery {
     pub bound: u8,
 }
 
+impl PlacesQuery {
+    /// What makes two lookups the same request: the API, the URL and the field mask are the
+    /// server's own, so the center, the radius and the result count decide.
+    pub fn key(&self) -> LookupKey {
+        LookupKey {
+            latitude: self.latitude.to_bits(),
+            longitude: self.longitude.to_bits(),
+            radius_metres: self.radius_metres.to_bits(),
+            bound: self.bound,
+        }
+    }
+}
+
+/// A lookup by what it sends, for coalescing and the cache (floats by their bits: equal
+/// requests print the same numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LookupKey {
+    latitude: u64,
+    longitude: u64,
+    radius_metres: u64,
+    bound: u8,
+}
+
 /// The `searchNearby` body of Places API v1.
 pub fn new_api_body(query: &PlacesQuery) -> String {
     json!({

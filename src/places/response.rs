@@ -1,10 +1,13 @@
 //! Turns what Places answered (or why it did not) into the WHATSAT reply of SPEC section 2:
-//! the AT line, the JSON with at most `bound` results, then an empty line.
+//! the AT line, the JSON with at most `bound` results, then an empty line. The JSON is shaped
+//! once per Places call ([`shape_json`]) and shared by every WHATSAT that waited on that call
+//! or finds it in the cache; [`reply_with`] puts one client's AT line in front of it.
 //!
 //! Pure. Google's key order is kept (serde_json's `preserve_order`). Failures become JSON in the
 //! shape of the new API's errors, so a client always gets one complete reply.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -19,6 +22,8 @@ pub enum PlacesError {
     Transport(String),
     /// Every worker is busy and the queue is full; the lookup was not attempted.
     QueueFull,
+    /// `places max-per-second` calls were already sent this second; not attempted.
+    RateLimited,
 }
 
 impl fmt::Display for PlacesError {
@@ -27,6 +32,7 @@ impl fmt::Display for PlacesError {
             PlacesError::Timeout => write!(f, "timeout"),
             PlacesError::Transport(why) => write!(f, "transport: {why}"),
             PlacesError::QueueFull => write!(f, "queue full"),
+            PlacesError::RateLimited => write!(f, "rate limited"),
         }
     }
 }
@@ -38,51 +44,89 @@ pub enum PlacesOutcome {
     Failed(PlacesError),
 }
 
-/// A finished WHATSAT reply, and a short account of it for the log.
-#[derive(Debug)]
-pub struct ShapedReply {
-    /// The reply's lines without the final terminator, which the sender adds (so the reply
-    /// ends in an empty line: the JSON's `\n`, then the sender's).
-    pub bytes: Vec<u8>,
+/// What a lookup came to, in kinds the counters and the cache care about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Places answered with results (or with none found).
+    Ok,
+    /// Places answered with an error (an HTTP error status, or legacy's error `status`).
+    ErrorStatus,
+    /// Places answered something that is not JSON.
+    BadBody,
+    Timeout,
+    Transport,
+    /// Not attempted: the queue was full or the rate limit reached.
+    Refused,
+}
+
+/// The JSON part of a WHATSAT reply, and a short account of it for the log.
+#[derive(Clone, Debug)]
+pub struct ShapedJson {
+    /// Pretty-printed, runs of newlines squeezed, no trailing newline.
+    pub text: Arc<[u8]>,
     /// e.g. `ok status=200 results=5`, `error status=403`, `error timeout`.
     pub summary: String,
+    pub kind: OutcomeKind,
 }
 
-/// Builds the whole WHATSAT reply: `at_line`, the JSON, an empty line.
-pub fn shape_reply(
-    api: PlacesApi,
-    at_line: &[u8],
-    bound: u8,
-    outcome: &PlacesOutcome,
-) -> ShapedReply {
-    let (json, summary) = reply_json(api, usize::from(bound), outcome);
+impl ShapedJson {
+    /// Only answers with results may be reused: an error is never cached.
+    pub fn is_reusable(&self) -> bool {
+        self.kind == OutcomeKind::Ok
+    }
+}
+
+/// Shapes what one lookup came to, for a WHATSAT asking for at most `bound` results.
+pub fn shape_json(api: PlacesApi, bound: u8, outcome: &PlacesOutcome) -> ShapedJson {
+    let (json, summary, kind) = reply_json(api, usize::from(bound), outcome);
     let text = squeeze_newlines(&serde_json::to_string_pretty(&json).unwrap_or_default());
-    let mut bytes = Vec::with_capacity(at_line.len() + text.len() + 3);
+    ShapedJson {
+        text: Arc::from(text.into_bytes()),
+        summary,
+        kind,
+    }
+}
+
+/// One client's whole WHATSAT reply: `at_line`, the JSON, then the empty line, given without
+/// the final terminator, which the sender adds.
+pub fn reply_with(at_line: &[u8], json: &ShapedJson) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(at_line.len() + json.text.len() + 2);
     bytes.extend_from_slice(at_line);
     bytes.push(b'\n');
-    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend_from_slice(&json.text);
     bytes.push(b'\n');
-    ShapedReply { bytes, summary }
+    bytes
 }
 
-fn reply_json(api: PlacesApi, bound: usize, outcome: &PlacesOutcome) -> (Value, String) {
+fn reply_json(
+    api: PlacesApi,
+    bound: usize,
+    outcome: &PlacesOutcome,
+) -> (Value, String, OutcomeKind) {
     match outcome {
         PlacesOutcome::Answered { status, body } => {
             let parsed: Option<Value> = serde_json::from_str(body).ok();
             match (is_success(*status), parsed) {
                 (true, Some(mut value)) => {
                     let results = keep_first_results(api, &mut value, bound);
-                    let verdict = match legacy_status(api, &value) {
-                        Some(s) if s != "OK" && s != "ZERO_RESULTS" => format!("error {s}"),
-                        _ => "ok".to_string(),
+                    let (verdict, kind) = match legacy_status(api, &value) {
+                        Some(s) if s != "OK" && s != "ZERO_RESULTS" => {
+                            (format!("error {s}"), OutcomeKind::ErrorStatus)
+                        }
+                        _ => ("ok".to_string(), OutcomeKind::Ok),
                     };
                     (
                         value,
                         format!("{verdict} status={status} results={results}"),
+                        kind,
                     )
                 }
                 // Google's own error body, passed through as it came.
-                (false, Some(value)) => (value, format!("error status={status}")),
+                (false, Some(value)) => (
+                    value,
+                    format!("error status={status}"),
+                    OutcomeKind::ErrorStatus,
+                ),
                 (success, None) => {
                     let message =
                         format!("Places answered HTTP {status} with a body that is not JSON");
@@ -90,29 +134,45 @@ fn reply_json(api: PlacesApi, bound: usize, outcome: &PlacesOutcome) -> (Value, 
                     (
                         error_json(code, &message, status_name(code)),
                         format!("error status={status} body not JSON"),
+                        OutcomeKind::BadBody,
                     )
                 }
             }
         }
         PlacesOutcome::Failed(error) => {
-            let (code, status, message) = match error {
+            let (code, status, message, kind) = match error {
                 PlacesError::Timeout => (
                     504,
                     "DEADLINE_EXCEEDED",
                     "Places did not answer in time".to_string(),
+                    OutcomeKind::Timeout,
                 ),
                 PlacesError::Transport(why) => (
                     503,
                     "UNAVAILABLE",
                     format!("Places could not be reached: {why}"),
+                    OutcomeKind::Transport,
                 ),
                 PlacesError::QueueFull => (
                     429,
                     "RESOURCE_EXHAUSTED",
                     "too many Places lookups are waiting; try again later".to_string(),
+                    OutcomeKind::Refused,
+                ),
+                PlacesError::RateLimited => (
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "this server's Places rate limit (places max-per-second) is reached; try again \
+                     later"
+                        .to_string(),
+                    OutcomeKind::Refused,
                 ),
             };
-            (error_json(code, &message, status), format!("error {error}"))
+            (
+                error_json(code, &message, status),
+                format!("error {error}"),
+                kind,
+            )
         }
     }
 }
@@ -195,7 +255,7 @@ mod tests {
     }
 
     fn reply_text(api: PlacesApi, bound: u8, outcome: &PlacesOutcome) -> String {
-        let mut text = shape_reply(api, AT, bound, outcome).bytes;
+        let mut text = reply_with(AT, &shape_json(api, bound, outcome));
         text.push(b'\n'); // as sent
         String::from_utf8(text).unwrap()
     }
@@ -215,7 +275,7 @@ mod tests {
         let value = json_of(&reply);
         assert_eq!(value["places"].as_array().unwrap().len(), 2);
         assert_eq!(
-            shape_reply(PlacesApi::New, AT, 2, &answered(200, body)).summary,
+            shape_json(PlacesApi::New, 2, &answered(200, body)).summary,
             "ok status=200 results=2"
         );
     }
@@ -259,7 +319,7 @@ mod tests {
         let value = json_of(&reply_text(PlacesApi::New, 5, &outcome));
         assert_eq!(value, serde_json::from_str::<Value>(body).unwrap());
         assert_eq!(
-            shape_reply(PlacesApi::New, AT, 5, &outcome).summary,
+            shape_json(PlacesApi::New, 5, &outcome).summary,
             "error status=403"
         );
     }
@@ -282,6 +342,11 @@ mod tests {
                 429,
                 "RESOURCE_EXHAUSTED",
             ),
+            (
+                PlacesOutcome::Failed(PlacesError::RateLimited),
+                429,
+                "RESOURCE_EXHAUSTED",
+            ),
             (answered(200, "<html>"), 502, "UNKNOWN"),
             (answered(500, "oops"), 500, "INTERNAL"),
         ];
@@ -296,8 +361,15 @@ mod tests {
     #[test]
     fn legacy_error_status_is_logged_as_an_error() {
         let body = r#"{"error_message": "bad key", "results": [], "status": "REQUEST_DENIED"}"#;
-        let shaped = shape_reply(PlacesApi::Legacy, AT, 5, &answered(200, body));
+        let shaped = shape_json(PlacesApi::Legacy, 5, &answered(200, body));
         assert_eq!(shaped.summary, "error REQUEST_DENIED status=200 results=0");
+        assert!(!shaped.is_reusable(), "an error is never cached");
+        let ok = shape_json(
+            PlacesApi::Legacy,
+            5,
+            &answered(200, r#"{"results": [], "status": "OK"}"#),
+        );
+        assert!(ok.is_reusable());
     }
 
     #[test]
