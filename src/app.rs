@@ -57,6 +57,9 @@ pub struct App {
     name: String,
     /// In config order: a neighbour's position is its [`LinkId`].
     neighbours: Vec<String>,
+    /// Every server of the herd: an update names the server that took it, and one naming a
+    /// server the config does not know is forged or from another herd.
+    servers: Vec<String>,
     peer_secret: Option<Secret>,
     /// How far past our clock a client time may be (`limit future-seconds`).
     max_future_nanos: i128,
@@ -67,12 +70,14 @@ impl App {
     pub fn new(
         name: &str,
         neighbours: Vec<String>,
+        servers: Vec<String>,
         peer_secret: Option<Secret>,
         max_future_secs: u64,
     ) -> App {
         App {
             name: name.to_string(),
             neighbours,
+            servers,
             peer_secret,
             max_future_nanos: i128::from(max_future_secs) * 1_000_000_000,
             clients: ClientTable::new(),
@@ -98,6 +103,9 @@ impl App {
         let Some(at) = AtLine::parse(line) else {
             return PeerOutcome::Invalid;
         };
+        if !self.servers.iter().any(|s| s.as_bytes() == at.server) {
+            return PeerOutcome::Invalid;
+        }
         if self.is_too_far_ahead(at.client_time, now) {
             return PeerOutcome::FromTheFuture;
         }
@@ -203,8 +211,20 @@ mod tests {
 
     const DAY_SECS: u64 = 86_400;
 
+    fn herd() -> Vec<String> {
+        ["Alfa", "Bona", "Campbell", "Clark", "Jaquez"]
+            .map(String::from)
+            .to_vec()
+    }
+
     fn app(name: &str) -> App {
-        App::new(name, vec!["Bona".into(), "Jaquez".into()], None, DAY_SECS)
+        App::new(
+            name,
+            vec!["Bona".into(), "Jaquez".into()],
+            herd(),
+            None,
+            DAY_SECS,
+        )
     }
 
     fn at(secs: i64, nanos: u32) -> ClientTime {
@@ -342,10 +362,17 @@ mod tests {
         let mut campbell = App::new(
             "Campbell",
             vec!["Bona".into()],
+            herd(),
             Some(secret.clone()),
             DAY_SECS,
         );
-        let bona = App::new("Bona", vec!["Campbell".into()], Some(secret), DAY_SECS);
+        let bona = App::new(
+            "Bona",
+            vec!["Campbell".into()],
+            herd(),
+            Some(secret),
+            DAY_SECS,
+        );
         assert!(matches!(
             campbell.handle_client_line(b"HERD-HELLO Bona", at(1, 0)),
             ClientOutcome::Reply(_)
@@ -413,6 +440,23 @@ mod tests {
         assert_eq!(
             app.clients().line_of(b"c").unwrap(),
             b"AT Bona -86400.000000000 c +2+2 1086400"
+        );
+    }
+
+    #[test]
+    fn an_update_naming_a_server_outside_the_herd_is_invalid() {
+        let mut app = app("Campbell");
+        let forged = b"AT Nobody +0.500000000 c +1+1 10";
+        assert_eq!(
+            app.handle_peer_line(forged, 0, at(20, 0)),
+            PeerOutcome::Invalid
+        );
+        assert!(app.clients().is_empty());
+        // A server two hops away is fine: floods carry the taking server's name.
+        let relayed = b"AT Clark +0.500000000 c +1+1 10";
+        assert_eq!(
+            app.handle_peer_line(relayed, 0, at(20, 0)),
+            PeerOutcome::Stored(0)
         );
     }
 

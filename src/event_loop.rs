@@ -219,6 +219,7 @@ impl EventLoop {
             app: App::new(
                 &setup.name,
                 neighbours,
+                config.servers.iter().map(|s| s.name.clone()).collect(),
                 setup.peer_secret,
                 config.limits.max_future_secs,
             ),

@@ -160,9 +160,11 @@ mod tests {
     const MAX_LINE: usize = 100;
 
     fn app() -> App {
+        let herd = ["Bona", "Campbell", "Clark"].map(String::from).to_vec();
         App::new(
             "Campbell",
             vec!["Bona".into(), "Clark".into()],
+            herd,
             None,
             86_400,
         )

@@ -198,12 +198,18 @@ fn a_neighbour_that_sends_anything_but_at_lines_is_dropped_and_the_server_keeps_
     herd.wait_knows("Campbell", &[record("fake.example", &injected)]);
     drop(peer);
 
+    // A well-formed update naming a server outside the herd is forged, like the rest.
+    let unknown_origin = format!(
+        "AT Nobody +0.500000000 forged.example +10+10 {}",
+        time_from_now(-2)
+    );
     let garbage = [
         "this is garbage",
         "AT Bona +x fake.example +10+10 1",
         "IAMAT kiwi +1+1 1",
         "WHATSAT fake.example 10 1",
         "HERD-HELLO Bona",
+        &unknown_origin,
     ];
     for (i, line) in garbage.iter().enumerate() {
         let (mut peer, id) = fake_bona(&herd);
@@ -221,6 +227,7 @@ fn a_neighbour_that_sends_anything_but_at_lines_is_dropped_and_the_server_keeps_
         check_serving(&herd, &format!("client-{i}.example"));
     }
     herd.wait_knows("Campbell", &[record("fake.example", &injected)]);
+    assert_eq!(herd.known("Campbell", "forged.example"), None);
 }
 
 #[test]
