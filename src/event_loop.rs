@@ -459,9 +459,16 @@ impl EventLoop {
                     }
                 }
                 Effect::Peered => {
-                    if let Some(entry) = self.conns.get(key) {
-                        if let Err(e) = net::limit_link_receive_buffer(&entry.stream) {
-                            warn!("peer conn={}: cannot size its buffer: {e}", entry.conn.id);
+                    let Some(entry) = self.conns.get(key) else {
+                        continue;
+                    };
+                    if let Err(e) = net::limit_link_receive_buffer(&entry.stream) {
+                        warn!("peer conn={}: cannot size its buffer: {e}", entry.conn.id);
+                    }
+                    let link = entry.conn.peer.as_ref().map(|p| p.link);
+                    if let Some(link) = link.and_then(|l| self.links.get_mut(l)) {
+                        if link.neighbour_is_back(Instant::now()) {
+                            info!("link retry {} now: it connected to us", link.name);
                         }
                     }
                 }

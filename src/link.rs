@@ -197,6 +197,21 @@ impl<S> Link<S> {
         }
     }
 
+    /// The neighbour just opened its own link to us, so it is up and listening: a link that is
+    /// waiting out a backoff tries again at once, from the shortest delay. (A restarted server
+    /// is then brought up to date within a round trip, not at our next retry.) Returns whether
+    /// the retry was brought forward.
+    pub fn neighbour_is_back(&mut self, now: Instant) -> bool {
+        match &mut self.state {
+            LinkState::Waiting { retry_at } if *retry_at > now => {
+                *retry_at = now;
+                self.backoff.reset();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The retry is due and a connect has started on `socket`.
     pub fn connecting(&mut self, socket: S, now: Instant) {
         self.state = LinkState::Connecting {
@@ -602,6 +617,28 @@ mod tests {
         let mut l2 = link_up(&table, now);
         let (_, after_up) = l2.down(now, 0.5);
         assert_eq!(after_up, first);
+    }
+
+    #[test]
+    fn a_neighbour_that_connects_to_us_is_retried_at_once() {
+        let now = Instant::now();
+        let table = ClientTable::new();
+        let mut l = link_up(&table, now);
+        for _ in 0..5 {
+            l.down(now, 0.9);
+        }
+        let waiting_until = l.deadline().unwrap();
+        assert!(waiting_until > now + Duration::from_secs(1));
+        assert!(l.neighbour_is_back(now));
+        assert_eq!(l.deadline(), Some(now));
+        assert_eq!(l.on_timer(now), TimerAction::Connect);
+        // The backoff starts over too.
+        l.connecting(FakeSocket(2), now);
+        let (_, delay) = l.down(now, 0.9);
+        assert!(delay <= Duration::from_millis(100), "{delay:?}");
+        // Nothing to bring forward while connecting or up.
+        let mut up = link_up(&table, now);
+        assert!(!up.neighbour_is_back(now));
     }
 
     #[test]

@@ -503,3 +503,23 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
+
+/// A restarted server is brought up to date within a round trip of starting: its own link's
+/// hello tells the neighbour it is back, and the neighbour's link, waiting out a long backoff,
+/// retries at once.
+#[test]
+fn a_restarted_neighbour_is_relinked_at_once_not_at_the_next_retry() {
+    let mut herd = Herd::chain(&["Campbell", "Bona"]);
+    // Every retry waits 10 to 20 s: longer than any wait below.
+    herd.line("peer backoff-max-ms 20000");
+    herd.line("peer backoff-min-ms 20000");
+    herd.start("Campbell");
+    herd.start("Bona");
+    herd.wait_link_syncs("Campbell", "Bona", 1);
+    herd.kill("Bona");
+    herd.wait_log_count("Campbell", "link retry Bona in ", 1);
+    herd.start("Bona");
+    herd.wait_log_count("Campbell", "link retry Bona now: it connected to us", 1);
+    // The wait gives up after 8 s, before the scheduled retry (10 s at the soonest) is due.
+    herd.wait_link_syncs("Campbell", "Bona", 2);
+}
