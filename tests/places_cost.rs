@@ -161,3 +161,30 @@ fn past_max_per_second_whatsats_get_429_at_once_and_in_order() {
     };
     assert_eq!(place_ids(&answered, "places", "id"), fake_ids(1));
 }
+
+/// In steady state a lookup opens no new connection: the HTTP client keeps one idle kept-alive
+/// connection per worker (its own default is 3 per host).
+#[test]
+fn two_hundred_lookups_by_eight_workers_use_at_most_eight_connections() {
+    let fake = FakePlaces::start();
+    fake.set_delay(Duration::from_millis(20));
+    let server = server_with(&fake, &["places workers 8", "places cache-ms 0"]);
+    let mut client = server.client();
+    let at = client.iamat("kiwi", "+1+1", "100");
+    // 200 distinct lookups (radius 0.1 km to 20 km), all in flight at once, 8 at a time.
+    let mut burst = String::new();
+    for n in 1..=200 {
+        burst.push_str(&format!("WHATSAT kiwi {}.{} 1\n", n / 10, n % 10));
+    }
+    client.send_raw(burst.as_bytes());
+    for n in 1..=200 {
+        let json = check_framing(&client.read_whatsat_reply(), &at);
+        assert_eq!(place_ids(&json, "places", "id"), fake_ids(1), "reply {n}");
+    }
+    assert_eq!(fake.request_count(), 200);
+    assert!(
+        fake.accepted_connections() <= 8,
+        "{} connections for 200 lookups",
+        fake.accepted_connections()
+    );
+}
