@@ -124,7 +124,8 @@ impl Default for Limits {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeerSettings {
-    pub secret_env: Option<String>,
+    /// Where the shared secret that links prove comes from.
+    pub secret: PeerSecret,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// A link that has been quiet this long sends a ping; one that hears nothing for
@@ -139,6 +140,22 @@ pub struct PeerSettings {
     pub stall_limit: Duration,
 }
 
+/// Where the secret that links prove comes from (SPEC section 3: secure by default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerSecret {
+    /// No `peer secret*` line: the file beside the config, named after it (`herd.conf` ->
+    /// `herd.secret`), created with random bytes on first start.
+    BesideConfig,
+    /// `peer secret-file PATH` (relative to the working directory, like `log dir`), created
+    /// the same way if missing.
+    File(PathBuf),
+    /// `peer secret-env VAR`: the environment variable's value; the server refuses to start
+    /// when it is unset.
+    Env(String),
+    /// `peer secret none`: links are not authenticated (a warning at start).
+    None,
+}
+
 /// How many ping intervals of silence take a link down.
 pub const SILENT_PING_INTERVALS: u32 = 5;
 
@@ -151,7 +168,7 @@ impl PeerSettings {
 impl Default for PeerSettings {
     fn default() -> Self {
         PeerSettings {
-            secret_env: None,
+            secret: PeerSecret::BesideConfig,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_millis(5000),
             ping_interval: Duration::from_millis(1000),
@@ -353,7 +370,14 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
 
 fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(), String> {
     match setting {
-        "secret-env" => peer.secret_env = Some(env_var_name(value)?),
+        "secret-env" => peer.secret = PeerSecret::Env(env_var_name(value)?),
+        "secret-file" => peer.secret = PeerSecret::File(PathBuf::from(value)),
+        "secret" if value == "none" => peer.secret = PeerSecret::None,
+        "secret" => {
+            return Err(format!(
+                "peer secret takes only 'none' (or use secret-file PATH / secret-env VAR), not '{value}'"
+            ))
+        }
         "backoff-min-ms" => peer.backoff_min = millis(setting, value)?,
         "backoff-max-ms" => peer.backoff_max = millis(setting, value)?,
         "ping-ms" => peer.ping_interval = millis(setting, value)?,
@@ -474,7 +498,7 @@ log lines on
         assert_eq!(config.places.api, PlacesApi::New);
         assert_eq!(config.places.key_env, "GOOGLE_PLACES_API_KEY");
         assert!(config.log.lines);
-        assert_eq!(config.peer.secret_env, None);
+        assert_eq!(config.peer.secret, PeerSecret::BesideConfig);
     }
 
     #[test]
@@ -524,7 +548,7 @@ log lines on
         assert_eq!(config.limits.max_line_bytes, 100);
         assert_eq!(config.limits.max_output_bytes, 2048);
         assert_eq!(config.limits.max_connections, 3);
-        assert_eq!(config.peer.secret_env.as_deref(), Some("S"));
+        assert_eq!(config.peer.secret, PeerSecret::Env("S".into()));
         assert_eq!(config.peer.backoff_min, Duration::from_millis(10));
         assert_eq!(config.peer.backoff_max, Duration::from_millis(20));
         assert_eq!(config.limits.max_future_secs, 60);
@@ -532,6 +556,17 @@ log lines on
         assert_eq!(config.peer.stall_limit, Duration::from_millis(700));
         assert_eq!(config.peer.ping_interval, Duration::from_millis(300));
         assert_eq!(config.peer.silence_limit(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_last_peer_secret_line_decides() {
+        let config = with_server("peer secret-file /tmp/s\npeer secret none").unwrap();
+        assert_eq!(config.peer.secret, PeerSecret::None);
+        let config = with_server("peer secret none\npeer secret-file keys/herd.secret").unwrap();
+        assert_eq!(
+            config.peer.secret,
+            PeerSecret::File(PathBuf::from("keys/herd.secret"))
+        );
     }
 
     #[test]
@@ -572,6 +607,8 @@ log lines on
             ("limit sockets 5", 2),
             ("limit connections 5 6", 2),
             ("peer secret-env", 2),
+            ("peer secret some", 2),
+            ("peer secret-file", 2),
             ("peer backoff-min-ms 900\npeer backoff-max-ms 100", 3),
             ("peer flavour x", 2),
             ("peer queue-bytes 4096", 2),

@@ -22,6 +22,7 @@ pub mod link;
 pub mod logging;
 pub mod net;
 pub mod owed;
+pub mod peer_secret;
 pub mod peer_wire;
 pub mod places;
 pub mod protocol;

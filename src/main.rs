@@ -15,7 +15,7 @@ use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
 use herd::logging;
 use herd::secret::Secret;
-use herd::{net, supervisor};
+use herd::{net, peer_secret, supervisor};
 
 /// Exit status for usage and config errors.
 const BAD_INPUT: u8 = 2;
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                     ),
                 );
             }
-            match serve(&name, parsed, log_level) {
+            match serve(&name, &config, parsed, log_level) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(problem) => fail(FAILED, &format!("herd {name}: {problem}")),
             }
@@ -82,6 +82,7 @@ fn load_config(path: &Path) -> Result<Config, String> {
 
 fn serve(
     name: &str,
+    config_path: &Path,
     mut config: Config,
     log_level: Option<log::LevelFilter>,
 ) -> Result<(), String> {
@@ -92,14 +93,8 @@ fn serve(
         .server(name)
         .map(|s| s.addr)
         .ok_or_else(|| format!("no server named '{name}'"))?;
-    // Checked before the port opens: a herd configured for a secret must not run without one.
-    let peer_secret = match &config.peer.secret_env {
-        None => None,
-        Some(var) => match std::env::var(var) {
-            Ok(value) if !value.is_empty() => Some(Secret::new(value)),
-            _ => return Err(format!("peer secret-env names {var}, which is not set")),
-        },
-    };
+    // Before the port opens: a server that cannot prove the herd's secret must not run.
+    let peer_secret = peer_secret::load(&config.peer.secret, config_path)?;
     let listener = net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let log_path = logging::init(&config.log.dir, name, config.log.level, config.log.lines)
         .map_err(|e| format!("cannot open log in {}: {e}", config.log.dir.display()))?;
@@ -126,6 +121,10 @@ fn serve(
             None
         }
     };
+    if let Some(warning) = &peer_secret.warning {
+        warn!("{warning}");
+        eprintln!("{warning}");
+    }
     info!("listen {addr}");
     eprintln!("{name} listening on {addr}, log {}", log_path.display());
     let mut event_loop = EventLoop::new(ServerSetup {
@@ -133,7 +132,7 @@ fn serve(
         listener,
         config,
         places_key,
-        peer_secret,
+        peer_secret: peer_secret.secret,
         signals,
     })
     .map_err(|e| format!("cannot start: {e}"))?;

@@ -97,6 +97,27 @@ pub fn check_hello<'a>(
     }
 }
 
+/// A hello as it may be logged: its proof replaced, since a proof replayed to the same server
+/// within the skew window would be accepted. Any other line is returned as it is.
+pub fn redact_hello(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !is_hello(line) {
+        return std::borrow::Cow::Borrowed(line); // every client line comes here: no allocation
+    }
+    let words: Vec<&[u8]> = fields(line).collect();
+    match words.as_slice() {
+        [HELLO, from, secs, _mac, ..] => {
+            let mut shown = Vec::with_capacity(line.len());
+            for part in [HELLO, from, secs] {
+                shown.extend_from_slice(part);
+                shown.push(b' ');
+            }
+            shown.extend_from_slice(b"<redacted>");
+            std::borrow::Cow::Owned(shown)
+        }
+        _ => std::borrow::Cow::Borrowed(line),
+    }
+}
+
 /// The name in a welcome line.
 pub fn parse_welcome(line: &[u8]) -> Option<&[u8]> {
     let mut words = fields(line);
@@ -244,6 +265,18 @@ mod tests {
         assert_eq!(parse_welcome(&welcome), Some(&b"Campbell"[..]));
         assert_eq!(parse_welcome(b"? HERD-HELLO Bona"), None);
         assert_eq!(parse_welcome(b"HERD-WELCOME a b"), None);
+    }
+
+    #[test]
+    fn a_hello_is_logged_without_its_proof() {
+        let hello = format_hello("Bona", "Campbell", Some(&secret()), 1000);
+        let mac = String::from_utf8(hello.clone()).unwrap();
+        let mac = mac.rsplit(' ').next().unwrap().to_string();
+        let shown = redact_hello(&hello);
+        assert_eq!(&*shown, b"HERD-HELLO Bona 1000 <redacted>");
+        assert!(!String::from_utf8_lossy(&shown).contains(&mac));
+        assert_eq!(&*redact_hello(b"HERD-HELLO Bona"), b"HERD-HELLO Bona");
+        assert_eq!(&*redact_hello(b"IAMAT a b c"), b"IAMAT a b c");
     }
 
     #[test]

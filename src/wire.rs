@@ -4,13 +4,20 @@
 //! traffic, so what is logged, escaped and terminated is decided here.
 //!
 //! One convention: a line is handed over *without* its terminator; the `\n` is added here.
+//!
+//! A hello's proof is logged as `<redacted>` whichever way it goes (our own hello, one we
+//! received, and the `? ` echo of a refused one): a proof replayed to its server within the
+//! allowed clock skew would be accepted, so a log reader must not find one.
+
+use std::borrow::Cow;
 
 use crate::buffer::OutBuffer;
 use crate::logging::{traffic, Direction, Party};
+use crate::peer_wire::redact_hello;
 
 /// Queues `line` and its `\n` on `out`, and logs it.
 pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
-    traffic(Direction::Send, party, line);
+    traffic(Direction::Send, party, &as_logged(line));
     out.push(line);
     out.push(b"\n");
 }
@@ -19,7 +26,7 @@ pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
 /// given without its final terminator; every line of it is logged.
 pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
     for line in lines.split(|&b| b == b'\n') {
-        traffic(Direction::Send, party, line);
+        traffic(Direction::Send, party, &as_logged(line));
     }
     out.push(lines);
     out.push(b"\n");
@@ -27,7 +34,19 @@ pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
 
 /// Logs a line that came in (without its terminator).
 pub fn received(party: Party<'_>, line: &[u8]) {
-    traffic(Direction::Recv, party, line);
+    traffic(Direction::Recv, party, &as_logged(line));
+}
+
+/// The line as the log shows it: a hello, or the `? ` echo of one, without its proof. Other
+/// lines (all the traffic that matters for speed) are borrowed as they are.
+fn as_logged(line: &[u8]) -> Cow<'_, [u8]> {
+    match line.strip_prefix(b"? ") {
+        Some(echoed) => match redact_hello(echoed) {
+            Cow::Borrowed(_) => Cow::Borrowed(line),
+            Cow::Owned(redacted) => Cow::Owned([&b"? "[..], &redacted].concat()),
+        },
+        None => redact_hello(line),
+    }
 }
 
 #[cfg(test)]
@@ -35,6 +54,23 @@ mod tests {
     use super::*;
 
     const PARTY: Party<'static> = Party::Link("Bona");
+
+    #[test]
+    fn hello_proofs_are_not_logged_either_way() {
+        let hello = b"HERD-HELLO Bona 1000 0123abcd";
+        assert_eq!(&*as_logged(hello), b"HERD-HELLO Bona 1000 <redacted>");
+        assert_eq!(
+            &*as_logged(b"? HERD-HELLO Bona 1000 0123abcd"),
+            b"? HERD-HELLO Bona 1000 <redacted>"
+        );
+        for plain in [
+            &b"HERD-HELLO Bona"[..],
+            b"? IAMAT x",
+            b"AT Bona +0.1 k +1+1 1",
+        ] {
+            assert!(matches!(as_logged(plain), Cow::Borrowed(_)), "{plain:?}");
+        }
+    }
 
     #[test]
     fn every_line_gets_exactly_one_terminator() {

@@ -26,6 +26,7 @@ fn client_id(n: usize) -> String {
 fn campbell_with_a_fake_bona(settings: &[&str]) -> (Herd, TcpStream) {
     let fake_bona = TcpListener::bind("127.0.0.1:0").expect("bind the fake neighbour");
     let mut herd = Herd::chain(&["Campbell", "Bona"]);
+    herd.line("peer secret none"); // the fake Bona checks a plain hello
     for line in settings {
         herd.line(line);
     }

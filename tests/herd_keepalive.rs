@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn an_accepted_neighbour_answers_pings() {
     let mut herd = Herd::chain(&["Campbell", "Bona"]);
+    herd.line("peer secret none"); // the test plays Bona with a plain hello
     herd.start("Campbell");
     let mut bona = RawPeer::connect(herd.port("Campbell"));
     bona.send_line("HERD-HELLO Bona");
@@ -26,6 +27,7 @@ fn a_neighbour_that_welcomes_but_falls_silent_is_taken_down_and_retried() {
     let silent_bona = TcpListener::bind("127.0.0.1:0").expect("bind fake neighbour");
     let fake_port = silent_bona.local_addr().expect("local_addr").port();
     let mut herd = Herd::chain(&["Campbell", "Bona"]);
+    herd.line("peer secret none"); // the fake Bona checks a plain hello
     herd.line("peer ping-ms 100");
     herd.route("Campbell", "Bona", fake_port);
     herd.start("Campbell");
