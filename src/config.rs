@@ -1,11 +1,15 @@
 //! `herd.conf` -> [`Config`] (SPEC section 4). Every error names the line it comes from.
 //!
-//! Pure: it parses text it is given; reading the file and the environment is `main`'s job.
+//! Pure: it parses the bytes or text it is given; reading the file and the environment is
+//! `main`'s job. Bytes from the file that an error message quotes are escaped as the log
+//! escapes network bytes ([`Escaped`]), so a message is always one line of printable ASCII.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::logging::Escaped;
 
 /// Which Places API the server speaks (SPEC section 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +237,37 @@ fn error(line: usize, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Parses the raw bytes of a config file: text that is not UTF-8 is an error naming the line
+/// of the first invalid byte (lines counted as [`parse_config`] counts them, by `\n`).
+pub fn parse_config_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_config(text),
+        Err(invalid) => Err(not_utf8(bytes, invalid.valid_up_to())),
+    }
+}
+
+/// `not UTF-8 text (byte 0xff) in 'caf\xff'`, at the line holding `bytes[at]`: the first
+/// byte that is not UTF-8 and the white-space-separated word around it, escaped.
+fn not_utf8(bytes: &[u8], at: usize) -> ConfigError {
+    let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+    let start = bytes[..at]
+        .iter()
+        .rposition(u8::is_ascii_whitespace)
+        .map_or(0, |i| i + 1);
+    let end = bytes[at..]
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .map_or(bytes.len(), |i| at + i);
+    error(
+        line,
+        format!(
+            "not UTF-8 text (byte 0x{:02x}) in '{}'",
+            bytes[at],
+            Escaped(&bytes[start..end])
+        ),
+    )
+}
+
 /// Parses the whole text of a config file.
 pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
     let mut config = Config::default();
@@ -243,7 +278,11 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
         if words.is_empty() {
             continue;
         }
-        apply_line(&mut config, &words).map_err(|problem| error(line_no, problem))?;
+        // The problem quotes words of the line; escaping it whole escapes every byte of them
+        // (Escaped works byte by byte, and the rest of every problem is printable ASCII
+        // without `\`, which Escaped leaves as is).
+        apply_line(&mut config, &words)
+            .map_err(|problem| error(line_no, Escaped(problem.as_bytes()).to_string()))?;
     }
     if config.servers.is_empty() {
         return Err(error(
@@ -631,6 +670,96 @@ log lines on
     fn a_config_without_servers_is_an_error() {
         assert!(parse_config("# nothing\n").is_err());
         assert!(parse_config("").is_err());
+    }
+
+    #[test]
+    fn bytes_that_are_utf8_parse_as_the_text_does() {
+        assert_eq!(
+            parse_config_bytes(SPEC_CONFIG.as_bytes()),
+            parse_config(SPEC_CONFIG)
+        );
+        let e = parse_config_bytes(b"server A 127.0.0.1:1\nlnk A B\n").unwrap_err();
+        assert_eq!(e.to_string(), "2: unknown directive 'lnk'");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_name_the_line_and_the_byte() {
+        let e =
+            parse_config_bytes(b"# ok\nserver A 127.0.0.1:1\nlink A caf\xff\nlink\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert_eq!(e.problem, "not UTF-8 text (byte 0xff) in 'caf\\xff'");
+        // In a comment too, with CRLF line ends, on the first line, at the very end.
+        let e = parse_config_bytes(b"a\r\nb\r\n\r\n# caf\xe9 au lait\r\n").unwrap_err();
+        assert_eq!(e.line, 4);
+        assert_eq!(e.problem, "not UTF-8 text (byte 0xe9) in 'caf\\xe9'");
+        let e = parse_config_bytes(b"\x80server").unwrap_err();
+        assert_eq!(
+            (e.line, e.problem.as_str()),
+            (1, "not UTF-8 text (byte 0x80) in '\\x80server'")
+        );
+        // A sequence cut short by the end of the file: its first byte is the one named.
+        let e = parse_config_bytes(b"server A 127.0.0.1:1\n\xe2\x82").unwrap_err();
+        assert_eq!(
+            (e.line, e.problem.as_str()),
+            (2, "not UTF-8 text (byte 0xe2) in '\\xe2\\x82'")
+        );
+        // The word is escaped as a whole, valid multi-byte characters and control bytes too.
+        let e = parse_config_bytes(b"server \xc3\xa9\x1b\\\xff x").unwrap_err();
+        assert_eq!(
+            e.problem,
+            "not UTF-8 text (byte 0xff) in '\\xc3\\xa9\\x1b\\\\\\xff'"
+        );
+    }
+
+    #[test]
+    fn bytes_from_the_file_are_escaped_in_every_problem() {
+        let e = err("server A 127.0.0.1:1\nlnk\x1b[2J A B\n");
+        assert_eq!(e.to_string(), "2: unknown directive 'lnk\\x1b[2J'");
+        let e = err("server A\x07 127.0.0.1:1\nserver A\x07 127.0.0.1:2\n");
+        assert_eq!(e.problem, "server 'A\\x07' is already defined");
+        let e = err("server A 127.0.0.1:1\nplaces workers 1\u{e9}\\\x7f\n");
+        assert_eq!(
+            e.problem,
+            "workers must be a whole number from 1 to 4096, not '1\\xc3\\xa9\\\\\\x7f'"
+        );
+        let e = err("server A 127.0.0.1:1\nlink A \x1b]0;pwned\x07\n");
+        assert!(e.problem.contains("'\\x1b]0;pwned\\x07'"), "{e}");
+    }
+
+    #[test]
+    fn problems_are_printable_ascii() {
+        // The fixed text of every problem is printable ASCII without `\`, so escaping a whole
+        // problem escapes exactly the bytes that came from the file.
+        for extra in [
+            "server A",
+            "server B localhost:80",
+            "server B 127.0.0.1:1",
+            "link A Nobody",
+            "link A A",
+            "places api newest",
+            "places url ftp://x",
+            "places workers 0",
+            "places colour blue",
+            "places key-env 1BAD",
+            "log lines maybe",
+            "log level loud",
+            "log colour on",
+            "limit sockets 5",
+            "peer queue-bytes 4096",
+            "peer flavour x",
+            "peer backoff-min-ms 900\npeer backoff-max-ms 100",
+            "frobnicate",
+        ] {
+            let e = with_server(extra).expect_err(extra);
+            assert!(
+                e.problem
+                    .bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) && b != b'\\'),
+                "{extra}: {e}"
+            );
+        }
+        let e = parse_config("").unwrap_err();
+        assert!(e.problem.is_ascii());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! formatting machinery: with every line logged, that machinery was 40% of the instructions
 //! of an IAMAT (callgrind). Every record is stamped by [`Sink`], so both kinds share one clock
 //! and one format: `2026-11-23T14:16:28.018160Z [INFO] recv conn=7 ...`.
+//!
+//! `log level` is the level of herd's own records; every other target (ureq, ureq_proto,
+//! rustls, ...) is held to warnings and errors ([`level_for`]), so no library's debug or trace
+//! output, which quotes what is sent, the Places key included, reaches the file.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -44,10 +48,63 @@ pub fn init(dir: &Path, name: &str, level: LevelFilter, lines: bool) -> io::Resu
         .set_target_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .build();
-    WriteLogger::init(level, config, SinkWriter(Arc::clone(&sink))).map_err(io::Error::other)?;
+    // Libraries are capped by a wrapper rather than simplelog's target filters: those only
+    // allow or ignore target prefixes per logger (a level per target would take two loggers,
+    // and the prefix `herd` also matches `herdsman`), and a WriteLogger's `enabled` ignores
+    // them, so `log_enabled!(Trace)` in ureq would still say yes and it would format the URL.
+    let writer = WriteLogger::new(level, config, SinkWriter(Arc::clone(&sink)));
+    log::set_boxed_logger(Box::new(CappedLogger {
+        level,
+        inner: writer,
+    }))
+    .map_err(io::Error::other)?;
+    log::set_max_level(level);
     let _ = TRAFFIC_SINK.set(sink);
     TRAFFIC_ON.store(lines, Ordering::Relaxed);
     Ok(path)
+}
+
+/// The most a target that is not herd's own may log, whatever `log level` says. ureq logs the
+/// request line with its query (the legacy API's `key=`) at debug when trace is on, and
+/// ureq-proto dumps every byte it sends (the `X-Goog-Api-Key` header) at trace: no library's
+/// debug or trace output is let through, so a secret it handles never reaches the log.
+pub const OTHERS_MAX_LEVEL: LevelFilter = LevelFilter::Warn;
+
+/// The level a record of `target` is logged at most: `level` (the configured one) for herd's
+/// own targets (`herd`, `herd::...`), at most [`OTHERS_MAX_LEVEL`] for every other one.
+pub fn level_for(target: &str, level: LevelFilter) -> LevelFilter {
+    let own = target
+        .strip_prefix("herd")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
+    if own {
+        level
+    } else {
+        level.min(OTHERS_MAX_LEVEL)
+    }
+}
+
+/// simplelog's logger behind [`level_for`]: a record is written only if its target may log at
+/// its level. `enabled` says the same, so a library that asks first (`log_enabled!`) does not
+/// even format what would be dropped.
+struct CappedLogger<L> {
+    level: LevelFilter,
+    inner: Box<L>,
+}
+
+impl<L: log::Log> log::Log for CappedLogger<L> {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= level_for(metadata.target(), self.level)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 /// Writes buffered log records to the file.
@@ -288,6 +345,72 @@ mod tests {
             "AT Campbell +0.1 kiwi"
         );
         assert_eq!(Escaped(b"").to_string(), "");
+    }
+
+    #[test]
+    fn other_targets_are_capped_at_warn_and_herd_keeps_its_level() {
+        use LevelFilter::*;
+        for target in ["herd", "herd::places::pool", "herd::event_loop"] {
+            for level in [Off, Error, Warn, Info, Debug, Trace] {
+                assert_eq!(level_for(target, level), level, "{target} {level}");
+            }
+        }
+        for target in [
+            "ureq",
+            "ureq::unversioned::transport::tcp",
+            "ureq_proto::util",
+            "rustls",
+            "herdsman",
+            "herd_test_support",
+            "",
+            "mio::poll",
+        ] {
+            assert_eq!(level_for(target, Trace), Warn, "{target}");
+            assert_eq!(level_for(target, Debug), Warn, "{target}");
+            assert_eq!(level_for(target, Warn), Warn, "{target}");
+            assert_eq!(level_for(target, Error), Error, "{target}");
+            assert_eq!(level_for(target, Off), Off, "{target}");
+        }
+    }
+
+    #[test]
+    fn the_capped_logger_drops_what_its_target_may_not_log() {
+        use log::{Level, Log, Metadata, Record};
+        use std::sync::atomic::AtomicUsize;
+
+        #[derive(Default)]
+        struct Counting(AtomicUsize);
+        impl Log for Counting {
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                true
+            }
+            fn log(&self, _: &Record<'_>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+            fn flush(&self) {}
+        }
+
+        let logger = CappedLogger {
+            level: LevelFilter::Trace,
+            inner: Box::new(Counting::default()),
+        };
+        let record = |target, level| {
+            let metadata = Metadata::builder().target(target).level(level).build();
+            (logger.enabled(&metadata), {
+                logger.log(
+                    &Record::builder()
+                        .metadata(metadata)
+                        .args(format_args!("x"))
+                        .build(),
+                );
+                logger.inner.0.load(Ordering::Relaxed)
+            })
+        };
+        assert_eq!(record("herd::places::pool", Level::Trace), (true, 1));
+        assert_eq!(record("ureq_proto::util", Level::Trace), (false, 1));
+        assert_eq!(record("ureq::run", Level::Debug), (false, 1));
+        assert_eq!(record("ureq::run", Level::Warn), (true, 2));
+        assert_eq!(record("rustls::conn", Level::Error), (true, 3));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ use mio::net::UnixStream;
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
-use herd::logging;
+use herd::logging::{self, Escaped};
 use herd::secret::Secret;
 use herd::{net, peer_secret, supervisor};
 
@@ -51,12 +52,18 @@ fn main() -> ExitCode {
                 Err(problem) => return fail(BAD_INPUT, &problem),
             };
             if parsed.server(&name).is_none() {
-                let known: Vec<&str> = parsed.servers.iter().map(|s| s.name.as_str()).collect();
+                // Names from the file (and the argument) shown escaped, like a config error.
+                let known: Vec<String> = parsed
+                    .servers
+                    .iter()
+                    .map(|s| Escaped(s.name.as_bytes()).to_string())
+                    .collect();
                 return fail(
                     BAD_INPUT,
                     &format!(
-                        "{}: no server named '{name}' (servers: {})",
+                        "{}: no server named '{}' (servers: {})",
                         config.display(),
+                        Escaped(name.as_bytes()),
                         known.join(", ")
                     ),
                 );
@@ -74,10 +81,11 @@ fn fail(code: u8, line: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Reads and parses a config file; the error is `PATH:LINE: problem` or `PATH: problem`.
+/// Reads and parses a config file; the error is `PATH:LINE: problem` (also for a file that is
+/// not UTF-8) or `PATH: problem` (it cannot be read).
 fn load_config(path: &Path) -> Result<Config, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    config::parse_config(&text).map_err(|e| format!("{}:{e}", path.display()))
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    config::parse_config_bytes(&bytes).map_err(|e| format!("{}:{e}", path.display()))
 }
 
 fn serve(
@@ -97,7 +105,10 @@ fn serve(
     let peer_secret = peer_secret::load(&config.peer.secret, config_path)?;
     let listener = net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let log_path = logging::init(&config.log.dir, name, config.log.level, config.log.lines)
-        .map_err(|e| format!("cannot open log in {}: {e}", config.log.dir.display()))?;
+        .map_err(|e| {
+            let dir = Escaped(config.log.dir.as_os_str().as_bytes());
+            format!("cannot open log in {dir}: {e}")
+        })?;
     let (signals, signal_writer) =
         UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
     let signal_writer =
@@ -126,7 +137,11 @@ fn serve(
         eprintln!("{warning}");
     }
     info!("listen {addr}");
-    eprintln!("{name} listening on {addr}, log {}", log_path.display());
+    eprintln!(
+        "{} listening on {addr}, log {}",
+        Escaped(name.as_bytes()),
+        Escaped(log_path.as_os_str().as_bytes())
+    );
     let mut event_loop = EventLoop::new(ServerSetup {
         name: name.to_string(),
         listener,

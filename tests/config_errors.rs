@@ -12,31 +12,43 @@ use herd_test_support::{
 /// `herd Alpha herd.conf`, and checks the one error line names `herd.conf:LINE:` and contains
 /// every word of `mentions`.
 fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
+    expect_config_error_bytes(body.as_bytes(), line, mentions);
+}
+
+/// [`expect_config_error`] for any bytes (`{PORT}` replaced the same way); also checks that
+/// stderr is printable ASCII lines: no byte of the file reaches the terminal unescaped.
+/// Returns the error line.
+fn expect_config_error_bytes(body: &[u8], line: usize, mentions: &[&str]) -> String {
     let dir = TempDir::new("config").unwrap();
     let addr = free_ports(1).unwrap()[0];
-    dir.write(
-        "herd.conf",
-        &body.replace("{PORT}", &addr.port().to_string()),
-    )
-    .unwrap();
+    let shown = String::from_utf8_lossy(body).into_owned();
+    let body = replace_bytes(body, b"{PORT}", addr.port().to_string().as_bytes());
+    std::fs::write(dir.path().join("herd.conf"), &body).unwrap();
     let run = run_herd(&["Alpha", "herd.conf"], dir.path());
     assert_eq!(
         run.status.code(),
         Some(2),
-        "exit status 2 for config:\n{body}\nstderr: {:?}",
+        "exit status 2 for config:\n{shown}\nstderr: {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .chars()
+            .all(|c| c == '\n' || (' '..='~').contains(&c)),
+        "stderr is printable ASCII: {:?}",
         run.stderr
     );
     let lines = run.stderr_lines();
     assert_eq!(
         lines.len(),
         1,
-        "exactly one stderr line for config:\n{body}\ngot {:?}",
+        "exactly one stderr line for config:\n{shown}\ngot {:?}",
         run.stderr
     );
     let expected = format!("herd.conf:{line}:");
     assert!(
         lines[0].contains(&expected),
-        "error names {expected:?}: {:?} (config:\n{body})",
+        "error names {expected:?}: {:?} (config:\n{shown})",
         lines[0]
     );
     for word in mentions {
@@ -47,6 +59,72 @@ fn expect_config_error(body: &str, line: usize, mentions: &[&str]) {
         );
     }
     assert!(!accepts(addr), "no port opened");
+    lines[0].to_string()
+}
+
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while !rest.is_empty() {
+        if rest.starts_with(needle) {
+            out.extend_from_slice(with);
+            rest = &rest[needle.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
+}
+
+#[test]
+fn a_file_that_is_not_utf8_names_the_line_of_the_first_bad_byte() {
+    let line = expect_config_error_bytes(
+        b"# herd\nserver Alpha 127.0.0.1:{PORT}\nlink Alpha caf\xff\n\xfe\n",
+        3,
+        &["not UTF-8", "0xff", "caf\\xff"],
+    );
+    assert_eq!(
+        line,
+        "herd.conf:3: not UTF-8 text (byte 0xff) in 'caf\\xff'"
+    );
+    // Latin-1 in a comment, after CRLF lines: still the file is refused, at that line.
+    expect_config_error_bytes(
+        b"server Alpha 127.0.0.1:{PORT}\r\n\r\n# caf\xe9 au lait\r\n",
+        3,
+        &["not UTF-8", "0xe9"],
+    );
+}
+
+#[test]
+fn control_bytes_from_the_file_are_escaped_in_the_message() {
+    let line = expect_config_error_bytes(
+        b"server Alpha 127.0.0.1:{PORT}\nlnk\x1b[2J Alpha Beta\n",
+        2,
+        &["lnk\\x1b[2J"],
+    );
+    assert_eq!(line, "herd.conf:2: unknown directive 'lnk\\x1b[2J'");
+    expect_config_error_bytes(
+        "server Alpha 127.0.0.1:{PORT}\nplaces api n\u{e9}w\x07\x7f\n".as_bytes(),
+        2,
+        &["'n\\xc3\\xa9w\\x07\\x7f'"],
+    );
+}
+
+#[test]
+fn names_from_the_file_are_escaped_when_the_server_is_not_there() {
+    let dir = TempDir::new("config").unwrap();
+    let addr = free_ports(1).unwrap()[0];
+    dir.write("herd.conf", &format!("server Al\x1b[2Jpha {addr}\n"))
+        .unwrap();
+    let run = run_herd(&["Alpha", "herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "no raw ESC: {:?}", run.stderr);
+    assert!(
+        run.stderr.contains("(servers: Al\\x1b[2Jpha)"),
+        "{:?}",
+        run.stderr
+    );
 }
 
 #[test]
