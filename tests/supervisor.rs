@@ -1,0 +1,314 @@
+//! `herd --all CONFIG` tells the truth (README "On a fresh machine"): "started" only once every
+//! server listens, a server that cannot start stops the herd with its own error line and exit
+//! status 1, a server that dies makes the final status 1, a clean SIGTERM exits 0 after every
+//! server stopped, and the servers die with the supervisor even when it is SIGKILLed.
+
+use herd_test_support::{
+    client::{time_from_now, Client},
+    harness::{accepts, free_ports, herd_bin, refused_places_url, wait_until, TempDir, KEY_ENV},
+    harness::{Process, API_KEY},
+    run::run_herd,
+};
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+const STARTED: &str = "herd: started ";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn config_text(dir: &TempDir, servers: &[(&str, SocketAddr)]) -> String {
+    let mut text = String::new();
+    for (name, addr) in servers {
+        text += &format!("server {name} {addr}\n");
+    }
+    text + &format!(
+        "{}\nplaces key-env {KEY_ENV}\nlog dir {}\n",
+        refused_places_url().unwrap(),
+        dir.path().display()
+    )
+}
+
+/// A `herd --all` supervisor, SIGKILLed on drop, and the servers it started (found by their
+/// parent pid once it said "started"), SIGKILLed on drop too: they outlive a SIGKILLed
+/// supervisor only if the code under test is wrong, and the test must not leave them behind.
+struct Supervisor {
+    process: Process,
+    children: Vec<(String, u32)>,
+    dir: TempDir,
+}
+
+impl Supervisor {
+    /// Starts `herd --all` on `servers` and waits until it says "started".
+    fn start(servers: &[(&str, SocketAddr)]) -> Supervisor {
+        let dir = TempDir::new("supervisor").unwrap();
+        let config = dir.write("herd.conf", &config_text(&dir, servers)).unwrap();
+        let mut command = Command::new(herd_bin());
+        command
+            .arg("--all")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env(KEY_ENV, API_KEY);
+        let mut process = Process::spawn(command, &dir.path().join("herd.stderr")).unwrap();
+        process.kill_descendants = true;
+        let mut supervisor = Supervisor {
+            children: Vec::new(),
+            process,
+            dir,
+        };
+        supervisor.wait_for_stderr(STARTED);
+        supervisor.children = children_of(supervisor.process.pid());
+        assert_eq!(
+            supervisor.children.len(),
+            servers.len(),
+            "one child per server: {:?}",
+            supervisor.children
+        );
+        supervisor
+    }
+
+    fn stderr(&self) -> String {
+        self.process.stderr_text()
+    }
+
+    fn wait_for_stderr(&mut self, needle: &str) -> String {
+        let found = wait_until(TIMEOUT, || self.stderr().contains(needle));
+        assert!(
+            found,
+            "stderr never showed {needle:?} within {TIMEOUT:?}:\n{}",
+            self.stderr()
+        );
+        self.stderr()
+    }
+
+    fn pid_of(&self, name: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no child {name}: {:?}", self.children))
+            .1
+    }
+
+    fn child_pids(&self) -> Vec<u32> {
+        self.children.iter().map(|&(_, pid)| pid).collect()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        for &pid in self.child_pids().iter().filter(|&&pid| alive(pid)) {
+            kill(pid, "KILL");
+        }
+    }
+}
+
+/// (server name, pid) of every live process whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<(String, u32)> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the ")" closing the command name: state, ppid, ...
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        // `herd NAME CONFIG`: the name is the first argument.
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let name = cmdline
+            .split(|&b| b == 0)
+            .nth(1)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .unwrap_or_default();
+        children.push((name, pid));
+    }
+    children
+}
+
+/// True while `pid` exists and is not a zombie (an orphan that has exited is a zombie until
+/// whoever adopted it reaps it).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn answers_as(port: u16, name: &str) {
+    let reply = Client::connect(port).iamat("c1", "+1+2", &time_from_now(0));
+    assert!(
+        reply.starts_with(&format!("AT {name} ")),
+        "{name} answers: {reply:?}"
+    );
+}
+
+#[test]
+fn a_second_herd_on_the_same_ports_fails_with_the_servers_own_error_and_the_first_serves_on() {
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
+    let mut first = Supervisor::start(&[("Alpha", alpha), ("Beta", beta)]);
+
+    let second = run_herd(&["--all", "herd.conf"], first.dir.path());
+    assert_eq!(
+        second.status.code(),
+        Some(1),
+        "the second herd fails: {}",
+        second.stderr
+    );
+    assert!(
+        !second.stderr.contains(STARTED),
+        "the second herd does not claim it started:\n{}",
+        second.stderr
+    );
+    let report = second
+        .stderr_lines()
+        .into_iter()
+        .find(|line| line.starts_with("herd: ") && line.contains("failed to start"))
+        .unwrap_or_else(|| panic!("a `failed to start` line in:\n{}", second.stderr));
+    let own_line = format!("herd Alpha: cannot listen on {alpha}: Address already in use");
+    let own_line_beta = format!("herd Beta: cannot listen on {beta}: Address already in use");
+    assert!(
+        report.contains(&own_line) || report.contains(&own_line_beta),
+        "the report carries the server's own error line: {report:?}"
+    );
+
+    answers_as(alpha.port(), "Alpha");
+    answers_as(beta.port(), "Beta");
+    assert!(first.process.is_running(), "the first herd runs on");
+    assert!(
+        first.child_pids().into_iter().all(alive),
+        "and so do its servers"
+    );
+    assert!(
+        !first.stderr().contains("exited"),
+        "no server of the first herd exited:\n{}",
+        first.stderr()
+    );
+}
+
+#[test]
+fn a_server_that_cannot_listen_stops_the_others_and_fails_the_herd() {
+    let dir = TempDir::new("supervisor").unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let beta = taken.local_addr().unwrap();
+    let alpha = free_ports(1).unwrap()[0];
+    dir.write(
+        "herd.conf",
+        &config_text(&dir, &[("Alpha", alpha), ("Beta", beta)]),
+    )
+    .unwrap();
+    let run = run_herd(&["--all", "herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
+    assert!(!run.stderr.contains(STARTED), "stderr:\n{}", run.stderr);
+    let own_line = format!("herd Beta: cannot listen on {beta}: Address already in use");
+    assert!(
+        run.stderr_lines()
+            .iter()
+            .any(|l| l.starts_with("herd: Beta failed to start") && l.contains(&own_line)),
+        "Beta's failure is reported with its own line:\n{}",
+        run.stderr
+    );
+    // run_herd returned: the supervisor has exited, and it reaps its children before that.
+    assert!(!accepts(alpha), "Alpha was stopped:\n{}", run.stderr);
+}
+
+#[test]
+fn the_servers_die_with_a_sigkilled_supervisor() {
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
+    let mut supervisor = Supervisor::start(&[("Alpha", alpha), ("Beta", beta)]);
+    kill(supervisor.process.pid(), "KILL");
+    assert!(
+        supervisor.process.wait_exit(TIMEOUT).is_some(),
+        "the supervisor is gone"
+    );
+    let pids = supervisor.child_pids();
+    assert!(
+        wait_until(TIMEOUT, || !pids.iter().any(|&pid| alive(pid))),
+        "every server exits once the supervisor is killed; still alive: {:?}",
+        pids.iter().filter(|&&pid| alive(pid)).collect::<Vec<_>>()
+    );
+    assert!(
+        wait_until(TIMEOUT, || !accepts(alpha) && !accepts(beta)),
+        "their ports close"
+    );
+}
+
+#[test]
+fn a_server_killed_while_the_herd_runs_is_reported_and_fails_the_exit_status() {
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
+    let mut supervisor = Supervisor::start(&[("Alpha", alpha), ("Beta", beta)]);
+    kill(supervisor.pid_of("Beta"), "KILL");
+    let stderr = supervisor.wait_for_stderr("herd: Beta exited (signal: 9");
+    assert!(supervisor.process.is_running(), "the supervisor runs on");
+    answers_as(alpha.port(), "Alpha");
+
+    supervisor.process.signal("TERM").unwrap();
+    let status = supervisor.process.wait_exit(TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "a server died, so the herd exits 1 even after a clean SIGTERM: {status:?}\n{stderr}"
+    );
+    assert!(!alive(supervisor.pid_of("Alpha")), "Alpha was stopped");
+}
+
+#[test]
+fn sigterm_exits_0_once_every_server_has_stopped() {
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
+    let mut supervisor = Supervisor::start(&[("Alpha", alpha), ("Beta", beta)]);
+    let stderr = supervisor.stderr();
+    let started_at = stderr.find(STARTED).unwrap();
+    for (name, addr) in [("Alpha", alpha), ("Beta", beta)] {
+        let listening = format!("{name}: {name} listening on {addr}");
+        let at = stderr
+            .find(&listening)
+            .unwrap_or_else(|| panic!("{listening:?} in:\n{stderr}"));
+        assert!(
+            at < started_at,
+            "{name} listened before `started`:\n{stderr}"
+        );
+    }
+    answers_as(alpha.port(), "Alpha");
+    answers_as(beta.port(), "Beta");
+
+    supervisor.process.signal("TERM").unwrap();
+    let status = supervisor.process.wait_exit(TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{status:?}\n{}",
+        supervisor.stderr()
+    );
+    // Already exited: the supervisor exits only after it reaped every server.
+    assert!(
+        supervisor.child_pids().into_iter().all(|pid| !alive(pid)),
+        "every server stopped before the supervisor exited"
+    );
+    assert!(!accepts(alpha) && !accepts(beta), "their ports are closed");
+}
