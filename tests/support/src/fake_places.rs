@@ -1,22 +1,31 @@
 //! A fake Google Places HTTP server for the integration tests and the load bench: std only, no
 //! `use` of any other test module.
 //!
-//! It binds `127.0.0.1:0`, answers every connection on its own thread with `Connection: close`,
-//! and closes after one response. It understands just enough HTTP/1.1 for one request per
-//! connection: headers up to `\r\n\r\n`, a body given by `Content-Length` or chunked.
+//! It binds `127.0.0.1:0` and serves every accepted connection on its own thread as an
+//! HTTP/1.1 server does: request after request on one connection (persistent by default), each
+//! answer with `Content-Length`, until the client closes or sends `Connection: close` (answered
+//! with `Connection: close`, then closed). A connection idle for `IDLE_TIMEOUT` is closed, as
+//! real servers do, so no thread lingers. It understands just enough HTTP/1.1: headers up to
+//! `\r\n\r\n`, a body given by `Content-Length` or chunked. Accepted sockets get `TCP_NODELAY`
+//! unless told otherwise; answers go out as two writes (head, then body), like many servers, so
+//! that without it Nagle's algorithm meets the client's delayed ACK.
 //!
 //! Public API:
 //!
 //! ```text
-//! FakePlaces::start() -> FakePlaces        serve until dropped (threads stop on drop)
+//! FakePlaces::start() -> FakePlaces        serve until dropped (drop closes every connection)
 //! fake.port() -> u16
 //! fake.new_api_url() -> String             http://127.0.0.1:PORT/v1/places:searchNearby
 //! fake.legacy_url() -> String              http://127.0.0.1:PORT/maps/api/place/nearbysearch/json
 //! fake.set_reply(Reply)                    what to answer from now on (default Reply::Places)
-//! fake.set_delay(Duration)                 wait this long before answering (default none)
+//! fake.set_delay(Duration)                 wait this long before each answer (default none);
+//!                                          every connection waits on its own, concurrently
 //! fake.set_delay_for_count(n, Duration)    new API only: this delay when maxResultCount == n
+//! fake.set_nodelay(bool)                   TCP_NODELAY on connections accepted from now on
+//!                                          (default true; false: Nagle + delayed-ACK stalls)
 //! fake.request_count() -> usize            requests read completely so far
 //! fake.answered_count() -> usize           answers begun (or connections closed, Reply::Close)
+//! fake.accepted_connections() -> usize     TCP connections accepted so far
 //! fake.requests() -> Vec<Request>          every request so far, in arrival order
 //! fake.wait_for_requests(n, timeout) -> bool
 //! Request { method, target, headers, body }, request.path(), .query_param(name),
@@ -31,10 +40,11 @@
 //! legacy: `name`, `place_id`, `geometry`, ...) and the JSON is pretty-printed with blank lines
 //! between places and trailing newlines, so tests can see both key order and newline squeezing.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -119,21 +129,69 @@ struct Shared {
     requests: Mutex<Vec<Request>>,
     request_count: AtomicUsize,
     answered_count: AtomicUsize,
-    stop: AtomicBool,
+    accepted: AtomicUsize,
+    nodelay: AtomicBool,
+    /// Set on drop; `stopped` wakes every delay at once (a condvar, not polling, so 200
+    /// connections waiting out a delay cost no CPU).
+    stop: Mutex<bool>,
+    stopped: Condvar,
+    /// A clone of every open connection, by accept number, so drop can shut them all down
+    /// (waking the threads blocked reading a kept-alive connection).
+    open: Mutex<HashMap<usize, TcpStream>>,
 }
 
-/// The running fake; dropping it stops the accept thread and cuts short any pending delay.
+impl Shared {
+    fn stopping(&self) -> bool {
+        *lock(&self.stop)
+    }
+
+    /// What to answer `request` and after how long, as configured now.
+    fn plan(&self, request: &Request) -> (Reply, Duration) {
+        let behaviour = lock(&self.behaviour);
+        let mut delay = behaviour.delay;
+        if request.method == "POST" {
+            let count = max_result_count(&request.body_text());
+            if let Some((_, d)) = behaviour
+                .delay_for_count
+                .iter()
+                .find(|(n, _)| Some(*n) == count)
+            {
+                delay = *d;
+            }
+        }
+        (behaviour.reply.clone(), delay)
+    }
+
+    /// Waits `delay`, cut short by drop; false when the fake is stopping.
+    fn wait_out(&self, delay: Duration) -> bool {
+        let stop = lock(&self.stop);
+        if delay.is_zero() {
+            return !*stop;
+        }
+        let (stop, _) = self
+            .stopped
+            .wait_timeout_while(stop, delay, |stop| !*stop)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !*stop
+    }
+}
+
+/// The running fake; dropping it stops the accept thread, closes every connection and cuts
+/// short any pending delay.
 pub struct FakePlaces {
     port: u16,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
 
-/// Connections that send nothing are given up after this long, so no thread lingers.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in progress is closed after this long (real servers close idle
+/// keep-alive connections too), so no thread lingers.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How many results every legacy answer has, whatever the bound asked for.
 const LEGACY_RESULTS: usize = 20;
+/// A connection thread only parses and formats small texts; hundreds of them may run at once.
+const CONN_STACK_BYTES: usize = 256 * 1024;
 
 impl FakePlaces {
     pub fn start() -> FakePlaces {
@@ -151,7 +209,11 @@ impl FakePlaces {
             requests: Mutex::new(Vec::new()),
             request_count: AtomicUsize::new(0),
             answered_count: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
+            accepted: AtomicUsize::new(0),
+            nodelay: AtomicBool::new(true),
+            stop: Mutex::new(false),
+            stopped: Condvar::new(),
+            open: Mutex::new(HashMap::new()),
         });
         let accept_shared = Arc::clone(&shared);
         let acceptor = thread::Builder::new()
@@ -194,12 +256,22 @@ impl FakePlaces {
         behaviour.delay_for_count.push((count, delay));
     }
 
+    /// `TCP_NODELAY` on the connections accepted from now on (those open keep theirs).
+    pub fn set_nodelay(&self, nodelay: bool) {
+        self.shared.nodelay.store(nodelay, Ordering::SeqCst);
+    }
+
     pub fn request_count(&self) -> usize {
         self.shared.request_count.load(Ordering::SeqCst)
     }
 
     pub fn answered_count(&self) -> usize {
         self.shared.answered_count.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far (a client that reuses its connections opens few).
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -227,7 +299,11 @@ impl FakePlaces {
 
 impl Drop for FakePlaces {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        *lock(&self.shared.stop) = true;
+        self.shared.stopped.notify_all();
+        for stream in lock(&self.shared.open).values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         // Wake the blocking accept() so the thread sees the flag.
         let _ = TcpStream::connect_timeout(
             &([127, 0, 0, 1], self.port).into(),
@@ -248,84 +324,116 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
+        if shared.stopping() {
             break;
         }
         let Ok(stream) = stream else { continue };
+        let id = shared.accepted.fetch_add(1, Ordering::SeqCst);
+        let _ = stream.set_nodelay(shared.nodelay.load(Ordering::SeqCst));
+        let Ok(clone) = stream.try_clone() else {
+            continue;
+        };
+        lock(&shared.open).insert(id, clone);
+        if shared.stopping() {
+            // Drop may have shut the open connections down just before this one was listed.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         let conn_shared = Arc::clone(&shared);
-        // Detached: a connection thread ends by itself (read timeout, delay cut by `stop`).
-        let _ = thread::Builder::new()
+        // Detached: a connection thread ends by itself (client close, idle timeout, or drop
+        // shutting its socket down).
+        let spawned = thread::Builder::new()
             .name("fake-places-conn".into())
-            .spawn(move || serve_connection(stream, &conn_shared));
+            .stack_size(CONN_STACK_BYTES)
+            .spawn(move || {
+                serve_connection(stream, &conn_shared);
+                lock(&conn_shared.open).remove(&id);
+            });
+        if spawned.is_err() {
+            lock(&shared.open).remove(&id);
+        }
     }
 }
 
+/// Serves requests one after another until the client closes, asks to close, or goes idle.
 fn serve_connection(stream: TcpStream, shared: &Shared) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(clone) => clone,
         Err(_) => return,
     });
-    let Some(request) = read_request(&mut reader) else {
-        return;
-    };
-    let (reply, delay) = {
-        let behaviour = lock(&shared.behaviour);
-        let mut delay = behaviour.delay;
-        if request.method == "POST" {
-            let count = max_result_count(&request.body_text());
-            if let Some((_, d)) = behaviour
-                .delay_for_count
-                .iter()
-                .find(|(n, _)| Some(*n) == count)
-            {
-                delay = *d;
-            }
+    let mut stream = stream;
+    while let Some(incoming) = read_request(&mut reader) {
+        if !answer(&mut stream, incoming, shared) {
+            break;
         }
-        (behaviour.reply.clone(), delay)
-    };
+    }
+}
+
+/// Records one request, waits its delay and answers it; true when the connection stays open.
+fn answer(stream: &mut TcpStream, incoming: Incoming, shared: &Shared) -> bool {
+    let Incoming {
+        request,
+        keep_alive,
+    } = incoming;
+    let (reply, delay) = shared.plan(&request);
     let new_api = request.method == "POST";
     let result_count = max_result_count(&request.body_text()).unwrap_or(20);
     lock(&shared.requests).push(request);
     shared.request_count.fetch_add(1, Ordering::SeqCst);
-
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10).min(deadline - Instant::now()));
+    if !shared.wait_out(delay) {
+        return false;
     }
-
     // Counted before the first byte goes out, so a test that has read an answer always sees it
     // counted, and a count of 0 means no answer has started.
     shared.answered_count.fetch_add(1, Ordering::SeqCst);
-    let mut stream = stream;
-    match reply {
-        Reply::Close => {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        Reply::Places if new_api => respond(&mut stream, 200, "application/json", &new_places(result_count)),
-        Reply::Places => respond(&mut stream, 200, "application/json", &legacy_places(LEGACY_RESULTS)),
-        Reply::NoPlaces if new_api => respond(&mut stream, 200, "application/json", "{}\n"),
-        Reply::NoPlaces => respond(
-            &mut stream,
-            200,
-            "application/json",
-            "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}\n",
-        ),
-        Reply::Status { code, body } => respond(&mut stream, code, "application/json", &body),
-        Reply::NotJson => respond(
-            &mut stream,
-            200,
-            "text/html",
-            "<html><body><h1>Bad Gateway</h1>\n<p>not JSON</p></body></html>\n",
-        ),
+    let Some((code, content_type, body)) = answer_body(&reply, new_api, result_count) else {
+        let _ = stream.shutdown(Shutdown::Both);
+        return false;
+    };
+    let written = respond(stream, code, content_type, &body, keep_alive);
+    if !keep_alive {
+        let _ = stream.shutdown(Shutdown::Write);
     }
+    written && keep_alive
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+/// Status, content type and body of a reply; `None` for `Reply::Close` (no answer at all).
+fn answer_body(
+    reply: &Reply,
+    new_api: bool,
+    result_count: usize,
+) -> Option<(u16, &'static str, String)> {
+    const JSON: &str = "application/json";
+    Some(match reply {
+        Reply::Close => return None,
+        Reply::Places if new_api => (200, JSON, new_places(result_count)),
+        Reply::Places => (200, JSON, legacy_places(LEGACY_RESULTS)),
+        Reply::NoPlaces if new_api => (200, JSON, "{}\n".to_string()),
+        Reply::NoPlaces => (
+            200,
+            JSON,
+            "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}\n"
+                .to_string(),
+        ),
+        Reply::Status { code, body } => (*code, JSON, body.clone()),
+        Reply::NotJson => (
+            200,
+            "text/html",
+            "<html><body><h1>Bad Gateway</h1>\n<p>not JSON</p></body></html>\n".to_string(),
+        ),
+    })
+}
+
+/// A request and whether the client lets the connection stay open after its answer.
+struct Incoming {
+    request: Request,
+    keep_alive: bool,
+}
+
+/// Reads the next request off a connection; `None` at its end (closed, idle too long, or not
+/// HTTP).
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Incoming> {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let before = head.len();
@@ -343,6 +451,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut request_line = lines.next()?.split(' ');
     let method = request_line.next()?.to_string();
     let target = request_line.next()?.to_string();
+    let http_1_0 = request_line.next() == Some("HTTP/1.0");
     let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
@@ -372,15 +481,36 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         body = vec![0; length];
         reader.read_exact(&mut body).ok()?;
     }
-    Some(Request {
-        method,
-        target,
-        headers,
-        body,
+    // HTTP/1.1 connections persist unless either side says `close`; 1.0 ones only on request.
+    let connection = header("connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let keep_alive = if http_1_0 {
+        connection.contains("keep-alive")
+    } else {
+        !connection.contains("close")
+    };
+    Some(Incoming {
+        request: Request {
+            method,
+            target,
+            headers,
+            body,
+        },
+        keep_alive,
     })
 }
 
-fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &str) {
+/// Writes one answer: the head, then the body in a second write (as many servers do, so that
+/// without `TCP_NODELAY` the body waits for the client's ACK of the head). False when the
+/// client is gone.
+fn respond(
+    stream: &mut TcpStream,
+    code: u16,
+    content_type: &str,
+    body: &str,
+    keep_alive: bool,
+) -> bool {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -391,13 +521,20 @@ fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &str) {
         503 => "Service Unavailable",
         _ => "Whatever",
     };
-    let response = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}; charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let connection = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}; charset=UTF-8\r\nContent-Length: {}\r\n{connection}\r\n",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.flush();
-    let _ = stream.shutdown(Shutdown::Write);
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .and_then(|()| stream.flush())
+        .is_ok()
 }
 
 /// `maxResultCount` from a new-API request body, read without a JSON parser.
