@@ -9,6 +9,7 @@ pub mod iamat;
 pub mod memory;
 pub mod places;
 pub mod staleness;
+pub mod whatsat;
 
 use std::collections::VecDeque;
 use std::fs;
