@@ -94,7 +94,8 @@ fn add_notes(ctx: &Ctx, section: &mut Section) {
          over the whole run / WHATSATs answered in it; RSS and threads: /proc/PID/status idle \
          (just before the load) and the peak during it (read every 50 ms); RSS per busy worker \
          thread = (RSS during - idle) / (threads during - idle), n/a when the load adds no \
-         thread"
+         thread; the growth also holds the 50 connections and the lookups queued, so with few \
+         threads added the estimate is mostly those"
             .to_string(),
         format!(
             "(b)'s Places calls are judged against `places cache-ms` (not a setting yet) as if it \
