@@ -49,6 +49,15 @@ impl Names {
         out
     }
 
+    /// A whole IAMAT line for `client` at `location` (e.g. [`distinct_location`]).
+    pub fn iamat_at(&self, client: &str, location: &str, tick: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"IAMAT ");
+        out.extend_from_slice(client.as_bytes());
+        self.push_rest_at(&mut out, location, tick);
+        out
+    }
+
     /// Appends the IAMAT line of `iamat` to `out` (no allocation, for the load generator).
     pub fn push_iamat(&self, out: &mut Vec<u8>, client: &str, tick: u64) {
         out.extend_from_slice(b"IAMAT ");
@@ -64,8 +73,12 @@ impl Names {
 
     /// ` LOCATION SECS.NANOS\n`, the part of an IAMAT after the client id.
     fn push_rest(&self, out: &mut Vec<u8>, tick: u64) {
+        self.push_rest_at(out, LOCATION, tick);
+    }
+
+    fn push_rest_at(&self, out: &mut Vec<u8>, location: &str, tick: u64) {
         out.push(b' ');
-        out.extend_from_slice(LOCATION.as_bytes());
+        out.extend_from_slice(location.as_bytes());
         out.push(b' ');
         push_decimal(out, self.base_secs + tick / 1_000_000_000, 1);
         out.push(b'.');
@@ -79,6 +92,15 @@ impl Names {
 pub fn parse_client_time(field: &[u8]) -> Option<u128> {
     let time = herd::protocol::ClientTime::parse(field)?;
     u128::try_from(time.as_nanos()).ok()
+}
+
+/// The `n`-th of up to 20,100 locations at least 0.8 degrees apart (a grid of 150 latitudes
+/// by 134 longitudes): far enough that no rounding a lookup cache might do (to a kilometre, to
+/// the radius) makes two of them one lookup.
+pub fn distinct_location(n: usize) -> String {
+    let lat = -60.0 + (n % 150) as f64 * 0.8;
+    let lon = -170.0 + (n / 150 % 134) as f64 * 2.5;
+    format!("{lat:+.6}{lon:+.6}")
 }
 
 pub fn whatsat(client: &str, radius_km: u32, bound: u32) -> Vec<u8> {
@@ -172,22 +194,37 @@ impl Workload for IamatLoad {
     }
 }
 
-/// WHATSATs about already-known clients, one client per connection.
+/// WHATSATs about already-known clients: one client per connection (`new`), or every command
+/// about the next client in turn, whichever connection sends it (`rotating`: with more
+/// clients than commands in flight, no two outstanding WHATSATs name the same client).
 pub struct WhatsatLoad {
     lines: Vec<Vec<u8>>,
+    rotating: bool,
+    issued: usize,
 }
 
 impl WhatsatLoad {
     pub fn new(clients: &[String]) -> WhatsatLoad {
         WhatsatLoad {
             lines: clients.iter().map(|c| whatsat(c, 10, 5)).collect(),
+            rotating: false,
+            issued: 0,
+        }
+    }
+
+    pub fn rotating(clients: &[String]) -> WhatsatLoad {
+        WhatsatLoad {
+            rotating: true,
+            ..WhatsatLoad::new(clients)
         }
     }
 }
 
 impl Workload for WhatsatLoad {
     fn next_command(&mut self, conn: usize, out: &mut Vec<u8>) -> Option<Expect> {
-        out.extend_from_slice(&self.lines[conn % self.lines.len()]);
+        let which = if self.rotating { self.issued } else { conn };
+        self.issued += 1;
+        out.extend_from_slice(&self.lines[which % self.lines.len()]);
         Some(Expect::Whatsat)
     }
 }

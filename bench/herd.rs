@@ -1,7 +1,7 @@
 //! What the bench starts and measures: herd servers through the shared harness
 //! (`herd_test_support::harness`, tests/support/src/harness.rs: configs, temporary directories,
 //! processes killed on drop, free loopback ports), and the /proc readings taken of a server
-//! (RSS, open descriptors, CPU). It sends no protocol traffic beyond the connect that shows a
+//! (RSS, threads, open descriptors, CPU). It sends no protocol traffic beyond the connect that shows a
 //! server is listening.
 
 use std::fs;
@@ -11,10 +11,19 @@ pub use herd_test_support::harness::{refused_places_url, Herd, HerdConfig, RAISE
 
 /// Resident set size of a process, from /proc/PID/status.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    Some(status_field(pid, "VmRSS:")? * 1024)
+}
+
+/// Number of threads of a process, from /proc/PID/status.
+pub fn thread_count(pid: u32) -> Option<u64> {
+    status_field(pid, "Threads:")
+}
+
+/// The number after `key` in /proc/PID/status.
+fn status_field(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Number of open descriptors of a process.

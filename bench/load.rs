@@ -6,7 +6,9 @@
 //! connections, at most P in flight on each; a command is timed from when it was due, so a
 //! late send (a full connection, or the generator's own lateness) counts against the server
 //! instead of hiding the wait (no coordinated omission). Replies on one connection come back in
-//! command order (SPEC section 2), so a FIFO of stamps per connection matches them. One run
+//! command order (SPEC section 2), so a FIFO of stamps per connection matches them. A
+//! WHATSAT reply is checked as it is framed (AT line, a JSON object, an empty line) and its
+//! JSON told apart as an error object or not by its first bytes, without parsing it. One run
 //! can drive several servers at once (`LoadSpec::also`), the connections dealt out among them
 //! in turn, each server with a report of its own. It knows nothing of scenarios.
 
@@ -31,6 +33,22 @@ pub enum Expect {
     /// WHATSAT: `? ...` alone, or the AT line, the JSON, and an empty line.
     Whatsat,
 }
+
+/// How a reply ended, as far as the generator can tell without parsing its JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// An AT line (IAMAT), or a whole WHATSAT reply: AT line, JSON object, empty line.
+    Ok,
+    /// `? ...`: the server called the command invalid.
+    Invalid,
+    /// A whole WHATSAT reply whose JSON is an error object (`{"error": ...}`).
+    ErrorJson,
+    /// A WHATSAT reply not shaped AT line, JSON object (`{` to `}`), empty line.
+    Malformed,
+}
+
+/// The JSON's first non-blank bytes a WHATSAT reply keeps: enough for `{"error"`.
+const JSON_PREFIX: usize = 8;
 
 /// A source of commands.
 pub trait Workload {
@@ -119,6 +137,12 @@ pub struct LoadReport {
     pub window: Duration,
     /// Replies of the form `? ...`: the server called the command invalid.
     pub errors: u64,
+    /// WHATSAT replies whose JSON is an error object, and WHATSAT replies not shaped AT line,
+    /// JSON, empty line (whole run, warm-up and drain included).
+    pub error_json: u64,
+    pub malformed: u64,
+    /// Every reply of the run, warm-up and drain included.
+    pub replies_total: u64,
     /// Commands still unanswered when the drain ran out.
     pub unanswered: u64,
     /// Why a connection ended early, when one did.
@@ -206,6 +230,9 @@ impl LoadReport {
         self.completed += other.completed;
         self.window += other.window;
         self.errors += other.errors;
+        self.error_json += other.error_json;
+        self.malformed += other.malformed;
+        self.replies_total += other.replies_total;
         self.unanswered += other.unanswered;
         self.closed = self.closed.take().or(other.closed);
     }
@@ -229,7 +256,16 @@ struct Conn {
     sent: VecDeque<(u64, Expect)>,
     line_len: usize,
     line_first: u8,
+    /// The last byte of the line being read (a `\r` left out).
+    line_last: u8,
     in_whatsat_body: bool,
+    /// The WHATSAT reply being read: did its first line look like an AT line, how many JSON
+    /// lines came, the last byte of the last one, and the JSON's first non-blank bytes.
+    at_line_ok: bool,
+    json_lines: u32,
+    json_last: u8,
+    json_prefix: [u8; JSON_PREFIX],
+    json_prefix_len: usize,
     open: bool,
     /// Paced mode: the schedule index of this connection's next command.
     next_k: u64,
@@ -244,7 +280,13 @@ impl Conn {
             sent: VecDeque::new(),
             line_len: 0,
             line_first: 0,
+            line_last: 0,
             in_whatsat_body: false,
+            at_line_ok: false,
+            json_lines: 0,
+            json_last: 0,
+            json_prefix: [0; JSON_PREFIX],
+            json_prefix_len: 0,
             open: true,
             next_k: 0,
         }
@@ -284,16 +326,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Feeds received bytes through the reply framing; calls `done(stamp_ns, is_error)` for
+    /// Feeds received bytes through the reply framing; calls `done(stamp_ns, outcome)` for
     /// every reply completed. Returns the number of lines that matched no command.
-    fn parse(&mut self, data: &[u8], mut done: impl FnMut(u64, bool)) -> u64 {
+    fn parse(&mut self, data: &[u8], mut done: impl FnMut(u64, Outcome)) -> u64 {
         let mut unexpected = 0;
         for &byte in data {
             if byte != b'\n' {
-                if self.line_len == 0 {
-                    self.line_first = byte;
-                }
-                self.line_len += 1;
+                self.take_byte(byte);
                 continue;
             }
             let empty = self.line_len == 0 || (self.line_len == 1 && self.line_first == b'\r');
@@ -308,27 +347,69 @@ impl Conn {
                     unexpected += 1;
                     None
                 }
-                Expect::Line => Some(first != b'A'),
-                Expect::Whatsat if self.in_whatsat_body => {
-                    if empty {
-                        self.in_whatsat_body = false;
-                        Some(false)
-                    } else {
-                        None
-                    }
-                }
-                Expect::Whatsat if first == b'?' => Some(true),
-                Expect::Whatsat => {
-                    self.in_whatsat_body = true;
-                    None
-                }
+                Expect::Line if first == b'A' => Some(Outcome::Ok),
+                Expect::Line => Some(Outcome::Invalid),
+                Expect::Whatsat => self.whatsat_line(empty, first),
             };
-            if let Some(is_error) = complete {
+            if let Some(outcome) = complete {
                 self.sent.pop_front();
-                done(sent_ns, is_error);
+                done(sent_ns, outcome);
             }
         }
         unexpected
+    }
+
+    /// One byte of a line (not its `\n`): what the framing checks need of it.
+    fn take_byte(&mut self, byte: u8) {
+        if self.line_len == 0 {
+            self.line_first = byte;
+        }
+        self.line_len += 1;
+        if byte != b'\r' {
+            self.line_last = byte;
+        }
+        if self.in_whatsat_body && self.json_prefix_len < JSON_PREFIX && !byte.is_ascii_whitespace()
+        {
+            self.json_prefix[self.json_prefix_len] = byte;
+            self.json_prefix_len += 1;
+        }
+    }
+
+    /// A line of a WHATSAT reply has ended: the outcome when it was the reply's last.
+    fn whatsat_line(&mut self, empty: bool, first: u8) -> Option<Outcome> {
+        if self.in_whatsat_body {
+            if !empty {
+                self.json_lines += 1;
+                self.json_last = self.line_last;
+                return None;
+            }
+            self.in_whatsat_body = false;
+            return Some(self.whatsat_outcome());
+        }
+        if first == b'?' && !empty {
+            return Some(Outcome::Invalid);
+        }
+        self.in_whatsat_body = true;
+        self.at_line_ok = !empty && first == b'A';
+        self.json_lines = 0;
+        self.json_prefix_len = 0;
+        None
+    }
+
+    /// A whole WHATSAT reply: AT line, a JSON object, the empty line; which JSON it carried.
+    fn whatsat_outcome(&self) -> Outcome {
+        let prefix = &self.json_prefix[..self.json_prefix_len];
+        let framed = self.at_line_ok
+            && self.json_lines > 0
+            && prefix.first() == Some(&b'{')
+            && self.json_last == b'}';
+        if !framed {
+            Outcome::Malformed
+        } else if prefix.starts_with(b"{\"error\"") {
+            Outcome::ErrorJson
+        } else {
+            Outcome::Ok
+        }
     }
 }
 
@@ -662,7 +743,7 @@ impl<'a> Run<'a> {
                     let (window_start, window_end) = (self.window_start, self.window_end);
                     let report = self.report_of(index);
                     let mut answered = 0;
-                    let unexpected = conn.parse(&scratch[..n], |stamp_ns, is_error| {
+                    let unexpected = conn.parse(&scratch[..n], |stamp_ns, outcome| {
                         answered += 1;
                         if stamp_ns >= window_start {
                             report.latency.record(now - stamp_ns);
@@ -670,8 +751,11 @@ impl<'a> Run<'a> {
                         if now >= window_start && now < window_end {
                             report.completed += 1;
                         }
-                        report.errors += u64::from(is_error);
+                        report.errors += u64::from(outcome == Outcome::Invalid);
+                        report.error_json += u64::from(outcome == Outcome::ErrorJson);
+                        report.malformed += u64::from(outcome == Outcome::Malformed);
                     });
+                    report.replies_total += answered;
                     report.errors += unexpected;
                     self.outstanding -= answered;
                     self.last_completion = now;

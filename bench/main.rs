@@ -30,7 +30,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 7] = [
+const SCENARIOS: [(&str, Scenario); 8] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -38,6 +38,7 @@ const SCENARIOS: [(&str, Scenario); 7] = [
     ("memory", scenarios::memory::run),
     ("bigherd", scenarios::bigherd::run),
     ("staleness", scenarios::staleness::run),
+    ("whatsat", scenarios::whatsat::run),
 ];
 
 const USAGE: &str = "\
@@ -52,6 +53,8 @@ scenarios (default: all, in this order):
   memory   RSS per client after 1,000,000 distinct clients
   bigherd  32 servers in a 4x8 grid: time until all know an update; peer messages
   staleness  five-server herd: how far behind the others are when IAMAT load at one stops
+  whatsat  WHATSAT C=50 x P=16 with Places at 100/200 ms: distinct and repeated lookups,
+           Places calls and connections per WHATSAT, RSS and threads; IAMAT beside
 
 options:
   --target HOST:PORT   measure a running server instead of starting one

@@ -9,6 +9,7 @@ pub mod iamat;
 pub mod memory;
 pub mod places;
 pub mod staleness;
+pub mod whatsat;
 
 use std::collections::VecDeque;
 use std::fs;
@@ -191,6 +192,12 @@ pub fn load_row(config: impl Into<String>, load: &LoadReport) -> Row {
     if load.errors > 0 {
         result += &format!("  {} '?' replies", load.errors);
     }
+    if load.error_json > 0 {
+        result += &format!("  {} error JSON", load.error_json);
+    }
+    if load.malformed > 0 {
+        result += &format!("  {} malformed WHATSAT replies", load.malformed);
+    }
     if let Some(why) = &load.closed {
         result += &format!("  ({why})");
     }
@@ -199,6 +206,8 @@ pub fn load_row(config: impl Into<String>, load: &LoadReport) -> Row {
         .figure("replies", load.completed)
         .figure("window_s", round3(load.window.as_secs_f64()))
         .figure("errors", load.errors)
+        .figure("error_json", load.error_json)
+        .figure("malformed", load.malformed)
         .figure("unanswered", load.unanswered)
         .latency("", &load.latency)
 }
