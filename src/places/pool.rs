@@ -29,6 +29,10 @@ const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// far less than the 2 MiB default; what a thread costs in RSS is the part of it touched.
 const WORKER_STACK_BYTES: usize = 256 * 1024;
 
+/// Buffers of one kept-alive Places connection (see `PlacesPool::start`).
+const CONNECTION_INPUT_BYTES: usize = 16 * 1024;
+const CONNECTION_OUTPUT_BYTES: usize = 8 * 1024;
+
 /// One call to make.
 #[derive(Debug)]
 pub struct LookupJob {
@@ -97,6 +101,14 @@ impl PlacesPool {
             .max_idle_connections_per_host(settings.workers)
             // Nagle plus the server's delayed ACK stall a kept-alive request for ~40 ms.
             .no_delay(true)
+            // ureq gives every connection 128 KiB each way, which with one kept-alive
+            // connection per worker was most of a busy worker's memory (400 KiB per worker in
+            // the bench, 158 KiB with these). A request is a few hundred bytes; the input
+            // buffer must hold a response's headers (Google's are a few KB) and the body
+            // streams through it.
+            .input_buffer_size(CONNECTION_INPUT_BYTES)
+            .output_buffer_size(CONNECTION_OUTPUT_BYTES)
+            .max_response_header_size(CONNECTION_INPUT_BYTES)
             .build()
             .into();
         let shared = Arc::new(Shared {
