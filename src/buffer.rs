@@ -16,13 +16,17 @@ pub enum Line<'a> {
 /// Splits a byte stream into lines of at most `max_line_bytes` bytes.
 ///
 /// Lines that arrive whole inside one chunk are handed out straight from that chunk; only the
-/// unfinished tail of a chunk is copied, into `partial`.
+/// unfinished tail of a chunk is copied, into `partial`. The consumer may stop after any line
+/// ([`feed_until`](LineReader::feed_until)); the rest of that chunk is kept, in order, and
+/// handed out by [`resume`](LineReader::resume) before anything read later.
 #[derive(Debug)]
 pub struct LineReader {
     partial: Vec<u8>,
     max_line_bytes: usize,
     /// Inside an over-long line that was already answered: drop bytes up to the next `\n`.
     discarding: bool,
+    /// Input after the line at which the consumer stopped (at most one chunk).
+    held: Vec<u8>,
 }
 
 impl LineReader {
@@ -31,12 +35,53 @@ impl LineReader {
             partial: Vec::new(),
             max_line_bytes,
             discarding: false,
+            held: Vec::new(),
         }
     }
 
     /// Feeds a chunk of the stream; `emit` gets every line it completes, in order.
     pub fn feed(&mut self, chunk: &[u8], mut emit: impl FnMut(Line<'_>)) {
+        self.feed_until(chunk, |line| {
+            emit(line);
+            true
+        });
+    }
+
+    /// Feeds a chunk; `emit` gets the lines it completes, in order, until it returns false:
+    /// the rest of the chunk is then held for [`resume`](LineReader::resume).
+    pub fn feed_until(&mut self, chunk: &[u8], emit: impl FnMut(Line<'_>) -> bool) {
+        if !self.held.is_empty() {
+            // Behind input already held: keep the order.
+            self.held.extend_from_slice(chunk);
+            self.resume(emit);
+            return;
+        }
+        if let Some(stopped_at) = self.frame_lines(chunk, emit) {
+            self.held.extend_from_slice(&chunk[stopped_at..]);
+        }
+    }
+
+    /// Whether input is held after a stop.
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Hands out the held input's lines, as [`feed_until`](LineReader::feed_until) does.
+    pub fn resume(&mut self, emit: impl FnMut(Line<'_>) -> bool) {
+        let held = std::mem::take(&mut self.held);
+        if let Some(stopped_at) = self.frame_lines(&held, emit) {
+            self.held = held[stopped_at..].to_vec();
+        }
+    }
+
+    /// Frames `chunk`; returns where it stopped when `emit` asked it to.
+    fn frame_lines(
+        &mut self,
+        chunk: &[u8],
+        mut emit: impl FnMut(Line<'_>) -> bool,
+    ) -> Option<usize> {
         let mut rest = chunk;
+        let stopped_at = |rest: &[u8]| Some(chunk.len() - rest.len());
         while !rest.is_empty() {
             let newline = rest.iter().position(|&b| b == b'\n');
             if self.discarding {
@@ -46,40 +91,48 @@ impl LineReader {
                         rest = &rest[i + 1..];
                         continue;
                     }
-                    None => return,
+                    None => return None,
                 }
             }
             match newline {
                 Some(i) if self.partial.is_empty() => {
-                    emit(frame(&rest[..i], self.max_line_bytes));
+                    let go_on = emit(frame(&rest[..i], self.max_line_bytes));
                     rest = &rest[i + 1..];
+                    if !go_on {
+                        return stopped_at(rest);
+                    }
                 }
                 Some(i) => {
                     // Only the bytes that can matter are kept: a too-long line is cut anyway.
                     let room = (self.max_line_bytes + 1).saturating_sub(self.partial.len());
                     self.partial.extend_from_slice(&rest[..i.min(room)]);
-                    if i > room {
-                        emit(Line::TooLong(&self.partial[..self.max_line_bytes]));
+                    let go_on = if i > room {
+                        emit(Line::TooLong(&self.partial[..self.max_line_bytes]))
                     } else {
-                        emit(frame(&self.partial, self.max_line_bytes));
-                    }
+                        emit(frame(&self.partial, self.max_line_bytes))
+                    };
                     self.partial.clear();
                     self.release_if_large();
                     rest = &rest[i + 1..];
+                    if !go_on {
+                        return stopped_at(rest);
+                    }
                 }
                 None => {
                     self.partial.extend_from_slice(rest);
                     if self.is_already_too_long() {
                         let cut = self.max_line_bytes;
+                        // Nothing of this chunk is left to hold, whatever `emit` says.
                         emit(Line::TooLong(&self.partial[..cut]));
                         self.partial.clear();
                         self.release_if_large();
                         self.discarding = true;
                     }
-                    return;
+                    return None;
                 }
             }
         }
+        None
     }
 
     /// The stream has ended: the bytes after the last `\n` are one last line (SPEC section 2:
@@ -264,6 +317,29 @@ mod tests {
         let mut empty = LineReader::new(4);
         empty.finish(|_| count += 1);
         assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn a_consumer_may_stop_after_any_line_and_resume_in_order() {
+        let mut reader = LineReader::new(100);
+        let mut got = Vec::new();
+        let mut take = |budget: &mut usize, line: Line<'_>| {
+            if let Line::Complete(l) = line {
+                got.push(String::from_utf8_lossy(l).into_owned());
+            }
+            *budget -= 1;
+            *budget > 0
+        };
+        let mut budget = 2;
+        reader.feed_until(b"a\nb\nc\nd", |l| take(&mut budget, l));
+        assert!(reader.has_held());
+        // Later input queues behind what is held.
+        let mut budget = 1;
+        reader.feed_until(b"\ne\n", |l| take(&mut budget, l));
+        let mut budget = 10;
+        reader.resume(|l| take(&mut budget, l));
+        assert!(!reader.has_held());
+        assert_eq!(got, ["a", "b", "c", "d", "e"]);
     }
 
     #[test]

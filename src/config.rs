@@ -108,7 +108,16 @@ impl Default for LogSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     pub max_line_bytes: usize,
+    /// Unread output past which a connection is not read further until the client reads.
+    pub soft_output_bytes: usize,
+    /// WHATSATs of one connection waiting on Places past which it is not read further.
+    pub max_in_flight: usize,
+    /// Unread output past which a client is dropped.
     pub max_output_bytes: usize,
+    /// Unread output over all connections past which those owing the most are dropped.
+    pub max_output_total_bytes: usize,
+    /// A connection with output waiting that takes none of it for this long is dropped.
+    pub stall_limit: Duration,
     pub max_connections: usize,
     /// How far ahead of the server's clock a client time may be; a later one is invalid, since
     /// it would shadow every real update of its client for as long as that lasts.
@@ -119,7 +128,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_line_bytes: 64 * 1024,
+            soft_output_bytes: 256 * 1024,
+            max_in_flight: 128,
             max_output_bytes: 4 * 1024 * 1024,
+            max_output_total_bytes: 256 * 1024 * 1024,
+            stall_limit: Duration::from_secs(30),
             max_connections: 16384,
             max_future_secs: 86_400,
         }
@@ -398,6 +411,12 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
     match setting {
         "line-bytes" => limits.max_line_bytes = number_in(setting, value, 16, 1 << 30)?,
         "output-bytes" => limits.max_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
+        "output-soft-bytes" => limits.soft_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
+        "in-flight" => limits.max_in_flight = number_in(setting, value, 1, 1 << 20)?,
+        "output-total-bytes" => {
+            limits.max_output_total_bytes = number_in(setting, value, 1024, 1 << 40)?
+        }
+        "stall-ms" => limits.stall_limit = millis(setting, value)?,
         "connections" => limits.max_connections = number_in(setting, value, 1, 1 << 24)?,
         "future-seconds" => {
             limits.max_future_secs = number_in(setting, value, 0, 100 * 365 * 86_400)? as u64
@@ -568,7 +587,8 @@ log lines on
              places cache-ms 0\nplaces cache-entries 7\nplaces max-per-second 3\n\
              places field-mask places.displayName\nlog dir /tmp/x\nlog lines off\nlog level debug\n\
              limit line-bytes 100\nlimit output-bytes 2048\nlimit connections 3\n\
-             limit future-seconds 60\n\
+             limit future-seconds 60\nlimit output-soft-bytes 4096\nlimit in-flight 9\n\
+             limit output-total-bytes 65536\nlimit stall-ms 1500\n\
              peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer max-owed 4096\n\
              peer ping-ms 300\npeer stall-ms 700",
         )
@@ -591,6 +611,10 @@ log lines on
         assert_eq!(config.peer.backoff_min, Duration::from_millis(10));
         assert_eq!(config.peer.backoff_max, Duration::from_millis(20));
         assert_eq!(config.limits.max_future_secs, 60);
+        assert_eq!(config.limits.soft_output_bytes, 4096);
+        assert_eq!(config.limits.max_in_flight, 9);
+        assert_eq!(config.limits.max_output_total_bytes, 65536);
+        assert_eq!(config.limits.stall_limit, Duration::from_millis(1500));
         assert_eq!(config.peer.max_owed, 4096);
         assert_eq!(config.peer.stall_limit, Duration::from_millis(700));
         assert_eq!(config.peer.ping_interval, Duration::from_millis(300));

@@ -45,6 +45,8 @@ pub struct ReplyQueue {
     slots: VecDeque<Option<Vec<u8>>>,
     /// Bytes held in ready slots (counted against the output limit).
     queued_bytes: usize,
+    /// Slots still waiting on a lookup.
+    waiting: usize,
 }
 
 impl ReplyQueue {
@@ -59,6 +61,7 @@ impl ReplyQueue {
 
     /// Holds a place for a reply that is not ready; returns its sequence number.
     pub fn reserve(&mut self) -> u64 {
+        self.waiting += 1;
         self.slots.push_back(None);
         self.first_seq + self.slots.len() as u64 - 1
     }
@@ -75,6 +78,7 @@ impl ReplyQueue {
             return;
         };
         if let Some(slot @ None) = self.slots.get_mut(index as usize) {
+            self.waiting -= 1;
             self.queued_bytes += reply.len();
             *slot = Some(reply);
         }
@@ -165,6 +169,19 @@ impl Connection {
         self.out.len() + self.replies.queued_bytes()
     }
 
+    /// WHATSATs of this connection still waiting on Places.
+    pub fn lookups_waiting(&self) -> usize {
+        self.replies.waiting
+    }
+
+    /// Whether the connection has as much outstanding as it may: its commands stay in the
+    /// kernel until the client reads its output (`soft_output_bytes`) or its lookups finish
+    /// (`max_in_flight`). Nothing is refused and the order is kept; a client that pipelines
+    /// without reading costs the server a bounded amount, and Places calls for it stop.
+    pub fn is_saturated(&self, soft_output_bytes: usize, max_in_flight: usize) -> bool {
+        self.unread_bytes() > soft_output_bytes || self.lookups_waiting() >= max_in_flight
+    }
+
     /// A draining connection is done once nothing is owed and everything is written.
     pub fn is_finished(&self) -> bool {
         self.state == ConnState::Draining && self.replies.is_empty() && self.out.is_empty()
@@ -235,11 +252,16 @@ mod tests {
         conn.deliver(b"first".to_vec());
         assert_eq!(conn.out.pending(), b"first\n");
         let seq = conn.reserve_reply();
+        assert_eq!(conn.lookups_waiting(), 1);
+        assert!(conn.is_saturated(1000, 1), "one lookup of one allowed");
+        assert!(!conn.is_saturated(1000, 2));
         conn.deliver(b"third".to_vec());
+        assert!(conn.is_saturated(10, 2), "11 bytes unread of 10 allowed");
         assert_eq!(conn.out.pending(), b"first\n");
         assert_eq!(conn.unread_bytes(), 6 + 5);
         conn.fill_reply(seq, b"AT x\n{}\n".to_vec());
         assert_eq!(conn.out.pending(), b"first\nAT x\n{}\n\nthird\n");
+        assert_eq!(conn.lookups_waiting(), 0);
         conn.deliver(b"fourth".to_vec());
         assert!(
             conn.out.pending().ends_with(b"third\nfourth\n"),

@@ -19,7 +19,7 @@ use slab::Slab;
 
 use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
-use crate::buffer::LineReader;
+use crate::buffer::{Line, LineReader};
 use crate::config::{Config, Limits, PlacesApi};
 use crate::conn::{ConnState, Connection};
 use crate::link::{Backlog, Link, LinkTiming};
@@ -139,6 +139,13 @@ struct Accepted {
     /// In `more_input` or `held_input` already (so it is queued once however many edges
     /// arrive).
     input_queued: bool,
+    /// Not read because it has as much outstanding as it may (`Connection::is_saturated`);
+    /// read again once its output drains or its lookups finish.
+    saturated: bool,
+    /// The last time the socket took bytes, or had nothing waiting (for `limit stall-ms`).
+    last_progress: Instant,
+    /// The client closed its sending side; handled once the input before it is.
+    eof_seen: bool,
 }
 
 pub struct EventLoop {
@@ -304,6 +311,8 @@ impl EventLoop {
             }
             self.close_marked();
             if Instant::now() >= next_flush {
+                self.drop_stalled_and_biggest(Instant::now());
+                self.close_marked();
                 if let Some(line) = self.hold_backs.report(Instant::now(), self.max_owed) {
                     info!("{line}");
                 }
@@ -355,6 +364,9 @@ impl EventLoop {
                 reader: LineReader::new(self.limits.max_line_bytes),
                 conn: Connection::new(id),
                 input_queued: false,
+                saturated: false,
+                last_progress: Instant::now(),
+                eof_seen: false,
             });
         }
     }
@@ -382,8 +394,15 @@ impl EventLoop {
         let now = wall_clock();
         let mut budget = READ_BUDGET;
         loop {
-            let is_client = match self.conns.get(key) {
-                Some(entry) if entry.conn.state == ConnState::Open => entry.conn.peer.is_none(),
+            let (soft_output, in_flight) = self.saturation_limits();
+            let is_client = match self.conns.get_mut(key) {
+                Some(entry) if entry.conn.state == ConnState::Open => {
+                    if entry.conn.is_saturated(soft_output, in_flight) {
+                        entry.saturated = true;
+                        break;
+                    }
+                    entry.conn.peer.is_none()
+                }
                 _ => break,
             };
             if is_client && self.holding_back_clients(Instant::now()) {
@@ -404,30 +423,40 @@ impl EventLoop {
                 stream,
                 reader,
                 conn,
+                eof_seen,
                 ..
             } = entry;
+            // Lines are handled until the connection has as much outstanding as it may; the
+            // rest waits in the reader, and is handled first when the connection goes on.
+            let mut handle = |line: Line<'_>| {
+                effects.extend(session::handle_line(conn, app, line, now));
+                !conn.is_saturated(soft_output, in_flight)
+            };
             let mut stop = false;
-            match net::read_some(stream, scratch) {
-                ReadOutcome::Data(n) => {
-                    reader.feed(&scratch[..n], |line| {
-                        effects.extend(session::handle_line(conn, app, line, now));
-                    });
-                    budget = budget.saturating_sub(n);
-                    stop = n < scratch.len() && !until_would_block;
+            if reader.has_held() {
+                reader.resume(&mut handle);
+            } else if *eof_seen {
+                // SPEC section 2: what follows the last `\n` is one last line; after all the
+                // input before it.
+                reader.finish(|line| {
+                    handle(line);
+                });
+                if conn.state == ConnState::Open {
+                    conn.state = ConnState::Draining;
                 }
-                ReadOutcome::WouldBlock => stop = true,
-                ReadOutcome::Eof => {
-                    // SPEC section 2: what follows the last `\n` is one last line.
-                    reader.finish(|line| {
-                        effects.extend(session::handle_line(conn, app, line, now));
-                    });
-                    if conn.state == ConnState::Open {
-                        conn.state = ConnState::Draining;
+            } else {
+                match net::read_some(stream, scratch) {
+                    ReadOutcome::Data(n) => {
+                        reader.feed_until(&scratch[..n], &mut handle);
+                        budget = budget.saturating_sub(n);
+                        stop = n < scratch.len() && !until_would_block && !reader.has_held();
                     }
-                }
-                ReadOutcome::Failed(e) => {
-                    info!("conn={} read error: {e}", conn.id);
-                    conn.state = ConnState::Closed("read error");
+                    ReadOutcome::WouldBlock => stop = true,
+                    ReadOutcome::Eof => *eof_seen = true,
+                    ReadOutcome::Failed(e) => {
+                        info!("conn={} read error: {e}", conn.id);
+                        conn.state = ConnState::Closed("read error");
+                    }
                 }
             }
             self.carry_out_effects(key);
@@ -437,9 +466,7 @@ impl EventLoop {
             if stop || entry.conn.state != ConnState::Open {
                 break;
             }
-            if entry.conn.unread_bytes() > self.limits.max_output_bytes || budget == 0 {
-                // No more input until the turn's writes: then either the client took enough
-                // to go on, or `write_output` drops it.
+            if budget == 0 {
                 self.queue_input(key, Queue::More);
                 break;
             }
@@ -511,6 +538,15 @@ impl EventLoop {
         }
     }
 
+    /// The soft output limit (never above the hard one) and the in-flight cap.
+    fn saturation_limits(&self) -> (usize, usize) {
+        let limits = &self.limits;
+        (
+            limits.soft_output_bytes.min(limits.max_output_bytes),
+            limits.max_in_flight,
+        )
+    }
+
     fn queue_input(&mut self, key: usize, queue: Queue) {
         if let Some(entry) = self.conns.get_mut(key) {
             if !entry.input_queued {
@@ -540,6 +576,7 @@ impl EventLoop {
 
     /// Writes what the socket takes, then settles the connection's fate and interest.
     fn write_output(&mut self, key: usize) {
+        let (soft_output, in_flight) = self.saturation_limits();
         let Some(entry) = self.conns.get_mut(key) else {
             return;
         };
@@ -548,11 +585,15 @@ impl EventLoop {
             self.marked_closed.push(key);
             return;
         }
-        if let Err(e) = net::write_pending(&mut entry.stream, &mut conn.out) {
-            info!("conn={} write error: {e}", conn.id);
-            conn.state = ConnState::Closed("write error");
-            self.marked_closed.push(key);
-            return;
+        match net::write_pending(&mut entry.stream, &mut conn.out) {
+            Ok(took) if took > 0 || conn.out.is_empty() => entry.last_progress = Instant::now(),
+            Ok(_) => {}
+            Err(e) => {
+                info!("conn={} write error: {e}", conn.id);
+                conn.state = ConnState::Closed("write error");
+                self.marked_closed.push(key);
+                return;
+            }
         }
         if conn.is_finished() {
             conn.state = ConnState::Closed("eof");
@@ -585,7 +626,62 @@ impl EventLoop {
                     warn!("conn={} reregister failed: {e}", conn.id);
                     conn.state = ConnState::Closed("reregister failed");
                     self.marked_closed.push(key);
+                    return;
                 }
+            }
+        }
+        // Its input waited for this: the client read enough, or a lookup finished. (Edges do
+        // not repeat for data already in the socket, so it is queued to be read again.)
+        if entry.saturated && !entry.conn.is_saturated(soft_output, in_flight) {
+            entry.saturated = false;
+            self.queue_input(key, Queue::More);
+        }
+    }
+
+    /// Every flush interval: a connection whose client has taken none of its output for
+    /// `limit stall-ms` is dropped, and while all clients together have more than `limit
+    /// output-total-bytes` unread, those owing the most are dropped first. (Per connection the
+    /// soft limit already stops reading; this bounds the clients that stop reading together.)
+    fn drop_stalled_and_biggest(&mut self, now: Instant) {
+        let mut total = 0;
+        let mut owing = Vec::new();
+        for (key, entry) in self.conns.iter_mut() {
+            let unread = entry.conn.unread_bytes();
+            if unread == 0 || matches!(entry.conn.state, ConnState::Closed(_)) {
+                continue;
+            }
+            let stalled = !entry.conn.out.is_empty()
+                && now.duration_since(entry.last_progress) >= self.limits.stall_limit;
+            if stalled {
+                warn!(
+                    "limit stall-ms conn={}: {unread} bytes unread for {} ms, dropping client",
+                    entry.conn.id,
+                    self.limits.stall_limit.as_millis()
+                );
+                entry.conn.state = ConnState::Closed("stalled");
+                self.marked_closed.push(key);
+                continue;
+            }
+            total += unread;
+            owing.push((unread, key));
+        }
+        if total <= self.limits.max_output_total_bytes {
+            return;
+        }
+        owing.sort_unstable_by(|a, b| b.cmp(a));
+        for (unread, key) in owing {
+            if total <= self.limits.max_output_total_bytes {
+                break;
+            }
+            if let Some(entry) = self.conns.get_mut(key) {
+                warn!(
+                    "limit output-total-bytes: {total} bytes unread over all clients, dropping \
+                     conn={} ({unread} bytes unread)",
+                    entry.conn.id
+                );
+                entry.conn.state = ConnState::Closed("output total limit");
+                self.marked_closed.push(key);
+                total -= unread;
             }
         }
     }

@@ -1,0 +1,111 @@
+//! Clients that pipeline without end or stop reading cost the server a bounded amount
+//! (README "Limits"): a connection with `limit in-flight` lookups waiting, or more than
+//! `limit output-soft-bytes` unread, is not read further until that drains (its commands wait
+//! in the kernel, in order); one whose client takes nothing for `limit stall-ms` is dropped;
+//! past `limit output-total-bytes` over all clients, those owing the most are dropped.
+
+use herd_test_support::{
+    checks::{check_framing, fake_ids, place_ids},
+    client::Client,
+    fake_places::FakePlaces,
+    server::{conn_id, Server},
+};
+use std::io::Write;
+use std::thread;
+use std::time::Duration;
+
+/// Sends `text` from a thread (its writes block once the server stops reading).
+fn send_in_background(client: &Client, text: String) -> thread::JoinHandle<()> {
+    let mut stream = client.stream().try_clone().expect("clone");
+    thread::spawn(move || {
+        // The server may drop the connection (that is what some tests wait for).
+        let _ = stream.write_all(text.as_bytes());
+    })
+}
+
+/// `count` lines that each get a `? ` reply of about `bytes` bytes.
+fn long_invalid_lines(count: usize, bytes: usize) -> String {
+    format!("{}\n", "x".repeat(bytes)).repeat(count)
+}
+
+#[test]
+fn a_client_pipelining_whatsats_gets_them_all_in_order_with_at_most_in_flight_calls_at_once() {
+    let fake = FakePlaces::start();
+    fake.set_delay(Duration::from_millis(200));
+    let server = Server::builder("Alpha")
+        .places(&fake)
+        .line("limit in-flight 8")
+        .line("places cache-ms 0")
+        .start();
+    let mut client = server.client();
+    let at = client.iamat("kiwi", "+1+1", "100");
+    // 200 distinct lookups (radius 0.1 km to 20 km), sent at once.
+    let burst: String = (1..=200)
+        .map(|n| format!("WHATSAT kiwi {}.{} 1\n", n / 10, n % 10))
+        .collect();
+    let sender = send_in_background(&client, burst);
+    assert!(fake.wait_for_requests(8, Duration::from_secs(5)));
+    // Until Places answers, no ninth call starts: the rest wait in the kernel and the reader.
+    while fake.answered_count() == 0 {
+        assert!(
+            fake.request_count() <= 8,
+            "{} calls in flight",
+            fake.request_count()
+        );
+        thread::sleep(Duration::from_millis(10)); // sampling while nothing is answered
+    }
+    for n in 1..=200 {
+        let json = check_framing(&client.read_whatsat_reply(), &at);
+        assert_eq!(place_ids(&json, "places", "id"), fake_ids(1), "reply {n}");
+    }
+    sender.join().expect("sender");
+    assert_eq!(fake.request_count(), 200);
+}
+
+#[test]
+fn a_client_that_takes_nothing_for_stall_ms_is_dropped() {
+    let server = Server::builder("Alpha")
+        .line("limit stall-ms 300")
+        .line("log lines off")
+        .start();
+    let stuck = server.client();
+    let id = conn_id(&server, stuck.local_port());
+    // 5 MB of replies: more than the kernel's buffers hold, so output waits in the server.
+    let sender = send_in_background(&stuck, long_invalid_lines(80, 60_000));
+    let log = server.wait_for_log(&format!("close conn={id} (stalled)"));
+    assert!(
+        log.contains(&format!("limit stall-ms conn={id}: ")),
+        "logged why"
+    );
+    sender.join().expect("sender");
+    // The others are served.
+    let reply = server.client().iamat("c1", "+1+2", "100");
+    assert!(reply.starts_with("AT Alpha "), "{reply:?}");
+}
+
+#[test]
+fn past_output_total_bytes_the_client_owing_the_most_is_dropped() {
+    let server = Server::builder("Alpha")
+        .line("limit output-total-bytes 1048576")
+        .line("limit output-soft-bytes 900000")
+        .line("limit stall-ms 60000")
+        .line("log lines off")
+        .start();
+    let first = server.client();
+    let second = server.client();
+    let senders = [
+        send_in_background(&first, long_invalid_lines(80, 60_000)),
+        send_in_background(&second, long_invalid_lines(80, 60_000)),
+    ];
+    let log = server.wait_for_log("limit output-total-bytes:");
+    let dropped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("limit output-total-bytes:"))
+        .collect();
+    assert!(!dropped.is_empty());
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+    let reply = server.client().iamat("c1", "+1+2", "100");
+    assert!(reply.starts_with("AT Alpha "), "{reply:?}");
+}
