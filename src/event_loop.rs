@@ -515,9 +515,16 @@ impl EventLoop {
                     };
                     let lookup = query.key();
                     let places = &self.places;
-                    let begun = self.lookups.begin(lookup, waiter, Instant::now(), || {
-                        places.submit(LookupJob { key: lookup, query }).is_ok()
-                    });
+                    let begun = self
+                        .lookups
+                        .begin(lookup, waiter, Instant::now(), |cancel| {
+                            let job = LookupJob {
+                                key: lookup,
+                                query,
+                                cancel,
+                            };
+                            places.submit(job).is_ok()
+                        });
                     match begun {
                         Begun::Sent | Begun::Joined => {}
                         Begun::Cached(json, waiter) => {
@@ -691,6 +698,10 @@ impl EventLoop {
     fn finish_lookups(&mut self) {
         while let Some(done) = self.places.try_result() {
             let LookupDone { key, json, elapsed } = done;
+            let Some(json) = json else {
+                self.lookups.skipped();
+                continue;
+            };
             let waiters = self.lookups.finish(key, &json, elapsed, Instant::now());
             if let Some(first) = waiters.first() {
                 let shared = match waiters.len() {
@@ -732,8 +743,18 @@ impl EventLoop {
             }
             let mut entry = self.conns.remove(key);
             let _ = self.poll.registry().deregister(&mut entry.stream);
+            let forgotten = match entry.conn.lookups_waiting() {
+                0 => 0,
+                _ => self.lookups.forget(key, entry.conn.id),
+            };
             if let ConnState::Closed(reason) = entry.conn.state {
-                info!("close conn={} ({reason})", entry.conn.id);
+                match forgotten {
+                    0 => info!("close conn={} ({reason})", entry.conn.id),
+                    n => info!(
+                        "close conn={} ({reason}), {n} WHATSATs left waiting on Places",
+                        entry.conn.id
+                    ),
+                }
             }
         }
     }

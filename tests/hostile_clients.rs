@@ -109,3 +109,40 @@ fn past_output_total_bytes_the_client_owing_the_most_is_dropped() {
     let reply = server.client().iamat("c1", "+1+2", "100");
     assert!(reply.starts_with("AT Alpha "), "{reply:?}");
 }
+
+/// A client that sends many WHATSATs and leaves does not cost a call for each: once its
+/// connection is gone, the lookups no one waits for are not sent.
+#[test]
+fn lookups_of_a_client_that_left_are_not_sent() {
+    let fake = FakePlaces::start();
+    fake.set_delay(Duration::from_millis(300));
+    let server = Server::builder("Alpha")
+        .places(&fake)
+        .line("places workers 4")
+        .line("limit in-flight 1000")
+        .line("places cache-ms 0")
+        .start();
+    let mut client = server.client();
+    client.iamat("kiwi", "+1+1", "100");
+    let id = conn_id(&server, client.local_port());
+    let burst: String = (1..=300)
+        .map(|n| format!("WHATSAT kiwi {}.{} 1\n", n / 10, n % 10))
+        .collect();
+    client.send_raw(burst.as_bytes());
+    assert!(fake.wait_for_requests(4, Duration::from_secs(5)));
+    drop(client);
+    // The first answers find the client gone; the rest of its lookups are dropped.
+    let log = server.wait_for_log(&format!("close conn={id} "));
+    let close = log
+        .lines()
+        .find(|l| l.contains(&format!("close conn={id} ")))
+        .expect("the close record");
+    assert!(close.contains("WHATSATs left waiting on Places"), "{close}");
+    // Every call begun is answered; no more begin.
+    assert!(herd_test_support::harness::wait_until(
+        Duration::from_secs(5),
+        || fake.answered_count() == fake.request_count()
+    ));
+    let calls = fake.request_count();
+    assert!(calls <= 12, "{calls} Places calls for a client that left");
+}

@@ -7,6 +7,8 @@
 //! Pure: the loop passes `now` and a way to hand a call to the workers.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::request::LookupKey;
@@ -38,8 +40,15 @@ pub enum Begun {
     Refused(PlacesError, Waiter),
 }
 
+/// A call handed to the workers and the WHATSATs waiting for it.
+struct InFlight {
+    waiters: Vec<Waiter>,
+    /// Set when every waiter has gone: a worker that has not started the call skips it.
+    cancel: Arc<AtomicBool>,
+}
+
 pub struct Lookups {
-    in_flight: HashMap<LookupKey, Vec<Waiter>>,
+    in_flight: HashMap<LookupKey, InFlight>,
     cache: Cache,
     limit: Option<TokenBucket>,
     pub stats: PlacesStats,
@@ -56,22 +65,22 @@ impl Lookups {
         }
     }
 
-    /// A WHATSAT needs the answer to `key`. `send` hands the call to the workers and says
-    /// whether they took it (false: the queue is full).
+    /// A WHATSAT needs the answer to `key`. `send` hands the call to the workers, with the flag
+    /// that cancels it, and says whether they took it (false: the queue is full).
     pub fn begin(
         &mut self,
         key: LookupKey,
         waiter: Waiter,
         now: Instant,
-        send: impl FnOnce() -> bool,
+        send: impl FnOnce(Arc<AtomicBool>) -> bool,
     ) -> Begun {
         if let Some(json) = self.cache.get(&key, now) {
             self.stats.cache_hits += 1;
             return Begun::Cached(json.clone(), waiter);
         }
-        if let Some(waiters) = self.in_flight.get_mut(&key) {
+        if let Some(call) = self.in_flight.get_mut(&key) {
             self.stats.coalesced += 1;
-            waiters.push(waiter);
+            call.waiters.push(waiter);
             return Begun::Joined;
         }
         if let Some(limit) = &mut self.limit {
@@ -80,7 +89,8 @@ impl Lookups {
                 return Begun::Refused(PlacesError::RateLimited, waiter);
             }
         }
-        if !send() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        if !send(Arc::clone(&cancel)) {
             self.stats.queue_full += 1;
             return Begun::Refused(PlacesError::QueueFull, waiter);
         }
@@ -88,8 +98,39 @@ impl Lookups {
             limit.take();
         }
         self.stats.calls_sent += 1;
-        self.in_flight.insert(key, vec![waiter]);
+        self.in_flight.insert(
+            key,
+            InFlight {
+                waiters: vec![waiter],
+                cancel,
+            },
+        );
         Begun::Sent
+    }
+
+    /// The connection `(conn_key, conn_id)` closed: its WHATSATs stop waiting, and a call no
+    /// one waits for any more is cancelled (a worker that has not started it skips it), so a
+    /// client that sends a thousand WHATSATs and leaves does not cost a thousand calls.
+    /// Returns how many of its WHATSATs were waiting.
+    pub fn forget(&mut self, conn_key: usize, conn_id: u64) -> usize {
+        let mut forgotten = 0;
+        self.in_flight.retain(|_, call| {
+            let before = call.waiters.len();
+            call.waiters
+                .retain(|w| (w.conn_key, w.conn_id) != (conn_key, conn_id));
+            forgotten += before - call.waiters.len();
+            if call.waiters.is_empty() {
+                call.cancel.store(true, Ordering::Relaxed);
+                return false;
+            }
+            true
+        });
+        forgotten
+    }
+
+    /// A worker skipped a call whose waiters had all gone.
+    pub fn skipped(&mut self) {
+        self.stats.cancelled += 1;
     }
 
     /// The call for `key` finished: every waiter gets `json`; a good answer is cached.
@@ -104,7 +145,10 @@ impl Lookups {
         if json.is_reusable() {
             self.cache.insert(key, json.clone(), now);
         }
-        self.in_flight.remove(&key).unwrap_or_default()
+        self.in_flight
+            .remove(&key)
+            .map(|call| call.waiters)
+            .unwrap_or_default()
     }
 }
 
@@ -235,7 +279,7 @@ mod tests {
         let mut lookups = Lookups::new(0, 0, 0, now);
         let mut calls = 0;
         for seq in 0..100 {
-            lookups.begin(key(1), waiter(seq), now, || {
+            lookups.begin(key(1), waiter(seq), now, |_| {
                 calls += 1;
                 true
             });
@@ -247,21 +291,48 @@ mod tests {
         assert_eq!((lookups.stats.calls_sent, lookups.stats.coalesced), (1, 99));
         // Finished: the next one is a new call (no cache here).
         assert!(matches!(
-            lookups.begin(key(1), waiter(100), now, || true),
+            lookups.begin(key(1), waiter(100), now, |_| true),
             Begun::Sent
         ));
+    }
+
+    #[test]
+    fn a_call_whose_waiters_all_left_is_cancelled() {
+        let now = Instant::now();
+        let mut lookups = Lookups::new(0, 0, 0, now);
+        let mut flags = Vec::new();
+        let mut begin = |lookups: &mut Lookups, key_n, conn_id, seq| {
+            let waiter = Waiter {
+                conn_id,
+                ..waiter(seq)
+            };
+            lookups.begin(key(key_n), waiter, now, |cancel| {
+                flags.push(cancel);
+                true
+            });
+        };
+        begin(&mut lookups, 1, 7, 0);
+        begin(&mut lookups, 1, 8, 0); // another client waits for the same call
+        begin(&mut lookups, 2, 7, 1);
+        assert_eq!(lookups.forget(0, 7), 2);
+        assert!(!flags[0].load(Ordering::Relaxed), "client 8 still waits");
+        assert!(flags[1].load(Ordering::Relaxed), "nobody waits for key 2");
+        let waiters = lookups.finish(key(1), &answer(), ms(1), now);
+        assert_eq!(waiters.len(), 1);
+        assert_eq!(waiters[0].conn_id, 8);
+        assert!(lookups.finish(key(2), &answer(), ms(1), now).is_empty());
     }
 
     #[test]
     fn a_failed_call_answers_every_waiter_and_is_not_cached() {
         let now = Instant::now();
         let mut lookups = Lookups::new(60_000, 10, 0, now);
-        lookups.begin(key(1), waiter(0), now, || true);
-        lookups.begin(key(1), waiter(1), now, || true);
+        lookups.begin(key(1), waiter(0), now, |_| true);
+        lookups.begin(key(1), waiter(1), now, |_| true);
         assert_eq!(lookups.finish(key(1), &failure(), ms(5), now).len(), 2);
         assert_eq!(lookups.stats.timeouts, 1);
         assert!(matches!(
-            lookups.begin(key(1), waiter(2), now, || true),
+            lookups.begin(key(1), waiter(2), now, |_| true),
             Begun::Sent
         ));
     }
@@ -270,16 +341,16 @@ mod tests {
     fn a_good_answer_is_reused_until_it_is_cache_ms_old() {
         let now = Instant::now();
         let mut lookups = Lookups::new(1000, 10, 0, now);
-        lookups.begin(key(1), waiter(0), now, || true);
+        lookups.begin(key(1), waiter(0), now, |_| true);
         lookups.finish(key(1), &answer(), ms(100), now);
-        let fresh = lookups.begin(key(1), waiter(1), now + ms(999), || panic!("no call"));
+        let fresh = lookups.begin(key(1), waiter(1), now + ms(999), |_| panic!("no call"));
         assert!(matches!(fresh, Begun::Cached(_, Waiter { seq: 1, .. })));
         assert!(matches!(
-            lookups.begin(key(2), waiter(2), now, || true),
+            lookups.begin(key(2), waiter(2), now, |_| true),
             Begun::Sent
         ));
         assert!(matches!(
-            lookups.begin(key(1), waiter(3), now + ms(1000), || true),
+            lookups.begin(key(1), waiter(3), now + ms(1000), |_| true),
             Begun::Sent
         ));
         assert_eq!(lookups.stats.cache_hits, 1);
@@ -290,17 +361,17 @@ mod tests {
         let now = Instant::now();
         let mut lookups = Lookups::new(60_000, 2, 0, now);
         for n in 0..3 {
-            lookups.begin(key(n), waiter(0), now, || true);
+            lookups.begin(key(n), waiter(0), now, |_| true);
             lookups.finish(key(n), &answer(), ms(1), now + ms(u64::from(n)));
         }
         assert_eq!(lookups.cache.entries.len(), 2);
         let later = now + ms(10);
         assert!(matches!(
-            lookups.begin(key(0), waiter(1), later, || true),
+            lookups.begin(key(0), waiter(1), later, |_| true),
             Begun::Sent
         ));
         assert!(matches!(
-            lookups.begin(key(2), waiter(2), later, || panic!("cached")),
+            lookups.begin(key(2), waiter(2), later, |_| panic!("cached")),
             Begun::Cached(..)
         ));
     }
@@ -309,7 +380,7 @@ mod tests {
     fn a_zero_cache_period_turns_the_cache_off() {
         let now = Instant::now();
         let mut lookups = Lookups::new(0, 100, 0, now);
-        lookups.begin(key(1), waiter(0), now, || true);
+        lookups.begin(key(1), waiter(0), now, |_| true);
         lookups.finish(key(1), &answer(), ms(1), now);
         assert!(lookups.cache.entries.is_empty());
     }
@@ -320,32 +391,32 @@ mod tests {
         let mut lookups = Lookups::new(60_000, 100, 2, now);
         for n in 0..2 {
             assert!(matches!(
-                lookups.begin(key(n), waiter(0), now, || true),
+                lookups.begin(key(n), waiter(0), now, |_| true),
                 Begun::Sent
             ));
         }
         // Coalesced and cached lookups need no token.
         assert!(matches!(
-            lookups.begin(key(0), waiter(1), now, || true),
+            lookups.begin(key(0), waiter(1), now, |_| true),
             Begun::Joined
         ));
         lookups.finish(key(1), &answer(), ms(1), now);
         assert!(matches!(
-            lookups.begin(key(1), waiter(2), now, || true),
+            lookups.begin(key(1), waiter(2), now, |_| true),
             Begun::Cached(..)
         ));
-        let refused = lookups.begin(key(9), waiter(3), now, || panic!("not sent"));
+        let refused = lookups.begin(key(9), waiter(3), now, |_| panic!("not sent"));
         assert!(matches!(
             refused,
             Begun::Refused(PlacesError::RateLimited, Waiter { seq: 3, .. })
         ));
         // Half a second later one token is back.
         assert!(matches!(
-            lookups.begin(key(9), waiter(4), now + ms(500), || true),
+            lookups.begin(key(9), waiter(4), now + ms(500), |_| true),
             Begun::Sent
         ));
         assert!(matches!(
-            lookups.begin(key(8), waiter(5), now + ms(500), || true),
+            lookups.begin(key(8), waiter(5), now + ms(500), |_| true),
             Begun::Refused(PlacesError::RateLimited, _)
         ));
         assert_eq!(lookups.stats.rate_limited, 2);
@@ -356,11 +427,11 @@ mod tests {
         let now = Instant::now();
         let mut lookups = Lookups::new(0, 0, 1, now);
         assert!(matches!(
-            lookups.begin(key(1), waiter(0), now, || false),
+            lookups.begin(key(1), waiter(0), now, |_| false),
             Begun::Refused(PlacesError::QueueFull, _)
         ));
         assert!(matches!(
-            lookups.begin(key(1), waiter(1), now, || true),
+            lookups.begin(key(1), waiter(1), now, |_| true),
             Begun::Sent
         ));
         assert_eq!(lookups.stats.queue_full, 1);

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -38,6 +39,8 @@ const CONNECTION_OUTPUT_BYTES: usize = 8 * 1024;
 pub struct LookupJob {
     pub key: LookupKey,
     pub query: PlacesQuery,
+    /// Set by the loop when no WHATSAT waits for the answer any more: then it is not made.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// A finished call, with its JSON already shaped: parsing and pretty-printing a Places answer
@@ -45,7 +48,8 @@ pub struct LookupJob {
 #[derive(Debug)]
 pub struct LookupDone {
     pub key: LookupKey,
-    pub json: ShapedJson,
+    /// `None`: the call was cancelled before a worker started it.
+    pub json: Option<ShapedJson>,
     pub elapsed: Duration,
 }
 
@@ -200,8 +204,10 @@ fn work(shared: &Shared) {
             return;
         };
         let started = Instant::now();
-        let outcome = shared.endpoint.call(&job.query);
-        let json = shape_json(shared.endpoint.api, job.query.bound, &outcome);
+        let json = (!job.cancel.load(Ordering::Relaxed)).then(|| {
+            let outcome = shared.endpoint.call(&job.query);
+            shape_json(shared.endpoint.api, job.query.bound, &outcome)
+        });
         let done = LookupDone {
             key: job.key,
             json,

@@ -22,6 +22,8 @@ pub struct PlacesStats {
     pub rate_limited: u64,
     /// WHATSATs refused at once: every worker busy and the queue full.
     pub queue_full: u64,
+    /// Calls handed to the workers but skipped: every WHATSAT waiting for them had left.
+    pub cancelled: u64,
     /// Finished calls by outcome.
     pub ok: u64,
     pub error_status: u64,
