@@ -316,6 +316,9 @@ impl EventLoop {
                 if let Some(line) = self.hold_backs.report(Instant::now(), self.max_owed) {
                     info!("{line}");
                 }
+                if let Some(line) = self.lookups.refusals_report(Instant::now()) {
+                    warn!("{line}");
+                }
                 logging::flush();
                 next_flush = Instant::now() + FLUSH_INTERVAL;
             }

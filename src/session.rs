@@ -133,7 +133,8 @@ fn handle_peer_line(
 
 /// The lookup of the WHATSAT in slot `seq` was not attempted (`why`: the Places queue is full,
 /// or the rate limit reached): it is answered at once with the framed error, in its place
-/// among the connection's replies.
+/// among the connection's replies. (Not logged one by one: under a flood of WHATSATs that
+/// would be a line each; the loop logs a count once a second.)
 pub fn refuse_lookup(
     conn: &mut Connection,
     api: PlacesApi,
@@ -142,7 +143,6 @@ pub fn refuse_lookup(
     why: PlacesError,
 ) {
     let json = shape_json(api, 1, &PlacesOutcome::Failed(why));
-    warn!("places conn={} {} {}", conn.id, api.name(), json.summary);
     conn.fill_reply(seq, reply_with(at_line, &json));
 }
 

@@ -148,6 +148,9 @@ fn past_max_per_second_whatsats_get_429_at_once_and_in_order() {
     );
     check_at_line(&client.read_line(), "Alpha", "x", "+1+1", "5");
     assert_eq!(fake.request_count(), 2, "the refused one was not sent");
+    // Refusals are counted in one log line a second, not a line each.
+    let log = server.wait_for_log("WHATSATs answered 429 at once");
+    assert!(log.contains("over places max-per-second"), "{log}");
     // A second later the bucket has refilled.
     let mut other = server.client();
     let deadline = Instant::now() + Duration::from_secs(5);

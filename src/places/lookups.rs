@@ -52,6 +52,8 @@ pub struct Lookups {
     cache: Cache,
     limit: Option<TokenBucket>,
     pub stats: PlacesStats,
+    /// Refusals already reported, and when (see [`Lookups::refusals_report`]).
+    reported: (u64, u64, Instant),
 }
 
 impl Lookups {
@@ -62,7 +64,26 @@ impl Lookups {
             cache: Cache::new(Duration::from_millis(cache_ms), cache_entries),
             limit: (max_per_second > 0).then(|| TokenBucket::new(max_per_second, now)),
             stats: PlacesStats::default(),
+            reported: (0, 0, now),
         }
+    }
+
+    /// At most once a second, when WHATSATs were refused since the last report: one log line
+    /// that counts them, instead of a line per refusal.
+    pub fn refusals_report(&mut self, now: Instant) -> Option<String> {
+        let (rate_limited, queue_full, at) = self.reported;
+        let new_rate = self.stats.rate_limited - rate_limited;
+        let new_full = self.stats.queue_full - queue_full;
+        if new_rate + new_full == 0 || now.duration_since(at) < Duration::from_secs(1) {
+            return None;
+        }
+        self.reported = (self.stats.rate_limited, self.stats.queue_full, now);
+        Some(format!(
+            "places: {} WHATSATs answered 429 at once in the last {} ms ({new_rate} over \
+             places max-per-second, {new_full} with the queue full)",
+            new_rate + new_full,
+            now.duration_since(at).as_millis()
+        ))
     }
 
     /// A WHATSAT needs the answer to `key`. `send` hands the call to the workers, with the flag
@@ -420,6 +441,34 @@ mod tests {
             Begun::Refused(PlacesError::RateLimited, _)
         ));
         assert_eq!(lookups.stats.rate_limited, 2);
+    }
+
+    #[test]
+    fn refusals_are_counted_in_one_line_a_second() {
+        let now = Instant::now();
+        let mut lookups = Lookups::new(0, 0, 1, now);
+        assert_eq!(
+            lookups.refusals_report(now + ms(2000)),
+            None,
+            "nothing refused"
+        );
+        lookups.begin(key(1), waiter(0), now, |_| true);
+        for n in 2..5 {
+            lookups.begin(key(n), waiter(0), now, |_| true);
+        }
+        lookups.begin(key(9), waiter(0), now + ms(1500), |_| false);
+        assert_eq!(
+            lookups.refusals_report(now + ms(999)),
+            None,
+            "within the second"
+        );
+        let line = lookups.refusals_report(now + ms(2000)).unwrap();
+        assert!(line.contains("4 WHATSATs answered 429"), "{line}");
+        assert!(
+            line.contains("3 over places max-per-second, 1 with the queue full"),
+            "{line}"
+        );
+        assert_eq!(lookups.refusals_report(now + ms(4000)), None);
     }
 
     #[test]
