@@ -112,6 +112,9 @@ pub struct Limits {
     pub soft_output_bytes: usize,
     /// WHATSATs of one connection waiting on Places past which it is not read further.
     pub max_in_flight: usize,
+    /// Commands of one connection handled per loop turn before the others get theirs (as
+    /// memcached's `-R`): a client pipelining thousands cannot hold the loop.
+    pub commands_per_turn: usize,
     /// Unread output past which a client is dropped.
     pub max_output_bytes: usize,
     /// Unread output over all connections past which those owing the most are dropped.
@@ -130,6 +133,7 @@ impl Default for Limits {
             max_line_bytes: 64 * 1024,
             soft_output_bytes: 256 * 1024,
             max_in_flight: 128,
+            commands_per_turn: 20,
             max_output_bytes: 4 * 1024 * 1024,
             max_output_total_bytes: 256 * 1024 * 1024,
             stall_limit: Duration::from_secs(30),
@@ -413,6 +417,9 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
         "output-bytes" => limits.max_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
         "output-soft-bytes" => limits.soft_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
         "in-flight" => limits.max_in_flight = number_in(setting, value, 1, 1 << 20)?,
+        "commands-per-turn" => {
+            limits.commands_per_turn = number_in(setting, value, 1, 1 << 20)?
+        }
         "output-total-bytes" => {
             limits.max_output_total_bytes = number_in(setting, value, 1024, 1 << 40)?
         }
@@ -587,7 +594,7 @@ log lines on
              places cache-ms 0\nplaces cache-entries 7\nplaces max-per-second 3\n\
              places field-mask places.displayName\nlog dir /tmp/x\nlog lines off\nlog level debug\n\
              limit line-bytes 100\nlimit output-bytes 2048\nlimit connections 3\n\
-             limit future-seconds 60\nlimit output-soft-bytes 4096\nlimit in-flight 9\n\
+             limit future-seconds 60\nlimit output-soft-bytes 4096\nlimit in-flight 9\nlimit commands-per-turn 5\n\
              limit output-total-bytes 65536\nlimit stall-ms 1500\n\
              peer secret-env S\npeer backoff-min-ms 10\npeer backoff-max-ms 20\npeer max-owed 4096\n\
              peer ping-ms 300\npeer stall-ms 700",
@@ -613,6 +620,7 @@ log lines on
         assert_eq!(config.limits.max_future_secs, 60);
         assert_eq!(config.limits.soft_output_bytes, 4096);
         assert_eq!(config.limits.max_in_flight, 9);
+        assert_eq!(config.limits.commands_per_turn, 5);
         assert_eq!(config.limits.max_output_total_bytes, 65536);
         assert_eq!(config.limits.stall_limit, Duration::from_millis(1500));
         assert_eq!(config.peer.max_owed, 4096);

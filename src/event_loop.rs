@@ -396,6 +396,7 @@ impl EventLoop {
     fn read_input(&mut self, key: usize, until_would_block: bool) {
         let now = wall_clock();
         let mut budget = READ_BUDGET;
+        let mut commands_left = self.limits.commands_per_turn;
         loop {
             let (soft_output, in_flight) = self.saturation_limits();
             let is_client = match self.conns.get_mut(key) {
@@ -433,7 +434,11 @@ impl EventLoop {
             // rest waits in the reader, and is handled first when the connection goes on.
             let mut handle = |line: Line<'_>| {
                 effects.extend(session::handle_line(conn, app, line, now));
-                !conn.is_saturated(soft_output, in_flight)
+                // A neighbour's updates are not capped: a relay must keep up with its herd.
+                if is_client {
+                    commands_left = commands_left.saturating_sub(1);
+                }
+                commands_left > 0 && !conn.is_saturated(soft_output, in_flight)
             };
             let mut stop = false;
             if reader.has_held() {
@@ -469,7 +474,8 @@ impl EventLoop {
             if stop || entry.conn.state != ConnState::Open {
                 break;
             }
-            if budget == 0 {
+            if budget == 0 || commands_left == 0 {
+                // Its turn is over; the rest (in the reader or the socket) comes next turn.
                 self.queue_input(key, Queue::More);
                 break;
             }
