@@ -417,9 +417,7 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
         "output-bytes" => limits.max_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
         "output-soft-bytes" => limits.soft_output_bytes = number_in(setting, value, 1024, 1 << 40)?,
         "in-flight" => limits.max_in_flight = number_in(setting, value, 1, 1 << 20)?,
-        "commands-per-turn" => {
-            limits.commands_per_turn = number_in(setting, value, 1, 1 << 20)?
-        }
+        "commands-per-turn" => limits.commands_per_turn = number_in(setting, value, 1, 1 << 20)?,
         "output-total-bytes" => {
             limits.max_output_total_bytes = number_in(setting, value, 1024, 1 << 40)?
         }

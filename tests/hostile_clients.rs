@@ -146,3 +146,35 @@ fn lookups_of_a_client_that_left_are_not_sent() {
     let calls = fake.request_count();
     assert!(calls <= 12, "{calls} Places calls for a client that left");
 }
+
+/// One client pipelining thousands of commands does not hold the loop: each turn it gets
+/// `limit commands-per-turn` of them, and another client's command is answered between.
+#[test]
+fn a_pipelining_client_gets_its_turn_and_others_get_theirs() {
+    let server = Server::builder("Alpha")
+        .line("limit commands-per-turn 10")
+        .start();
+    let mut greedy = server.client();
+    let mut probe = server.client();
+    let greedy_id = conn_id(&server, greedy.local_port());
+    let probe_id = conn_id(&server, probe.local_port());
+    let burst: String = (0..5000)
+        .map(|n| format!("IAMAT greedy{n} +1+1 100\n"))
+        .collect();
+    greedy.send_raw(burst.as_bytes());
+    let reply = probe.iamat("probe", "+2+2", "100");
+    assert!(reply.starts_with("AT Alpha "), "{reply:?}");
+    for _ in 0..5000 {
+        greedy.read_line();
+    }
+    let log = server.wait_for_log(&format!("send conn={probe_id} AT Alpha "));
+    let greedy_before_probe = log
+        .lines()
+        .take_while(|l| !l.contains(&format!("send conn={probe_id} AT Alpha ")))
+        .filter(|l| l.contains(&format!("send conn={greedy_id} AT Alpha ")))
+        .count();
+    assert!(
+        greedy_before_probe < 4000,
+        "the probe waited for {greedy_before_probe} of the greedy client's replies"
+    );
+}
