@@ -47,6 +47,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes one connection may read per wakeup, so a busy client cannot starve the others;
 /// a connection that hits it is served again before the loop sleeps.
 const READ_BUDGET: usize = 4 * READ_CHUNK;
+/// A connection accepted in the slots kept for neighbours has this long to say its hello.
+const NEIGHBOUR_HELLO_WAIT: Duration = Duration::from_secs(5);
 /// The log is flushed at least this often (SPEC section 6 asks for within a second).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -122,6 +124,14 @@ pub struct ServerSetup {
     pub signals: UnixStream,
 }
 
+/// Whether a framed line is a hello (a neighbour introducing itself).
+fn is_hello(line: &Line<'_>) -> bool {
+    match line {
+        Line::Complete(text) => crate::peer_wire::is_hello(text),
+        Line::TooLong(_) => false,
+    }
+}
+
 /// Where a connection's unread input waits to be read again.
 enum Queue {
     /// Its read budget ran out.
@@ -146,6 +156,9 @@ struct Accepted {
     last_progress: Instant,
     /// The client closed its sending side; handled once the input before it is.
     eof_seen: bool,
+    /// Accepted past `limit connections`, in the slots kept for neighbours: it must say a
+    /// neighbour's valid hello first, by this time, or it is closed.
+    probation_until: Option<Instant>,
 }
 
 pub struct EventLoop {
@@ -340,13 +353,18 @@ impl EventLoop {
                     return;
                 }
             };
-            if self.conns.len() >= self.limits.max_connections {
+            // Past the limit, a few slots stay for neighbours (two per link: a reconnect may
+            // overlap the old connection's close), so a flood of clients cannot cut the herd.
+            let reserved = 2 * self.links.len();
+            if self.conns.len() >= self.limits.max_connections + reserved {
                 warn!(
                     "limit connections: {} open, refusing {remote}",
                     self.conns.len()
                 );
                 continue; // dropping the stream closes it
             }
+            let probation_until = (self.conns.len() >= self.limits.max_connections)
+                .then(|| Instant::now() + NEIGHBOUR_HELLO_WAIT);
             let entry = self.conns.vacant_entry();
             let token = Token(self.first_conn + entry.key());
             if let Err(e) = self
@@ -370,6 +388,7 @@ impl EventLoop {
                 saturated: false,
                 last_progress: Instant::now(),
                 eof_seen: false,
+                probation_until,
             });
         }
     }
@@ -428,12 +447,25 @@ impl EventLoop {
                 reader,
                 conn,
                 eof_seen,
+                probation_until,
                 ..
             } = entry;
             // Lines are handled until the connection has as much outstanding as it may; the
             // rest waits in the reader, and is handled first when the connection goes on.
             let mut handle = |line: Line<'_>| {
+                if probation_until.is_some() && conn.peer.is_none() && !is_hello(&line) {
+                    warn!(
+                        "limit connections: conn={} is past the limit and not a neighbour, \
+                         closing",
+                        conn.id
+                    );
+                    conn.state = ConnState::Closed("limit connections");
+                    return false;
+                }
                 effects.extend(session::handle_line(conn, app, line, now));
+                if conn.peer.is_some() {
+                    *probation_until = None; // a neighbour: admitted
+                }
                 // A neighbour's updates are not capped: a relay must keep up with its herd.
                 if is_client {
                     commands_left = commands_left.saturating_sub(1);
@@ -662,6 +694,15 @@ impl EventLoop {
         let mut total = 0;
         let mut owing = Vec::new();
         for (key, entry) in self.conns.iter_mut() {
+            if entry.probation_until.is_some_and(|until| until <= now) {
+                warn!(
+                    "limit connections: conn={} is past the limit and said no hello, closing",
+                    entry.conn.id
+                );
+                entry.conn.state = ConnState::Closed("limit connections");
+                self.marked_closed.push(key);
+                continue;
+            }
             let unread = entry.conn.unread_bytes();
             if unread == 0 || matches!(entry.conn.state, ConnState::Closed(_)) {
                 continue;

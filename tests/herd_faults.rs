@@ -523,3 +523,33 @@ fn a_restarted_neighbour_is_relinked_at_once_not_at_the_next_retry() {
     // The wait gives up after 8 s, before the scheduled retry (10 s at the soonest) is due.
     herd.wait_link_syncs("Campbell", "Bona", 2);
 }
+
+/// A flood of clients cannot cut the herd apart: past `limit connections`, slots stay for
+/// neighbours, and a connection in them that is not a neighbour is closed at its first line.
+#[test]
+fn neighbours_are_admitted_past_the_connection_limit_and_clients_are_not() {
+    let mut herd = Herd::chain(&["Campbell", "Bona"]);
+    herd.line("limit connections 2");
+    herd.start("Campbell");
+    // The harness's check that the port is open was connection 1; it must be gone first.
+    herd.wait_log_count("Campbell", "close conn=1 ", 1);
+    let mut idle: Vec<_> = (0..2).map(|_| herd.client("Campbell")).collect();
+    for (i, client) in idle.iter_mut().enumerate() {
+        // Each is accepted and served: the limit is not reached before them.
+        let reply = client.iamat(&format!("idle{i}"), "+1+1", &time_from_now(-1));
+        assert!(reply.starts_with("AT Campbell "), "{reply:?}");
+    }
+    let mut extra = herd.client("Campbell");
+    extra.send("IAMAT extra +1+1 1");
+    extra.expect_eof();
+    herd.wait_log_count(
+        "Campbell",
+        "limit connections: conn=4 is past the limit and not a neighbour, closing",
+        1,
+    );
+    // Bona's link arrives while Campbell is full: it is admitted.
+    herd.start("Bona");
+    herd.wait_log_count("Campbell", "is Bona", 1);
+    herd.wait_link_syncs("Bona", "Campbell", 1);
+    drop(idle);
+}
