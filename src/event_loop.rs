@@ -47,6 +47,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes one connection may read per wakeup, so a busy client cannot starve the others;
 /// a connection that hits it is served again before the loop sleeps.
 const READ_BUDGET: usize = 4 * READ_CHUNK;
+/// How soon an accept that failed for want of descriptors is tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// A connection accepted in the slots kept for neighbours has this long to say its hello.
 const NEIGHBOUR_HELLO_WAIT: Duration = Duration::from_secs(5);
 /// The log is flushed at least this often (SPEC section 6 asks for within a second).
@@ -192,6 +194,9 @@ pub struct EventLoop {
     read_this_turn: Vec<usize>,
     hold_backs: HoldBacks,
     max_owed: usize,
+    /// An accept failed for want of descriptors: try again at this time.
+    accept_retry_at: Option<Instant>,
+    last_accept_warning: Option<Instant>,
     stopping: bool,
 }
 
@@ -260,6 +265,8 @@ impl EventLoop {
             read_this_turn: Vec::new(),
             hold_backs: HoldBacks::new(now),
             max_owed: peer.max_owed,
+            accept_retry_at: None,
+            last_accept_warning: None,
             stopping: false,
         })
     }
@@ -274,6 +281,7 @@ impl EventLoop {
                 .links
                 .iter()
                 .filter_map(Link::deadline)
+                .chain(self.accept_retry_at)
                 .fold(next_flush, Instant::min);
             let holding = self.holding_back_clients(now);
             self.hold_backs.observe(holding, now);
@@ -313,6 +321,10 @@ impl EventLoop {
                     Token(_) => {}
                 }
             }
+            if self.accept_retry_at.is_some_and(|at| at <= Instant::now()) {
+                self.accept_retry_at = None;
+                self.accept_all();
+            }
             self.serve_more_input();
             self.tick_links();
             // Floods are handed to the links before the replies that acknowledge them go out,
@@ -346,9 +358,24 @@ impl EventLoop {
             let (mut stream, remote) = match net::accept(&self.listener) {
                 Ok(Some(accepted)) => accepted,
                 Ok(None) => return,
+                Err(e) if net::is_out_of_descriptors(&e) => {
+                    // The connection stays in the backlog, and epoll raises no new edge for
+                    // it: retry on a timer until the backlog drains (as others close).
+                    let now = Instant::now();
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY);
+                    if self
+                        .last_accept_warning
+                        .is_none_or(|at| now - at >= Duration::from_secs(1))
+                    {
+                        warn!(
+                            "accept failed: {e}; retrying every {} ms",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                        self.last_accept_warning = Some(now);
+                    }
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: the connection stays in the backlog until a later
-                    // accept; say so rather than spin.
                     warn!("accept failed: {e}");
                     return;
                 }

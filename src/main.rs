@@ -76,6 +76,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Descriptors the server needs besides its connections: standard streams, the log, the poll,
+/// the waker, the signal pipe, the listener, and a margin for Places calls and the secret file.
+const FIXED_DESCRIPTORS: u64 = 16;
+
+/// Raises the open-file limit as far as allowed and clamps `limit connections` to what fits
+/// (each link also holds one outbound and one accepted descriptor), logged when it bites.
+fn fit_connections_to_open_files(name: &str, config: &mut Config) {
+    let open_files = match net::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!("cannot read the open-file limit: {e}");
+            return;
+        }
+    };
+    let links = config.neighbours(name).len() as u64;
+    let fits = open_files
+        .saturating_sub(FIXED_DESCRIPTORS + 4 * links)
+        .max(1);
+    let limit = &mut config.limits.max_connections;
+    if (*limit as u64) > fits {
+        let message = format!(
+            "limit connections: {limit} lowered to {fits}, what the open-file limit of \
+             {open_files} leaves room for"
+        );
+        warn!("{message}");
+        eprintln!("{message}");
+        *limit = fits as usize;
+    }
+}
+
 fn fail(code: u8, line: &str) -> ExitCode {
     eprintln!("{line}");
     ExitCode::from(code)
@@ -109,6 +139,7 @@ fn serve(
             let dir = Escaped(config.log.dir.as_os_str().as_bytes());
             format!("cannot open log in {dir}: {e}")
         })?;
+    fit_connections_to_open_files(name, &mut config);
     let (signals, signal_writer) =
         UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
     let signal_writer =

@@ -39,6 +39,39 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
     }
 }
 
+/// Raises the soft open-file limit to the hard one (a server holds a descriptor per
+/// connection, and the usual soft default of 1,024 is far below `limit connections`); returns
+/// the soft limit in force.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
+/// Whether an accept failed for want of descriptors (the connection stays in the backlog).
+pub fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE)
+    )
+}
+
 /// The kernel buffer of a link's socket, on each side. Loopback autotuning grows them to
 /// megabytes (`tcp_rmem` allows 32 MiB), and every byte waiting in one is an update the
 /// neighbour has not applied yet while this server counts it as sent: small buffers keep what

@@ -238,3 +238,28 @@ fn client_that_reads_is_not_dropped_however_much_it_gets() {
         );
     }
 }
+
+/// At a low open-file limit, `limit connections` is lowered to what fits (logged), and the
+/// connections past it are refused at once while those within it are served.
+#[test]
+fn limit_connections_is_lowered_to_what_the_open_file_limit_allows() {
+    let server = Server::builder("Alpha").open_files(64).start();
+    let log = server.wait_for_log("limit connections: 16384 lowered to 48");
+    assert!(log.contains("open-file limit of 64"), "{log}");
+    server.wait_for_log("close conn=1 "); // the harness's port check
+    let mut served: Vec<Client> = Vec::new();
+    for n in 0..48 {
+        let mut client = server.client();
+        let reply = client.iamat(&format!("c{n}"), "+1+2", "100");
+        check_at_line(&reply, "Alpha", &format!("c{n}"), "+1+2", "100");
+        served.push(client);
+    }
+    let mut refused = server.client();
+    refused.expect_eof(); // closed at once, before it says anything
+    server.wait_for_log("limit connections: 48 open, refusing");
+    // Once one closes, a new client is served.
+    drop(served.pop());
+    server.wait_for_log("close conn=49 ");
+    let reply = server.client().iamat("again", "+1+2", "100");
+    check_at_line(&reply, "Alpha", "again", "+1+2", "100");
+}

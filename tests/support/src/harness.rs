@@ -387,6 +387,9 @@ pub struct Herd {
     pub env: Vec<Vec<(String, Option<String>)>>,
     /// Start every server through [`RAISE_NOFILE`].
     pub raise_nofile: bool,
+    /// Start every server under `prlimit --nofile=N:N` (soft and hard), to see it at a low
+    /// open-file limit.
+    pub open_files: Option<u32>,
     processes: Vec<Option<Process>>,
     // Last: removed after every process is gone.
     pub dir: TempDir,
@@ -404,6 +407,7 @@ impl Herd {
             bin: bin.to_path_buf(),
             env: vec![Vec::new(); n],
             raise_nofile: false,
+            open_files: None,
             processes: (0..n).map(|_| None).collect(),
             dir: TempDir::new(label)?,
         })
@@ -453,6 +457,10 @@ impl Herd {
             let mut sh = Command::new("sh");
             sh.arg("-c").arg(RAISE_NOFILE).arg(&self.bin);
             sh
+        } else if let Some(n) = self.open_files {
+            let mut prlimit = Command::new("prlimit");
+            prlimit.arg(format!("--nofile={n}:{n}")).arg(&self.bin);
+            prlimit
         } else {
             Command::new(&self.bin)
         };

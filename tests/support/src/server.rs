@@ -19,6 +19,7 @@ pub struct ServerBuilder {
     places_lines: Vec<String>,
     extra_lines: Vec<String>,
     with_key: bool,
+    open_files: Option<u32>,
 }
 
 impl ServerBuilder {
@@ -46,6 +47,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Starts the server with this open-file limit, soft and hard (through `prlimit`).
+    pub fn open_files(mut self, limit: u32) -> ServerBuilder {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Starts the server without the key variable in its environment.
     pub fn without_key(mut self) -> ServerBuilder {
         self.with_key = false;
@@ -65,6 +72,7 @@ impl ServerBuilder {
             if !self.with_key {
                 herd.env[0].push((KEY_ENV.to_string(), None));
             }
+            herd.open_files = self.open_files;
             match herd.start_server(0) {
                 Ok(()) => {
                     return Server {
@@ -99,6 +107,7 @@ impl Server {
             places_lines: vec![refused_places_url().expect("a free port")],
             extra_lines: Vec::new(),
             with_key: true,
+            open_files: None,
         }
     }
 
