@@ -61,7 +61,7 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
             limit = raised;
         }
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 /// Whether an accept failed for want of descriptors (the connection stays in the backlog).
