@@ -24,6 +24,8 @@ use crate::wire;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the neighbour may take to answer the hello.
 pub const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest retry delay of a link lost after it connected (see [`Link::down`]).
+pub const RECONNECT_CAP: Duration = Duration::from_millis(500);
 /// Owed records are turned into bytes only while less than this is waiting for the socket, so
 /// the newest version of a record is picked as late as possible and a link's buffer stays
 /// small whatever it owes.
@@ -359,8 +361,21 @@ impl<S> Link<S> {
     /// Takes the link down: everything queued and owed is dropped (a resync follows the next
     /// welcome) and the next attempt is scheduled. Returns the socket, for the caller to
     /// deregister, and the delay.
-    pub fn down(&mut self, now: Instant, jitter: f64) -> (Option<S>, Duration) {
-        let delay = self.backoff.next_delay(jitter);
+    ///
+    /// A link that was connected (greeting or up) and is lost for any reason but the
+    /// neighbour's own refusal of our hello was cut by the network or a restart, not turned
+    /// away: its retries wait at most [`RECONNECT_CAP`], so a healed partition is back within
+    /// half a second instead of at a backoff grown to seconds. A neighbour that is down
+    /// (connect refused) or refuses us is retried with the full backoff.
+    pub fn down(&mut self, now: Instant, jitter: f64, refused: bool) -> (Option<S>, Duration) {
+        let was_connected = matches!(
+            self.state,
+            LinkState::Greeting { .. } | LinkState::Up { .. }
+        );
+        let mut delay = self.backoff.next_delay(jitter);
+        if was_connected && !refused {
+            delay = delay.min(RECONNECT_CAP);
+        }
         let old = std::mem::replace(
             &mut self.state,
             LinkState::Waiting {
@@ -607,16 +622,47 @@ mod tests {
         let table = ClientTable::new();
         let mut l = link_up(&table, now);
         wire::send_line(&mut l.out, Party::Link("Bona"), b"AT ...");
-        let (socket, first) = l.down(now, 0.5);
+        let (socket, first) = l.down(now, 0.5, false);
         assert_eq!(socket, Some(FakeSocket(7)));
         assert!(l.out.is_empty());
         assert_eq!(l.deadline(), Some(now + first));
-        let (socket, second) = l.down(now, 0.5);
+        let (socket, second) = l.down(now, 0.5, false);
         assert_eq!(socket, None);
         assert!(second > first);
         let mut l2 = link_up(&table, now);
-        let (_, after_up) = l2.down(now, 0.5);
+        let (_, after_up) = l2.down(now, 0.5, false);
         assert_eq!(after_up, first);
+    }
+
+    #[test]
+    fn a_link_lost_after_connecting_retries_within_the_cap_and_a_refused_one_backs_off() {
+        let now = Instant::now();
+        let backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(30));
+        let timing = link(now).timing.clone();
+        let mut l: Link<FakeSocket> = Link::new(
+            1,
+            "Bona",
+            "127.0.0.1:1".parse().unwrap(),
+            backoff,
+            timing,
+            now,
+        );
+        for _ in 0..6 {
+            // Connected, then the network cut it before the welcome (a cut relay does this).
+            l.connecting(FakeSocket(1), now);
+            l.connected(b"hello", now);
+            let (_, delay) = l.down(now, 0.99, false);
+            assert!(delay <= RECONNECT_CAP, "{delay:?}");
+        }
+        // Turned away by the neighbour: the backoff, grown meanwhile, applies.
+        l.connecting(FakeSocket(1), now);
+        l.connected(b"hello", now);
+        let (_, delay) = l.down(now, 0.99, true);
+        assert!(delay > Duration::from_secs(10), "{delay:?}");
+        // Not connected at all (connect refused: the neighbour is down): the backoff too.
+        l.connecting(FakeSocket(1), now);
+        let (_, delay) = l.down(now, 0.99, false);
+        assert!(delay > Duration::from_secs(10), "{delay:?}");
     }
 
     #[test]
@@ -625,7 +671,7 @@ mod tests {
         let table = ClientTable::new();
         let mut l = link_up(&table, now);
         for _ in 0..5 {
-            l.down(now, 0.9);
+            l.down(now, 0.9, false);
         }
         let waiting_until = l.deadline().unwrap();
         assert!(waiting_until > now + Duration::from_secs(1));
@@ -634,7 +680,7 @@ mod tests {
         assert_eq!(l.on_timer(now), TimerAction::Connect);
         // The backoff starts over too.
         l.connecting(FakeSocket(2), now);
-        let (_, delay) = l.down(now, 0.9);
+        let (_, delay) = l.down(now, 0.9, false);
         assert!(delay <= Duration::from_millis(100), "{delay:?}");
         // Nothing to bring forward while connecting or up.
         let mut up = link_up(&table, now);

@@ -553,3 +553,50 @@ fn neighbours_are_admitted_past_the_connection_limit_and_clients_are_not() {
     herd.wait_link_syncs("Bona", "Campbell", 1);
     drop(idle);
 }
+
+/// A healed partition is back within about half a second, however long the cut lasted: a link
+/// lost after it connected (the network cut it, not the neighbour) retries at most every
+/// 500 ms, while a neighbour that is down is retried with the full backoff.
+#[test]
+fn a_healed_partition_relinks_within_a_second_even_after_a_long_cut() {
+    let mut herd = Herd::chain(&["Xu", "Yew"]);
+    // Without the cap, ten failed retries would take over 25 s, the last ones 10 s apart.
+    herd.line("peer backoff-max-ms 10000");
+    let to_yew = Relay::start(herd.port("Yew"));
+    let to_xu = Relay::start(herd.port("Xu"));
+    herd.route("Xu", "Yew", to_yew.port);
+    herd.route("Yew", "Xu", to_xu.port);
+    herd.start_all();
+    herd.wait_all_linked();
+    to_yew.cut();
+    to_xu.cut();
+    // Let the retries fail through the cut a good number of times.
+    assert!(
+        wait_until(Duration::from_secs(10), || to_yew.dropped() >= 10
+            && to_xu.dropped() >= 10),
+        "retries during the cut: {} and {}",
+        to_yew.dropped(),
+        to_xu.dropped()
+    );
+    let syncs = [herd.link_syncs("Xu", "Yew"), herd.link_syncs("Yew", "Xu")];
+    to_yew.restore();
+    to_xu.restore();
+    let healed = std::time::Instant::now();
+    herd.wait_log_count_for(
+        "Xu",
+        "link sync Yew: sent ",
+        syncs[0] + 1,
+        Duration::from_secs(2),
+    );
+    herd.wait_log_count_for(
+        "Yew",
+        "link sync Xu: sent ",
+        syncs[1] + 1,
+        Duration::from_secs(2),
+    );
+    assert!(
+        healed.elapsed() < Duration::from_millis(1500),
+        "relinked {:?} after the heal",
+        healed.elapsed()
+    );
+}

@@ -97,7 +97,7 @@ impl EventLoop {
                     match link.on_bytes(&self.scratch[..n], self.app.clients(), now) {
                         Heard::Nothing => {}
                         Heard::Welcomed => info!("link up {}", link.name),
-                        Heard::Refused(why) => return self.link_down(index, &why),
+                        Heard::Refused(why) => return self.link_refused(index, &why),
                     }
                 }
                 ReadOutcome::WouldBlock => return,
@@ -164,8 +164,17 @@ impl EventLoop {
 
     /// Takes a link down, logs why, and schedules the retry.
     pub(super) fn link_down(&mut self, index: usize, reason: &str) {
+        self.take_link_down(index, reason, false);
+    }
+
+    /// The neighbour answered our hello with anything but a welcome.
+    fn link_refused(&mut self, index: usize, reason: &str) {
+        self.take_link_down(index, reason, true);
+    }
+
+    fn take_link_down(&mut self, index: usize, reason: &str, refused: bool) {
         let link = &mut self.links[index];
-        let (socket, delay) = link.down(Instant::now(), self.jitter.next_unit());
+        let (socket, delay) = link.down(Instant::now(), self.jitter.next_unit(), refused);
         if let Some(mut socket) = socket {
             let _ = self.poll.registry().deregister(&mut socket.stream);
         }
