@@ -84,7 +84,8 @@ pub fn check_hello<'a>(
         (None, (None, None, None)) => Some(from),
         (Some(secret), (Some(secs), Some(mac), None)) => {
             let secs: i64 = std::str::from_utf8(secs).ok()?.parse().ok()?;
-            if (now_secs - secs).abs() > HELLO_MAX_SKEW_SECS {
+            // In u64: a time from the line some 2^63 away from ours must not overflow.
+            if now_secs.abs_diff(secs) > HELLO_MAX_SKEW_SECS.unsigned_abs() {
                 return None;
             }
             let mac = unhex(mac)?;
