@@ -30,7 +30,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 8] = [
+const SCENARIOS: [(&str, Scenario); 9] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -39,6 +39,7 @@ const SCENARIOS: [(&str, Scenario); 8] = [
     ("bigherd", scenarios::bigherd::run),
     ("staleness", scenarios::staleness::run),
     ("whatsat", scenarios::whatsat::run),
+    ("hostile", scenarios::hostile::run),
 ];
 
 const USAGE: &str = "\
@@ -55,6 +56,8 @@ scenarios (default: all, in this order):
   staleness  five-server herd: how far behind the others are when IAMAT load at one stops
   whatsat  WHATSAT C=50 x P=16 with Places at 100/200 ms: distinct and repeated lookups,
            Places calls and connections per WHATSAT, RSS and threads; IAMAT beside
+  hostile  2,000 connections pipelining WHATSATs that never read (Places at 200 ms): RSS,
+           CPU, Places calls, log growth; a paced IAMAT probe beside; recovery after close
 
 options:
   --target HOST:PORT   measure a running server instead of starting one
@@ -66,8 +69,11 @@ options:
   --out DIR            where to write the JSON and SVG (default: target/bench)
 ";
 
-/// Scenario 4 needs this many descriptors in this process.
+/// Scenario 4 needs this many descriptors in this process (scenario 9 about 2,300).
 const NOFILE_WANTED: u64 = 10_300;
+
+/// The scenarios that hold thousands of sockets: conns (4) and hostile (9).
+const MANY_SOCKETS: [&str; 2] = ["conns", "hostile"];
 
 struct Args {
     scenarios: Vec<usize>,
@@ -124,7 +130,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
-/// Scenario 4 holds 10,000 sockets: with a low soft limit, run again under a shell that raises
+/// Scenario 4 holds 10,000 sockets (9: 2,000): with a low soft limit, run again under a shell that raises
 /// it (a process cannot raise its own limit without libc; the shell's `ulimit` can).
 fn raise_nofile_or_continue(argv: &[String]) {
     const GUARD: &str = "HERD_BENCH_NOFILE_RAISED";
@@ -173,7 +179,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.scenarios.contains(&3) {
+    if args
+        .scenarios
+        .iter()
+        .any(|&i| MANY_SOCKETS.contains(&SCENARIOS[i].0))
+    {
         raise_nofile_or_continue(&argv);
     }
 

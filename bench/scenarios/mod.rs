@@ -5,6 +5,7 @@
 pub mod bigherd;
 pub mod conns;
 pub mod flood;
+pub mod hostile;
 pub mod iamat;
 pub mod memory;
 pub mod places;
