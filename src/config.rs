@@ -131,7 +131,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_line_bytes: 64 * 1024,
-            soft_output_bytes: 256 * 1024,
+            soft_output_bytes: 16 * 1024,
             max_in_flight: 128,
             commands_per_turn: 20,
             max_output_bytes: 4 * 1024 * 1024,

@@ -30,6 +30,11 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
         match listener.accept() {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
+                // Loopback autotuning would let every client's kernel buffer grow to 4 MiB of
+                // replies it has not read: 2,000 clients that never read then hold gigabytes
+                // of kernel memory and slow the whole machine. Replies are lines; this is
+                // plenty for a client that reads.
+                let _ = set_buffer(&stream, libc::SO_SNDBUF, CLIENT_SEND_BUFFER_BYTES);
                 return Ok(Some((stream, addr)));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -38,6 +43,9 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
         }
     }
 }
+
+/// The kernel send buffer of an accepted connection (see [`accept`]).
+pub const CLIENT_SEND_BUFFER_BYTES: usize = 128 * 1024;
 
 /// Raises the soft open-file limit to the hard one (a server holds a descriptor per
 /// connection, and the usual soft default of 1,024 is far below `limit connections`); returns

@@ -123,8 +123,13 @@ fn a_link_owing_more_than_max_owed_holds_clients_until_the_neighbour_reads() {
                 break;
             }
             received.extend_from_slice(&chunk[..n]);
-            // Pings share the link: count the updates, not the lines.
-            let updates = received
+            // Pings share the link: count the updates, not the lines; and only whole lines
+            // (the chunk may end inside one).
+            let whole = received
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(&received[..0], |end| &received[..end]);
+            let updates = whole
                 .split(|&b| b == b'\n')
                 .filter(|line| line.starts_with(b"AT Campbell "))
                 .count();
