@@ -19,7 +19,7 @@ use herd_test_support::fake_places::FakePlaces;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
-use crate::commands::{distinct_location, Names};
+use crate::commands::Names;
 use crate::herd::{
     cpu_secs, machine_cpu_secs, nofile_limit, own_cpu_secs, rss_bytes, thread_count,
     thread_cpu_secs,
@@ -52,7 +52,6 @@ const AFTER_CLOSE: Duration = Duration::from_secs(5);
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(90);
 const TARGET_RSS: u64 = 300 * 1024 * 1024;
 const TARGET_P99: u64 = 10_000_000;
-const SEED_BATCH: usize = 500;
 const PAGE: u64 = 4096;
 
 pub fn run(ctx: &Ctx) -> Section {
@@ -551,36 +550,6 @@ fn first_answer(addr: SocketAddr, names: &Names, from: Instant) -> (Option<Durat
     (None, attempts)
 }
 
-/// Makes `clients` known, client `i` at `distinct_location(i)`: IAMATs in batches on one
-/// connection, every reply read and checked.
-fn seed(names: &Names, addr: SocketAddr, clients: &[String]) -> Result<(), String> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
-    let tick = names.now_tick();
-    let mut line = String::new();
-    for (batch_no, batch) in clients.chunks(SEED_BATCH).enumerate() {
-        let mut bytes = Vec::with_capacity(batch.len() * 96);
-        for (i, client) in batch.iter().enumerate() {
-            let location = distinct_location(batch_no * SEED_BATCH + i);
-            bytes.extend_from_slice(&names.iamat_at(client, &location, tick));
-        }
-        conn.write_all(&bytes).map_err(|e| format!("write: {e}"))?;
-        for client in batch {
-            line.clear();
-            reader
-                .read_line(&mut line)
-                .map_err(|e| format!("seeding {client}: {e}"))?;
-            if !line.starts_with("AT ") {
-                return Err(format!("IAMAT for {client} answered: {}", line.trim_end()));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -654,7 +623,7 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let clients: Vec<String> = (0..CLIENTS as u64)
         .map(|i| ctx.names.client("h", i))
         .collect();
-    seed(&ctx.names, addr, &clients)?;
+    super::whatsat::seed(&ctx.names, addr, &clients)?;
 
     let idle_probe = probe(addr, &ctx.names, Instant::now() + ctx.secs(IDLE_PROBE_SECS));
     // The log is flushed at least every 250 ms: let the seeding's lines reach the file.

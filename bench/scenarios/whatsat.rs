@@ -377,8 +377,9 @@ fn push_iamat_rows(section: &mut Section, delay: Duration, idle: &LoadReport, bu
 }
 
 /// Makes `clients` known to the server, client `i` at `distinct_location(i)`: IAMATs in
-/// batches of `SEED_BATCH` on one connection, every reply read and checked.
-fn seed(names: &Names, addr: SocketAddr, clients: &[String]) -> Result<(), String> {
+/// batches of `SEED_BATCH` on one connection, every reply read and checked. (The hostile
+/// scenario seeds its clients with it too.)
+pub(crate) fn seed(names: &Names, addr: SocketAddr, clients: &[String]) -> Result<(), String> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect to {addr}: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))
