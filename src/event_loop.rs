@@ -44,6 +44,10 @@ const EVENTS_PER_POLL: usize = 1024;
 /// Bytes read per `read` call, into one buffer shared by all connections: a connection keeps
 /// only the unfinished tail of a line, so an idle one holds no buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read per `read` call from a client (a neighbour's floods get [`READ_CHUNK`]): with
+/// thousands of clients pipelining, the part of a read their turn does not take stays in the
+/// server, so it is kept small; a line-protocol client's commands are short.
+const CLIENT_READ_CHUNK: usize = 16 * 1024;
 /// Most bytes one connection may read per wakeup, so a busy client cannot starve the others;
 /// a connection that hits it is served again before the loop sleeps.
 const READ_BUDGET: usize = 4 * READ_CHUNK;
@@ -512,11 +516,14 @@ impl EventLoop {
                     conn.state = ConnState::Draining;
                 }
             } else {
-                match net::read_some(stream, scratch) {
+                // A client's read is smaller than a neighbour's: what a read brings beyond the
+                // commands its turn takes is held in the server, per connection.
+                let chunk = if is_client { CLIENT_READ_CHUNK } else { READ_CHUNK };
+                match net::read_some(stream, &mut scratch[..chunk]) {
                     ReadOutcome::Data(n) => {
                         reader.feed_until(&scratch[..n], &mut handle);
                         budget = budget.saturating_sub(n);
-                        stop = n < scratch.len() && !until_would_block && !reader.has_held();
+                        stop = n < chunk && !until_would_block && !reader.has_held();
                     }
                     ReadOutcome::WouldBlock => stop = true,
                     ReadOutcome::Eof => *eof_seen = true,
