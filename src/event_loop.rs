@@ -518,7 +518,11 @@ impl EventLoop {
             } else {
                 // A client's read is smaller than a neighbour's: what a read brings beyond the
                 // commands its turn takes is held in the server, per connection.
-                let chunk = if is_client { CLIENT_READ_CHUNK } else { READ_CHUNK };
+                let chunk = if is_client {
+                    CLIENT_READ_CHUNK
+                } else {
+                    READ_CHUNK
+                };
                 match net::read_some(stream, &mut scratch[..chunk]) {
                     ReadOutcome::Data(n) => {
                         reader.feed_until(&scratch[..n], &mut handle);
