@@ -5,8 +5,8 @@
 
 use herd_test_support::{
     client::{time_from_now, Client},
-    harness::{accepts, free_ports, herd_bin, refused_places_url, wait_until, TempDir, KEY_ENV},
-    harness::{Process, API_KEY},
+    harness::{accepts, free_ports, refused_places_url, wait_until, TempDir, KEY_ENV},
+    harness::{process_parents, spawn_all, Process},
     run::run_herd,
 };
 use std::fs;
@@ -42,15 +42,7 @@ impl Supervisor {
     /// Starts `herd --all` on `servers` and waits until it says "started".
     fn start(servers: &[(&str, SocketAddr)]) -> Supervisor {
         let dir = TempDir::new("supervisor").unwrap();
-        let config = dir.write("herd.conf", &config_text(&dir, servers)).unwrap();
-        let mut command = Command::new(herd_bin());
-        command
-            .arg("--all")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env(KEY_ENV, API_KEY);
-        let mut process = Process::spawn(command, &dir.path().join("herd.stderr")).unwrap();
-        process.kill_descendants = true;
+        let process = spawn_all(&dir, &config_text(&dir, servers)).unwrap();
         let mut supervisor = Supervisor {
             children: Vec::new(),
             process,
@@ -105,23 +97,12 @@ impl Drop for Supervisor {
 /// (server name, pid) of every live process whose parent is `parent`, from /proc.
 fn children_of(parent: u32) -> Vec<(String, u32)> {
     let mut children = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the ")" closing the command name: state, ppid, ...
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-        if ppid != Some(parent) {
+    for (pid, ppid) in process_parents() {
+        if ppid != parent {
             continue;
         }
         // `herd NAME CONFIG`: the name is the first argument.
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let name = cmdline
             .split(|&b| b == 0)
             .nth(1)

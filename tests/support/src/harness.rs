@@ -345,9 +345,9 @@ impl Drop for Process {
     }
 }
 
-/// Pids of every process below `root`, read from /proc (Linux).
-fn descendants_of(root: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
+/// Every process's (pid, parent pid), read from /proc (Linux).
+pub fn process_parents() -> Vec<(u32, u32)> {
+    let mut parents = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -363,6 +363,12 @@ fn descendants_of(root: u32) -> Vec<u32> {
             parents.push((pid, ppid));
         }
     }
+    parents
+}
+
+/// Pids of every process below `root`, read from /proc (Linux).
+fn descendants_of(root: u32) -> Vec<u32> {
+    let parents = process_parents();
     let mut found = Vec::new();
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {
@@ -374,6 +380,21 @@ fn descendants_of(root: u32) -> Vec<u32> {
         }
     }
     found
+}
+
+/// Starts `herd --all` on `config_text` (written to `dir/herd.conf`), its stderr to
+/// `dir/herd.stderr`; the servers it starts are killed on drop too.
+pub fn spawn_all(dir: &TempDir, config_text: &str) -> Result<Process, String> {
+    let config = dir.write("herd.conf", config_text)?;
+    let mut command = Command::new(herd_bin());
+    command
+        .arg("--all")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env(KEY_ENV, API_KEY);
+    let mut process = Process::spawn(command, &dir.path().join("herd.stderr"))?;
+    process.kill_descendants = true;
+    Ok(process)
 }
 
 /// The servers of one [`HerdConfig`], each started as `herd NAME NAME.conf` in one temporary

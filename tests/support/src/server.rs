@@ -3,14 +3,14 @@
 //! of its log (`accept conn=ID`, `recv conn=ID ...`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use crate::client::Client;
 use crate::fake_places::FakePlaces;
 use crate::harness::{
-    self, herd_bin, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, API_KEY,
-    KEY_ENV, LOG_TIMEOUT,
+    self, herd_bin, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, KEY_ENV,
+    LOG_TIMEOUT,
 };
 
 /// Builds a one-server config and starts `herd NAME CONFIG` on a port it picks.
@@ -114,16 +114,7 @@ impl Server {
     /// Starts `herd --all CONFIG` (`config_text` is written to `dir/herd.conf`) and waits until
     /// all `ports` accept (none: returns at once). The servers it starts are killed on drop too.
     pub fn start_all(dir: TempDir, config_text: &str, ports: Vec<u16>) -> Server {
-        let config = dir.write("herd.conf", config_text).expect("write config");
-        let mut command = Command::new(herd_bin());
-        command
-            .arg("--all")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env(KEY_ENV, API_KEY);
-        let mut process =
-            Process::spawn(command, &dir.path().join("herd.stderr")).expect("spawn herd --all");
-        process.kill_descendants = true;
+        let mut process = harness::spawn_all(&dir, config_text).expect("spawn herd --all");
         let addrs: Vec<_> = ports.iter().map(|&p| ([127, 0, 0, 1], p).into()).collect();
         if let Err(why) = process.wait_listening(&addrs) {
             panic!("herd --all {why}");
