@@ -117,6 +117,11 @@ impl App {
         }
     }
 
+    /// Starts from the records a store held (before any connection exists).
+    pub fn restore(&mut self, clients: ClientTable) {
+        self.clients = clients;
+    }
+
     pub fn clients(&self) -> &ClientTable {
         &self.clients
     }

@@ -104,6 +104,39 @@ impl Default for LogSettings {
     }
 }
 
+/// When the store's log is synced to the device (SPEC section 7), as Redis's `appendfsync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before the replies and floods of a loop turn leave: nothing acknowledged is lost on
+    /// power loss.
+    Always,
+    /// From a background thread once a second: a power loss loses at most about a second.
+    EverySec,
+    /// Never by herd (the kernel writes back when it likes; typically within 30 s).
+    No,
+}
+
+/// `store ...`: where a server keeps its records across restarts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreSettings {
+    /// `store dir PATH` (relative to the working directory, like `log dir`); `None` keeps
+    /// records in memory only.
+    pub dir: Option<PathBuf>,
+    pub fsync: FsyncPolicy,
+    /// The log is compacted once it is past twice its live records and past this size.
+    pub compact_min_bytes: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            dir: None,
+            fsync: FsyncPolicy::EverySec,
+            compact_min_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// Per-connection and per-server limits; each is logged when hit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -214,6 +247,7 @@ pub struct Config {
     pub log: LogSettings,
     pub limits: Limits,
     pub peer: PeerSettings,
+    pub store: StoreSettings,
 }
 
 impl Config {
@@ -361,6 +395,8 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
         ["limit", ..] => return Err("expected 'limit SETTING NUMBER'".into()),
         ["peer", setting, value] => apply_peer(&mut config.peer, setting, value)?,
         ["peer", ..] => return Err("expected 'peer SETTING VALUE'".into()),
+        ["store", setting, value] => apply_store(&mut config.store, setting, value)?,
+        ["store", ..] => return Err("expected 'store SETTING VALUE'".into()),
         [directive, ..] => return Err(format!("unknown directive '{directive}'")),
         [] => {}
     }
@@ -407,6 +443,29 @@ fn apply_log(log_settings: &mut LogSettings, setting: &str, value: &str) -> Resu
         "lines" => log_settings.lines = on_off(setting, value)?,
         "level" => log_settings.level = parse_level(value)?,
         _ => return Err(format!("unknown log setting '{setting}'")),
+    }
+    Ok(())
+}
+
+fn apply_store(store: &mut StoreSettings, setting: &str, value: &str) -> Result<(), String> {
+    match setting {
+        "dir" => store.dir = Some(PathBuf::from(value)),
+        "fsync" => {
+            store.fsync = match value {
+                "always" => FsyncPolicy::Always,
+                "everysec" => FsyncPolicy::EverySec,
+                "no" => FsyncPolicy::No,
+                _ => {
+                    return Err(format!(
+                        "store fsync must be always, everysec or no, not '{value}'"
+                    ))
+                }
+            }
+        }
+        "compact-bytes" => {
+            store.compact_min_bytes = number_in(setting, value, 4096, 1 << 40)? as u64;
+        }
+        _ => return Err(format!("unknown store setting '{setting}'")),
     }
     Ok(())
 }
@@ -628,6 +687,22 @@ log lines on
     }
 
     #[test]
+    fn store_settings_are_read_and_default_to_memory_only() {
+        let config = with_server("").unwrap();
+        assert_eq!(config.store, StoreSettings::default());
+        assert_eq!(config.store.dir, None);
+        let config =
+            with_server("store dir data\nstore fsync always\nstore compact-bytes 8192").unwrap();
+        assert_eq!(config.store.dir, Some(PathBuf::from("data")));
+        assert_eq!(config.store.fsync, FsyncPolicy::Always);
+        assert_eq!(config.store.compact_min_bytes, 8192);
+        for (text, policy) in [("no", FsyncPolicy::No), ("everysec", FsyncPolicy::EverySec)] {
+            let config = with_server(&format!("store fsync {text}")).unwrap();
+            assert_eq!(config.store.fsync, policy);
+        }
+    }
+
+    #[test]
     fn the_last_peer_secret_line_decides() {
         let config = with_server("peer secret-file /tmp/s\npeer secret none").unwrap();
         assert_eq!(config.peer.secret, PeerSecret::None);
@@ -683,6 +758,10 @@ log lines on
             ("peer queue-bytes 4096", 2),
             ("peer max-owed 0", 2),
             ("limit future-seconds -1", 2),
+            ("store fsync sometimes", 2),
+            ("store compact-bytes 10", 2),
+            ("store dir", 2),
+            ("store colour x", 2),
         ];
         for (extra, line) in cases {
             let e = with_server(extra).expect_err(extra);

@@ -22,6 +22,7 @@ use crate::backoff::{Backoff, Jitter};
 use crate::buffer::{Line, LineReader};
 use crate::config::{Config, Limits, PlacesApi};
 use crate::conn::{ConnState, Connection};
+use crate::journal::Journal;
 use crate::link::{Backlog, Link, LinkTiming};
 use crate::logging;
 use crate::net::{self, ReadOutcome, Socket};
@@ -128,6 +129,8 @@ pub struct ServerSetup {
     pub peer_secret: Option<Secret>,
     /// Read end of the pipe that SIGTERM and SIGINT write to.
     pub signals: UnixStream,
+    /// The store (`store dir`), and the clients it held; `None` keeps records in memory.
+    pub store: Option<crate::journal::Opened>,
 }
 
 /// Whether a framed line is a hello (a neighbour introducing itself).
@@ -179,6 +182,8 @@ pub struct EventLoop {
     jitter: Jitter,
     app: App,
     places: PlacesPool,
+    /// Every record stored is written here before the turn's output leaves.
+    journal: Option<Journal>,
     /// What each WHATSAT's lookup costs: cache, coalescing, rate limit, counters.
     lookups: Lookups,
     places_api: PlacesApi,
@@ -236,6 +241,17 @@ impl EventLoop {
         // The app numbers neighbours as the links are numbered: by position, config order.
         let neighbours = links.iter().map(|l| l.name.clone()).collect();
         let seed = wall_clock().as_nanos() as u64 ^ u64::from(std::process::id()) << 32;
+        let mut app = App::new(
+            &setup.name,
+            neighbours,
+            config.servers.iter().map(|s| s.name.clone()).collect(),
+            setup.peer_secret,
+            config.limits.max_future_secs,
+        );
+        let journal = setup.store.map(|opened| {
+            app.restore(opened.clients);
+            opened.journal
+        });
         Ok(EventLoop {
             poll,
             listener,
@@ -245,14 +261,9 @@ impl EventLoop {
             next_conn_id: 1,
             links,
             jitter: Jitter::new(seed),
-            app: App::new(
-                &setup.name,
-                neighbours,
-                config.servers.iter().map(|s| s.name.clone()).collect(),
-                setup.peer_secret,
-                config.limits.max_future_secs,
-            ),
+            app,
             places,
+            journal,
             lookups: Lookups::new(
                 config.places.cache_ms,
                 config.places.cache_entries,
@@ -293,7 +304,8 @@ impl EventLoop {
                 !self.more_input.is_empty() || (!self.held_input.is_empty() && !holding);
             let table = self.app.clients();
             let links_have_work = self.links.iter().any(|l| l.has_unsent(table));
-            let timeout = if input_waits || links_have_work {
+            let store_has_work = self.journal.as_ref().is_some_and(Journal::has_work);
+            let timeout = if input_waits || links_have_work || store_has_work {
                 Duration::ZERO
             } else {
                 wake_at.saturating_duration_since(now)
@@ -339,7 +351,13 @@ impl EventLoop {
                 self.write_output(key);
             }
             self.close_marked();
+            if let Some(journal) = &mut self.journal {
+                journal.step(self.app.clients());
+            }
             if Instant::now() >= next_flush {
+                if let Some(journal) = &mut self.journal {
+                    journal.tick(self.app.clients(), Instant::now());
+                }
                 self.drop_stalled_and_biggest(Instant::now());
                 self.close_marked();
                 if let Some(line) = self.hold_backs.report(Instant::now(), self.max_owed) {
@@ -353,6 +371,9 @@ impl EventLoop {
             }
         }
         info!("stopping on signal");
+        if let Some(journal) = &mut self.journal {
+            journal.close();
+        }
         logging::flush();
         Ok(())
     }
@@ -560,6 +581,10 @@ impl EventLoop {
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Flood(record) => {
+                    if let (Some(journal), Some(line)) = (&mut self.journal, table.line_at(record))
+                    {
+                        journal.record(line);
+                    }
                     for link in &mut self.links {
                         link.owe(record, table);
                     }
@@ -660,8 +685,17 @@ impl EventLoop {
         }
     }
 
+    /// Writes the records stored so far this turn to the store: no reply or flood that
+    /// carries a record may leave before it is there (SPEC section 7).
+    fn persist_records(&mut self) {
+        if let Some(journal) = &mut self.journal {
+            journal.persist();
+        }
+    }
+
     /// Writes what the socket takes, then settles the connection's fate and interest.
     fn write_output(&mut self, key: usize) {
+        self.persist_records();
         let (soft_output, in_flight) = self.saturation_limits();
         let Some(entry) = self.conns.get_mut(key) else {
             return;

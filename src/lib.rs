@@ -9,7 +9,9 @@
 //! it owes its neighbour (`owed`), backoff, config, and Places request/response shaping.
 //! `net` is the only code that makes socket calls, `wire` the only door lines go in and out
 //! by (and the only caller of the traffic log); Places calls run on the worker threads of
-//! `places::pool`, whose results wake the loop through a `mio::Waker`.
+//! `places::pool`, whose results wake the loop through a `mio::Waker`. `journal` keeps the
+//! records on disk when a `store dir` is set: the loop hands it every record stored and has
+//! it write them before any socket write of the turn.
 
 pub mod app;
 pub mod backoff;
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod event_loop;
+pub mod journal;
 pub mod link;
 pub mod logging;
 pub mod net;

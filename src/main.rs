@@ -8,12 +8,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::net::UnixStream;
 
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
+use herd::journal::Journal;
 use herd::logging::{self, Escaped};
 use herd::secret::Secret;
 use herd::{net, peer_secret, supervisor};
@@ -70,7 +71,10 @@ fn main() -> ExitCode {
             }
             match serve(&name, &config, parsed, log_level) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(problem) => fail(FAILED, &format!("herd {name}: {problem}")),
+                Err(problem) => {
+                    logging::flush();
+                    fail(FAILED, &format!("herd {name}: {problem}"))
+                }
             }
         }
     }
@@ -133,12 +137,23 @@ fn serve(
         .ok_or_else(|| format!("no server named '{name}'"))?;
     // Before the port opens: a server that cannot prove the herd's secret must not run.
     let peer_secret = peer_secret::load(&config.peer.secret, config_path)?;
-    let listener = net::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let log_path = logging::init(&config.log.dir, name, config.log.level, config.log.lines)
         .map_err(|e| {
             let dir = Escaped(config.log.dir.as_os_str().as_bytes());
             format!("cannot open log in {dir}: {e}")
         })?;
+    // The store is read before the port opens, so the first client is answered from it; a
+    // second process of this server on the same store stops here, on the store's lock.
+    let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+    let store = Journal::open(&config.store, name, |server| {
+        servers.iter().any(|s| s.as_bytes() == server)
+    })
+    .inspect_err(|e| error!("{e}"))?;
+    let listener = net::listen(addr).map_err(|e| {
+        let line = format!("cannot listen on {addr}: {e}");
+        error!("{line}");
+        line
+    })?;
     fit_connections_to_open_files(name, &mut config);
     let (signals, signal_writer) =
         UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
@@ -180,6 +195,7 @@ fn serve(
         places_key,
         peer_secret: peer_secret.secret,
         signals,
+        store,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
     let result = event_loop

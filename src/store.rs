@@ -87,6 +87,8 @@ pub struct ClientTable {
     /// Indices into `records`, hashed by client id: the id is stored once, inside the line.
     index: HashTable<u32>,
     hasher: RandomState,
+    /// The bytes of every record's line, summed (what a compacted store holds, less newlines).
+    line_bytes: u64,
 }
 
 impl ClientTable {
@@ -100,6 +102,11 @@ impl ClientTable {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// The bytes of the newest line of every client, summed.
+    pub fn line_bytes(&self) -> u64 {
+        self.line_bytes
     }
 
     /// The AT line known for `client`.
@@ -156,11 +163,14 @@ impl ClientTable {
                 if !newer {
                     return Applied::Stale;
                 }
+                self.line_bytes -= current.line.len() as u64;
+                self.line_bytes += update.line.len() as u64;
                 self.records[i] = make_record(update, source);
                 Applied::Stored(i)
             }
             None => {
                 let i = self.records.len();
+                self.line_bytes += update.line.len() as u64;
                 self.records.push(make_record(update, source));
                 let records = &self.records;
                 let hasher = &self.hasher;
@@ -214,6 +224,22 @@ mod tests {
         table
             .line_of(client.as_bytes())
             .map(|l| String::from_utf8(l.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn line_bytes_follow_the_newest_line_of_each_client() {
+        let mut table = ClientTable::new();
+        let first = "AT A +0.000000000 kiwi +1+1 10";
+        apply(&mut table, first);
+        assert_eq!(table.line_bytes(), first.len() as u64);
+        let newer = "AT A +0.000000000 kiwi +10.5+1 11.25";
+        apply(&mut table, newer);
+        assert_eq!(table.line_bytes(), newer.len() as u64);
+        apply(&mut table, "AT A +0.000000000 kiwi +1+1 9"); // stale: nothing changes
+        assert_eq!(table.line_bytes(), newer.len() as u64);
+        let other = "AT B +0.000000000 pear +1+1 1";
+        apply(&mut table, other);
+        assert_eq!(table.line_bytes(), (newer.len() + other.len()) as u64);
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl EventLoop {
 
     /// Writes what the link's socket takes now and keeps its registration in step.
     fn write_link(&mut self, index: usize) {
+        self.persist_records();
         let link = &mut self.links[index];
         let Some((socket, out)) = link.io() else {
             return;

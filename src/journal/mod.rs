@@ -1,0 +1,416 @@
+//! The store of a server (`store dir PATH`): every record the server keeps, whether a client's
+//! IAMAT or a neighbour's update, appended to `PATH/NAME.store` before the reply or the flood
+//! that carries it leaves the loop turn, so a process killed at any moment loses nothing it
+//! acknowledged; read back at start-up before the port opens.
+//!
+//! The format is the herd's own: one AT line per record, exactly as servers exchange them,
+//! ended by `\n` (`AT Campbell +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127
+//! 1621464827.959498503`). Reading applies the newest-wins rule, so the file needs no order, no
+//! header and no checksums: a torn last line is the only damage a crash can do, and it is
+//! skipped ([`replay`]).
+//!
+//! The loop calls [`Journal::record`] for every record stored, [`Journal::persist`] before
+//! any socket write (one `write(2)` for all the records of a turn), [`Journal::step`] every
+//! turn (a compaction's budgeted work) and [`Journal::tick`] every flush interval. Store
+//! errors never stop the server: it keeps serving from memory, says so once, retries, and
+//! when writes work again rewrites the whole store from memory (a compaction), so the
+//! records it missed meanwhile are back on disk.
+
+mod compact;
+mod lock;
+mod replay;
+mod sync;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{info, warn};
+
+use crate::config::{FsyncPolicy, StoreSettings};
+use crate::logging::Escaped;
+use crate::store::ClientTable;
+
+pub use compact::is_due as compaction_is_due;
+pub use replay::{replay, Replayed, Skip};
+
+use compact::{Compaction, Progress};
+use lock::StoreLock;
+use sync::Syncer;
+
+/// Skipped lines logged one by one at start-up; past these, only their number.
+const SKIPS_LOGGED: u64 = 10;
+/// How long after a failed compaction the next may start.
+const COMPACTION_RETRY: Duration = Duration::from_secs(10);
+
+/// What the store reports about itself (for the operator).
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    /// The store file's length.
+    pub bytes: u64,
+    pub last_sync: Option<SystemTime>,
+    /// Appends, syncs and compactions that failed.
+    pub errors: u64,
+    /// Records are not all on disk right now (a write or sync is failing, or a compaction is
+    /// putting back what one missed).
+    pub failing: bool,
+    pub compactions: u64,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    temp_path: PathBuf,
+    _lock: StoreLock,
+    file: File,
+    policy: FsyncPolicy,
+    syncer: Option<Syncer>,
+    /// Records of this turn not yet written.
+    pending: Vec<u8>,
+    /// The file's length up to its last complete record.
+    file_len: u64,
+    /// A write failed, perhaps part-way: cut the file back to `file_len` before the next.
+    cut_back: bool,
+    /// Some records are in memory only; a compaction puts them back.
+    incomplete: bool,
+    /// The error of the failing append or sync, while it fails (logged once).
+    failing: Option<String>,
+    /// The sync thread's failure has been logged.
+    sync_failure_logged: bool,
+    errors: u64,
+    last_inline_sync: Option<SystemTime>,
+    compaction: Option<(Compaction, Instant)>,
+    compactions: u64,
+    compact_min_bytes: u64,
+    next_compaction_at: Option<Instant>,
+}
+
+/// A store opened at start-up, with what it held.
+pub struct Opened {
+    pub journal: Journal,
+    pub clients: ClientTable,
+}
+
+fn shown(path: &Path) -> String {
+    Escaped(path.as_os_str().as_encoded_bytes()).to_string()
+}
+
+impl Journal {
+    /// Opens `DIR/NAME.store` (locking it for this process), reads it into a client table and
+    /// readies it for appending. `known_server` says which AT lines' servers the config knows.
+    /// Returns `None` without a `store dir`. The error is one line for the operator.
+    pub fn open(
+        settings: &StoreSettings,
+        name: &str,
+        known_server: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Opened>, String> {
+        let Some(dir) = &settings.dir else {
+            return Ok(None);
+        };
+        fs::create_dir_all(dir).map_err(|e| format!("store dir {}: {e}", shown(dir)))?;
+        let lock = StoreLock::acquire(&dir.join(format!("{name}.lock")))?;
+        let path = dir.join(format!("{name}.store"));
+        let temp_path = dir.join(format!("{name}.store.compacting"));
+        if fs::remove_file(&temp_path).is_ok() {
+            info!(
+                "store {}: removed an unfinished compaction",
+                shown(&temp_path)
+            );
+        }
+        let started = Instant::now();
+        let mut clients = ClientTable::new();
+        let mut skips = 0;
+        let replayed = match File::open(&path) {
+            Ok(file) => replay(file, known_server, &mut clients, |line, why, text| {
+                skips += 1;
+                if skips <= SKIPS_LOGGED {
+                    let why = match why {
+                        Skip::Corrupt => "not a valid AT line",
+                        Skip::UnknownServer => "names a server not in the config",
+                        Skip::Truncated => "cut short (the last write before a crash)",
+                    };
+                    warn!(
+                        "store {}:{line}: skipped, {why}: {}",
+                        shown(&path),
+                        Escaped(text)
+                    );
+                }
+            })
+            .map_err(|e| format!("store {}: {e}", shown(&path)))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Replayed::default(),
+            Err(e) => return Err(format!("store {}: {e}", shown(&path))),
+        };
+        if replayed.skipped > SKIPS_LOGGED {
+            warn!(
+                "store {}: {} lines skipped in all",
+                shown(&path),
+                replayed.skipped
+            );
+        }
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("store {}: {e}", shown(&path)))?;
+        let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if on_disk > replayed.complete_bytes {
+            // A torn last record: cut it off, or the next append would run into it.
+            file.set_len(replayed.complete_bytes)
+                .map_err(|e| format!("store {}: cannot cut its torn end: {e}", shown(&path)))?;
+        }
+        if !existed {
+            compact::sync_dir(&path).map_err(|e| format!("store {}: {e}", shown(&path)))?;
+        }
+        let syncer = match settings.fsync {
+            FsyncPolicy::EverySec => Some(
+                file.try_clone()
+                    .and_then(Syncer::start)
+                    .map_err(|e| format!("store {}: cannot start syncing: {e}", shown(&path)))?,
+            ),
+            FsyncPolicy::Always | FsyncPolicy::No => None,
+        };
+        info!(
+            "store {}: {} clients from {} lines ({} skipped) in {} ms, fsync {}",
+            shown(&path),
+            clients.len(),
+            replayed.lines,
+            replayed.skipped,
+            started.elapsed().as_millis(),
+            match settings.fsync {
+                FsyncPolicy::Always => "always",
+                FsyncPolicy::EverySec => "everysec",
+                FsyncPolicy::No => "no",
+            }
+        );
+        let journal = Journal {
+            path,
+            temp_path,
+            _lock: lock,
+            file,
+            policy: settings.fsync,
+            syncer,
+            pending: Vec::with_capacity(64 * 1024),
+            file_len: replayed.complete_bytes,
+            cut_back: false,
+            incomplete: false,
+            failing: None,
+            sync_failure_logged: false,
+            errors: 0,
+            last_inline_sync: None,
+            compaction: None,
+            compactions: 0,
+            compact_min_bytes: settings.compact_min_bytes,
+            next_compaction_at: None,
+        };
+        Ok(Some(Opened { journal, clients }))
+    }
+
+    /// Keeps `line` (a record just stored) to be written before this turn's output.
+    pub fn record(&mut self, line: &[u8]) {
+        self.pending.extend_from_slice(line);
+        self.pending.push(b'\n');
+    }
+
+    /// Writes the records of this turn (and, with `fsync always`, syncs them) before any
+    /// reply or flood that carries them goes out.
+    pub fn persist(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Some((compaction, _)) = &mut self.compaction {
+            if let Err(e) = compaction.append(&self.pending) {
+                self.abandon_compaction(&e);
+            }
+        }
+        self.append_pending();
+        if self.policy == FsyncPolicy::Always {
+            match self.file.sync_data() {
+                Ok(()) => self.last_inline_sync = Some(SystemTime::now()),
+                Err(e) => {
+                    // After a failed fsync the kernel may have dropped the pages it could not
+                    // write: only a rewrite from memory is sure to put them back.
+                    self.incomplete = true;
+                    self.failed("sync", &e);
+                }
+            }
+        }
+        self.pending.clear();
+    }
+
+    fn append_pending(&mut self) {
+        if self.cut_back {
+            if let Err(e) = self.file.set_len(self.file_len) {
+                return self.failed("append", &e);
+            }
+            self.cut_back = false;
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.file_len += self.pending.len() as u64;
+                if self.failing.take().is_some() {
+                    info!(
+                        "store {}: writing again; rewriting it from memory to put back what \
+                         it missed",
+                        shown(&self.path)
+                    );
+                    self.next_compaction_at = None;
+                }
+            }
+            Err(e) => {
+                self.cut_back = true;
+                self.incomplete = true;
+                self.failed("append", &e);
+            }
+        }
+    }
+
+    fn failed(&mut self, what: &str, error: &io::Error) {
+        self.errors += 1;
+        if self.failing.is_none() {
+            warn!(
+                "store {}: cannot {what}: {error}; serving from memory, retrying",
+                shown(&self.path)
+            );
+            self.failing = Some(error.to_string());
+        }
+    }
+
+    /// A compaction is copying records: the loop should come back at once.
+    pub fn has_work(&self) -> bool {
+        self.compaction
+            .as_ref()
+            .is_some_and(|(c, _)| c.is_copying())
+    }
+
+    /// A compaction's work for one turn, if one is running.
+    pub fn step(&mut self, clients: &ClientTable) {
+        let Some((compaction, started)) = &mut self.compaction else {
+            return;
+        };
+        match compaction.step(clients, &self.path) {
+            Ok(Progress::Working) => {}
+            Ok(Progress::Replaced {
+                file,
+                bytes,
+                dir_unsynced,
+            }) => {
+                let took = started.elapsed();
+                self.compaction = None;
+                if let Some(syncer) = &self.syncer {
+                    match file.try_clone() {
+                        Ok(copy) => syncer.replace_file(copy),
+                        Err(e) => self.failed("sync", &e),
+                    }
+                }
+                self.file = file;
+                self.file_len = bytes;
+                self.cut_back = false;
+                self.incomplete = false;
+                self.compactions += 1;
+                info!(
+                    "store {}: compacted to {bytes} bytes for {} clients in {} ms",
+                    shown(&self.path),
+                    clients.len(),
+                    took.as_millis()
+                );
+                if let Some(e) = dir_unsynced {
+                    warn!(
+                        "store {}: compacted, but its directory could not be synced: {e}",
+                        shown(&self.path)
+                    );
+                }
+            }
+            Err(e) => self.abandon_compaction(&e),
+        }
+    }
+
+    fn abandon_compaction(&mut self, error: &io::Error) {
+        if let Some((compaction, _)) = self.compaction.take() {
+            compaction.abandon();
+            self.errors += 1;
+            warn!(
+                "store {}: compaction failed: {error}; the store file stays as it was",
+                shown(&self.temp_path)
+            );
+            self.next_compaction_at = Some(Instant::now() + COMPACTION_RETRY);
+        }
+    }
+
+    /// Every flush interval: notices the sync thread's failures and recoveries, and starts a
+    /// compaction when the file has grown past its live records or missed some.
+    pub fn tick(&mut self, clients: &ClientTable, now: Instant) {
+        if let Some(syncer) = &self.syncer {
+            let status = syncer.status();
+            match (&status.failing, self.sync_failure_logged) {
+                (Some(error), false) => {
+                    warn!(
+                        "store {}: cannot sync: {error}; retrying every second",
+                        shown(&self.path)
+                    );
+                    self.sync_failure_logged = true;
+                    self.incomplete = true;
+                }
+                (None, true) => {
+                    info!("store {}: syncing again", shown(&self.path));
+                    self.sync_failure_logged = false;
+                }
+                _ => {}
+            }
+        }
+        if self.compaction.is_some() || self.next_compaction_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let live_bytes = clients.line_bytes() + clients.len() as u64;
+        let due = compaction_is_due(self.file_len, live_bytes, self.compact_min_bytes);
+        let repair = self.incomplete && self.failing.is_none() && !self.sync_failure_logged;
+        if due || repair {
+            match Compaction::start(&self.temp_path) {
+                Ok(compaction) => {
+                    info!(
+                        "store {}: compacting {} bytes ({} clients, {live_bytes} bytes live)",
+                        shown(&self.path),
+                        self.file_len,
+                        clients.len()
+                    );
+                    self.compaction = Some((compaction, now));
+                }
+                Err(e) => {
+                    self.errors += 1;
+                    warn!(
+                        "store {}: cannot start a compaction: {e}",
+                        shown(&self.temp_path)
+                    );
+                    self.next_compaction_at = Some(now + COMPACTION_RETRY);
+                }
+            }
+        }
+    }
+
+    /// At a clean stop: writes what is pending and, unless `fsync no`, syncs.
+    pub fn close(&mut self) {
+        self.persist();
+        match self.policy {
+            FsyncPolicy::EverySec | FsyncPolicy::Always => {
+                if let Err(e) = self.file.sync_data() {
+                    warn!("store {}: cannot sync at stop: {e}", shown(&self.path));
+                }
+            }
+            FsyncPolicy::No => {}
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let synced = self.syncer.as_ref().map(Syncer::status);
+        StoreStats {
+            bytes: self.file_len,
+            last_sync: synced
+                .as_ref()
+                .and_then(|s| s.last_sync)
+                .or(self.last_inline_sync),
+            errors: self.errors + synced.map_or(0, |s| s.errors),
+            failing: self.failing.is_some() || self.incomplete || self.sync_failure_logged,
+            compactions: self.compactions,
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Reading a store back at start-up: every complete line is an AT line, applied to the client
+//! table with the table's own newest-wins rule, so the order of the lines does not matter and
+//! the newest record of each client wins however the file was written (appends, compactions,
+//! even two stores concatenated).
+//!
+//! A line that is not a valid AT line, or names a server the config does not know, is
+//! reported and skipped; so is a last line without its newline (a write cut short by a crash:
+//! even if it parses, it may be a prefix of the real record, its time cut). Reading never
+//! holds more than one line, and a line is cut off at [`MAX_RECORD_BYTES`].
+
+use std::io::{self, Read};
+
+use crate::protocol::{AtLine, AtRecord};
+use crate::store::{Applied, ClientTable, Source};
+
+/// Longer lines are corrupt: no server makes an AT line this long.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Why a line was skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not a valid AT line (or longer than [`MAX_RECORD_BYTES`]).
+    Corrupt,
+    /// The record's server is not in the config (it would be refused by every neighbour).
+    UnknownServer,
+    /// The file ends in the middle of this line.
+    Truncated,
+}
+
+/// What reading a store found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Lines read, complete or not.
+    pub lines: u64,
+    /// Lines that were the newest of their client when read.
+    pub applied: u64,
+    pub skipped: u64,
+    /// Where the last complete line ends: a truncated tail after it is cut off before the
+    /// server appends, so the next record does not run into it.
+    pub complete_bytes: u64,
+}
+
+/// Applies every record read from `input` to `table`; `on_skip` hears of each line skipped
+/// (1-based line number, why, and up to 80 bytes of it).
+pub fn replay(
+    mut input: impl Read,
+    known_server: impl Fn(&[u8]) -> bool,
+    table: &mut ClientTable,
+    mut on_skip: impl FnMut(u64, Skip, &[u8]),
+) -> io::Result<Replayed> {
+    let mut found = Replayed::default();
+    let mut chunk = vec![0u8; 1 << 20];
+    // The line being read, and whether it has grown past the limit (its rest is skipped).
+    let mut line: Vec<u8> = Vec::new();
+    let mut too_long = false;
+    let mut offset: u64 = 0;
+    let mut apply = |line: &[u8], too_long: bool, found: &mut Replayed| {
+        found.lines += 1;
+        let at = if too_long { None } else { AtLine::parse(line) };
+        let skip = match at {
+            None => Some(Skip::Corrupt),
+            Some(at) if !known_server(at.server) => Some(Skip::UnknownServer),
+            Some(at) => {
+                let record = AtRecord::from_parsed(&at, line);
+                if let Applied::Stored(_) = table.apply(&record, Source::Client) {
+                    found.applied += 1;
+                }
+                None
+            }
+        };
+        if let Some(skip) = skip {
+            found.skipped += 1;
+            on_skip(found.lines, skip, &line[..line.len().min(80)]);
+        }
+    };
+    loop {
+        let read = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut rest = &chunk[..read];
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let text = if line.is_empty() {
+                &rest[..end]
+            } else {
+                if !too_long {
+                    line.extend_from_slice(&rest[..end]);
+                }
+                &line[..]
+            };
+            let too_long_now = too_long || text.len() > MAX_RECORD_BYTES;
+            apply(text, too_long_now, &mut found);
+            offset += end as u64 + 1;
+            found.complete_bytes = offset;
+            line.clear();
+            too_long = false;
+            rest = &rest[end + 1..];
+        }
+        offset += rest.len() as u64;
+        if !too_long {
+            line.extend_from_slice(rest);
+            if line.len() > MAX_RECORD_BYTES {
+                too_long = true;
+                line.truncate(80);
+            }
+        }
+    }
+    if offset > found.complete_bytes {
+        found.lines += 1;
+        found.skipped += 1;
+        on_skip(found.lines, Skip::Truncated, &line[..line.len().min(80)]);
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `text` in pieces of `piece` bytes, as a file read in chunks would arrive.
+    struct Pieces<'a> {
+        text: &'a [u8],
+        piece: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.piece.min(buf.len()).min(self.text.len());
+            buf[..n].copy_from_slice(&self.text[..n]);
+            self.text = &self.text[n..];
+            Ok(n)
+        }
+    }
+
+    fn run(text: &str, piece: usize) -> (ClientTable, Replayed, Vec<(u64, Skip)>) {
+        let mut table = ClientTable::new();
+        let mut skips = Vec::new();
+        let input = Pieces {
+            text: text.as_bytes(),
+            piece,
+        };
+        let known = |s: &[u8]| s == b"A" || s == b"B";
+        let found = replay(input, known, &mut table, |n, why, _| skips.push((n, why))).unwrap();
+        (table, found, skips)
+    }
+
+    fn known(table: &ClientTable, client: &str) -> Option<String> {
+        table
+            .line_of(client.as_bytes())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+    }
+
+    #[test]
+    fn the_newest_record_of_each_client_wins_whatever_the_order() {
+        let text = "AT A +0.100000000 kiwi +1+1 20\n\
+                    AT B +0.000000000 pear +2+2 5\n\
+                    AT B +0.200000000 kiwi +3+3 10\n";
+        for piece in [1, 3, 7, 1 << 20] {
+            let (table, found, skips) = run(text, piece);
+            assert_eq!(table.len(), 2);
+            assert_eq!(
+                known(&table, "kiwi").as_deref(),
+                Some("AT A +0.100000000 kiwi +1+1 20")
+            );
+            assert_eq!(found.lines, 3);
+            assert_eq!(found.applied, 2, "the older kiwi line came last and lost");
+            assert_eq!(found.complete_bytes, text.len() as u64);
+            assert!(skips.is_empty());
+        }
+    }
+
+    #[test]
+    fn equal_times_follow_the_tie_rule_in_either_order() {
+        let a = "AT B +0.300000000 kiwi +1+1 20";
+        let b = "AT A +0.100000000 kiwi +5+5 20"; // smaller difference wins
+        for text in [format!("{a}\n{b}\n"), format!("{b}\n{a}\n")] {
+            let (table, _, _) = run(&text, 4);
+            assert_eq!(known(&table, "kiwi").as_deref(), Some(b));
+        }
+    }
+
+    #[test]
+    fn corrupt_lines_and_unknown_servers_are_skipped_by_line_number() {
+        let text = "AT A +0.000000000 kiwi +1+1 1\n\
+                    garbage \x01 here\n\
+                    AT Nobody +0.000000000 pear +1+1 1\n\
+                    \n\
+                    AT A +0.000000000 fig +91+1 1\n\
+                    AT B +0.000000000 plum +1+1 2\n";
+        let (table, found, skips) = run(text, 5);
+        assert_eq!(
+            skips,
+            [
+                (2, Skip::Corrupt),
+                (3, Skip::UnknownServer),
+                (4, Skip::Corrupt),
+                (5, Skip::Corrupt)
+            ]
+        );
+        assert_eq!(table.len(), 2);
+        assert_eq!(found.skipped, 4);
+        assert_eq!(found.complete_bytes, text.len() as u64);
+    }
+
+    #[test]
+    fn a_cut_last_line_is_skipped_even_when_it_parses() {
+        // The real record ended "... 1621464827.959"; the crash kept "... 1621464827.9".
+        let good = "AT A +0.000000000 kiwi +1+1 1621464800\n";
+        let text = format!("{good}AT A +0.000000000 kiwi +1+1 1621464827.9");
+        let (table, found, skips) = run(&text, 6);
+        assert_eq!(skips, [(2, Skip::Truncated)]);
+        assert_eq!(
+            known(&table, "kiwi").as_deref(),
+            Some("AT A +0.000000000 kiwi +1+1 1621464800")
+        );
+        assert_eq!(found.complete_bytes, good.len() as u64);
+        assert_eq!(found.lines, 2);
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_off_not_held() {
+        let mut text = "X".repeat(MAX_RECORD_BYTES + 10);
+        text.push('\n');
+        text.push_str("AT A +0.000000000 kiwi +1+1 1\n");
+        let (table, found, skips) = run(&text, 64 * 1024);
+        assert_eq!(skips, [(1, Skip::Corrupt)]);
+        assert_eq!(table.len(), 1);
+        assert_eq!(found.complete_bytes, text.len() as u64);
+    }
+
+    #[test]
+    fn an_empty_store_is_empty() {
+        let (table, found, skips) = run("", 10);
+        assert!(table.is_empty());
+        assert_eq!(found, Replayed::default());
+        assert!(skips.is_empty());
+    }
+}
