@@ -30,7 +30,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 9] = [
+const SCENARIOS: [(&str, Scenario); 10] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -40,6 +40,7 @@ const SCENARIOS: [(&str, Scenario); 9] = [
     ("staleness", scenarios::staleness::run),
     ("whatsat", scenarios::whatsat::run),
     ("hostile", scenarios::hostile::run),
+    ("store", scenarios::store::run),
 ];
 
 const USAGE: &str = "\
@@ -58,6 +59,8 @@ scenarios (default: all, in this order):
            Places calls and connections per WHATSAT, RSS and threads; IAMAT beside
   hostile  2,000 connections pipelining WHATSATs that never read (Places at 200 ms): RSS,
            CPU, Places calls, log growth; a paced IAMAT probe beside; recovery after close
+  store    IAMAT rate with no store, fsync everysec and always; start-up with 1,000,000
+           clients in the store; store size against live records after compaction
 
 options:
   --target HOST:PORT   measure a running server instead of starting one

@@ -96,6 +96,15 @@ impl ClientTable {
         ClientTable::default()
     }
 
+    /// A table ready for about `clients` clients without growing its index on the way (a
+    /// store read at start-up knows roughly how many lines it holds; growing re-hashes every
+    /// client each time the index doubles).
+    pub fn with_capacity(clients: usize) -> ClientTable {
+        let mut table = ClientTable::new();
+        table.index.reserve(clients, |_| 0);
+        table
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

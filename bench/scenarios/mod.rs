@@ -10,6 +10,7 @@ pub mod iamat;
 pub mod memory;
 pub mod places;
 pub mod staleness;
+pub mod store;
 pub mod whatsat;
 
 use std::collections::VecDeque;
