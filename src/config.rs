@@ -687,6 +687,13 @@ log lines on
     }
 
     #[test]
+    fn the_shipped_config_parses_and_keeps_a_store() {
+        let config = parse_config(include_str!("../herd.conf")).unwrap();
+        assert_eq!(config.servers.len(), 5);
+        assert_eq!(config.store.dir, Some(PathBuf::from("data")));
+    }
+
+    #[test]
     fn store_settings_are_read_and_default_to_memory_only() {
         let config = with_server("").unwrap();
         assert_eq!(config.store, StoreSettings::default());
