@@ -29,6 +29,7 @@ pub mod peer_secret;
 pub mod peer_wire;
 pub mod places;
 pub mod protocol;
+pub mod reload;
 pub mod secret;
 pub mod session;
 pub mod store;
