@@ -366,8 +366,9 @@ fn kill_9_of_all_five_loses_no_acknowledged_update() {
             }
         }
     }
-    // The last round's replies are in: kill -9 all five at once, with floods of round 9 still
-    // on their way (each server is sure to have only what it acknowledged itself).
+    // The last round's replies are in: kill -9 all five, one right after the other with
+    // nothing between, floods of round 9 still on their way (so each server is sure to have
+    // only the round-9 records it acknowledged itself).
     for server in servers {
         herd.kill(server);
     }
@@ -376,16 +377,20 @@ fn kill_9_of_all_five_loses_no_acknowledged_update() {
     // running, so no outbound link can connect (nothing listens at a neighbour's port) and no
     // inbound one can exist (no other server process is there); whatever it answers comes
     // from its own store. Then it is killed again and the next one is started alone.
+    let held_alone: Vec<Vec<Option<String>>> = servers
+        .iter()
+        .map(|server| {
+            let start = start_reading_store(&mut herd, server);
+            let held_now = held(herd.port(server), &ids);
+            assert_eq!(start.clients, CLIENTS as u64, "{server}: {start:?}");
+            assert_eq!(start.fsync, "everysec", "the default policy");
+            herd.kill(server);
+            held_now
+        })
+        .collect();
     let last = ROUNDS - 1;
-    let mut stale = Vec::new();
-    let mut invented = Vec::new();
-    let mut lost_updates = 0;
+    let (mut stale, mut invented) = (Vec::new(), Vec::new());
     for (s, server) in servers.iter().enumerate() {
-        let start = start_reading_store(&mut herd, server);
-        let held_now = held(herd.port(server), &ids);
-        assert_eq!(start.clients, CLIENTS as u64, "{server}: {start:?}");
-        assert_eq!(start.fsync, "everysec", "the default policy");
-        herd.kill(server);
         for c in 0..CLIENTS {
             // What this server certainly had: its own round-9 acknowledgement, or else the
             // round-8 record it was seen to hold.
@@ -394,27 +399,34 @@ fn kill_9_of_all_five_loses_no_acknowledged_update() {
             } else {
                 &acked[c][last - 1].1
             };
-            match &held_now[c] {
+            match &held_alone[s][c] {
                 Some(line) if !acked[c].iter().any(|(_, a)| a == line) => {
                     invented.push(format!("{server} {}: {line:?}", ids[c]))
                 }
                 Some(line) if time_of(line) >= time_of(must) => {}
                 other => stale.push(format!("{server} {}: has {other:?}, had {must:?}", ids[c])),
             }
-            // An acknowledged update is lost if a server that had it (its acknowledger; for
-            // rounds 0-8, every server) now holds something older for that client.
-            lost_updates += acked[c]
+        }
+    }
+    // An acknowledged update is lost if a server that had it (its acknowledger; for rounds
+    // 0-8, every server) holds nothing or something older for its client after the restart.
+    let lost_updates = (0..CLIENTS)
+        .flat_map(|c| {
+            acked[c]
                 .iter()
                 .enumerate()
-                .filter(|(round, (by, _))| *round < last || *by == s)
-                .filter(|(_, (_, line))| {
-                    held_now[c]
+                .map(move |(round, a)| (c, round, a))
+        })
+        .filter(|&(c, round, (by, line))| {
+            (0..servers.len())
+                .filter(|&s| round < last || s == *by)
+                .any(|s| {
+                    held_alone[s][c]
                         .as_ref()
                         .is_none_or(|h| time_of(h) < time_of(line))
                 })
-                .count();
-        }
-    }
+        })
+        .count();
     let total = CLIENTS * ROUNDS;
     println!(
         "kill -9 of all five, each restarted alone: lost updates: {lost_updates} of {total} \
@@ -485,6 +497,15 @@ impl RollingClient {
     }
 }
 
+/// Sets its flag when dropped: a background client stops when its test ends, failed or not.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Item 8: a rolling restart (each server in turn SIGKILLed and started again while a client
 /// keeps sending IAMATs to the servers in turn) loses no acknowledged update.
 #[test]
@@ -504,6 +525,7 @@ fn a_rolling_kill_9_restart_loses_no_acknowledged_update() {
         .collect();
     let ports: Vec<u16> = servers.iter().map(|s| herd.port(s)).collect();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_sender = StopOnDrop(Arc::clone(&stop));
     let acks: Arc<Vec<AtomicUsize>> =
         Arc::new(servers.iter().map(|_| AtomicUsize::new(0)).collect());
     let sender = {
@@ -595,8 +617,7 @@ fn a_rolling_kill_9_restart_loses_no_acknowledged_update() {
     };
     println!(
         "rolling kill -9 restart: lost updates: {lost_updates} of {} acknowledged ({unanswered} \
-         IAMATs unanswered while a server was down; newest held at every server for all {} \
-         clients)",
+         IAMATs unanswered while a server was down; {} clients, each held alike by all five)",
         acked.len(),
         newest.iter().flatten().count()
     );
@@ -679,13 +700,11 @@ fn a_torn_tail_and_corrupt_lines_are_skipped_by_file_and_line() {
         Update::new("date.example", base, 3_000_000),
     ];
     let replies = iamat_all(port, ALONE, &updates);
-    let expected = format!("{whole}{}\n{}\n", replies[0], replies[1]);
-    assert!(
-        harness::wait_until(Duration::from_secs(5), || {
-            fs::read_to_string(&path).ok().as_deref() == Some(&expected)
-        }),
-        "each new record on a line of its own after the valid ones: {:?}",
-        fs::read_to_string(&path)
+    // (Each reply came after its record's write: the file holds them already.)
+    assert_eq!(
+        fs::read_to_string(&path).expect("the store"),
+        format!("{whole}{}\n{}\n", replies[0], replies[1]),
+        "each new record on a line of its own after the valid ones"
     );
 
     herd.kill(ALONE);
@@ -749,10 +768,6 @@ fn a_second_process_on_one_store_is_refused_and_the_first_keeps_serving() {
             run.stderr
         );
     }
-    assert!(
-        !harness::accepts(other.addrs[0]),
-        "the refused process never listened"
-    );
 
     // The first one never noticed: it serves, it stores, and its lock still names it.
     assert!(first.is_running(0), "the first process is still running");
