@@ -80,6 +80,8 @@ pub struct Journal {
     errors: u64,
     last_inline_sync: Option<SystemTime>,
     compaction: Option<(Compaction, Instant)>,
+    /// A write to the finishing compaction's file failed: once it is in place, rewrite it.
+    compaction_damaged: bool,
     compactions: u64,
     compact_min_bytes: u64,
     next_compaction_at: Option<Instant>,
@@ -207,6 +209,7 @@ impl Journal {
             errors: 0,
             last_inline_sync: None,
             compaction: None,
+            compaction_damaged: false,
             compactions: 0,
             compact_min_bytes: settings.compact_min_bytes,
             next_compaction_at: None,
@@ -228,11 +231,15 @@ impl Journal {
         }
         if let Some((compaction, _)) = &mut self.compaction {
             if let Err(e) = compaction.append(&self.pending) {
-                self.abandon_compaction(&e);
+                self.compaction_failed(&e);
             }
         }
         self.append_pending();
         if self.policy == FsyncPolicy::Always {
+            let synced = self.compaction.as_ref().map(|(c, _)| c.sync_if_finishing());
+            if let Some(Err(e)) = synced {
+                self.compaction_failed(&e);
+            }
             match self.file.sync_data() {
                 Ok(()) => self.last_inline_sync = Some(SystemTime::now()),
                 Err(e) => {
@@ -299,12 +306,14 @@ impl Journal {
         match compaction.step(clients, &self.path) {
             Ok(Progress::Working) => {}
             Ok(Progress::Replaced {
-                file,
                 bytes,
                 dir_unsynced,
             }) => {
                 let took = started.elapsed();
-                self.compaction = None;
+                let Some((compaction, _)) = self.compaction.take() else {
+                    return;
+                };
+                let file = compaction.into_file();
                 if let Some(syncer) = &self.syncer {
                     match file.try_clone() {
                         Ok(copy) => syncer.replace_file(copy),
@@ -314,7 +323,8 @@ impl Journal {
                 self.file = file;
                 self.file_len = bytes;
                 self.cut_back = false;
-                self.incomplete = false;
+                self.incomplete = self.compaction_damaged;
+                self.compaction_damaged = false;
                 self.compactions += 1;
                 info!(
                     "store {}: compacted to {bytes} bytes for {} clients in {} ms",
@@ -330,6 +340,25 @@ impl Journal {
                 }
             }
             Err(e) => self.abandon_compaction(&e),
+        }
+    }
+
+    /// A write to the new file failed. While records are still being copied, the compaction
+    /// is given up; once the copy is done the thread may be renaming the file at this very
+    /// moment, so it is seen through (the loop must learn which file is the store), and the
+    /// records the new file may lack are put back by a rewrite from memory afterwards.
+    fn compaction_failed(&mut self, error: &io::Error) {
+        match &self.compaction {
+            Some((compaction, _)) if compaction.is_copying() => self.abandon_compaction(error),
+            Some(_) => {
+                self.compaction_damaged = true;
+                self.errors += 1;
+                warn!(
+                    "store {}: cannot write the compacted file: {error}; it will be rewritten",
+                    shown(&self.temp_path)
+                );
+            }
+            None => {}
         }
     }
 
