@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::LevelFilter;
+use log::{Level, LevelFilter};
 use simplelog::{ConfigBuilder, WriteLogger};
 
 use crate::protocol::{decimal, MAX_DECIMAL_DIGITS};
@@ -128,11 +128,22 @@ pub enum Party<'a> {
     Link(&'a str),
 }
 
-/// Logs one line received or sent, at level info: `recv conn=7 LINE`, `recv conn=9 peer=Bona
-/// LINE`, `send link=Bona LINE`. The line is escaped as [`Escaped`] does. Only `wire` calls
-/// this, so every line in and out is logged the same way, in one place.
-pub fn traffic(direction: Direction, party: Party<'_>, line: &[u8]) {
-    if !TRAFFIC_ON.load(Ordering::Relaxed) || log::max_level() < LevelFilter::Info {
+impl Party<'_> {
+    /// A neighbour: our link to it, or its link to us once it said hello.
+    pub fn is_neighbour(&self) -> bool {
+        match self {
+            Party::Conn { peer, .. } => peer.is_some(),
+            Party::Link(_) => true,
+        }
+    }
+}
+
+/// Logs one line received or sent, at `level` (info, or debug for keepalives): `recv conn=7
+/// LINE`, `recv conn=9 peer=Bona LINE`, `send link=Bona LINE`. The line is escaped as
+/// [`Escaped`] does. Only `wire` calls this, so every line in and out is logged the same way,
+/// in one place.
+pub fn traffic(level: Level, direction: Direction, party: Party<'_>, line: &[u8]) {
+    if !TRAFFIC_ON.load(Ordering::Relaxed) || log::max_level() < level {
         return;
     }
     let Some(sink) = TRAFFIC_SINK.get() else {
@@ -141,7 +152,7 @@ pub fn traffic(direction: Direction, party: Party<'_>, line: &[u8]) {
     let Ok(mut sink) = sink.lock() else {
         return;
     };
-    let _ = sink.write_traffic(direction, party, line);
+    let _ = sink.write_traffic(level, direction, party, line);
 }
 
 /// The log file behind its buffer, stamping the start of every record with the time.
@@ -162,14 +173,22 @@ impl Sink {
 
     fn write_traffic(
         &mut self,
+        level: Level,
         direction: Direction,
         party: Party<'_>,
         line: &[u8],
     ) -> io::Result<()> {
         self.write_stamp()?;
+        self.out.write_all(match level {
+            Level::Info => b"[INFO] ",
+            Level::Debug => b"[DEBUG] ",
+            Level::Trace => b"[TRACE] ",
+            Level::Warn => b"[WARN] ",
+            Level::Error => b"[ERROR] ",
+        })?;
         self.out.write_all(match direction {
-            Direction::Recv => b"[INFO] recv ",
-            Direction::Send => b"[INFO] send ",
+            Direction::Recv => b"recv ",
+            Direction::Send => b"send ",
         })?;
         match party {
             Party::Conn { id, peer } => {
