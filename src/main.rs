@@ -137,11 +137,18 @@ fn serve(
         .ok_or_else(|| format!("no server named '{name}'"))?;
     // Before the port opens: a server that cannot prove the herd's secret must not run.
     let peer_secret = peer_secret::load(&config.peer.secret, config_path)?;
-    let log_path = logging::init(&config.log.dir, name, config.log.level, config.log.lines)
-        .map_err(|e| {
-            let dir = Escaped(config.log.dir.as_os_str().as_bytes());
-            format!("cannot open log in {dir}: {e}")
-        })?;
+    let settings = &config.log;
+    let log_path = logging::init(
+        &settings.dir,
+        name,
+        settings.level,
+        settings.lines,
+        settings.rotation,
+    )
+    .map_err(|e| {
+        let dir = Escaped(config.log.dir.as_os_str().as_bytes());
+        format!("cannot open log in {dir}: {e}")
+    })?;
     // The store is read before the port opens, so the first client is answered from it; a
     // second process of this server on the same store stops here, on the store's lock.
     let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
