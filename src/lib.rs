@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod reload;
 pub mod secret;
 pub mod session;
+pub mod signals;
 pub mod store;
 pub mod supervisor;
 pub mod wire;
