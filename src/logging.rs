@@ -25,7 +25,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,23 +109,45 @@ pub fn init(
     // allow or ignore target prefixes per logger (a level per target would take two loggers,
     // and the prefix `herd` also matches `herdsman`), and a WriteLogger's `enabled` ignores
     // them, so `log_enabled!(Trace)` in ureq would still say yes and it would format the URL.
+    // simplelog's own filter lets everything through: the level is the capped logger's, so a
+    // reload can change it.
     let writer = WriteLogger::new(
-        level,
+        LevelFilter::Trace,
         config,
         RecordWriter {
             sink: Arc::clone(&sink),
             record: Vec::new(),
         },
     );
-    log::set_boxed_logger(Box::new(CappedLogger {
-        level,
-        inner: writer,
-    }))
-    .map_err(io::Error::other)?;
-    log::set_max_level(level);
+    log::set_boxed_logger(Box::new(CappedLogger { inner: writer })).map_err(io::Error::other)?;
     let _ = SINK.set(sink);
-    TRAFFIC_ON.store(lines, Ordering::Relaxed);
+    reconfigure(level, lines, rotation);
     Ok(path)
+}
+
+/// `log level`, `log lines` and the rotation settings, changed in the running process (a
+/// reload on SIGHUP).
+pub fn reconfigure(level: LevelFilter, lines: bool, rotation: Rotation) {
+    OWN_LEVEL.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(level);
+    TRAFFIC_ON.store(lines, Ordering::Relaxed);
+    if let Some(Ok(mut sink)) = SINK.get().map(|sink| sink.lock()) {
+        sink.file.rotation = rotation;
+    }
+}
+
+/// herd's own `log level`, as a `LevelFilter` discriminant (set by [`reconfigure`]).
+static OWN_LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
+
+fn own_level() -> LevelFilter {
+    match OWN_LEVEL.load(Ordering::Relaxed) {
+        0 => LevelFilter::Off,
+        1 => LevelFilter::Error,
+        2 => LevelFilter::Warn,
+        3 => LevelFilter::Info,
+        4 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
 }
 
 /// The most a target that is not herd's own may log, whatever `log level` says. ureq logs the
@@ -151,13 +173,12 @@ pub fn level_for(target: &str, level: LevelFilter) -> LevelFilter {
 /// its level. `enabled` says the same, so a library that asks first (`log_enabled!`) does not
 /// even format what would be dropped.
 struct CappedLogger<L> {
-    level: LevelFilter,
     inner: Box<L>,
 }
 
 impl<L: log::Log> log::Log for CappedLogger<L> {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= level_for(metadata.target(), self.level)
+        metadata.level() <= level_for(metadata.target(), own_level())
     }
 
     fn log(&self, record: &log::Record<'_>) {
