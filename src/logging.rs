@@ -782,8 +782,9 @@ mod tests {
             fn flush(&self) {}
         }
 
+        // The level is the process's (no other unit test reads it).
+        OWN_LEVEL.store(LevelFilter::Trace as usize, Ordering::Relaxed);
         let logger = CappedLogger {
-            level: LevelFilter::Trace,
             inner: Box::new(Counting::default()),
         };
         let record = |target, level| {
