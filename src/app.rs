@@ -55,8 +55,9 @@ pub enum PeerOutcome {
 /// knows of every client.
 pub struct App {
     name: String,
-    /// In config order: a neighbour's position is its [`LinkId`].
-    neighbours: Vec<String>,
+    /// In config order, then in the order reloads added them: a neighbour's position is its
+    /// [`LinkId`]. A neighbour a reload removed stays as `None`, so ids never shift.
+    neighbours: Vec<Option<String>>,
     /// Every server of the herd: an update names the server that took it, and one naming a
     /// server the config does not know is forged or from another herd.
     servers: Vec<String>,
@@ -76,7 +77,7 @@ impl App {
     ) -> App {
         App {
             name: name.to_string(),
-            neighbours,
+            neighbours: neighbours.into_iter().map(Some).collect(),
             servers,
             peer_secret,
             max_future_nanos: i128::from(max_future_secs) * 1_000_000_000,
@@ -115,6 +116,25 @@ impl App {
             Applied::Stored(record) => PeerOutcome::Stored(record),
             Applied::Stale => PeerOutcome::Stale,
         }
+    }
+
+    /// A reload linked a new neighbour: its id is the next one.
+    pub fn add_neighbour(&mut self, name: &str) -> LinkId {
+        self.neighbours.push(Some(name.to_string()));
+        self.neighbours.len() - 1
+    }
+
+    /// A reload unlinked this neighbour: its hellos are refused from now on.
+    pub fn remove_neighbour(&mut self, link: LinkId) {
+        if let Some(slot) = self.neighbours.get_mut(link) {
+            *slot = None;
+        }
+    }
+
+    /// A reload changed the herd's servers (whose updates are taken) or the future limit.
+    pub fn set_herd(&mut self, servers: Vec<String>, max_future_secs: u64) {
+        self.servers = servers;
+        self.max_future_nanos = i128::from(max_future_secs) * 1_000_000_000;
     }
 
     /// Starts from the records a store held (before any connection exists).
@@ -196,9 +216,13 @@ impl App {
             &self.name,
             self.peer_secret.as_ref(),
             now.secs,
-            |name| self.neighbours.iter().any(|n| n == name),
+            |name| self.neighbours.iter().flatten().any(|n| n == name),
         );
-        let link = accepted.and_then(|name| self.neighbours.iter().position(|n| n == name));
+        let link = accepted.and_then(|name| {
+            self.neighbours
+                .iter()
+                .position(|n| n.as_deref() == Some(name))
+        });
         match (accepted, link) {
             (Some(name), Some(link)) => ClientOutcome::PeerAccepted {
                 link,

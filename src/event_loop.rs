@@ -32,14 +32,18 @@ use crate::secret::Secret;
 use crate::session::{self, Effect};
 
 mod links;
+mod reload;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const HANGUPS: Token = Token(3);
 /// Link `i` has token `FIRST_LINK + i`; connection tokens follow the links:
-/// `first_conn + slab key`.
+/// `FIRST_CONN + slab key`. Links are never renumbered (a reload adds at the end and leaves a
+/// removed link in its place), so there is room for [`MAX_LINKS`] of them over a run.
 const FIRST_LINK: usize = 4;
+pub const MAX_LINKS: usize = 4096;
+const FIRST_CONN: usize = FIRST_LINK + MAX_LINKS;
 
 /// Readiness events taken per `poll` call; more simply wait for the next call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -134,6 +138,10 @@ pub struct ServerSetup {
     pub hangups: UnixStream,
     /// The store (`store dir`), and the clients it held; `None` keeps records in memory.
     pub store: Option<crate::journal::Opened>,
+    /// The config file, read again on SIGHUP.
+    pub config_path: std::path::PathBuf,
+    /// The most connections the open-file limit leaves room for (a reload clamps to it too).
+    pub connections_fit: usize,
 }
 
 /// Whether a framed line is a hello (a neighbour introducing itself).
@@ -212,6 +220,14 @@ pub struct EventLoop {
     accept_retry_at: Option<Instant>,
     last_accept_warning: Option<Instant>,
     stopping: bool,
+    name: String,
+    /// The config running now (a reload is checked against it).
+    config: Config,
+    config_path: std::path::PathBuf,
+    connections_fit: usize,
+    waker: Arc<Waker>,
+    /// Places pools a reload replaced, kept until their calls in flight have answered.
+    retired_pools: Vec<PlacesPool>,
 }
 
 impl EventLoop {
@@ -227,7 +243,7 @@ impl EventLoop {
         poll.registry()
             .register(&mut hangups, HANGUPS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let places = PlacesPool::start(&setup.config.places, setup.places_key, waker)?;
+        let places = PlacesPool::start(&setup.config.places, setup.places_key, Arc::clone(&waker))?;
         let config = &setup.config;
         let now = Instant::now();
         let peer = &config.peer;
@@ -266,7 +282,7 @@ impl EventLoop {
             _signal_pipe: signals,
             hangups,
             conns: Slab::new(),
-            first_conn: FIRST_LINK + links.len(),
+            first_conn: FIRST_CONN,
             next_conn_id: 1,
             links,
             jitter: Jitter::new(seed),
@@ -292,6 +308,12 @@ impl EventLoop {
             accept_retry_at: None,
             last_accept_warning: None,
             stopping: false,
+            name: setup.name.clone(),
+            config: setup.config.clone(),
+            config_path: setup.config_path,
+            connections_fit: setup.connections_fit,
+            waker,
+            retired_pools: Vec::new(),
         })
     }
 
@@ -404,6 +426,7 @@ impl EventLoop {
         if let Err(e) = logging::reopen() {
             warn!("cannot reopen the log on SIGHUP: {e}");
         }
+        self.reload();
     }
 
     fn accept_all(&mut self) {
@@ -846,7 +869,18 @@ impl EventLoop {
     /// Delivers finished lookups to every connection that waits for one. The waker coalesces
     /// wakes, so this drains the channel.
     fn finish_lookups(&mut self) {
-        while let Some(done) = self.places.try_result() {
+        // Pools a reload replaced answer their calls in flight, then go.
+        let mut retired_results = Vec::new();
+        self.retired_pools.retain(|pool| {
+            // Counted first: once no worker is left, every result it will ever send is sent.
+            let working = pool.workers() > 0;
+            while let Some(done) = pool.try_result() {
+                retired_results.push(done);
+            }
+            working
+        });
+        let mut retired_results = retired_results.into_iter();
+        while let Some(done) = retired_results.next().or_else(|| self.places.try_result()) {
             let LookupDone { key, json, elapsed } = done;
             let Some(json) = json else {
                 self.lookups.skipped();

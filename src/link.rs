@@ -61,6 +61,8 @@ pub enum LinkState<S> {
         ping_due: Instant,
         last_progress: Instant,
     },
+    /// A reload unlinked the neighbour: never tried again (its id is not reused).
+    Removed,
 }
 
 /// What a link's timers call for now.
@@ -145,7 +147,7 @@ impl<S> Link<S> {
     /// The socket and the bytes waiting for it, while there is a socket.
     pub fn io(&mut self) -> Option<(&mut S, &mut OutBuffer)> {
         match &mut self.state {
-            LinkState::Waiting { .. } => None,
+            LinkState::Waiting { .. } | LinkState::Removed => None,
             LinkState::Connecting { socket, .. }
             | LinkState::Greeting { socket, .. }
             | LinkState::Up { socket, .. } => Some((socket, &mut self.out)),
@@ -155,6 +157,7 @@ impl<S> Link<S> {
     /// When the loop must look at this link again, whatever the sockets do.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.state {
+            LinkState::Removed => None,
             LinkState::Waiting { retry_at } => Some(*retry_at),
             LinkState::Connecting { deadline, .. } | LinkState::Greeting { deadline, .. } => {
                 Some(*deadline)
@@ -197,6 +200,28 @@ impl<S> Link<S> {
             }
             _ => TimerAction::Nothing,
         }
+    }
+
+    /// A reload unlinked the neighbour: the link is dropped for good. Returns its socket, to
+    /// be deregistered and closed.
+    pub fn remove(&mut self) -> Option<S> {
+        self.out = OutBuffer::default();
+        match std::mem::replace(&mut self.state, LinkState::Removed) {
+            LinkState::Connecting { socket, .. }
+            | LinkState::Greeting { socket, .. }
+            | LinkState::Up { socket, .. } => Some(socket),
+            LinkState::Waiting { .. } | LinkState::Removed => None,
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        matches!(self.state, LinkState::Removed)
+    }
+
+    /// New peer timing from a reload; the backoff starts again from its new shortest delay.
+    pub fn set_timing(&mut self, timing: LinkTiming, backoff: Backoff) {
+        self.timing = timing;
+        self.backoff = backoff;
     }
 
     /// The neighbour just opened its own link to us, so it is up and listening: a link that is
@@ -386,6 +411,10 @@ impl<S> Link<S> {
         self.reader = LineReader::new(MAX_REPLY_LINE_BYTES);
         let socket = match old {
             LinkState::Waiting { .. } => None,
+            LinkState::Removed => {
+                self.state = LinkState::Removed; // a removed link stays removed
+                None
+            }
             LinkState::Connecting { socket, .. }
             | LinkState::Greeting { socket, .. }
             | LinkState::Up { socket, .. } => Some(socket),

@@ -86,12 +86,13 @@ const FIXED_DESCRIPTORS: u64 = 16;
 
 /// Raises the open-file limit as far as allowed and clamps `limit connections` to what fits
 /// (each link also holds one outbound and one accepted descriptor), logged when it bites.
-fn fit_connections_to_open_files(name: &str, config: &mut Config) {
+/// Returns the most connections that fit, for a reload to clamp to as well.
+fn fit_connections_to_open_files(name: &str, config: &mut Config) -> usize {
     let open_files = match net::raise_open_file_limit() {
         Ok(limit) => limit,
         Err(e) => {
             warn!("cannot read the open-file limit: {e}");
-            return;
+            return usize::MAX;
         }
     };
     let links = config.neighbours(name).len() as u64;
@@ -108,6 +109,7 @@ fn fit_connections_to_open_files(name: &str, config: &mut Config) {
         eprintln!("{message}");
         *limit = fits as usize;
     }
+    usize::try_from(fits).unwrap_or(usize::MAX)
 }
 
 fn fail(code: u8, line: &str) -> ExitCode {
@@ -161,7 +163,7 @@ fn serve(
         error!("{line}");
         line
     })?;
-    fit_connections_to_open_files(name, &mut config);
+    let connections_fit = fit_connections_to_open_files(name, &mut config);
     let signal_error = |e: std::io::Error| format!("cannot handle signals: {e}");
     let stop_signals = signals::pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .map_err(signal_error)?;
@@ -198,6 +200,8 @@ fn serve(
         signals: stop_signals,
         hangups,
         store,
+        config_path: config_path.to_path_buf(),
+        connections_fit,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
     let result = event_loop

@@ -77,17 +77,24 @@ impl Plan {
     }
 }
 
+/// Why a reload was refused, and the line of the new file that says what cannot change.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub line: Option<usize>,
+    pub problem: String,
+}
+
 /// Checks `new` (parsed from `text`) against the `running` config of server `name`.
-/// The error is `LINE: problem` (or just the problem when no line says it), as a config error.
-pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Plan, String> {
-    let at = |directive: &[&str], problem: String| match line_of(text, directive) {
-        Some(line) => format!("{line}: {problem}"),
-        None => problem,
+pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Plan, Refusal> {
+    let at = |directive: &[&str], problem: String| Refusal {
+        line: line_of(text, directive),
+        problem,
     };
     let Some(own) = new.server(name) else {
-        return Err(format!(
-            "server {name} is no longer in the config; stop it instead"
-        ));
+        return Err(Refusal {
+            line: None,
+            problem: format!("server {name} is no longer in the config; stop it instead"),
+        });
     };
     let old_own = running.server(name).map(|s| s.addr);
     if old_own != Some(own.addr) {
@@ -190,7 +197,10 @@ mod tests {
     fn plan_for(new_text: &str) -> Result<Plan, String> {
         let running = parse_config(BASE).unwrap();
         let new = parse_config(new_text).unwrap();
-        plan("A", &running, new, new_text)
+        plan("A", &running, new, new_text).map_err(|r| match r.line {
+            Some(line) => format!("{line}: {}", r.problem),
+            None => r.problem,
+        })
     }
 
     #[test]

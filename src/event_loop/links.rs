@@ -80,7 +80,8 @@ impl EventLoop {
                     self.write_link(index);
                 }
             }
-            LinkState::Waiting { .. } => {} // an event for a socket already dropped
+            // An event for a socket already dropped.
+            LinkState::Waiting { .. } | LinkState::Removed => {}
         }
     }
 

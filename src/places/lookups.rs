@@ -68,6 +68,19 @@ impl Lookups {
         }
     }
 
+    /// New cache and rate-limit settings (a reload): the cache starts empty, the limit full;
+    /// calls in flight and their waiters carry on.
+    pub fn reconfigure(
+        &mut self,
+        cache_ms: u64,
+        cache_entries: usize,
+        max_per_second: u32,
+        now: Instant,
+    ) {
+        self.cache = Cache::new(Duration::from_millis(cache_ms), cache_entries);
+        self.limit = (max_per_second > 0).then(|| TokenBucket::new(max_per_second, now));
+    }
+
     /// At most once a second, when WHATSATs were refused since the last report: one log line
     /// that counts them, instead of a line per refusal.
     pub fn refusals_report(&mut self, now: Instant) -> Option<String> {

@@ -183,6 +183,14 @@ impl PlacesPool {
     }
 }
 
+impl PlacesPool {
+    /// Replaced by a reload: each worker ends after its current call, as at a stop.
+    pub fn retire(&self) {
+        lock(&self.shared.state).closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
 impl Drop for PlacesPool {
     fn drop(&mut self) {
         // Each worker ends after its current call; stopping the server never waits on one.

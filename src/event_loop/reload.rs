@@ -1,0 +1,168 @@
+//! SIGHUP: the config read again and what may change applied while serving (what may is
+//! decided in [`crate::reload`]). Anything invalid, or a change that cannot be applied, is
+//! logged as `reload refused: FILE:LINE: ...` and the old config keeps running.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{info, warn};
+
+use super::{EventLoop, MAX_LINKS};
+use crate::backoff::Backoff;
+use crate::config::{self, Config};
+use crate::conn::ConnState;
+use crate::link::{Link, LinkTiming};
+use crate::logging::{self, Escaped};
+use crate::places::PlacesPool;
+use crate::reload::{self, Plan};
+use crate::secret::Secret;
+
+fn timing(config: &Config) -> (LinkTiming, Backoff) {
+    let peer = &config.peer;
+    (
+        LinkTiming {
+            ping_interval: peer.ping_interval,
+            silence_limit: peer.silence_limit(),
+            max_owed: peer.max_owed,
+            stall_limit: peer.stall_limit,
+        },
+        Backoff::new(peer.backoff_min, peer.backoff_max),
+    )
+}
+
+impl EventLoop {
+    pub(super) fn reload(&mut self) {
+        let path = Escaped(self.config_path.as_os_str().as_bytes()).to_string();
+        let bytes = match fs::read(&self.config_path) {
+            Ok(bytes) => bytes,
+            Err(e) => return warn!("reload refused: {path}: {e}"),
+        };
+        let new = match config::parse_config_bytes(&bytes) {
+            Ok(new) => new,
+            Err(e) => return warn!("reload refused: {path}:{e}"),
+        };
+        // Compared as it will run: clamped to the open-file limit as at start.
+        let mut new = new;
+        new.limits.max_connections = new.limits.max_connections.min(self.connections_fit);
+        let text = String::from_utf8_lossy(&bytes);
+        let plan = match reload::plan(&self.name, &self.config, new, &text) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                return match refusal.line {
+                    Some(line) => warn!("reload refused: {path}:{line}: {}", refusal.problem),
+                    None => warn!("reload refused: {path}: {}", refusal.problem),
+                };
+            }
+        };
+        let added = self.links.len() + plan.links_added.len() + plan.links_moved.len();
+        if added > MAX_LINKS {
+            return warn!(
+                "reload refused: {path}: more than {MAX_LINKS} links over this run; restart"
+            );
+        }
+        let summary = plan.summary();
+        self.apply(plan);
+        info!("reload {path}: {summary}");
+    }
+
+    fn apply(&mut self, plan: Plan) {
+        let now = Instant::now();
+        let new = &plan.config;
+        for name in plan
+            .links_removed
+            .iter()
+            .chain(plan.links_moved.iter().map(|m| &m.name))
+        {
+            self.remove_link(name);
+        }
+        let (link_timing, backoff) = timing(new);
+        for neighbour in plan.links_added.iter().chain(&plan.links_moved) {
+            let id = self.app.add_neighbour(&neighbour.name);
+            debug_assert_eq!(id, self.links.len());
+            let link = Link::new(
+                id,
+                &neighbour.name,
+                neighbour.addr,
+                backoff.clone(),
+                link_timing.clone(),
+                now,
+            );
+            info!("link {} added ({})", neighbour.name, neighbour.addr);
+            self.links.push(link);
+        }
+        if plan.peer_timing_changed {
+            for link in self.links.iter_mut().filter(|l| !l.is_removed()) {
+                link.set_timing(link_timing.clone(), backoff.clone());
+            }
+            self.max_owed = new.peer.max_owed;
+        }
+        if plan.servers_changed || plan.limits_changed {
+            let servers = new.servers.iter().map(|s| s.name.clone()).collect();
+            self.app.set_herd(servers, new.limits.max_future_secs);
+        }
+        if plan.limits_changed {
+            self.limits = new.limits.clone();
+        }
+        if plan.places_changed {
+            self.replace_places(new);
+        }
+        if plan.log_changed {
+            logging::reconfigure(new.log.level, new.log.lines, new.log.rotation);
+        }
+        self.config = plan.config;
+    }
+
+    /// Drops the link to `name` for good, and the connection it opened to us.
+    fn remove_link(&mut self, name: &str) {
+        let Some(index) = self
+            .links
+            .iter()
+            .position(|l| l.name == name && !l.is_removed())
+        else {
+            return;
+        };
+        if let Some(mut socket) = self.links[index].remove() {
+            let _ = self.poll.registry().deregister(&mut socket.stream);
+        }
+        self.app.remove_neighbour(index);
+        for (key, entry) in self.conns.iter_mut() {
+            if entry.conn.peer.as_ref().is_some_and(|p| p.link == index) {
+                entry.conn.state = ConnState::Closed("link removed");
+                self.marked_closed.push(key);
+            }
+        }
+        info!("link {name} removed");
+    }
+
+    /// New Places settings: a new pool of workers (and a fresh cache and rate limit); the old
+    /// pool's calls in flight still answer their WHATSATs.
+    fn replace_places(&mut self, new: &Config) {
+        let key = match std::env::var(&new.places.key_env) {
+            Ok(key) if !key.is_empty() => Some(Secret::new(key)),
+            _ => {
+                warn!(
+                    "{} is not set: Places lookups go out without a key",
+                    new.places.key_env
+                );
+                None
+            }
+        };
+        match PlacesPool::start(&new.places, key, Arc::clone(&self.waker)) {
+            Ok(pool) => {
+                let old = std::mem::replace(&mut self.places, pool);
+                old.retire();
+                self.retired_pools.push(old);
+                self.places_api = new.places.api;
+                self.lookups.reconfigure(
+                    new.places.cache_ms,
+                    new.places.cache_entries,
+                    new.places.max_per_second,
+                    Instant::now(),
+                );
+            }
+            Err(e) => warn!("reload: cannot start the new Places workers: {e}; keeping the old"),
+        }
+    }
+}
