@@ -23,6 +23,7 @@ pub mod event_loop;
 pub mod journal;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod owed;
 pub mod peer_secret;
