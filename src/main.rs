@@ -85,7 +85,8 @@ fn main() -> ExitCode {
 const FIXED_DESCRIPTORS: u64 = 16;
 
 /// Raises the open-file limit as far as allowed and clamps `limit connections` to what fits
-/// (each link also holds one outbound and one accepted descriptor), logged when it bites.
+/// (each link also holds one outbound and one accepted descriptor, and the metrics listener
+/// one plus its connections), logged when it bites.
 fn fit_connections_to_open_files(name: &str, config: &mut Config) {
     let open_files = match net::raise_open_file_limit() {
         Ok(limit) => limit,
@@ -95,8 +96,12 @@ fn fit_connections_to_open_files(name: &str, config: &mut Config) {
         }
     };
     let links = config.neighbours(name).len() as u64;
+    let metrics = match config.metrics_addr(name) {
+        Some(_) => 1 + config.limits.metrics_connections as u64,
+        None => 0,
+    };
     let fits = open_files
-        .saturating_sub(FIXED_DESCRIPTORS + 4 * links)
+        .saturating_sub(FIXED_DESCRIPTORS + 4 * links + metrics)
         .max(1);
     let limit = &mut config.limits.max_connections;
     if (*limit as u64) > fits {
@@ -154,6 +159,14 @@ fn serve(
         error!("{line}");
         line
     })?;
+    let metrics = match config.metrics_addr(name) {
+        Some(addr) => Some(net::listen(addr).map_err(|e| {
+            let line = format!("cannot listen for metrics on {addr}: {e}");
+            error!("{line}");
+            line
+        })?),
+        None => None,
+    };
     fit_connections_to_open_files(name, &mut config);
     let (signals, signal_writer) =
         UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
@@ -196,6 +209,7 @@ fn serve(
         peer_secret: peer_secret.secret,
         signals,
         store,
+        metrics,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
     let result = event_loop
