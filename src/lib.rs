@@ -32,6 +32,7 @@ pub mod places;
 pub mod protocol;
 pub mod secret;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod wire;

@@ -39,6 +39,10 @@ fn main() -> ExitCode {
             println!("herd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Invocation::Status { config, watch } => match load_config(&config) {
+            Ok(parsed) => ExitCode::from(herd::status::run(&parsed, watch)),
+            Err(problem) => fail(BAD_INPUT, &problem),
+        },
         Invocation::All { config, log_level } => match load_config(&config) {
             Ok(parsed) => ExitCode::from(supervisor::run_all(&config, &parsed, log_level) as u8),
             Err(problem) => fail(BAD_INPUT, &problem),
