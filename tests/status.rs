@@ -4,7 +4,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -42,7 +42,7 @@ fn herd_with_metrics(
     (herd, dir, config, addrs)
 }
 
-fn status(dir: &TempDir, config: &PathBuf) -> Finished {
+fn status(dir: &TempDir, config: &Path) -> Finished {
     run_herd(&["status", &config.display().to_string()], dir.path())
 }
 
