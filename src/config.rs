@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::logging::Escaped;
+use crate::logging::{Escaped, Rotation};
 
 /// Which Places API the server speaks (SPEC section 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +92,8 @@ pub struct LogSettings {
     pub dir: PathBuf,
     pub lines: bool,
     pub level: log::LevelFilter,
+    /// `log max-bytes` and `log keep`: when `NAME.log` is rotated and how many old ones stay.
+    pub rotation: Rotation,
 }
 
 impl Default for LogSettings {
@@ -100,6 +102,7 @@ impl Default for LogSettings {
             dir: PathBuf::from("."),
             lines: true,
             level: log::LevelFilter::Info,
+            rotation: Rotation::default(),
         }
     }
 }
@@ -507,6 +510,17 @@ fn apply_log(log_settings: &mut LogSettings, setting: &str, value: &str) -> Resu
         "dir" => log_settings.dir = PathBuf::from(value),
         "lines" => log_settings.lines = on_off(setting, value)?,
         "level" => log_settings.level = parse_level(value)?,
+        "max-bytes" => {
+            let bytes = number_in(setting, value, 0, 1 << 50)? as u64;
+            if bytes != 0 && bytes < Rotation::MIN_MAX_BYTES {
+                return Err(format!(
+                    "log max-bytes must be 0 (no rotation) or at least {}, not '{value}'",
+                    Rotation::MIN_MAX_BYTES
+                ));
+            }
+            log_settings.rotation.max_bytes = bytes;
+        }
+        "keep" => log_settings.rotation.keep = number_in(setting, value, 0, 1000)? as u32,
         _ => return Err(format!("unknown log setting '{setting}'")),
     }
     Ok(())
@@ -706,6 +720,7 @@ log lines on
         assert_eq!(config.places.max_per_second, 0);
         assert_eq!(config.places.url(), PlacesApi::New.default_url());
         assert_eq!(config.log.dir, PathBuf::from("."));
+        assert_eq!(config.log.rotation, Rotation::default());
     }
 
     #[test]
@@ -756,6 +771,35 @@ log lines on
         assert_eq!(config.peer.stall_limit, Duration::from_millis(700));
         assert_eq!(config.peer.ping_interval, Duration::from_millis(300));
         assert_eq!(config.peer.silence_limit(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_shipped_config_parses_and_keeps_a_store() {
+        let config = parse_config(include_str!("../herd.conf")).unwrap();
+        assert_eq!(config.servers.len(), 5);
+        assert_eq!(config.store.dir, Some(PathBuf::from("data")));
+    }
+
+    #[test]
+    fn log_rotation_settings_are_read() {
+        let config = with_server("log max-bytes 1048576\nlog keep 9").unwrap();
+        assert_eq!(
+            config.log.rotation,
+            Rotation {
+                max_bytes: 1 << 20,
+                keep: 9
+            }
+        );
+        let config = with_server("log max-bytes 0\nlog keep 0").unwrap();
+        assert_eq!(
+            config.log.rotation,
+            Rotation {
+                max_bytes: 0,
+                keep: 0
+            }
+        );
+        let config = with_server("log max-bytes 4096").unwrap();
+        assert_eq!(config.log.rotation.max_bytes, 4096);
     }
 
     #[test]
@@ -885,6 +929,12 @@ log lines on
             ("log lines maybe", 2),
             ("log level loud", 2),
             ("log colour on", 2),
+            ("log max-bytes 4095", 2),
+            ("log max-bytes 1MB", 2),
+            ("log max-bytes -1", 2),
+            ("log keep 1001", 2),
+            ("log keep x", 2),
+            ("log keep 1\nlog keep", 3),
             ("limit line-bytes 1", 2),
             ("limit sockets 5", 2),
             ("limit connections 5 6", 2),
@@ -991,6 +1041,8 @@ log lines on
             "log lines maybe",
             "log level loud",
             "log colour on",
+            "log max-bytes 10",
+            "log keep many",
             "limit sockets 5",
             "peer queue-bytes 4096",
             "peer flavour x",

@@ -1,6 +1,6 @@
 //! The server's one thread of control: a `mio` poll loop that owns the listener, every
 //! accepted connection (a slab entry whose token is derived from its key), the outbound links,
-//! the Places results channel (through a `Waker`) and the signal pipe. It is the only user of
+//! the Places results channel (through a `Waker`) and the signal pipes. It is the only user of
 //! the `Registry`. It decides nothing about the protocol: `session` says what a line does and
 //! the links say what they owe; this carries it out on the sockets.
 //!
@@ -8,7 +8,7 @@
 //! [`ConnState::Closed`] and the loop frees it after the batch, in [`EventLoop::close_marked`],
 //! which deregisters, frees the slot and logs once.
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,9 +40,10 @@ use metrics::{MetricsServer, METRICS_LISTENER};
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const HANGUPS: Token = Token(3);
 /// Link `i` has token `FIRST_LINK + i`; connection tokens follow the links:
 /// `first_conn + slab key`.
-const FIRST_LINK: usize = 3;
+const FIRST_LINK: usize = 4;
 
 /// Readiness events taken per `poll` call; more simply wait for the next call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -133,6 +134,8 @@ pub struct ServerSetup {
     pub peer_secret: Option<Secret>,
     /// Read end of the pipe that SIGTERM and SIGINT write to.
     pub signals: UnixStream,
+    /// Read end of the pipe that SIGHUP writes to.
+    pub hangups: UnixStream,
     /// The store (`store dir`), and the clients it held; `None` keeps records in memory.
     pub store: Option<crate::journal::Opened>,
     /// The metrics listener (`metrics NAME IP:PORT`), bound already.
@@ -181,6 +184,8 @@ pub struct EventLoop {
     listener: TcpListener,
     /// Registered under `SIGNALS`; owned here so the pipe stays open while the loop runs.
     _signal_pipe: UnixStream,
+    /// Registered under `HANGUPS`: a byte per SIGHUP.
+    hangups: UnixStream,
     conns: Slab<Accepted>,
     first_conn: usize,
     next_conn_id: u64,
@@ -224,10 +229,13 @@ impl EventLoop {
         let poll = Poll::new()?;
         let mut listener = setup.listener;
         let mut signals = setup.signals;
+        let mut hangups = setup.hangups;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut hangups, HANGUPS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let places = PlacesPool::start(&setup.config.places, setup.places_key, waker)?;
         let config = &setup.config;
@@ -275,6 +283,7 @@ impl EventLoop {
             poll,
             listener,
             _signal_pipe: signals,
+            hangups,
             conns: Slab::new(),
             first_conn: FIRST_LINK + links.len(),
             next_conn_id: 1,
@@ -342,6 +351,7 @@ impl EventLoop {
                     LISTENER => self.accept_all(),
                     WAKER => self.finish_lookups(),
                     SIGNALS => self.stopping = true,
+                    HANGUPS => self.on_hangup(),
                     Token(t) if t >= METRICS_LISTENER.0 => self.on_metrics_event(Token(t), event),
                     Token(t) if t >= FIRST_LINK && t < self.first_conn => {
                         self.on_link_event(t - FIRST_LINK, event);
@@ -400,6 +410,24 @@ impl EventLoop {
         }
         logging::flush();
         Ok(())
+    }
+
+    /// SIGHUP (once or more since the last event): the log is reopened at its path, so after
+    /// `mv NAME.log NAME.log.1` (logrotate) the records that follow go to a new `NAME.log`.
+    fn on_hangup(&mut self) {
+        // Edge-triggered: drain every byte, then act once however many signals came.
+        let mut bytes = [0u8; 64];
+        loop {
+            match self.hangups.read(&mut bytes) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
+        }
+        info!("reopening log on SIGHUP");
+        if let Err(e) = logging::reopen() {
+            warn!("cannot reopen the log on SIGHUP: {e}");
+        }
     }
 
     fn accept_all(&mut self) {

@@ -1,6 +1,6 @@
-//! The server's log (SPEC section 6): `<log dir>/NAME.log`, written through one buffer that the
-//! event loop flushes at least once a second and at exit; [`Escaped`] for every byte that came
-//! from the network.
+//! The log (SPEC section 6, README "Logs"): `<log dir>/NAME.log`, written through one buffer that
+//! the event loop flushes at least once a second and at exit; [`Escaped`] for every byte that
+//! came from the network.
 //!
 //! Events (`accept`, `link up`, `places`, ...) go through simplelog and the `log` macros. The
 //! per-line `recv`/`send` records, two or more per command, go through [`traffic`], which
@@ -9,39 +9,96 @@
 //! of an IAMAT (callgrind). Every record is stamped by [`Sink`], so both kinds share one clock
 //! and one format: `2026-11-23T14:16:28.018160Z [INFO] recv conn=7 ...`.
 //!
+//! The buffer goes to the file only when it holds [`BUFFER_BYTES`] or at a flush, and that is
+//! where the file is rotated by size (`log max-bytes`, `log keep`) and where a failed write is
+//! handled: the records that cannot be written are dropped and counted, never kept without
+//! bound and never a reason to stop serving; every later write-out tries again. Nothing here
+//! is a syscall per record.
+//!
 //! `log level` is the level of herd's own records; every other target (ureq, ureq_proto,
 //! rustls, ...) is held to warnings and errors ([`level_for`]), so no library's debug or trace
 //! output, which quotes what is sent, the Places key included, reaches the file.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use log::LevelFilter;
+use log::{Level, LevelFilter};
 use simplelog::{ConfigBuilder, WriteLogger};
 
 use crate::protocol::{decimal, MAX_DECIMAL_DIGITS};
 
-/// The traffic records' way into the log file (set once by [`init`]).
-static TRAFFIC_SINK: OnceLock<Arc<Mutex<Sink>>> = OnceLock::new();
+/// Records are held in memory until this many bytes wait (or the next flush): no syscall per
+/// line, and at most this much (plus one record) lost if the process is SIGKILLed.
+pub const BUFFER_BYTES: usize = 64 * 1024;
+
+/// The one sink every record goes into (set once by [`init`]).
+static SINK: OnceLock<Arc<Mutex<Sink>>> = OnceLock::new();
 /// `log lines on|off` (SPEC section 6): whether [`traffic`] writes anything.
 static TRAFFIC_ON: AtomicBool = AtomicBool::new(false);
+/// Bytes of records written to the log file(s) since start.
+static BYTES_WRITTEN: AtomicU64 = AtomicU64::new(0);
+/// Bytes of records dropped since start because they could not be written.
+static BYTES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of records written to the log since the server started (for metrics).
+pub fn bytes_written() -> u64 {
+    BYTES_WRITTEN.load(Ordering::Relaxed)
+}
+
+/// Bytes of records dropped since the server started because the log could not be written
+/// (a full disk, an I/O error, a log directory that is gone); for metrics.
+pub fn bytes_dropped() -> u64 {
+    BYTES_DROPPED.load(Ordering::Relaxed)
+}
+
+/// When `NAME.log` is rotated (`log max-bytes`) and how many old files stay (`log keep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// `NAME.log` never grows past this (unless one record alone is longer); 0: no limit.
+    pub max_bytes: u64,
+    /// Old files kept, `NAME.log.1` (the newest) to `NAME.log.K`; 0: `NAME.log` is started
+    /// afresh and nothing is kept.
+    pub keep: u32,
+}
+
+impl Rotation {
+    /// The smallest `log max-bytes` other than 0.
+    pub const MIN_MAX_BYTES: u64 = 4096;
+}
+
+impl Default for Rotation {
+    /// 64 MiB x (1 + 4) files: a server's log takes at most 320 MiB, which at the busiest
+    /// measured rate (about 2.5 KB of log per IAMAT across a herd) still holds minutes of
+    /// every line, and hours of an ordinary herd.
+    fn default() -> Self {
+        Rotation {
+            max_bytes: 64 << 20,
+            keep: 4,
+        }
+    }
+}
 
 /// Opens (appending) `dir/NAME.log` and makes it the process's logger; `lines` turns the
-/// per-line traffic records on. Returns the log's path.
-pub fn init(dir: &Path, name: &str, level: LevelFilter, lines: bool) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{name}.log"));
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
-    // 64 KiB of buffer: no syscall per line; the loop's periodic flush bounds the delay.
-    let sink = Arc::new(Mutex::new(Sink::new(BufWriter::with_capacity(
-        64 * 1024,
-        file,
-    ))));
+/// per-line traffic records on, `rotation` says when the file is rotated. Returns the log's
+/// path.
+pub fn init(
+    dir: &Path,
+    name: &str,
+    level: LevelFilter,
+    lines: bool,
+    rotation: Rotation,
+) -> io::Result<PathBuf> {
+    let mut file = LogFile::new(dir.join(format!("{name}.log")), name, rotation);
+    file.open()?;
+    let path = file.path.clone();
+    let sink = Arc::new(Mutex::new(Sink::new(file)));
     let config = ConfigBuilder::new()
         .set_time_level(LevelFilter::Off) // the sink stamps every record
         .set_thread_level(LevelFilter::Off)
@@ -52,16 +109,45 @@ pub fn init(dir: &Path, name: &str, level: LevelFilter, lines: bool) -> io::Resu
     // allow or ignore target prefixes per logger (a level per target would take two loggers,
     // and the prefix `herd` also matches `herdsman`), and a WriteLogger's `enabled` ignores
     // them, so `log_enabled!(Trace)` in ureq would still say yes and it would format the URL.
-    let writer = WriteLogger::new(level, config, SinkWriter(Arc::clone(&sink)));
-    log::set_boxed_logger(Box::new(CappedLogger {
-        level,
-        inner: writer,
-    }))
-    .map_err(io::Error::other)?;
-    log::set_max_level(level);
-    let _ = TRAFFIC_SINK.set(sink);
-    TRAFFIC_ON.store(lines, Ordering::Relaxed);
+    // simplelog's own filter lets everything through: the level is the capped logger's, so a
+    // reload can change it.
+    let writer = WriteLogger::new(
+        LevelFilter::Trace,
+        config,
+        RecordWriter {
+            sink: Arc::clone(&sink),
+            record: Vec::new(),
+        },
+    );
+    log::set_boxed_logger(Box::new(CappedLogger { inner: writer })).map_err(io::Error::other)?;
+    let _ = SINK.set(sink);
+    reconfigure(level, lines, rotation);
     Ok(path)
+}
+
+/// `log level`, `log lines` and the rotation settings, changed in the running process (a
+/// reload on SIGHUP).
+pub fn reconfigure(level: LevelFilter, lines: bool, rotation: Rotation) {
+    OWN_LEVEL.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(level);
+    TRAFFIC_ON.store(lines, Ordering::Relaxed);
+    if let Some(Ok(mut sink)) = SINK.get().map(|sink| sink.lock()) {
+        sink.file.rotation = rotation;
+    }
+}
+
+/// herd's own `log level`, as a `LevelFilter` discriminant (set by [`reconfigure`]).
+static OWN_LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
+
+fn own_level() -> LevelFilter {
+    match OWN_LEVEL.load(Ordering::Relaxed) {
+        0 => LevelFilter::Off,
+        1 => LevelFilter::Error,
+        2 => LevelFilter::Warn,
+        3 => LevelFilter::Info,
+        4 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
 }
 
 /// The most a target that is not herd's own may log, whatever `log level` says. ureq logs the
@@ -87,13 +173,12 @@ pub fn level_for(target: &str, level: LevelFilter) -> LevelFilter {
 /// its level. `enabled` says the same, so a library that asks first (`log_enabled!`) does not
 /// even format what would be dropped.
 struct CappedLogger<L> {
-    level: LevelFilter,
     inner: Box<L>,
 }
 
 impl<L: log::Log> log::Log for CappedLogger<L> {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= level_for(metadata.target(), self.level)
+        metadata.level() <= level_for(metadata.target(), own_level())
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -107,9 +192,26 @@ impl<L: log::Log> log::Log for CappedLogger<L> {
     }
 }
 
-/// Writes buffered log records to the file.
+/// Writes buffered records to the file (the loop calls it at least once a second and at
+/// exit). A log file that was deleted under us (`rm NAME.log`) is noticed here and opened
+/// afresh at its path.
 pub fn flush() {
-    log::logger().flush();
+    if let Some(Ok(mut sink)) = SINK.get().map(|sink| sink.lock()) {
+        sink.flush();
+    }
+}
+
+/// Writes buffered records to the file as it is, then opens the log's path afresh: after
+/// `mv NAME.log NAME.log.1` (logrotate's way), what follows goes to a new `NAME.log`. When
+/// the path cannot be opened the records are dropped (and said so on stderr) until a later
+/// write-out can open it.
+pub fn reopen() -> io::Result<()> {
+    let sink = SINK
+        .get()
+        .ok_or_else(|| io::Error::other("no log is open"))?;
+    let mut sink = sink.lock().map_err(|_| io::Error::other("log poisoned"))?;
+    sink.write_out();
+    sink.file.reopen()
 }
 
 /// Which way a traffic line went.
@@ -128,106 +230,393 @@ pub enum Party<'a> {
     Link(&'a str),
 }
 
-/// Logs one line received or sent, at level info: `recv conn=7 LINE`, `recv conn=9 peer=Bona
-/// LINE`, `send link=Bona LINE`. The line is escaped as [`Escaped`] does. Only `wire` calls
-/// this, so every line in and out is logged the same way, in one place.
-pub fn traffic(direction: Direction, party: Party<'_>, line: &[u8]) {
-    if !TRAFFIC_ON.load(Ordering::Relaxed) || log::max_level() < LevelFilter::Info {
+impl Party<'_> {
+    /// A neighbour: our link to it, or its link to us once it said hello.
+    pub fn is_neighbour(&self) -> bool {
+        match self {
+            Party::Conn { peer, .. } => peer.is_some(),
+            Party::Link(_) => true,
+        }
+    }
+}
+
+/// Logs one line received or sent, at `level` (info, or debug for keepalives): `recv conn=7
+/// LINE`, `recv conn=9 peer=Bona LINE`, `send link=Bona LINE`. The line is escaped as
+/// [`Escaped`] does. Only `wire` calls this, so every line in and out is logged the same way,
+/// in one place.
+pub fn traffic(level: Level, direction: Direction, party: Party<'_>, line: &[u8]) {
+    if !TRAFFIC_ON.load(Ordering::Relaxed) || log::max_level() < level {
         return;
     }
-    let Some(sink) = TRAFFIC_SINK.get() else {
+    let Some(sink) = SINK.get() else {
         return;
     };
     let Ok(mut sink) = sink.lock() else {
         return;
     };
-    let _ = sink.write_traffic(direction, party, line);
+    sink.push_traffic(level, direction, party, line);
 }
 
-/// The log file behind its buffer, stamping the start of every record with the time.
+/// Records waiting to be written, stamped with the time as each one starts, in front of the
+/// log file.
 pub struct Sink {
-    out: BufWriter<File>,
-    at_record_start: bool,
+    buf: Vec<u8>,
     clock: StampClock,
+    file: LogFile,
 }
 
 impl Sink {
-    fn new(out: BufWriter<File>) -> Sink {
+    fn new(file: LogFile) -> Sink {
         Sink {
-            out,
-            at_record_start: true,
+            buf: Vec::with_capacity(BUFFER_BYTES),
             clock: StampClock::default(),
+            file,
         }
     }
 
-    fn write_traffic(
-        &mut self,
-        direction: Direction,
-        party: Party<'_>,
-        line: &[u8],
-    ) -> io::Result<()> {
-        self.write_stamp()?;
-        self.out.write_all(match direction {
-            Direction::Recv => b"[INFO] recv ",
-            Direction::Send => b"[INFO] send ",
-        })?;
+    fn push_traffic(&mut self, level: Level, direction: Direction, party: Party<'_>, line: &[u8]) {
+        self.push_stamp();
+        let out = &mut self.buf;
+        out.extend_from_slice(match level {
+            Level::Info => b"[INFO] ",
+            Level::Debug => b"[DEBUG] ",
+            Level::Trace => b"[TRACE] ",
+            Level::Warn => b"[WARN] ",
+            Level::Error => b"[ERROR] ",
+        });
+        out.extend_from_slice(match direction {
+            Direction::Recv => b"recv ",
+            Direction::Send => b"send ",
+        });
         match party {
             Party::Conn { id, peer } => {
-                self.out.write_all(b"conn=")?;
+                out.extend_from_slice(b"conn=");
                 let mut digits = [0u8; MAX_DECIMAL_DIGITS];
-                self.out.write_all(decimal(id, &mut digits))?;
+                out.extend_from_slice(decimal(id, &mut digits));
                 if let Some(peer) = peer {
-                    self.out.write_all(b" peer=")?;
-                    self.out.write_all(peer.as_bytes())?;
+                    out.extend_from_slice(b" peer=");
+                    out.extend_from_slice(peer.as_bytes());
                 }
             }
             Party::Link(name) => {
-                self.out.write_all(b"link=")?;
-                self.out.write_all(name.as_bytes())?;
+                out.extend_from_slice(b"link=");
+                out.extend_from_slice(name.as_bytes());
             }
         }
-        self.out.write_all(b" ")?;
-        write_escaped(&mut self.out, line)?;
-        self.out.write_all(b"\n")
+        out.push(b' ');
+        // Writing into a Vec cannot fail.
+        let _ = write_escaped(out, line);
+        out.push(b'\n');
+        self.record_done();
     }
 
-    fn write_stamp(&mut self) -> io::Result<()> {
+    /// One whole record made by simplelog (its level, its text, its `\n`).
+    fn push_record(&mut self, record: &[u8]) {
+        self.push_stamp();
+        self.buf.extend_from_slice(record);
+        self.record_done();
+    }
+
+    fn push_stamp(&mut self) {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let stamp = self
             .clock
             .stamp(since_epoch.as_secs(), since_epoch.subsec_micros());
-        self.out.write_all(stamp)
+        self.buf.extend_from_slice(stamp);
+    }
+
+    /// Records are written out only between records, so the file is rotated between them.
+    fn record_done(&mut self) {
+        if self.buf.len() >= BUFFER_BYTES {
+            self.write_out();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.file.follow_path();
+        self.write_out();
+    }
+
+    /// Hands the buffer to the file and empties it, whether the file took it or not. After
+    /// records were dropped, a note of how much goes first, stamped as the first record after
+    /// the gap (so the stamps stay in order).
+    fn write_out(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let (Some(dropped), Some(stamp)) = (self.file.dropping, self.buf.get(..STAMP_BYTES)) {
+            let mut note = stamp.to_vec();
+            let _ = writeln!(
+                note,
+                "[WARN] log: {dropped} bytes of records before this one could not be written \
+                 and were dropped"
+            );
+            self.file.write_out(&note);
+        }
+        self.file.write_out(&self.buf);
+        self.buf.clear();
     }
 }
 
-/// simplelog's writer: the shared sink, stamping each record as it starts.
-struct SinkWriter(Arc<Mutex<Sink>>);
+/// simplelog's writer: it collects one record's pieces and hands the sink the whole record,
+/// so no record is cut by another thread's (a Places worker's) or by a rotation.
+struct RecordWriter {
+    sink: Arc<Mutex<Sink>>,
+    record: Vec<u8>,
+}
 
-impl Write for SinkWriter {
+impl Write for RecordWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut sink = self
-            .0
-            .lock()
-            .map_err(|_| io::Error::other("log poisoned"))?;
-        if sink.at_record_start && !buf.is_empty() {
-            sink.write_stamp()?;
-        }
-        sink.out.write_all(buf)?;
-        if let Some(&last) = buf.last() {
-            sink.at_record_start = last == b'\n';
+        self.record.extend_from_slice(buf);
+        if self.record.ends_with(b"\n") {
+            let mut sink = self
+                .sink
+                .lock()
+                .map_err(|_| io::Error::other("log poisoned"))?;
+            sink.push_record(&self.record);
+            self.record.clear();
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         let mut sink = self
-            .0
+            .sink
             .lock()
             .map_err(|_| io::Error::other("log poisoned"))?;
-        sink.out.flush()
+        sink.flush();
+        Ok(())
     }
+}
+
+/// `NAME.log` as the sink writes it: the open file (none while it cannot be opened), how big
+/// it is, when to rotate it, and whether records are being dropped.
+struct LogFile {
+    path: PathBuf,
+    /// The server's name, for the lines on stderr.
+    name: String,
+    file: Option<File>,
+    /// Bytes in the file, as far as this process knows (re-read at every flush).
+    size: u64,
+    rotation: Rotation,
+    /// A write stopped part-way through a record: the next one starts on a new line.
+    mid_record: bool,
+    /// Records are being dropped: bytes dropped since the last successful write-out.
+    dropping: Option<u64>,
+}
+
+impl LogFile {
+    fn new(path: PathBuf, name: &str, rotation: Rotation) -> LogFile {
+        LogFile {
+            path,
+            name: name.to_string(),
+            file: None,
+            size: 0,
+            rotation,
+            mid_record: false,
+            dropping: None,
+        }
+    }
+
+    /// Opens the path, appending (creating it and its directory if need be).
+    fn open(&mut self) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        self.mid_record = false;
+        Ok(())
+    }
+
+    /// Closes the file and opens the path again. Until an open succeeds the size is taken
+    /// as 0, so a write-out that cannot open the file retries the open rather than rotate
+    /// the old files once more.
+    fn reopen(&mut self) -> io::Result<()> {
+        self.file = None;
+        self.size = 0;
+        self.open()
+    }
+
+    /// Notices what others did to the file since the last flush: its size (logrotate's
+    /// `copytruncate` empties it) and whether it was deleted, when the path is opened again.
+    fn follow_path(&mut self) {
+        let Some(meta) = self.file.as_ref().and_then(|f| f.metadata().ok()) else {
+            return;
+        };
+        self.size = meta.len();
+        if meta.nlink() == 0 {
+            // Writes to a deleted file succeed and are lost; a failed open is retried at
+            // every write-out, dropping records meanwhile.
+            let _ = self.reopen();
+        }
+    }
+
+    /// Writes `pending` (whole records), rotating the file where it would pass `log
+    /// max-bytes`. What cannot be written is dropped and counted; the first drop of an
+    /// episode is said on stderr, and so is the write-out that ends it.
+    fn write_out(&mut self, pending: &[u8]) {
+        let mut done = 0;
+        while done < pending.len() {
+            let rest = &pending[done..];
+            // A record cut by a failed write is ended by a `\n` first: count it as written.
+            let size = self.size + u64::from(self.mid_record);
+            let result = match next_step(rest, size, self.rotation) {
+                Step::Rotate => self.rotate(),
+                Step::Write(n) => {
+                    let (written, result) = self.write_bytes(&rest[..n]);
+                    done += written;
+                    result
+                }
+            };
+            if let Err(e) = result {
+                self.drop_bytes((pending.len() - done) as u64, &e);
+                return;
+            }
+        }
+        let Some(dropped) = self.dropping.take() else {
+            return;
+        };
+        let _ = writeln!(
+            io::stderr(),
+            "herd {}: log {}: writing again, after dropping {dropped} bytes of records",
+            self.name,
+            Escaped(self.path.as_os_str().as_bytes())
+        );
+    }
+
+    /// Writes `bytes` to the file (opening it first if it is not open); returns how many
+    /// were written, and the error that stopped it.
+    fn write_bytes(&mut self, bytes: &[u8]) -> (usize, io::Result<()>) {
+        if self.file.is_none() {
+            if let Err(e) = self.open() {
+                return (0, Err(e));
+            }
+        }
+        let Some(file) = self.file.as_mut() else {
+            return (0, Err(io::Error::other("log file not open")));
+        };
+        if self.mid_record {
+            match file.write(b"\n") {
+                Ok(1) => {
+                    self.mid_record = false;
+                    self.size += 1;
+                    BYTES_WRITTEN.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => return (0, Err(io::ErrorKind::WriteZero.into())),
+                Err(e) => return (0, Err(e)),
+            }
+        }
+        let mut written = 0;
+        let result = loop {
+            if written == bytes.len() {
+                break Ok(());
+            }
+            match file.write(&bytes[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.size += written as u64;
+        BYTES_WRITTEN.fetch_add(written as u64, Ordering::Relaxed);
+        if written > 0 {
+            self.mid_record = bytes[written - 1] != b'\n';
+        }
+        (written, result)
+    }
+
+    /// Moves `NAME.log` to `NAME.log.1` (each older one up by one, the oldest past `keep`
+    /// replaced), or deletes it with `keep 0`, and opens a new `NAME.log`.
+    fn rotate(&mut self) -> io::Result<()> {
+        let moves = rotation_moves(&self.path, self.rotation.keep);
+        if moves.is_empty() {
+            ignore_missing(fs::remove_file(&self.path))?;
+        }
+        for (from, to) in moves {
+            ignore_missing(fs::rename(from, to))?;
+        }
+        self.reopen()
+    }
+
+    fn drop_bytes(&mut self, bytes: u64, error: &io::Error) {
+        BYTES_DROPPED.fetch_add(bytes, Ordering::Relaxed);
+        match &mut self.dropping {
+            Some(dropped) => *dropped += bytes,
+            None => {
+                self.dropping = Some(bytes);
+                let _ = writeln!(
+                    io::stderr(),
+                    "herd {}: log {}: cannot write ({error}): dropping records until it can",
+                    self.name,
+                    Escaped(self.path.as_os_str().as_bytes())
+                );
+            }
+        }
+    }
+}
+
+/// A file that is not there is one less to move.
+fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// The next thing a write-out does with the records still `pending` when the file holds
+/// `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Write this many bytes (whole records, unless a record never ended) to the file.
+    Write(usize),
+    /// The next record would take the file past `max-bytes`: rotate first.
+    Rotate,
+}
+
+fn next_step(pending: &[u8], size: u64, rotation: Rotation) -> Step {
+    let room = rotation.max_bytes.saturating_sub(size);
+    if rotation.max_bytes == 0 || pending.len() as u64 <= room {
+        return Step::Write(pending.len());
+    }
+    // `room` is below `pending.len()` here, so it fits in a usize.
+    let fits = &pending[..room as usize];
+    match fits.iter().rposition(|&b| b == b'\n') {
+        Some(end) => Step::Write(end + 1),
+        None if size > 0 => Step::Rotate,
+        // One record longer than max-bytes: it gets a file of its own rather than be cut.
+        None => Step::Write(
+            pending
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(pending.len(), |end| end + 1),
+        ),
+    }
+}
+
+/// The renames that rotate `path` keeping `keep` old files, in the order they must happen
+/// (oldest first, so none overwrites a file not yet moved): `NAME.log.(K-1)` -> `NAME.log.K`,
+/// ..., `NAME.log` -> `NAME.log.1`. Empty for `keep` 0.
+fn rotation_moves(path: &Path, keep: u32) -> Vec<(PathBuf, PathBuf)> {
+    let numbered = |n: u32| -> PathBuf {
+        if n == 0 {
+            return path.to_path_buf();
+        }
+        let mut name = path.as_os_str().to_os_string();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    (1..=keep)
+        .rev()
+        .map(|n| (numbered(n - 1), numbered(n)))
+        .collect()
 }
 
 /// Formats `YYYY-MM-DDTHH:MM:SS.uuuuuuZ ` (RFC 3339, UTC), redoing the date part only when
@@ -235,8 +624,11 @@ impl Write for SinkWriter {
 #[derive(Default)]
 struct StampClock {
     second: Option<u64>,
-    text: [u8; 28],
+    text: [u8; STAMP_BYTES],
 }
+
+/// `2026-11-23T14:16:28.018160Z ` (with its space): every record starts with one.
+const STAMP_BYTES: usize = 28;
 
 impl StampClock {
     fn stamp(&mut self, unix_secs: u64, micros: u32) -> &[u8] {
@@ -390,8 +782,9 @@ mod tests {
             fn flush(&self) {}
         }
 
+        // The level is the process's (no other unit test reads it).
+        OWN_LEVEL.store(LevelFilter::Trace as usize, Ordering::Relaxed);
         let logger = CappedLogger {
-            level: LevelFilter::Trace,
             inner: Box::new(Counting::default()),
         };
         let record = |target, level| {
@@ -411,6 +804,87 @@ mod tests {
         assert_eq!(record("ureq::run", Level::Debug), (false, 1));
         assert_eq!(record("ureq::run", Level::Warn), (true, 2));
         assert_eq!(record("rustls::conn", Level::Error), (true, 3));
+    }
+
+    fn rotation(max_bytes: u64, keep: u32) -> Rotation {
+        Rotation { max_bytes, keep }
+    }
+
+    #[test]
+    fn records_that_fit_are_written_whole() {
+        let pending = b"one\ntwo\n";
+        assert_eq!(next_step(pending, 0, rotation(100, 2)), Step::Write(8));
+        assert_eq!(next_step(pending, 92, rotation(100, 2)), Step::Write(8));
+        // max-bytes 0: never rotated, whatever the size.
+        assert_eq!(next_step(pending, u64::MAX, rotation(0, 2)), Step::Write(8));
+    }
+
+    #[test]
+    fn the_file_is_cut_between_records_at_max_bytes() {
+        let pending = b"one\ntwo\nthree\n";
+        // 10 bytes of room: "one\ntwo\n" (8) fits, "three\n" does not.
+        assert_eq!(next_step(pending, 90, rotation(100, 2)), Step::Write(8));
+        assert_eq!(next_step(b"three\n", 98, rotation(100, 2)), Step::Rotate);
+        // Exactly full is not past it.
+        assert_eq!(next_step(b"three\n", 94, rotation(100, 2)), Step::Write(6));
+        // A file already past max-bytes (appended to by an earlier run) rotates first.
+        assert_eq!(next_step(pending, 500, rotation(100, 2)), Step::Rotate);
+    }
+
+    #[test]
+    fn a_record_longer_than_max_bytes_gets_a_file_of_its_own() {
+        let long = [vec![b'x'; 150], b"\nnext\n".to_vec()].concat();
+        assert_eq!(next_step(&long, 20, rotation(100, 1)), Step::Rotate);
+        assert_eq!(next_step(&long, 0, rotation(100, 1)), Step::Write(151));
+        assert_eq!(next_step(b"never ends", 0, rotation(4, 1)), Step::Write(10));
+    }
+
+    #[test]
+    fn rotation_moves_the_oldest_first_and_keeps_k() {
+        let moves = rotation_moves(Path::new("/var/log/herd/Bona.log"), 3);
+        let shown: Vec<(String, String)> = moves
+            .iter()
+            .map(|(from, to)| (from.display().to_string(), to.display().to_string()))
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            shown,
+            [
+                pair("/var/log/herd/Bona.log.2", "/var/log/herd/Bona.log.3"),
+                pair("/var/log/herd/Bona.log.1", "/var/log/herd/Bona.log.2"),
+                pair("/var/log/herd/Bona.log", "/var/log/herd/Bona.log.1"),
+            ]
+        );
+        assert_eq!(
+            rotation_moves(Path::new("Bona.log"), 1),
+            [(PathBuf::from("Bona.log"), PathBuf::from("Bona.log.1"))]
+        );
+        assert!(rotation_moves(Path::new("Bona.log"), 0).is_empty());
+    }
+
+    #[test]
+    fn no_move_overwrites_a_file_that_has_not_moved_yet() {
+        for keep in 1..6 {
+            let moves = rotation_moves(Path::new("A.log"), keep);
+            assert_eq!(moves.len(), keep as usize);
+            for (i, (_, to)) in moves.iter().enumerate() {
+                let moved_later = moves[i + 1..].iter().any(|(from, _)| from == to);
+                assert!(
+                    !moved_later,
+                    "keep {keep}: {to:?} is overwritten before it moves"
+                );
+            }
+            // Nothing ever lands past NAME.log.K.
+            let past = PathBuf::from(format!("A.log.{}", keep + 1));
+            assert!(moves.iter().all(|(_, to)| *to != past));
+        }
+    }
+
+    #[test]
+    fn default_rotation_bounds_the_log() {
+        let default = Rotation::default();
+        assert_eq!(default, rotation(64 << 20, 4));
+        assert!(default.max_bytes >= Rotation::MIN_MAX_BYTES);
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use log::{error, info, warn};
-use mio::net::UnixStream;
 
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config};
@@ -17,7 +16,7 @@ use herd::event_loop::{EventLoop, ServerSetup};
 use herd::journal::Journal;
 use herd::logging::{self, Escaped};
 use herd::secret::Secret;
-use herd::{net, peer_secret, supervisor};
+use herd::{net, peer_secret, signals, supervisor};
 
 /// Exit status for usage and config errors.
 const BAD_INPUT: u8 = 2;
@@ -85,7 +84,8 @@ fn main() -> ExitCode {
 }
 
 /// Descriptors the server needs besides its connections: standard streams, the log, the poll,
-/// the waker, the signal pipe, the listener, and a margin for Places calls and the secret file.
+/// the waker, the two signal pipes, the listener, and a margin for Places calls and the secret
+/// file.
 const FIXED_DESCRIPTORS: u64 = 16;
 
 /// Raises the open-file limit as far as allowed and clamps `limit connections` to what fits
@@ -146,11 +146,18 @@ fn serve(
         .ok_or_else(|| format!("no server named '{name}'"))?;
     // Before the port opens: a server that cannot prove the herd's secret must not run.
     let peer_secret = peer_secret::load(&config.peer.secret, config_path)?;
-    let log_path = logging::init(&config.log.dir, name, config.log.level, config.log.lines)
-        .map_err(|e| {
-            let dir = Escaped(config.log.dir.as_os_str().as_bytes());
-            format!("cannot open log in {dir}: {e}")
-        })?;
+    let settings = &config.log;
+    let log_path = logging::init(
+        &settings.dir,
+        name,
+        settings.level,
+        settings.lines,
+        settings.rotation,
+    )
+    .map_err(|e| {
+        let dir = Escaped(config.log.dir.as_os_str().as_bytes());
+        format!("cannot open log in {dir}: {e}")
+    })?;
     // The store is read before the port opens, so the first client is answered from it; a
     // second process of this server on the same store stops here, on the store's lock.
     let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
@@ -172,17 +179,11 @@ fn serve(
         None => None,
     };
     fit_connections_to_open_files(name, &mut config);
-    let (signals, signal_writer) =
-        UnixStream::pair().map_err(|e| format!("cannot make signal pipe: {e}"))?;
-    let signal_writer =
-        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(signal_writer));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        let writer = signal_writer
-            .try_clone()
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
-        signal_hook::low_level::pipe::register(signal, writer)
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
-    }
+    let signal_error = |e: std::io::Error| format!("cannot handle signals: {e}");
+    let stop_signals = signals::pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(signal_error)?;
+    let hangups = signals::pipe(&[signal_hook::consts::SIGHUP]).map_err(signal_error)?;
+    signals::ignore_user_signals().map_err(signal_error)?;
     let places_key = match std::env::var(&config.places.key_env) {
         Ok(key) if !key.is_empty() => Some(Secret::new(key)),
         _ => {
@@ -211,7 +212,8 @@ fn serve(
         config,
         places_key,
         peer_secret: peer_secret.secret,
-        signals,
+        signals: stop_signals,
+        hangups,
         store,
         metrics,
     })

@@ -57,6 +57,13 @@ pub fn is_ping(line: &[u8]) -> bool {
     words.next() == Some(PING_LINE) && words.next().is_none()
 }
 
+/// Whether a line is a keepalive, a ping or its pong: the lines a quiet link carries every
+/// `peer ping-ms`, logged only at `log level debug`.
+pub fn is_keepalive(line: &[u8]) -> bool {
+    let mut words = fields(line);
+    matches!(words.next(), Some(PING_LINE | PONG_LINE)) && words.next().is_none()
+}
+
 /// Whether a line is a hello at all (whatever its validity).
 pub fn is_hello(line: &[u8]) -> bool {
     fields(line).next() == Some(HELLO)
@@ -286,6 +293,18 @@ mod tests {
         assert!(is_ping(b"HERD-PING "));
         assert!(!is_ping(b"HERD-PING x"));
         assert!(!is_ping(b"HERD-PONG"));
+        for keepalive in [PING_LINE, PONG_LINE, b"HERD-PING ", b"  HERD-PONG\t"] {
+            assert!(is_keepalive(keepalive), "{keepalive:?}");
+        }
+        for other in [
+            &b"HERD-PING x"[..],
+            b"HERD-PONGS",
+            b"AT HERD-PING",
+            b"",
+            b"? HERD-PONG",
+        ] {
+            assert!(!is_keepalive(other), "{other:?}");
+        }
     }
 
     #[test]

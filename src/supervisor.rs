@@ -1,6 +1,7 @@
 //! `herd --all CONFIG`: one child process of this same binary per server of the config, each
 //! child's stderr shown line by line behind its name, and all of them stopped on Ctrl-C or
-//! SIGTERM.
+//! SIGTERM. SIGHUP is passed on to every child that is serving (each reopens its log), and
+//! SIGUSR1/SIGUSR2 are ignored, as a server ignores them.
 //!
 //! "started" is said only once every child has said `NAME listening on ADDR, ...` itself; a
 //! child that exits first, or stays silent for [`START_TIMEOUT`], stops the whole herd with
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use log::LevelFilter;
 
 use crate::config::Config;
+use crate::signals;
 
 /// How long children get to exit after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -75,11 +77,10 @@ impl Member {
 /// Runs the whole herd until a signal; returns the process exit code.
 pub fn run_all(config_path: &Path, config: &Config, log_level: Option<LevelFilter>) -> i32 {
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("herd: cannot handle signals: {e}");
-            return FAILED;
-        }
+    let hangup = Arc::new(AtomicBool::new(false));
+    if let Err(e) = handle_signals(&stop, &hangup) {
+        eprintln!("herd: cannot handle signals: {e}");
+        return FAILED;
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -93,6 +94,7 @@ pub fn run_all(config_path: &Path, config: &Config, log_level: Option<LevelFilte
         members: Vec::new(),
         events,
         _sender: sender.clone(),
+        hangup,
     };
     let mut failed = false;
     for server in &config.servers {
@@ -156,6 +158,15 @@ pub fn run_all(config_path: &Path, config: &Config, log_level: Option<LevelFilte
     } else {
         0
     }
+}
+
+/// SIGTERM and SIGINT set `stop`, SIGHUP sets `hangup`, SIGUSR1 and SIGUSR2 are ignored.
+fn handle_signals(stop: &Arc<AtomicBool>, hangup: &Arc<AtomicBool>) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for (signal, flag) in [(SIGTERM, stop), (SIGINT, stop), (SIGHUP, hangup)] {
+        signal_hook::flag::register(signal, Arc::clone(flag))?;
+    }
+    signals::ignore_user_signals()
 }
 
 /// Makes the child get [`DEATH_SIGNAL`] when the supervisor dies, however it dies.
@@ -230,6 +241,8 @@ struct Herd {
     events: Receiver<Event>,
     /// Kept so `events` never disconnects (and `recv_timeout` always waits).
     _sender: Sender<Event>,
+    /// Set by SIGHUP; cleared when it has been passed on.
+    hangup: Arc<AtomicBool>,
 }
 
 impl Herd {
@@ -273,6 +286,26 @@ impl Herd {
         }
     }
 
+    /// Passes a SIGHUP that came on to every child that said it is listening (and so handles
+    /// it: a child still starting would die of it, and opens its log afresh anyway).
+    fn forward_hangup(&mut self) {
+        if !self.hangup.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        for member in self
+            .members
+            .iter()
+            .filter(|m| m.status.is_none() && m.listening)
+        {
+            if let Ok(pid) = i32::try_from(member.child.id()) {
+                // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is shared.
+                unsafe {
+                    libc::kill(pid, libc::SIGHUP);
+                }
+            }
+        }
+    }
+
     fn running(&self) -> impl Iterator<Item = &Member> {
         self.members.iter().filter(|m| m.status.is_none())
     }
@@ -286,6 +319,7 @@ impl Herd {
                 return Start::Stopped;
             }
             self.pump(POLL_INTERVAL);
+            self.forward_hangup();
             let exited = self.reap();
             if !exited.is_empty() {
                 self.drain(&exited);
@@ -322,6 +356,7 @@ impl Herd {
     fn serve(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::SeqCst) && self.running().next().is_some() {
             self.pump(POLL_INTERVAL);
+            self.forward_hangup();
             for i in self.reap() {
                 let member = &self.members[i];
                 eprintln!(

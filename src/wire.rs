@@ -5,19 +5,25 @@
 //!
 //! One convention: a line is handed over *without* its terminator; the `\n` is added here.
 //!
+//! Every line is a traffic record at level info, except the keepalives between neighbours
+//! (`HERD-PING`, `HERD-PONG`), which are debug records: a quiet herd would otherwise log two
+//! lines per link every `peer ping-ms`, and they say nothing a `link down` does not.
+//!
 //! A hello's proof is logged as `<redacted>` whichever way it goes (our own hello, one we
 //! received, and the `? ` echo of a refused one): a proof replayed to its server within the
 //! allowed clock skew would be accepted, so a log reader must not find one.
 
 use std::borrow::Cow;
 
+use log::Level;
+
 use crate::buffer::OutBuffer;
 use crate::logging::{traffic, Direction, Party};
-use crate::peer_wire::redact_hello;
+use crate::peer_wire::{is_keepalive, redact_hello};
 
 /// Queues `line` and its `\n` on `out`, and logs it.
 pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
-    traffic(Direction::Send, party, &as_logged(line));
+    log_line(Direction::Send, party, line);
     out.push(line);
     out.push(b"\n");
     out.count_lines(1);
@@ -28,7 +34,7 @@ pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
 pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
     let mut count = 0;
     for line in lines.split(|&b| b == b'\n') {
-        traffic(Direction::Send, party, &as_logged(line));
+        log_line(Direction::Send, party, line);
         count += 1;
     }
     out.push(lines);
@@ -38,7 +44,21 @@ pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
 
 /// Logs a line that came in (without its terminator).
 pub fn received(party: Party<'_>, line: &[u8]) {
-    traffic(Direction::Recv, party, &as_logged(line));
+    log_line(Direction::Recv, party, line);
+}
+
+fn log_line(direction: Direction, party: Party<'_>, line: &[u8]) {
+    traffic(level_of(party, line), direction, party, &as_logged(line));
+}
+
+/// The level of a line's traffic record: debug for a keepalive exchanged with a neighbour,
+/// info for everything else (a client's `HERD-PING` is an invalid command, logged as any).
+fn level_of(party: Party<'_>, line: &[u8]) -> Level {
+    if party.is_neighbour() && is_keepalive(line) {
+        Level::Debug
+    } else {
+        Level::Info
+    }
 }
 
 /// The line as the log shows it: a hello, or the `? ` echo of one, without its proof. Other
@@ -73,6 +93,32 @@ mod tests {
             b"AT Bona +0.1 k +1+1 1",
         ] {
             assert!(matches!(as_logged(plain), Cow::Borrowed(_)), "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn keepalives_between_neighbours_are_debug_records_and_the_rest_info() {
+        let neighbours = [
+            Party::Link("Bona"),
+            Party::Conn {
+                id: 9,
+                peer: Some("Bona"),
+            },
+        ];
+        for party in neighbours {
+            assert_eq!(level_of(party, b"HERD-PING"), Level::Debug);
+            assert_eq!(level_of(party, b"HERD-PONG"), Level::Debug);
+            assert_eq!(level_of(party, b"AT Bona +0.1 k +1+1 1"), Level::Info);
+            assert_eq!(level_of(party, b"HERD-WELCOME Bona"), Level::Info);
+        }
+        let client = Party::Conn { id: 7, peer: None };
+        for line in [
+            &b"HERD-PING"[..],
+            b"HERD-PONG",
+            b"IAMAT k +1+1 1",
+            b"? HERD-PING",
+        ] {
+            assert_eq!(level_of(client, line), Level::Info, "{line:?}");
         }
     }
 

@@ -2,7 +2,8 @@
 //! leaves open"): `limit line-bytes`, `limit connections`, `limit output-bytes`.
 
 use herd_test_support::{
-    checks::check_at_line, client::Client, harness::wait_until, server::Server,
+    checks::check_at_line, client::Client, fake_places::FakePlaces, harness::wait_until,
+    server::Server,
 };
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -262,4 +263,50 @@ fn limit_connections_is_lowered_to_what_the_open_file_limit_allows() {
     server.wait_for_log("close conn=49 ");
     let reply = server.client().iamat("again", "+1+2", "100");
     check_at_line(&reply, "Alpha", "again", "+1+2", "100");
+}
+
+/// Out of descriptors (README "Open files"): with Places calls holding sockets, accepts fail
+/// with EMFILE and the new connections wait in the kernel's backlog, where epoll raises no new
+/// edge for them; the server retries on a timer, so once other connections close, every one
+/// of them is accepted and served, without a new connection arriving to wake it.
+#[test]
+fn connections_left_in_the_backlog_by_emfile_are_served_once_others_close() {
+    let places = FakePlaces::start();
+    places.set_delay(Duration::from_secs(4));
+    let server = Server::builder("Alpha")
+        .places(&places)
+        .open_files(64)
+        .start();
+    server.wait_for_log("limit connections: 16384 lowered to 48");
+    // 30 clients, then a lookup of its own from each: a socket each to Places, as many as
+    // the descriptors left allow (a call that finds none fails, and says so).
+    let mut holding: Vec<Client> = Vec::new();
+    for n in 0..30 {
+        let mut client = server.client();
+        client.iamat(&format!("h{n}"), &format!("+{n}+1"), "100");
+        holding.push(client);
+    }
+    for (n, client) in holding.iter_mut().enumerate() {
+        client.send(&format!("WHATSAT h{n} 10 5"));
+    }
+    assert!(
+        places.wait_for_requests(20, Duration::from_secs(10)),
+        "Places calls started: {}",
+        places.request_count()
+    );
+    // More clients than descriptors are left: the kernel completes their handshakes, the
+    // server cannot accept them all.
+    let mut waiting: Vec<Client> = (0..15).map(|_| server.client()).collect();
+    for (n, client) in waiting.iter_mut().enumerate() {
+        client.send(&format!("IAMAT w{n} +1+2 100"));
+    }
+    server.wait_for_log("accept failed: Too many open files");
+    // Others close; nothing new connects.
+    drop(holding);
+    for (n, client) in waiting.iter_mut().enumerate() {
+        let reply = client.read_line();
+        check_at_line(&reply, "Alpha", &format!("w{n}"), "+1+2", "100");
+    }
+    let log = server.log_text();
+    assert!(log.contains("retrying every 50 ms"), "{log}");
 }

@@ -40,11 +40,11 @@ enum Phase {
 /// What one step of a compaction came to.
 pub enum Progress {
     Working,
-    /// The new file is in place: append to it from now on (`bytes` long so far). If the
+    /// The new file is in place: take it with [`Compaction::into_file`] and append to it from
+    /// now on (`bytes` long so far). If the
     /// directory could not be synced after the rename, `dir_unsynced` says why (the rename is
     /// done; only a power loss could undo it).
     Replaced {
-        file: File,
         bytes: u64,
         dir_unsynced: Option<io::Error>,
     },
@@ -80,6 +80,15 @@ impl Compaction {
             phase: Phase::Copying { next: 0 },
             scratch: Vec::with_capacity(256 * 1024),
         })
+    }
+
+    /// With `fsync always`: once the copy is done, the rename may happen at any moment, and
+    /// what was appended to the new file since the thread synced it must be on the device too.
+    pub fn sync_if_finishing(&self) -> io::Result<()> {
+        match self.phase {
+            Phase::Finishing { .. } => self.file.sync_data(),
+            Phase::Copying { .. } => Ok(()),
+        }
     }
 
     pub fn is_copying(&self) -> bool {
@@ -129,12 +138,16 @@ impl Compaction {
                 Err(TryRecvError::Disconnected) => Err(io::Error::other("compaction thread died")),
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(dir_unsynced)) => Ok(Progress::Replaced {
-                    file: self.file.try_clone()?,
                     bytes: self.bytes,
                     dir_unsynced,
                 }),
             },
         }
+    }
+
+    /// The new file, now the store (after [`Progress::Replaced`]).
+    pub fn into_file(self) -> File {
+        self.file
     }
 
     /// Gives up after [`Compaction::step`] failed: the old file stays as it is. (A step

@@ -80,6 +80,8 @@ pub struct Journal {
     errors: u64,
     last_inline_sync: Option<SystemTime>,
     compaction: Option<(Compaction, Instant)>,
+    /// A write to the finishing compaction's file failed: once it is in place, rewrite it.
+    compaction_damaged: bool,
     compactions: u64,
     compact_min_bytes: u64,
     next_compaction_at: Option<Instant>,
@@ -207,6 +209,7 @@ impl Journal {
             errors: 0,
             last_inline_sync: None,
             compaction: None,
+            compaction_damaged: false,
             compactions: 0,
             compact_min_bytes: settings.compact_min_bytes,
             next_compaction_at: None,
@@ -228,11 +231,15 @@ impl Journal {
         }
         if let Some((compaction, _)) = &mut self.compaction {
             if let Err(e) = compaction.append(&self.pending) {
-                self.abandon_compaction(&e);
+                self.compaction_failed(&e);
             }
         }
         self.append_pending();
         if self.policy == FsyncPolicy::Always {
+            let synced = self.compaction.as_ref().map(|(c, _)| c.sync_if_finishing());
+            if let Some(Err(e)) = synced {
+                self.compaction_failed(&e);
+            }
             match self.file.sync_data() {
                 Ok(()) => self.last_inline_sync = Some(SystemTime::now()),
                 Err(e) => {
@@ -299,12 +306,14 @@ impl Journal {
         match compaction.step(clients, &self.path) {
             Ok(Progress::Working) => {}
             Ok(Progress::Replaced {
-                file,
                 bytes,
                 dir_unsynced,
             }) => {
                 let took = started.elapsed();
-                self.compaction = None;
+                let Some((compaction, _)) = self.compaction.take() else {
+                    return;
+                };
+                let file = compaction.into_file();
                 if let Some(syncer) = &self.syncer {
                     match file.try_clone() {
                         Ok(copy) => syncer.replace_file(copy),
@@ -314,7 +323,8 @@ impl Journal {
                 self.file = file;
                 self.file_len = bytes;
                 self.cut_back = false;
-                self.incomplete = false;
+                self.incomplete = self.compaction_damaged;
+                self.compaction_damaged = false;
                 self.compactions += 1;
                 info!(
                     "store {}: compacted to {bytes} bytes for {} clients in {} ms",
@@ -330,6 +340,25 @@ impl Journal {
                 }
             }
             Err(e) => self.abandon_compaction(&e),
+        }
+    }
+
+    /// A write to the new file failed. While records are still being copied, the compaction
+    /// is given up; once the copy is done the thread may be renaming the file at this very
+    /// moment, so it is seen through (the loop must learn which file is the store), and the
+    /// records the new file may lack are put back by a rewrite from memory afterwards.
+    fn compaction_failed(&mut self, error: &io::Error) {
+        match &self.compaction {
+            Some((compaction, _)) if compaction.is_copying() => self.abandon_compaction(error),
+            Some(_) => {
+                self.compaction_damaged = true;
+                self.errors += 1;
+                warn!(
+                    "store {}: cannot write the compacted file: {error}; it will be rewritten",
+                    shown(&self.temp_path)
+                );
+            }
+            None => {}
         }
     }
 
@@ -420,5 +449,158 @@ impl Journal {
             failing: self.failing.is_some() || self.incomplete || self.sync_failure_logged,
             compactions: self.compactions,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AtLine, AtRecord};
+    use crate::store::Source;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(label: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("herd-journal-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        Dir(dir)
+    }
+
+    fn settings(dir: &Path) -> StoreSettings {
+        StoreSettings {
+            dir: Some(dir.to_path_buf()),
+            fsync: FsyncPolicy::No,
+            compact_min_bytes: 4096,
+        }
+    }
+
+    fn open(settings: &StoreSettings) -> Opened {
+        Journal::open(settings, "A", |s| s == b"A")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Stores the update in the table and hands it to the journal, as the loop does.
+    fn store(journal: &mut Journal, table: &mut ClientTable, client: &str, secs: u64) {
+        let line = format!("AT A +0.000000000 {client} +1+1 {secs}");
+        let at = AtLine::parse(line.as_bytes()).unwrap();
+        let record = AtRecord::from_parsed(&at, line.as_bytes());
+        if let crate::store::Applied::Stored(i) = table.apply(&record, Source::Client) {
+            journal.record(table.line_at(i).unwrap());
+        }
+    }
+
+    #[test]
+    fn records_persisted_are_read_back_by_the_next_process() {
+        let dir = temp_dir("reopen");
+        let settings = settings(&dir.0);
+        let Opened {
+            mut journal,
+            mut clients,
+        } = open(&settings);
+        store(&mut journal, &mut clients, "kiwi", 1);
+        store(&mut journal, &mut clients, "pear", 2);
+        store(&mut journal, &mut clients, "kiwi", 3);
+        journal.persist();
+        assert_eq!(
+            journal.stats().bytes,
+            fs::metadata(&journal.path).unwrap().len()
+        );
+        drop(journal);
+        let reopened = open(&settings);
+        assert_eq!(reopened.clients.len(), 2);
+        assert_eq!(
+            reopened.clients.line_of(b"kiwi"),
+            Some(&b"AT A +0.000000000 kiwi +1+1 3"[..])
+        );
+    }
+
+    #[test]
+    fn a_compaction_keeps_the_newest_record_of_every_client_and_what_arrives_meanwhile() {
+        let dir = temp_dir("compact");
+        let settings = settings(&dir.0);
+        let Opened {
+            mut journal,
+            mut clients,
+        } = open(&settings);
+        for secs in 1..=300 {
+            for client in ["kiwi", "pear", "plum"] {
+                store(&mut journal, &mut clients, client, secs);
+            }
+        }
+        journal.persist();
+        let before = journal.stats().bytes;
+        journal.tick(&clients, Instant::now());
+        assert!(
+            journal.compaction.is_some(),
+            "{before} bytes for 3 clients is due"
+        );
+        // Records stored while it runs go to both files.
+        store(&mut journal, &mut clients, "fig", 1);
+        store(&mut journal, &mut clients, "kiwi", 301);
+        journal.persist();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while journal.compaction.is_some() {
+            assert!(Instant::now() < deadline, "the compaction did not finish");
+            journal.step(&clients);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let after = journal.stats();
+        assert_eq!(after.compactions, 1);
+        let text = fs::read_to_string(&journal.path).unwrap();
+        assert_eq!(after.bytes, text.len() as u64);
+        assert!(
+            after.bytes < before / 50,
+            "{} bytes after, {before} before",
+            after.bytes
+        );
+        assert!(!journal.temp_path.exists());
+        // Appends go to the new file from now on.
+        store(&mut journal, &mut clients, "pear", 302);
+        journal.persist();
+        drop(journal);
+        let reopened = open(&settings);
+        for (client, line) in [
+            ("kiwi", "AT A +0.000000000 kiwi +1+1 301"),
+            ("pear", "AT A +0.000000000 pear +1+1 302"),
+            ("plum", "AT A +0.000000000 plum +1+1 300"),
+            ("fig", "AT A +0.000000000 fig +1+1 1"),
+        ] {
+            assert_eq!(
+                reopened.clients.line_of(client.as_bytes()),
+                Some(line.as_bytes()),
+                "{client}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_so_the_next_record_starts_its_own_line() {
+        let dir = temp_dir("torn");
+        fs::create_dir_all(&dir.0).unwrap();
+        fs::write(
+            dir.0.join("A.store"),
+            "AT A +0.000000000 kiwi +1+1 1\nAT A +0.000000000 pear +1+1 1",
+        )
+        .unwrap();
+        let settings = settings(&dir.0);
+        let Opened {
+            mut journal,
+            mut clients,
+        } = open(&settings);
+        assert_eq!(clients.len(), 1);
+        store(&mut journal, &mut clients, "plum", 5);
+        journal.persist();
+        let text = fs::read_to_string(dir.0.join("A.store")).unwrap();
+        assert_eq!(
+            text,
+            "AT A +0.000000000 kiwi +1+1 1\nAT A +0.000000000 plum +1+1 5\n"
+        );
     }
 }

@@ -1,0 +1,263 @@
+//! What a SIGHUP may change: the re-read config is checked whole against the one running, and
+//! is either refused, with the reason and the line it comes from, or turned into a [`Plan`]
+//! the loop carries out. Pure.
+//!
+//! Changed at run time: the links (added, removed, a neighbour's address), the other servers
+//! of the herd, Places settings, limits, peer timing, `log level` and `log lines`. Not: the
+//! server's own name and listen address (the socket is bound), the store, the peer secret and
+//! `log dir` — a change to one of those is refused, and the server keeps its old config.
+
+use crate::config::{Config, ServerEntry};
+
+/// What a reload changes, for the loop to carry out.
+#[derive(Debug)]
+pub struct Plan {
+    /// Neighbours linked now that were not before, in config order.
+    pub links_added: Vec<ServerEntry>,
+    /// Neighbours no longer linked.
+    pub links_removed: Vec<String>,
+    /// Neighbours still linked whose address changed: reconnect there.
+    pub links_moved: Vec<ServerEntry>,
+    pub places_changed: bool,
+    pub limits_changed: bool,
+    pub peer_timing_changed: bool,
+    pub log_changed: bool,
+    pub servers_changed: bool,
+    /// The config to run from now on.
+    pub config: Config,
+}
+
+impl Plan {
+    pub fn changes_nothing(&self) -> bool {
+        self.links_added.is_empty()
+            && self.links_removed.is_empty()
+            && self.links_moved.is_empty()
+            && !self.places_changed
+            && !self.limits_changed
+            && !self.peer_timing_changed
+            && !self.log_changed
+            && !self.servers_changed
+    }
+
+    /// One line saying what changed (for the log).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let names = |entries: &[ServerEntry]| {
+            entries
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if !self.links_added.is_empty() {
+            parts.push(format!("links added: {}", names(&self.links_added)));
+        }
+        if !self.links_removed.is_empty() {
+            parts.push(format!("links removed: {}", self.links_removed.join(" ")));
+        }
+        if !self.links_moved.is_empty() {
+            parts.push(format!("links moved: {}", names(&self.links_moved)));
+        }
+        for (changed, what) in [
+            (self.servers_changed, "servers"),
+            (self.places_changed, "places"),
+            (self.limits_changed, "limits"),
+            (self.peer_timing_changed, "peer timing"),
+            (self.log_changed, "log"),
+        ] {
+            if changed {
+                parts.push(what.to_string());
+            }
+        }
+        if parts.is_empty() {
+            "nothing changed".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// Checks `new` (parsed from `text`) against the `running` config of server `name`.
+/// The error is `LINE: problem` (or just the problem when no line says it), as a config error.
+pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Plan, String> {
+    let at = |directive: &[&str], problem: String| match line_of(text, directive) {
+        Some(line) => format!("{line}: {problem}"),
+        None => problem,
+    };
+    let Some(own) = new.server(name) else {
+        return Err(format!(
+            "server {name} is no longer in the config; stop it instead"
+        ));
+    };
+    let old_own = running.server(name).map(|s| s.addr);
+    if old_own != Some(own.addr) {
+        return Err(at(
+            &["server", name],
+            format!(
+                "the listen address of {name} cannot change at run time ({} -> {}); restart it",
+                old_own.map_or("none".to_string(), |a| a.to_string()),
+                own.addr
+            ),
+        ));
+    }
+    if new.store != running.store {
+        return Err(at(
+            &["store"],
+            "store settings cannot change at run time; restart the server".to_string(),
+        ));
+    }
+    if new.peer.secret != running.peer.secret {
+        return Err(at(
+            &["peer"],
+            "the peer secret cannot change at run time; restart the herd".to_string(),
+        ));
+    }
+    if new.log.dir != running.log.dir {
+        return Err(at(
+            &["log", "dir"],
+            "log dir cannot change at run time; restart the server".to_string(),
+        ));
+    }
+    let old_neighbours = running.neighbours(name);
+    let new_neighbours = new.neighbours(name);
+    let links_added: Vec<ServerEntry> = new_neighbours
+        .iter()
+        .filter(|n| !old_neighbours.iter().any(|o| o.name == n.name))
+        .map(|n| (*n).clone())
+        .collect();
+    let links_removed: Vec<String> = old_neighbours
+        .iter()
+        .filter(|o| !new_neighbours.iter().any(|n| n.name == o.name))
+        .map(|o| o.name.clone())
+        .collect();
+    let links_moved: Vec<ServerEntry> = new_neighbours
+        .iter()
+        .filter(|n| {
+            old_neighbours
+                .iter()
+                .any(|o| o.name == n.name && o.addr != n.addr)
+        })
+        .map(|n| (*n).clone())
+        .collect();
+    let peer_timing_changed = {
+        let (a, b) = (&running.peer, &new.peer);
+        (
+            a.backoff_min,
+            a.backoff_max,
+            a.ping_interval,
+            a.max_owed,
+            a.stall_limit,
+        ) != (
+            b.backoff_min,
+            b.backoff_max,
+            b.ping_interval,
+            b.max_owed,
+            b.stall_limit,
+        )
+    };
+    Ok(Plan {
+        links_added,
+        links_removed,
+        links_moved,
+        places_changed: new.places != running.places,
+        limits_changed: new.limits != running.limits,
+        peer_timing_changed,
+        log_changed: new.log != running.log,
+        servers_changed: new.servers != running.servers,
+        config: new,
+    })
+}
+
+/// The 1-based line of the first directive whose fields start with `prefix`.
+fn line_of(text: &str, prefix: &[&str]) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.split('#').next().unwrap_or_default();
+            let mut fields = line.split_whitespace();
+            prefix.iter().all(|p| fields.next() == Some(p))
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_config;
+
+    const BASE: &str = "server A 127.0.0.1:1\nserver B 127.0.0.1:2\nserver C 127.0.0.1:3\n\
+                        link A B\n";
+
+    fn plan_for(new_text: &str) -> Result<Plan, String> {
+        let running = parse_config(BASE).unwrap();
+        let new = parse_config(new_text).unwrap();
+        plan("A", &running, new, new_text)
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let plan = plan_for(BASE).unwrap();
+        assert!(plan.changes_nothing(), "{}", plan.summary());
+        assert_eq!(plan.summary(), "nothing changed");
+    }
+
+    #[test]
+    fn links_added_removed_and_moved_are_named() {
+        let text = "server A 127.0.0.1:1\nserver B 127.0.0.1:2\nserver C 127.0.0.1:3\n\
+                    link A C\n";
+        let plan = plan_for(text).unwrap();
+        assert_eq!(plan.links_added.len(), 1);
+        assert_eq!(plan.links_added[0].name, "C");
+        assert_eq!(plan.links_removed, ["B"]);
+        assert!(plan.links_moved.is_empty());
+        assert_eq!(plan.summary(), "links added: C; links removed: B");
+
+        let text = "server A 127.0.0.1:1\nserver B 127.0.0.1:9\nserver C 127.0.0.1:3\n\
+                    link A B\n";
+        let plan = plan_for(text).unwrap();
+        assert_eq!(plan.links_moved[0].name, "B");
+        assert!(plan.servers_changed);
+        assert!(plan.links_added.is_empty() && plan.links_removed.is_empty());
+    }
+
+    #[test]
+    fn a_sixth_server_is_added_with_its_link() {
+        let text = format!("{BASE}server D 127.0.0.1:4\nlink D A\n");
+        let plan = plan_for(&text).unwrap();
+        assert!(plan.servers_changed);
+        assert_eq!(plan.links_added[0].name, "D");
+        assert_eq!(plan.summary(), "links added: D; servers");
+    }
+
+    #[test]
+    fn settings_that_apply_at_run_time_are_flagged() {
+        let text = format!(
+            "{BASE}places timeout-ms 100\nlimit in-flight 4\npeer ping-ms 300\nlog level debug\n"
+        );
+        let plan = plan_for(&text).unwrap();
+        assert!(plan.places_changed && plan.limits_changed);
+        assert!(plan.peer_timing_changed && plan.log_changed);
+        assert!(!plan.servers_changed);
+        assert_eq!(plan.summary(), "places; limits; peer timing; log");
+    }
+
+    #[test]
+    fn what_cannot_change_is_refused_with_its_line() {
+        let moved = "server B 127.0.0.1:2\nserver A 127.0.0.1:7\nserver C 127.0.0.1:3\n\
+                     link A B\n";
+        let e = plan_for(moved).unwrap_err();
+        assert_eq!(
+            e,
+            "2: the listen address of A cannot change at run time (127.0.0.1:1 -> \
+             127.0.0.1:7); restart it"
+        );
+        let e = plan_for(&format!("{BASE}# comment\nstore dir data\n")).unwrap_err();
+        assert!(e.starts_with("6: store settings cannot change"), "{e}");
+        let e = plan_for(&format!("{BASE}peer secret none\n")).unwrap_err();
+        assert!(e.starts_with("5: the peer secret cannot change"), "{e}");
+        let e = plan_for(&format!("{BASE}log dir /tmp\n")).unwrap_err();
+        assert!(e.starts_with("5: log dir cannot change"), "{e}");
+        let gone = "server B 127.0.0.1:2\n";
+        let e = plan_for(gone).unwrap_err();
+        assert!(e.contains("server A is no longer in the config"), "{e}");
+    }
+}
