@@ -51,6 +51,17 @@ pub enum PeerOutcome {
     FromTheFuture,
 }
 
+/// Client commands by what they came to (`herd_commands_total{kind}`): an IAMAT or a WHATSAT
+/// answered with an AT line, or a line answered with `? ` (not a command, a time too far
+/// ahead, a WHATSAT for an unknown client, a refused hello, a line over the limit). Blank
+/// lines and accepted hellos are none of these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts {
+    pub iamat: u64,
+    pub whatsat: u64,
+    pub invalid: u64,
+}
+
 /// The state one server keeps about the world: its name, who its neighbours are, and what it
 /// knows of every client.
 pub struct App {
@@ -65,6 +76,7 @@ pub struct App {
     /// How far past our clock a client time may be (`limit future-seconds`).
     max_future_nanos: i128,
     clients: ClientTable,
+    commands: CommandCounts,
 }
 
 impl App {
@@ -82,7 +94,17 @@ impl App {
             peer_secret,
             max_future_nanos: i128::from(max_future_secs) * 1_000_000_000,
             clients: ClientTable::new(),
+            commands: CommandCounts::default(),
         }
+    }
+
+    pub fn commands(&self) -> CommandCounts {
+        self.commands
+    }
+
+    /// A client line over `limit line-bytes`, answered `? ` without reaching the parser.
+    pub fn count_too_long(&mut self) {
+        self.commands.invalid += 1;
     }
 
     /// SPEC section 2 leaves clocks to the clients; one far ahead would win every later
@@ -148,6 +170,20 @@ impl App {
 
     /// Handles one line (without terminator) from a client connection, received at `now`.
     pub fn handle_client_line(&mut self, line: &[u8], now: ClientTime) -> ClientOutcome {
+        let outcome = self.decide_client_line(line, now);
+        let counts = &mut self.commands;
+        match &outcome {
+            ClientOutcome::Silent | ClientOutcome::PeerAccepted { .. } => {}
+            ClientOutcome::Stored { .. } => counts.iamat += 1,
+            ClientOutcome::Lookup { .. } => counts.whatsat += 1,
+            ClientOutcome::Reply(reply) if reply.starts_with(b"? ") => counts.invalid += 1,
+            // The AT line of a stale IAMAT (the only other ready reply).
+            ClientOutcome::Reply(_) => counts.iamat += 1,
+        }
+        outcome
+    }
+
+    fn decide_client_line(&mut self, line: &[u8], now: ClientTime) -> ClientOutcome {
         if peer_wire::is_hello(line) {
             return self.handle_hello(line, now);
         }
@@ -498,5 +534,31 @@ mod tests {
             PeerOutcome::FromTheFuture
         );
         assert!(app.clients().is_empty());
+    }
+
+    #[test]
+    fn commands_are_counted_by_what_they_came_to() {
+        let mut a = app("Campbell");
+        let now = at(1_621_464_828, 0);
+        for line in [
+            &b"IAMAT kiwi +34.068930-118.445127 1621464827.959498503"[..],
+            b"IAMAT kiwi +34.068930-118.445127 1621464000", // stale: still an AT line
+            b"WHATSAT kiwi 10 5",
+            b"WHATSAT nobody 10 5", // unknown client: `? `
+            b"IAMAT kiwi +34.068930-118.445127 9999999999", // too far ahead: `? `
+            b"HELLO",
+            b"   ",
+        ] {
+            a.handle_client_line(line, now);
+        }
+        a.count_too_long();
+        assert_eq!(
+            a.commands(),
+            CommandCounts {
+                iamat: 2,
+                whatsat: 1,
+                invalid: 4
+            }
+        );
     }
 }

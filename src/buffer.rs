@@ -177,6 +177,8 @@ pub struct OutBuffer {
     bytes: Vec<u8>,
     /// How much of `bytes` the socket has already taken.
     sent: usize,
+    /// Lines queued since [`take_lines`](OutBuffer::take_lines) (counted by `wire`).
+    lines: u64,
 }
 
 impl OutBuffer {
@@ -187,6 +189,16 @@ impl OutBuffer {
     /// Bytes still to be written.
     pub fn len(&self) -> usize {
         self.bytes.len() - self.sent
+    }
+
+    /// Counts `n` lines queued (the metrics' `herd_lines_sent_total`).
+    pub fn count_lines(&mut self, n: u64) {
+        self.lines += n;
+    }
+
+    /// Lines queued since the last call.
+    pub fn take_lines(&mut self) -> u64 {
+        std::mem::take(&mut self.lines)
     }
 
     pub fn push(&mut self, data: &[u8]) {

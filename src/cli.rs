@@ -14,10 +14,13 @@ usage:
   herd NAME CONFIG        serve as the server NAME of CONFIG (e.g. herd Campbell herd.conf)
   herd --all CONFIG       start every server of CONFIG, each as its own process;
                           Ctrl-C or SIGTERM stops them all
+  herd status CONFIG      one table of every server of CONFIG, read from their metrics
+                          addresses; exit status 0 when every server and link is up
   herd --help | --version
 
 options:
   --log-level LEVEL       off, error, warn, info, debug or trace (overrides 'log level')
+  --watch                 with status: redraw the table every second until Ctrl-C
 ";
 
 #[derive(Debug, PartialEq)]
@@ -30,6 +33,10 @@ pub enum Invocation {
     All {
         config: PathBuf,
         log_level: Option<LevelFilter>,
+    },
+    Status {
+        config: PathBuf,
+        watch: bool,
     },
     Help,
     Version,
@@ -44,6 +51,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
     if args.contains(["-V", "--version"]) {
         return Ok(Invocation::Version);
     }
+    let watch = args.contains("--watch");
     let log_level = args
         .opt_value_from_fn("--log-level", parse_level)
         .map_err(|e| e.to_string())?;
@@ -58,7 +66,17 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
     if let Some(flag) = rest.iter().find(|a| a.starts_with('-')) {
         return Err(format!("unknown option '{flag}' (see herd --help)"));
     }
+    if watch && !matches!(rest.first().map(String::as_str), Some("status")) {
+        return Err("--watch goes with 'herd status CONFIG' (see herd --help)".into());
+    }
     match (all, rest.as_slice()) {
+        (None, [command, config]) if command == "status" => Ok(Invocation::Status {
+            config: PathBuf::from(config),
+            watch,
+        }),
+        (None, [command, ..]) if command == "status" => {
+            Err("expected 'herd status CONFIG [--watch]' (see herd --help)".into())
+        }
         (Some(config), []) => Ok(Invocation::All { config, log_level }),
         (Some(_), _) => Err("--all takes only a config file (see herd --help)".into()),
         (None, [name, config]) => Ok(Invocation::Serve {
@@ -101,6 +119,27 @@ mod tests {
                 log_level: Some(LevelFilter::Debug)
             })
         );
+    }
+
+    #[test]
+    fn status_with_and_without_watch() {
+        assert_eq!(
+            parse(&["status", "herd.conf"]),
+            Ok(Invocation::Status {
+                config: "herd.conf".into(),
+                watch: false
+            })
+        );
+        assert_eq!(
+            parse(&["status", "--watch", "herd.conf"]),
+            Ok(Invocation::Status {
+                config: "herd.conf".into(),
+                watch: true
+            })
+        );
+        assert!(parse(&["status"]).is_err());
+        assert!(parse(&["status", "a", "b"]).is_err());
+        assert!(parse(&["--watch", "Campbell", "herd.conf"]).is_err());
     }
 
     #[test]

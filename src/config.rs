@@ -161,6 +161,13 @@ pub struct Limits {
     /// How far ahead of the server's clock a client time may be; a later one is invalid, since
     /// it would shadow every real update of its client for as long as that lasts.
     pub max_future_secs: u64,
+    /// Open connections of the metrics listener; more are answered 503 and closed.
+    pub metrics_connections: usize,
+    /// Longest HTTP request head the metrics listener reads; a longer one is answered 431.
+    pub metrics_request_bytes: usize,
+    /// How long a metrics connection may take from accept to the end of its response, so a
+    /// slow or stuck scraper cannot hold one of its few slots.
+    pub metrics_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -175,6 +182,9 @@ impl Default for Limits {
             stall_limit: Duration::from_secs(30),
             max_connections: 16384,
             max_future_secs: 86_400,
+            metrics_connections: 16,
+            metrics_request_bytes: 8192,
+            metrics_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -241,9 +251,18 @@ pub struct ServerEntry {
     pub addr: SocketAddr,
 }
 
+/// `metrics NAME IP:PORT`: server NAME serves its metrics over HTTP on this address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsEntry {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     pub servers: Vec<ServerEntry>,
+    /// At most one per server, for the servers that serve metrics.
+    pub metrics: Vec<MetricsEntry>,
     /// Each link once, as written.
     pub links: Vec<(String, String)>,
     pub places: PlacesSettings,
@@ -256,6 +275,11 @@ pub struct Config {
 impl Config {
     pub fn server(&self, name: &str) -> Option<&ServerEntry> {
         self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// The address `name` serves its metrics on, if it has a `metrics` line.
+    pub fn metrics_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.metrics.iter().find(|m| m.name == name).map(|m| m.addr)
     }
 
     /// The neighbours of `name`, in config order.
@@ -363,6 +387,12 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
                     other.name
                 ));
             }
+            if let Some(other) = config.metrics.iter().find(|m| m.addr == addr) {
+                return Err(format!(
+                    "address {addr} is already the metrics address of server '{}'",
+                    other.name
+                ));
+            }
             config.servers.push(ServerEntry {
                 name: name.to_string(),
                 addr,
@@ -390,6 +420,8 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
             config.links.push((a.to_string(), b.to_string()));
         }
         ["link", ..] => return Err("expected 'link SERVER SERVER'".into()),
+        ["metrics", name, addr] => apply_metrics(config, name, addr)?,
+        ["metrics", ..] => return Err("expected 'metrics SERVER IP:PORT'".into()),
         ["places", setting, value] => apply_places(&mut config.places, setting, value)?,
         ["places", ..] => return Err("expected 'places SETTING VALUE'".into()),
         ["log", setting, value] => apply_log(&mut config.log, setting, value)?,
@@ -403,6 +435,39 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
         [directive, ..] => return Err(format!("unknown directive '{directive}'")),
         [] => {}
     }
+    Ok(())
+}
+
+/// `metrics NAME IP:PORT`: NAME must be a server defined above, with one metrics line at
+/// most, on an address no server listens on and no other server serves metrics on.
+fn apply_metrics(config: &mut Config, name: &str, addr: &str) -> Result<(), String> {
+    if config.server(name).is_none() {
+        return Err(format!(
+            "metrics names unknown server '{name}' (servers must be defined before metrics)"
+        ));
+    }
+    if config.metrics_addr(name).is_some() {
+        return Err(format!("metrics for server '{name}' is already defined"));
+    }
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("bad address '{addr}' for metrics of '{name}' (want IP:PORT)"))?;
+    if let Some(server) = config.servers.iter().find(|s| s.addr == addr) {
+        return Err(format!(
+            "metrics address {addr} is the listen address of server '{}'",
+            server.name
+        ));
+    }
+    if let Some(other) = config.metrics.iter().find(|m| m.addr == addr) {
+        return Err(format!(
+            "metrics address {addr} is already used by server '{}'",
+            other.name
+        ));
+    }
+    config.metrics.push(MetricsEntry {
+        name: name.to_string(),
+        addr,
+    });
     Ok(())
 }
 
@@ -499,6 +564,13 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
         "future-seconds" => {
             limits.max_future_secs = number_in(setting, value, 0, 100 * 365 * 86_400)? as u64
         }
+        "metrics-connections" => {
+            limits.metrics_connections = number_in(setting, value, 1, 1024)?;
+        }
+        "metrics-request-bytes" => {
+            limits.metrics_request_bytes = number_in(setting, value, 256, 1 << 20)?;
+        }
+        "metrics-timeout-ms" => limits.metrics_timeout = millis(setting, value)?,
         _ => return Err(format!("unknown limit '{setting}'")),
     }
     Ok(())
@@ -743,6 +815,72 @@ log lines on
         for (text, policy) in [("no", FsyncPolicy::No), ("everysec", FsyncPolicy::EverySec)] {
             let config = with_server(&format!("store fsync {text}")).unwrap();
             assert_eq!(config.store.fsync, policy);
+        }
+    }
+
+    #[test]
+    fn metrics_lines_give_each_server_its_own_address() {
+        let config = parse_config(
+            "server A 127.0.0.1:1\nserver B 127.0.0.1:2\nmetrics A 127.0.0.1:9100\n\
+             metrics B 0.0.0.0:9101\nlimit metrics-connections 4\n\
+             limit metrics-request-bytes 1024\nlimit metrics-timeout-ms 250\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.metrics_addr("A"),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(
+            config.metrics_addr("B"),
+            Some("0.0.0.0:9101".parse().unwrap())
+        );
+        assert_eq!(config.limits.metrics_connections, 4);
+        assert_eq!(config.limits.metrics_request_bytes, 1024);
+        assert_eq!(config.limits.metrics_timeout, Duration::from_millis(250));
+        let config = with_server("").unwrap();
+        assert_eq!(config.metrics_addr("A"), None);
+        assert_eq!(config.limits.metrics_connections, 16);
+    }
+
+    #[test]
+    fn metrics_lines_that_cannot_work_are_errors() {
+        let cases = [
+            ("metrics A", "expected 'metrics SERVER IP:PORT'"),
+            (
+                "metrics Nobody 127.0.0.1:9",
+                "metrics names unknown server 'Nobody'",
+            ),
+            (
+                "metrics A localhost:9",
+                "bad address 'localhost:9' for metrics of 'A'",
+            ),
+            (
+                "metrics A 127.0.0.1:1",
+                "metrics address 127.0.0.1:1 is the listen address of server 'A'",
+            ),
+            (
+                "metrics A 127.0.0.1:9\nmetrics A 127.0.0.1:8",
+                "metrics for server 'A' is already defined",
+            ),
+            (
+                "server B 127.0.0.1:2\nmetrics A 127.0.0.1:9\nmetrics B 127.0.0.1:9",
+                "metrics address 127.0.0.1:9 is already used by server 'A'",
+            ),
+            (
+                "metrics A 127.0.0.1:9\nserver B 127.0.0.1:9",
+                "address 127.0.0.1:9 is already the metrics address of server 'A'",
+            ),
+            ("limit metrics-connections 0", "metrics-connections must be"),
+            (
+                "limit metrics-request-bytes 10",
+                "metrics-request-bytes must be",
+            ),
+            ("limit metrics-timeout-ms 0", "metrics-timeout-ms must be"),
+        ];
+        for (extra, problem) in cases {
+            let e = with_server(extra).expect_err(extra);
+            assert_eq!(e.line, 1 + extra.lines().count(), "{extra}: {e}");
+            assert!(e.problem.starts_with(problem), "{extra}: {e}");
         }
     }
 

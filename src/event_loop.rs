@@ -25,6 +25,7 @@ use crate::conn::{ConnState, Connection};
 use crate::journal::Journal;
 use crate::link::{Backlog, Link, LinkTiming};
 use crate::logging;
+use crate::metrics::Counters;
 use crate::net::{self, ReadOutcome, Socket};
 use crate::places::{reply_with, Begun, LookupDone, LookupJob, Lookups, PlacesPool, Waiter};
 use crate::protocol::ClientTime;
@@ -32,7 +33,10 @@ use crate::secret::Secret;
 use crate::session::{self, Effect};
 
 mod links;
+mod metrics;
 mod reload;
+
+use metrics::{MetricsServer, METRICS_LISTENER};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -142,6 +146,8 @@ pub struct ServerSetup {
     pub config_path: std::path::PathBuf,
     /// The most connections the open-file limit leaves room for (a reload clamps to it too).
     pub connections_fit: usize,
+    /// The metrics listener (`metrics NAME IP:PORT`), bound already.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Whether a framed line is a hello (a neighbour introducing itself).
@@ -228,6 +234,10 @@ pub struct EventLoop {
     waker: Arc<Waker>,
     /// Places pools a reload replaced, kept until their calls in flight have answered.
     retired_pools: Vec<PlacesPool>,
+    /// What the loop counts itself for the metrics page (traffic, connections).
+    counters: Counters,
+    /// The metrics listener and its connections, when the config gives one.
+    metrics: Option<MetricsServer>,
 }
 
 impl EventLoop {
@@ -272,6 +282,15 @@ impl EventLoop {
             setup.peer_secret,
             config.limits.max_future_secs,
         );
+        let metrics = match setup.metrics {
+            Some(listener) => Some(MetricsServer::new(
+                listener,
+                poll.registry(),
+                &setup.name,
+                &config.limits,
+            )?),
+            None => None,
+        };
         let journal = setup.store.map(|opened| {
             app.restore(opened.clients);
             opened.journal
@@ -314,6 +333,8 @@ impl EventLoop {
             connections_fit: setup.connections_fit,
             waker,
             retired_pools: Vec::new(),
+            counters: Counters::default(),
+            metrics,
         })
     }
 
@@ -328,6 +349,7 @@ impl EventLoop {
                 .iter()
                 .filter_map(Link::deadline)
                 .chain(self.accept_retry_at)
+                .chain(self.metrics.as_ref().and_then(MetricsServer::deadline))
                 .fold(next_flush, Instant::min);
             let holding = self.holding_back_clients(now);
             self.hold_backs.observe(holding, now);
@@ -352,6 +374,7 @@ impl EventLoop {
                     WAKER => self.finish_lookups(),
                     SIGNALS => self.stopping = true,
                     HANGUPS => self.on_hangup(),
+                    Token(t) if t >= METRICS_LISTENER.0 => self.on_metrics_event(Token(t), event),
                     Token(t) if t >= FIRST_LINK && t < self.first_conn => {
                         self.on_link_event(t - FIRST_LINK, event);
                     }
@@ -375,6 +398,7 @@ impl EventLoop {
             }
             self.serve_more_input();
             self.tick_links();
+            self.expire_metrics(Instant::now());
             // Floods are handed to the links before the replies that acknowledge them go out,
             // so a client never holds an AT reply for an update its server's links have not
             // taken; one write per link and per client per turn either way.
@@ -464,6 +488,7 @@ impl EventLoop {
                     "limit connections: {} open, refusing {remote}",
                     self.conns.len()
                 );
+                self.counters.connections_rejected += 1;
                 continue; // dropping the stream closes it
             }
             let probation_until = (self.conns.len() >= self.limits.max_connections)
@@ -480,6 +505,7 @@ impl EventLoop {
             }
             let id = self.next_conn_id;
             self.next_conn_id += 1;
+            self.counters.connections_accepted += 1;
             info!("accept conn={id} from {remote}");
             // The address is in the `accept` record; later records name the connection by id.
             entry.insert(Accepted {
@@ -540,6 +566,7 @@ impl EventLoop {
                 app,
                 effects,
                 scratch,
+                counters,
                 ..
             } = self;
             let Some(entry) = conns.get_mut(key) else {
@@ -555,7 +582,9 @@ impl EventLoop {
             } = entry;
             // Lines are handled until the connection has as much outstanding as it may; the
             // rest waits in the reader, and is handled first when the connection goes on.
+            let lines_received = &mut counters.lines_received;
             let mut handle = |line: Line<'_>| {
+                *lines_received += 1;
                 if probation_until.is_some() && conn.peer.is_none() && !is_hello(&line) {
                     warn!(
                         "limit connections: conn={} is past the limit and not a neighbour, \
@@ -597,6 +626,7 @@ impl EventLoop {
                 };
                 match net::read_some(stream, &mut scratch[..chunk]) {
                     ReadOutcome::Data(n) => {
+                        counters.bytes_received += n as u64;
                         reader.feed_until(&scratch[..n], &mut handle);
                         budget = budget.saturating_sub(n);
                         stop = n < chunk && !until_would_block && !reader.has_held();
@@ -756,7 +786,10 @@ impl EventLoop {
             self.marked_closed.push(key);
             return;
         }
-        match net::write_pending(&mut entry.stream, &mut conn.out) {
+        let written = net::write_pending(&mut entry.stream, &mut conn.out);
+        self.counters.lines_sent += conn.out.take_lines();
+        self.counters.bytes_sent += *written.as_ref().unwrap_or(&0) as u64;
+        match written {
             Ok(took) if took > 0 || conn.out.is_empty() => entry.last_progress = Instant::now(),
             Ok(_) => {}
             Err(e) => {

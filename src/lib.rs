@@ -11,7 +11,10 @@
 //! by (and the only caller of the traffic log); Places calls run on the worker threads of
 //! `places::pool`, whose results wake the loop through a `mio::Waker`. `journal` keeps the
 //! records on disk when a `store dir` is set: the loop hands it every record stored and has
-//! it write them before any socket write of the turn.
+//! it write them before any socket write of the turn. `metrics` writes the Prometheus page
+//! (and parses the HTTP requests for it) from counters kept where things happen; the loop
+//! serves it on the `metrics` address (`event_loop::metrics`). `status` is `herd status`, a
+//! command-line reader of those pages, not part of the server.
 
 pub mod app;
 pub mod backoff;
@@ -23,6 +26,7 @@ pub mod event_loop;
 pub mod journal;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod owed;
 pub mod peer_secret;
@@ -33,6 +37,7 @@ pub mod reload;
 pub mod secret;
 pub mod session;
 pub mod signals;
+pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod wire;

@@ -97,6 +97,21 @@ pub enum Backlog {
     Stalled,
 }
 
+/// What a link has been through, for the metrics (`herd_link_*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkHistory {
+    /// Times the link went down after it was up.
+    pub flaps: u64,
+    /// Times it came up, each with a resync of the whole table.
+    pub resyncs: u64,
+    /// When it last came up, while it is up.
+    pub up_since: Option<Instant>,
+    /// When the neighbour last sent anything on it (its welcome, a pong).
+    pub last_heard: Option<Instant>,
+    /// Lines the neighbour sent on it.
+    pub lines_received: u64,
+}
+
 pub struct Link<S> {
     /// This link's index among the server's neighbours (config order).
     pub id: LinkId,
@@ -107,6 +122,7 @@ pub struct Link<S> {
     out: OutBuffer,
     backoff: Backoff,
     timing: LinkTiming,
+    history: LinkHistory,
 }
 
 impl<S> Link<S> {
@@ -128,11 +144,41 @@ impl<S> Link<S> {
             out: OutBuffer::default(),
             backoff,
             timing,
+            history: LinkHistory::default(),
         }
     }
 
     pub fn state(&self) -> &LinkState<S> {
         &self.state
+    }
+
+    /// The state's name, as the metrics label it.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            LinkState::Waiting { .. } => "waiting",
+            LinkState::Connecting { .. } => "connecting",
+            LinkState::Greeting { .. } => "greeting",
+            LinkState::Up { .. } => "up",
+            LinkState::Removed => "removed",
+        }
+    }
+
+    pub fn history(&self) -> &LinkHistory {
+        &self.history
+    }
+
+    /// Records the link still owes while it is up: the rest of a resync and every live
+    /// update (records from the neighbour itself count until they are skipped); 0 when down.
+    pub fn records_owed(&self, table: &ClientTable) -> usize {
+        match &self.state {
+            LinkState::Up { owed, .. } => owed.count(table),
+            _ => 0,
+        }
+    }
+
+    /// Lines queued on the link since the last call (for `herd_lines_sent_total`).
+    pub fn take_lines_sent(&mut self) -> u64 {
+        self.out.take_lines()
     }
 
     /// Whether bytes wait for the socket.
@@ -267,7 +313,10 @@ impl<S> Link<S> {
         let mut welcome: Option<Result<(), String>> = None;
         let greeting = matches!(self.state, LinkState::Greeting { .. });
         let party = Party::Link(&self.name);
+        let lines = &mut self.history.lines_received;
+        self.history.last_heard = Some(now);
         self.reader.feed(bytes, |line| {
+            *lines += 1;
             let line = match line {
                 Line::Complete(line) | Line::TooLong(line) => line,
             };
@@ -301,6 +350,8 @@ impl<S> Link<S> {
                 unreachable!("matched above");
             };
             self.backoff.reset();
+            self.history.resyncs += 1;
+            self.history.up_since = Some(now);
             self.state = LinkState::Up {
                 socket,
                 owed: Owed::resync(self.id, table),
@@ -397,6 +448,10 @@ impl<S> Link<S> {
             self.state,
             LinkState::Greeting { .. } | LinkState::Up { .. }
         );
+        if let LinkState::Up { .. } = self.state {
+            self.history.flaps += 1;
+        }
+        self.history.up_since = None;
         let mut delay = self.backoff.next_delay(jitter);
         if was_connected && !refused {
             delay = delay.min(RECONNECT_CAP);
@@ -765,5 +820,62 @@ mod tests {
         assert_eq!(l.wanted_interest(), Interest::READABLE);
         l.on_timer(now + PING);
         assert_eq!(l.wanted_interest(), Interest::READABLE | Interest::WRITABLE);
+    }
+
+    #[test]
+    fn history_counts_flaps_and_resyncs_and_keeps_the_last_heard_time() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(3);
+        let table = ClientTable::new();
+        let mut l = link(start);
+        assert_eq!(l.state_name(), "waiting");
+        assert_eq!(l.history(), &LinkHistory::default());
+        // A connect that fails before the link is up is no flap.
+        l.connecting(FakeSocket(1), start);
+        assert_eq!(l.state_name(), "connecting");
+        l.down(start, 0.5, false);
+        assert_eq!(l.history().flaps, 0);
+        let mut l = link_up(&table, start);
+        assert_eq!(l.state_name(), "up");
+        assert_eq!(l.history().resyncs, 1);
+        assert_eq!(l.history().up_since, Some(start));
+        assert_eq!(l.history().lines_received, 1, "the welcome");
+        assert_eq!(
+            l.on_bytes(b"HERD-PONG\nHERD-PONG\n", &table, later),
+            Heard::Nothing
+        );
+        assert_eq!(l.history().last_heard, Some(later));
+        assert_eq!(l.history().lines_received, 3);
+        l.down(later, 0.5, false);
+        assert_eq!((l.history().flaps, l.history().up_since), (1, None));
+        assert_eq!(l.history().last_heard, Some(later), "kept while down");
+        l.connecting(FakeSocket(2), later);
+        l.connected(b"HERD-HELLO Campbell", later);
+        assert_eq!(l.state_name(), "greeting");
+        l.on_bytes(b"HERD-WELCOME Bona\n", &table, later);
+        assert_eq!(
+            (l.history().resyncs, l.history().up_since),
+            (2, Some(later))
+        );
+    }
+
+    #[test]
+    fn records_owed_count_the_resync_and_the_live_updates() {
+        let now = Instant::now();
+        let mut table = ClientTable::new();
+        store(&mut table, "a", 1, Source::Client);
+        store(&mut table, "b", 1, Source::Client);
+        let mut down = link(now);
+        assert_eq!(down.records_owed(&table), 0, "a down link owes nothing yet");
+        down.take_lines_sent();
+        let mut l = link_up(&table, now);
+        assert_eq!(l.records_owed(&table), 2, "the resync");
+        l.fill(&table);
+        assert_eq!(l.records_owed(&table), 0);
+        assert_eq!(l.take_lines_sent(), 2, "two AT lines queued");
+        let record = store(&mut table, "a", 2, Source::Client);
+        l.owe(record, &table);
+        store(&mut table, "c", 1, Source::Client);
+        assert_eq!(l.records_owed(&table), 2, "one update and one new client");
     }
 }

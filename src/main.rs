@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             println!("herd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Invocation::Status { config, watch } => match load_config(&config) {
+            Ok(parsed) => ExitCode::from(herd::status::run(&parsed, watch)),
+            Err(problem) => fail(BAD_INPUT, &problem),
+        },
         Invocation::All { config, log_level } => match load_config(&config) {
             Ok(parsed) => ExitCode::from(supervisor::run_all(&config, &parsed, log_level) as u8),
             Err(problem) => fail(BAD_INPUT, &problem),
@@ -85,8 +89,9 @@ fn main() -> ExitCode {
 const FIXED_DESCRIPTORS: u64 = 16;
 
 /// Raises the open-file limit as far as allowed and clamps `limit connections` to what fits
-/// (each link also holds one outbound and one accepted descriptor), logged when it bites.
-/// Returns the most connections that fit, for a reload to clamp to as well.
+/// (each link also holds one outbound and one accepted descriptor, and the metrics listener
+/// one plus its connections), logged when it bites. Returns the most connections that fit,
+/// for a reload to clamp to as well.
 fn fit_connections_to_open_files(name: &str, config: &mut Config) -> usize {
     let open_files = match net::raise_open_file_limit() {
         Ok(limit) => limit,
@@ -96,8 +101,12 @@ fn fit_connections_to_open_files(name: &str, config: &mut Config) -> usize {
         }
     };
     let links = config.neighbours(name).len() as u64;
+    let metrics = match config.metrics_addr(name) {
+        Some(_) => 1 + config.limits.metrics_connections as u64,
+        None => 0,
+    };
     let fits = open_files
-        .saturating_sub(FIXED_DESCRIPTORS + 4 * links)
+        .saturating_sub(FIXED_DESCRIPTORS + 4 * links + metrics)
         .max(1);
     let limit = &mut config.limits.max_connections;
     if (*limit as u64) > fits {
@@ -163,6 +172,14 @@ fn serve(
         error!("{line}");
         line
     })?;
+    let metrics = match config.metrics_addr(name) {
+        Some(addr) => Some(net::listen(addr).map_err(|e| {
+            let line = format!("cannot listen for metrics on {addr}: {e}");
+            error!("{line}");
+            line
+        })?),
+        None => None,
+    };
     let connections_fit = fit_connections_to_open_files(name, &mut config);
     let signal_error = |e: std::io::Error| format!("cannot handle signals: {e}");
     let stop_signals = signals::pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
@@ -202,6 +219,7 @@ fn serve(
         store,
         config_path: config_path.to_path_buf(),
         connections_fit,
+        metrics,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
     let result = event_loop

@@ -116,6 +116,12 @@ impl Owed {
         self.dirty.is_empty() && self.next >= table.len()
     }
 
+    /// Everything still owed: queued updates and every record past the cursor, the rest of a
+    /// resync included (records from the neighbour are counted until they are skipped).
+    pub fn count(&self, table: &ClientTable) -> usize {
+        self.dirty.len() + table.len().saturating_sub(self.next)
+    }
+
     /// Live updates owed: queued ones and new clients past the cursor, not counting what a
     /// running resync still has to send (a resync is as large as the table, and stopping
     /// clients for it would stall the server every time a neighbour comes back).

@@ -3,9 +3,10 @@
 //! the loop carries out. Pure.
 //!
 //! Changed at run time: the links (added, removed, a neighbour's address), the other servers
-//! of the herd, Places settings, limits, peer timing, `log level` and `log lines`. Not: the
-//! server's own name and listen address (the socket is bound), the store, the peer secret and
-//! `log dir` — a change to one of those is refused, and the server keeps its old config.
+//! of the herd, Places settings, limits, peer timing, `log level`, `log lines` and rotation.
+//! Not: the server's own name, listen address and metrics address (the sockets are bound),
+//! the store, the peer secret and `log dir` — a change to one of those is refused, and the
+//! server keeps its old config.
 
 use crate::config::{Config, ServerEntry};
 
@@ -117,6 +118,12 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
         return Err(at(
             &["peer"],
             "the peer secret cannot change at run time; restart the herd".to_string(),
+        ));
+    }
+    if new.metrics_addr(name) != running.metrics_addr(name) {
+        return Err(at(
+            &["metrics", name],
+            format!("the metrics address of {name} cannot change at run time; restart it"),
         ));
     }
     if new.log.dir != running.log.dir {
@@ -266,6 +273,11 @@ mod tests {
         assert!(e.starts_with("5: the peer secret cannot change"), "{e}");
         let e = plan_for(&format!("{BASE}log dir /tmp\n")).unwrap_err();
         assert!(e.starts_with("5: log dir cannot change"), "{e}");
+        let e = plan_for(&format!("{BASE}metrics A 127.0.0.1:9100\n")).unwrap_err();
+        assert!(
+            e.starts_with("5: the metrics address of A cannot change"),
+            "{e}"
+        );
         let gone = "server B 127.0.0.1:2\n";
         let e = plan_for(gone).unwrap_err();
         assert!(e.contains("server A is no longer in the config"), "{e}");

@@ -47,6 +47,7 @@ pub fn handle_line(
         Line::Complete(line) => line,
         Line::TooLong(cut) => {
             conn.received(cut);
+            app.count_too_long();
             warn!(
                 "limit line-bytes conn={}: line of more than {} bytes",
                 conn.id,

@@ -26,16 +26,20 @@ pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
     log_line(Direction::Send, party, line);
     out.push(line);
     out.push(b"\n");
+    out.count_lines(1);
 }
 
 /// Queues a reply of several lines (a WHATSAT reply: the AT line, the JSON, an empty line),
 /// given without its final terminator; every line of it is logged.
 pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
+    let mut count = 0;
     for line in lines.split(|&b| b == b'\n') {
         log_line(Direction::Send, party, line);
+        count += 1;
     }
     out.push(lines);
     out.push(b"\n");
+    out.count_lines(count);
 }
 
 /// Logs a line that came in (without its terminator).
@@ -124,5 +128,7 @@ mod tests {
         send_line(&mut out, PARTY, b"AT Campbell +0.1 kiwi +1+1 1");
         send_lines(&mut out, PARTY, b"AT x\n{}\n");
         assert_eq!(out.pending(), b"AT Campbell +0.1 kiwi +1+1 1\nAT x\n{}\n\n");
+        assert_eq!(out.take_lines(), 4, "as many lines as terminators");
+        assert_eq!(out.take_lines(), 0);
     }
 }

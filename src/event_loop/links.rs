@@ -94,6 +94,7 @@ impl EventLoop {
             };
             match net::read_some(&mut socket.stream, &mut self.scratch) {
                 ReadOutcome::Data(n) => {
+                    self.counters.bytes_received += n as u64;
                     let now = Instant::now();
                     match link.on_bytes(&self.scratch[..n], self.app.clients(), now) {
                         Heard::Nothing => {}
@@ -115,10 +116,13 @@ impl EventLoop {
         let Some((socket, out)) = link.io() else {
             return;
         };
-        let took = match net::write_pending(&mut socket.stream, out) {
+        let written = net::write_pending(&mut socket.stream, out);
+        self.counters.lines_sent += out.take_lines();
+        let took = match written {
             Ok(took) => took,
             Err(e) => return self.link_down(index, &format!("write: {e}")),
         };
+        self.counters.bytes_sent += took as u64;
         link.wrote(took > 0, Instant::now());
         let wanted = link.wanted_interest();
         let Some((socket, _)) = link.io() else {

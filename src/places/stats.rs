@@ -7,8 +7,9 @@ use std::time::Duration;
 use super::response::OutcomeKind;
 
 /// Upper bounds (inclusive) of the latency histogram's buckets, in milliseconds, chosen around
-/// Places' real latency (100-300 ms) and the default timeout (5 s).
-pub const LATENCY_BUCKETS_MS: [u64; 11] = [5, 10, 25, 50, 100, 200, 300, 500, 1000, 2500, 5000];
+/// Places' real latency (100-300 ms), the default timeout (5 s) and twice that.
+pub const LATENCY_BUCKETS_MS: [u64; 12] =
+    [5, 10, 25, 50, 100, 200, 300, 500, 1000, 2500, 5000, 10_000];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlacesStats {
@@ -47,10 +48,10 @@ impl PlacesStats {
             OutcomeKind::Transport => self.transport_errors += 1,
             OutcomeKind::Refused => return, // never sent: no latency either
         }
-        let ms = elapsed.as_millis();
+        // Compared as durations: 5.4 ms is over the 5 ms bound (whole milliseconds would not say).
         let bucket = LATENCY_BUCKETS_MS
             .iter()
-            .position(|&bound| ms <= u128::from(bound))
+            .position(|&bound| elapsed <= Duration::from_millis(bound))
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         self.latency_buckets[bucket] += 1;
         self.latency_sum += elapsed;
@@ -71,13 +72,15 @@ mod tests {
         let mut stats = PlacesStats::default();
         stats.finished(OutcomeKind::Ok, Duration::from_millis(150));
         stats.finished(OutcomeKind::Ok, Duration::from_millis(200));
-        stats.finished(OutcomeKind::Timeout, Duration::from_secs(9));
+        stats.finished(OutcomeKind::Timeout, Duration::from_secs(11));
+        stats.finished(OutcomeKind::Ok, Duration::from_micros(5_400));
         stats.finished(OutcomeKind::Refused, Duration::ZERO);
-        assert_eq!((stats.ok, stats.timeouts), (2, 1));
-        assert_eq!(stats.calls_finished(), 3);
+        assert_eq!((stats.ok, stats.timeouts), (3, 1));
+        assert_eq!(stats.calls_finished(), 4);
         let bucket = |ms| LATENCY_BUCKETS_MS.iter().position(|&b| b == ms).unwrap();
         assert_eq!(stats.latency_buckets[bucket(200)], 2);
+        assert_eq!(stats.latency_buckets[bucket(10)], 1, "5.4 ms is over 5 ms");
         assert_eq!(stats.latency_buckets[LATENCY_BUCKETS_MS.len()], 1);
-        assert_eq!(stats.latency_sum, Duration::from_millis(9350));
+        assert_eq!(stats.latency_sum, Duration::from_micros(11_355_400));
     }
 }

@@ -8,6 +8,7 @@
 //! - [`cluster`]: a test herd of several servers and waits on what they know and log;
 //! - [`client`]: a line-oriented client and the client times IAMAT sends;
 //! - [`checks`]: checks of replies (AT lines, WHATSAT framing, Places JSON);
+//! - [`metrics`]: `metrics` lines on free ports, HTTP requests to them, samples of a page;
 //! - [`raw_peer`]: a raw connection that plays a neighbour by hand;
 //! - [`run`]: `herd` runs expected to exit by themselves;
 //! - [`fake_places`]: a fake Google Places HTTP server (the bench uses it too).
@@ -17,6 +18,7 @@ pub mod client;
 pub mod cluster;
 pub mod fake_places;
 pub mod harness;
+pub mod metrics;
 pub mod raw_peer;
 pub mod run;
 pub mod server;
