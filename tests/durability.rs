@@ -16,12 +16,12 @@ use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use herd_test_support::tmpfs::Tmpfs;
 use herd_test_support::{
     client::{now, parse_nanos, Client},
     cluster::Herd,
@@ -1040,61 +1040,14 @@ fn kill_9_at_any_point_of_a_compaction_loses_nothing() {
     );
 }
 
-/// Unmounts a tmpfs on drop (after the server that used it is gone).
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`64k`) at `path`; None if this machine does not let us.
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(path).ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .ok()?;
-        status.success().then(|| Tmpfs {
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.path)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "remount {} to {size}",
-            self.path.display()
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
-
 /// Item 7: a store on a tiny tmpfs fills up: the server says `cannot append` once and goes on
 /// answering IAMAT and WHATSAT from memory; once the disk has room it says `writing again`
 /// and rewrites the store from memory, so after a kill -9 every acknowledged record is back,
 /// those taken while the disk was full included.
 #[test]
 fn a_full_disk_never_stops_serving_and_what_it_missed_is_written_back() {
-    let parent = TempDir::new("durability-full").expect("a temp dir");
-    let Some(tmpfs) = Tmpfs::mount(&parent.path().join("tiny"), "64k") else {
-        println!("SKIP a_full_disk_never_stops_serving: cannot mount a tmpfs (needs root)");
-        return;
+    let Some(tmpfs) = Tmpfs::mount("64k") else {
+        return; // it said why
     };
     let mut herd = alone(&tmpfs.path, &["log lines off"]);
     herd.start(ALONE);

@@ -3,6 +3,7 @@
 //! never stopping a server or `herd --all`, keepalives logged only at debug, and a full disk
 //! that drops log records but never stops the server from answering.
 
+use herd_test_support::tmpfs::Tmpfs;
 use herd_test_support::{
     checks::check_framing,
     client::{time_from_now, Client},
@@ -15,7 +16,6 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -414,57 +414,6 @@ fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
         .set_read_timeout(Some(timeout))
         .expect("set_read_timeout");
     stream
-}
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop (also when the test
-/// panics). Declare it before the server, so the server is gone when it unmounts.
-struct Tmpfs {
-    path: PathBuf,
-    _parent: TempDir,
-}
-
-impl Tmpfs {
-    /// None (after saying why) when this machine does not let the test mount one.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let parent = TempDir::new("tmpfs").unwrap();
-        let path = parent.path().join("logs");
-        fs::create_dir(&path).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output();
-        match mounted {
-            Ok(out) if out.status.success() => Some(Tmpfs {
-                path,
-                _parent: parent,
-            }),
-            Ok(out) => {
-                eprintln!(
-                    "skipping: cannot mount a tmpfs at {} (root is needed): {}",
-                    path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("skipping: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (a process that outlived its test): detach it anyway.
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
 }
 
 /// Writes `path` until the file system is full; returns the bytes written.

@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod raw_peer;
 pub mod run;
 pub mod server;
+pub mod tmpfs;
