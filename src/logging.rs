@@ -537,9 +537,13 @@ impl LogFile {
     /// replaced), or deletes it with `keep 0`, and opens a new `NAME.log`.
     fn rotate(&mut self) -> io::Result<()> {
         let moves = rotation_moves(&self.path, self.rotation.keep);
-        if moves.is_empty() {
-            ignore_missing(fs::remove_file(&self.path))?;
-        }
+        // The file that falls off the end (NAME.log.K, or NAME.log itself with keep 0) goes
+        // first, and not here: freeing a 64 MiB file's blocks takes ext4 tens of milliseconds,
+        // which would stall the loop (and every thread that logs) in the middle of a turn.
+        let oldest = moves
+            .first()
+            .map_or(self.path.clone(), |(_, to)| to.clone());
+        discard_in_background(&oldest)?;
         for (from, to) in moves {
             ignore_missing(fs::rename(from, to))?;
         }
@@ -561,6 +565,33 @@ impl LogFile {
             }
         }
     }
+}
+
+/// Renames `path` aside (to a hidden `.NAME.log.K.discarded` beside it, which no log glob
+/// matches) and removes it on a thread of its own (inline if none can start).
+fn discard_in_background(path: &Path) -> io::Result<()> {
+    let Some(file_name) = path.file_name() else {
+        return Ok(());
+    };
+    let mut hidden = std::ffi::OsString::from(".");
+    hidden.push(file_name);
+    hidden.push(".discarded");
+    let aside = path.with_file_name(hidden);
+    match fs::rename(path, &aside) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    let remover = aside.clone();
+    let spawned = std::thread::Builder::new()
+        .name("log-discard".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = fs::remove_file(remover);
+        });
+    if spawned.is_err() {
+        ignore_missing(fs::remove_file(&aside))?;
+    }
+    Ok(())
 }
 
 /// A file that is not there is one less to move.
