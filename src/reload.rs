@@ -3,10 +3,10 @@
 //! the loop carries out. Pure.
 //!
 //! Changed at run time: the links (added, removed, a neighbour's address), the other servers
-//! of the herd, Places settings, limits, peer timing, `log level`, `log lines` and rotation.
-//! Not: the server's own name, listen address and metrics address (the sockets are bound),
-//! the store, the peer secret and `log dir` — a change to one of those is refused, and the
-//! server keeps its old config.
+//! of the herd, Places settings, limits, peer timing, `log level`, `log lines`, rotation and
+//! the server's metrics address. Not: the server's own name and listen address (the socket
+//! is bound, and its neighbours know it), the store, the peer secret and `log dir` — a change
+//! to one of those is refused, and the server keeps its old config.
 
 use crate::config::{Config, ServerEntry};
 
@@ -24,6 +24,8 @@ pub struct Plan {
     pub peer_timing_changed: bool,
     pub log_changed: bool,
     pub servers_changed: bool,
+    /// This server's `metrics` address changed (or appeared, or went).
+    pub metrics_changed: bool,
     /// The config to run from now on.
     pub config: Config,
 }
@@ -38,6 +40,7 @@ impl Plan {
             && !self.peer_timing_changed
             && !self.log_changed
             && !self.servers_changed
+            && !self.metrics_changed
     }
 
     /// One line saying what changed (for the log).
@@ -65,6 +68,7 @@ impl Plan {
             (self.limits_changed, "limits"),
             (self.peer_timing_changed, "peer timing"),
             (self.log_changed, "log"),
+            (self.metrics_changed, "metrics address"),
         ] {
             if changed {
                 parts.push(what.to_string());
@@ -120,12 +124,6 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
             "the peer secret cannot change at run time; restart the herd".to_string(),
         ));
     }
-    if new.metrics_addr(name) != running.metrics_addr(name) {
-        return Err(at(
-            &["metrics", name],
-            format!("the metrics address of {name} cannot change at run time; restart it"),
-        ));
-    }
     if new.log.dir != running.log.dir {
         return Err(at(
             &["log", "dir"],
@@ -178,6 +176,7 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
         peer_timing_changed,
         log_changed: new.log != running.log,
         servers_changed: new.servers != running.servers,
+        metrics_changed: new.metrics_addr(name) != running.metrics_addr(name),
         config: new,
     })
 }
@@ -258,6 +257,18 @@ mod tests {
     }
 
     #[test]
+    fn our_own_metrics_address_may_move() {
+        let plan = plan_for(&format!("{BASE}metrics A 127.0.0.1:9100\n")).unwrap();
+        assert!(plan.metrics_changed);
+        assert_eq!(plan.summary(), "metrics address");
+        let plan = plan_for(&format!("{BASE}metrics B 127.0.0.1:9100\n")).unwrap();
+        assert!(
+            !plan.metrics_changed,
+            "another server's address is not ours"
+        );
+    }
+
+    #[test]
     fn what_cannot_change_is_refused_with_its_line() {
         let moved = "server B 127.0.0.1:2\nserver A 127.0.0.1:7\nserver C 127.0.0.1:3\n\
                      link A B\n";
@@ -273,11 +284,6 @@ mod tests {
         assert!(e.starts_with("5: the peer secret cannot change"), "{e}");
         let e = plan_for(&format!("{BASE}log dir /tmp\n")).unwrap_err();
         assert!(e.starts_with("5: log dir cannot change"), "{e}");
-        let e = plan_for(&format!("{BASE}metrics A 127.0.0.1:9100\n")).unwrap_err();
-        assert!(
-            e.starts_with("5: the metrics address of A cannot change"),
-            "{e}"
-        );
         let gone = "server B 127.0.0.1:2\n";
         let e = plan_for(gone).unwrap_err();
         assert!(e.contains("server A is no longer in the config"), "{e}");

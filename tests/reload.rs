@@ -229,3 +229,26 @@ fn a_removed_link_is_closed_and_new_limits_apply() {
     let log = herd.wait_log("Alpha", "reload herd.conf: nothing changed", 1);
     assert_eq!(log.matches("link up Bravo").count(), ups_before, "{log}");
 }
+
+/// The metrics address can move on a reload: the page is served at the new address, and the
+/// old one stops answering; a new `limit metrics-connections` applies too.
+#[test]
+fn the_metrics_address_moves_on_a_reload() {
+    use herd_test_support::metrics::{sample, scrape};
+    let mut herd = Servers::new(&["Alpha"]);
+    let ports = free_ports(2).expect("ports");
+    let (first, second) = (ports[0], ports[1]);
+    herd.write_config(&["Alpha"], &[], &format!("metrics Alpha {first}"));
+    herd.start("Alpha");
+    assert!(
+        wait_until(WAIT, || scrape(first).is_ok()),
+        "no page at {first}"
+    );
+    herd.write_config(&["Alpha"], &[], &format!("metrics Alpha {second}"));
+    herd.hangup("Alpha");
+    herd.wait_log("Alpha", "reload herd.conf: metrics address", 1);
+    herd.wait_log("Alpha", &format!("metrics listen {second}"), 1);
+    let page = scrape(second).expect("the page at the new address");
+    assert!(sample(&page, "herd_clients_known", "").is_some(), "{page}");
+    assert!(scrape(first).is_err(), "the old address still answers");
+}

@@ -93,6 +93,29 @@ impl MetricsServer {
         })
     }
 
+    /// A reload moved the metrics address: the new listener takes new scrapers; connections
+    /// already accepted finish on the old one's terms.
+    pub(super) fn replace_listener(
+        &mut self,
+        mut listener: TcpListener,
+        registry: &mio::Registry,
+    ) -> std::io::Result<()> {
+        registry.register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
+        let mut old = std::mem::replace(&mut self.listener, listener);
+        let _ = registry.deregister(&mut old);
+        if let Ok(addr) = self.listener.local_addr() {
+            info!("metrics listen {addr}");
+        }
+        Ok(())
+    }
+
+    /// A reload changed the listener's limits (they apply to the next connections).
+    pub(super) fn set_limits(&mut self, limits: &Limits) {
+        self.max_conns = limits.metrics_connections;
+        self.max_request_bytes = limits.metrics_request_bytes;
+        self.timeout = limits.metrics_timeout;
+    }
+
     /// The earliest time a connection must be looked at.
     pub(super) fn deadline(&self) -> Option<Instant> {
         self.conns.iter().map(|(_, c)| c.deadline).min()

@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use log::{info, warn};
 
-use super::{EventLoop, MAX_LINKS};
+use super::{EventLoop, MetricsServer, MAX_LINKS};
 use crate::backoff::Backoff;
 use crate::config::{self, Config};
 use crate::conn::ConnState;
 use crate::link::{Link, LinkTiming};
 use crate::logging::{self, Escaped};
+use crate::net;
 use crate::places::PlacesPool;
 use crate::reload::{self, Plan};
 use crate::secret::Secret;
@@ -105,6 +106,14 @@ impl EventLoop {
         if plan.limits_changed {
             self.limits = new.limits.clone();
         }
+        if plan.limits_changed {
+            if let Some(metrics) = &mut self.metrics {
+                metrics.set_limits(&new.limits);
+            }
+        }
+        if plan.metrics_changed {
+            self.move_metrics(new.metrics_addr(&self.name));
+        }
         if plan.places_changed {
             self.replace_places(new);
         }
@@ -134,6 +143,31 @@ impl EventLoop {
             }
         }
         info!("link {name} removed");
+    }
+
+    /// Serves the metrics page at `addr` from now on (or no longer, for `None`).
+    fn move_metrics(&mut self, addr: Option<std::net::SocketAddr>) {
+        let Some(addr) = addr else {
+            if self.metrics.take().is_some() {
+                info!("metrics listener closed");
+            }
+            return;
+        };
+        let listener = match net::listen(addr) {
+            Ok(listener) => listener,
+            Err(e) => {
+                return warn!("reload: cannot listen for metrics on {addr}: {e}; keeping the old")
+            }
+        };
+        let registry = self.poll.registry();
+        let result = match &mut self.metrics {
+            Some(metrics) => metrics.replace_listener(listener, registry),
+            None => MetricsServer::new(listener, registry, &self.name, &self.limits)
+                .map(|server| self.metrics = Some(server)),
+        };
+        if let Err(e) = result {
+            warn!("reload: cannot serve metrics on {addr}: {e}");
+        }
     }
 
     /// New Places settings: a new pool of workers (and a fresh cache and rate limit); the old
