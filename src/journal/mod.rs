@@ -104,7 +104,7 @@ impl Journal {
     pub fn open(
         settings: &StoreSettings,
         name: &str,
-        known_server: impl Fn(&[u8]) -> bool,
+        known_server: impl Fn(&[u8]) -> bool + Sync,
     ) -> Result<Option<Opened>, String> {
         let Some(dir) = &settings.dir else {
             return Ok(None);
