@@ -257,12 +257,7 @@ impl EventLoop {
         let config = &setup.config;
         let now = Instant::now();
         let peer = &config.peer;
-        let timing = LinkTiming {
-            ping_interval: peer.ping_interval,
-            silence_limit: peer.silence_limit(),
-            max_owed: peer.max_owed,
-            stall_limit: peer.stall_limit,
-        };
+        let timing = LinkTiming::of(peer);
         let links: Vec<Link<Socket>> = config
             .neighbours(&setup.name)
             .into_iter()

@@ -14,6 +14,7 @@ use mio::Interest;
 
 use crate::backoff::Backoff;
 use crate::buffer::{Line, LineReader, OutBuffer};
+use crate::config::PeerSettings;
 use crate::logging::{Escaped, Party};
 use crate::owed::{NextRecord, Owed};
 use crate::peer_wire::{self, MAX_REPLY_LINE_BYTES, PING_LINE};
@@ -42,6 +43,17 @@ pub struct LinkTiming {
     pub max_owed: usize,
     /// A link whose socket took nothing for this long, with output waiting, is dropped.
     pub stall_limit: Duration,
+}
+
+impl LinkTiming {
+    pub fn of(peer: &PeerSettings) -> LinkTiming {
+        LinkTiming {
+            ping_interval: peer.ping_interval,
+            silence_limit: peer.silence_limit(),
+            max_owed: peer.max_owed,
+            stall_limit: peer.stall_limit,
+        }
+    }
 }
 
 pub enum LinkState<S> {

@@ -15,8 +15,7 @@ use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
 use herd::journal::Journal;
 use herd::logging::{self, Escaped};
-use herd::secret::Secret;
-use herd::{net, peer_secret, signals, supervisor};
+use herd::{net, peer_secret, places, signals, supervisor};
 
 /// Exit status for usage and config errors.
 const BAD_INPUT: u8 = 2;
@@ -186,18 +185,12 @@ fn serve(
         .map_err(signal_error)?;
     let hangups = signals::pipe(&[signal_hook::consts::SIGHUP]).map_err(signal_error)?;
     signals::ignore_user_signals().map_err(signal_error)?;
-    let places_key = match std::env::var(&config.places.key_env) {
-        Ok(key) if !key.is_empty() => Some(Secret::new(key)),
-        _ => {
-            let message = format!(
-                "{} is not set: Places lookups go out without a key",
-                config.places.key_env
-            );
-            warn!("{message}");
-            eprintln!("{message}");
-            None
-        }
-    };
+    let places_key = places::key_from_env(&config.places.key_env)
+        .map_err(|warning| {
+            warn!("{warning}");
+            eprintln!("{warning}");
+        })
+        .ok();
     if let Some(warning) = &peer_secret.warning {
         warn!("{warning}");
         eprintln!("{warning}");

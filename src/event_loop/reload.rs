@@ -16,22 +16,8 @@ use crate::conn::ConnState;
 use crate::link::{Link, LinkTiming};
 use crate::logging::{self, Escaped};
 use crate::net;
-use crate::places::PlacesPool;
+use crate::places::{self, PlacesPool};
 use crate::reload::{self, Plan};
-use crate::secret::Secret;
-
-fn timing(config: &Config) -> (LinkTiming, Backoff) {
-    let peer = &config.peer;
-    (
-        LinkTiming {
-            ping_interval: peer.ping_interval,
-            silence_limit: peer.silence_limit(),
-            max_owed: peer.max_owed,
-            stall_limit: peer.stall_limit,
-        },
-        Backoff::new(peer.backoff_min, peer.backoff_max),
-    )
-}
 
 impl EventLoop {
     pub(super) fn reload(&mut self) {
@@ -78,7 +64,8 @@ impl EventLoop {
         {
             self.remove_link(name);
         }
-        let (link_timing, backoff) = timing(new);
+        let link_timing = LinkTiming::of(&new.peer);
+        let backoff = Backoff::new(new.peer.backoff_min, new.peer.backoff_max);
         for neighbour in plan.links_added.iter().chain(&plan.links_moved) {
             let id = self.app.add_neighbour(&neighbour.name);
             debug_assert_eq!(id, self.links.len());
@@ -173,16 +160,9 @@ impl EventLoop {
     /// New Places settings: a new pool of workers (and a fresh cache and rate limit); the old
     /// pool's calls in flight still answer their WHATSATs.
     fn replace_places(&mut self, new: &Config) {
-        let key = match std::env::var(&new.places.key_env) {
-            Ok(key) if !key.is_empty() => Some(Secret::new(key)),
-            _ => {
-                warn!(
-                    "{} is not set: Places lookups go out without a key",
-                    new.places.key_env
-                );
-                None
-            }
-        };
+        let key = places::key_from_env(&new.places.key_env)
+            .map_err(|warning| warn!("{warning}"))
+            .ok();
         match PlacesPool::start(&new.places, key, Arc::clone(&self.waker)) {
             Ok(pool) => {
                 let old = std::mem::replace(&mut self.places, pool);

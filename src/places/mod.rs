@@ -10,6 +10,19 @@ pub mod response;
 pub mod stats;
 
 pub use lookups::{Begun, Lookups, Waiter};
+
+use crate::secret::Secret;
+
+/// The Places key from the environment variable `places key-env` names; without one, the
+/// warning to give (lookups then go out without a key).
+pub fn key_from_env(var: &str) -> Result<Secret, String> {
+    match std::env::var(var) {
+        Ok(key) if !key.is_empty() => Ok(Secret::new(key)),
+        _ => Err(format!(
+            "{var} is not set: Places lookups go out without a key"
+        )),
+    }
+}
 pub use pool::{LookupDone, LookupJob, PlacesPool};
 pub use request::PlacesQuery;
 pub use response::{reply_with, shape_json, PlacesError, PlacesOutcome};
