@@ -252,3 +252,48 @@ fn the_metrics_address_moves_on_a_reload() {
     assert!(sample(&page, "herd_clients_known", "").is_some(), "{page}");
     assert!(scrape(first).is_err(), "the old address still answers");
 }
+
+/// Places and log settings change on a reload: the next WHATSAT goes to the new `places url`,
+/// and after `log lines off` a client's lines are no longer logged (SPEC section 8).
+#[test]
+fn places_and_log_settings_change_on_a_reload() {
+    use herd_test_support::fake_places::FakePlaces;
+    let fake = FakePlaces::start();
+    let mut herd = Servers::new(&["Alpha"]);
+    herd.write_config(&["Alpha"], &[], "log lines on");
+    herd.start("Alpha");
+    let mut client = herd.client("Alpha");
+    client.iamat("loud", "+1+2", "100");
+    // Before: Places is a closed port, so the lookup fails at once with an error JSON.
+    client.send("WHATSAT loud 10 5");
+    let before = client.read_until_blank_line();
+    assert!(before.contains("\"error\""), "{before}");
+
+    herd.write_config(
+        &["Alpha"],
+        &[],
+        &format!("places url {}\nlog lines off", fake.new_api_url()),
+    );
+    herd.hangup("Alpha");
+    herd.wait_log("Alpha", "reload herd.conf: places; log", 1);
+    client.send("WHATSAT loud 10 5");
+    let after = client.read_until_blank_line();
+    assert!(!after.contains("\"error\""), "{after}");
+    assert_eq!(fake.request_count(), 1, "the lookup went to the new URL");
+
+    let closes = herd_test_support::harness::read_lossy(&herd.log_path("Alpha"))
+        .matches("close conn=")
+        .count();
+    let mut quiet = herd.client("Alpha");
+    quiet.iamat("quiet", "+1+2", "100");
+    drop(quiet);
+    let log = herd.wait_log("Alpha", "close conn=", closes + 1);
+    assert!(
+        log.contains("IAMAT loud"),
+        "lines were logged before: {log}"
+    );
+    assert!(
+        !log.contains("quiet"),
+        "lines are logged after log lines off: {log}"
+    );
+}
