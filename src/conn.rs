@@ -6,6 +6,7 @@
 //! decides what each line does to it. Every line it sends goes through `wire`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use mio::Interest;
 
@@ -34,15 +35,44 @@ pub struct Peer {
     pub name: String,
 }
 
+/// One reply as a connection holds it until it is sent.
+#[derive(Debug)]
+pub enum Reply {
+    /// Its lines, without the final terminator, as `wire` takes them.
+    Lines(Vec<u8>),
+    /// A WHATSAT's answer: the AT line and the JSON shared by every WHATSAT that waited on the
+    /// same Places call (kept apart, so a reply is not a copy of a few KiB of JSON of its own).
+    Whatsat { at_line: Box<[u8]>, json: Arc<[u8]> },
+}
+
+impl Reply {
+    /// Bytes it will take in the output (what the output limits count).
+    pub fn len(&self) -> usize {
+        match self {
+            Reply::Lines(lines) => lines.len() + 1,
+            Reply::Whatsat { at_line, json } => at_line.len() + json.len() + 3,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false // even an empty line is its terminator
+    }
+}
+
+impl From<Vec<u8>> for Reply {
+    fn from(lines: Vec<u8>) -> Reply {
+        Reply::Lines(lines)
+    }
+}
+
 /// Replies in command order. A command whose reply is ready while nothing waits goes straight
-/// to the output buffer; once a WHATSAT waits, later replies queue behind it. A reply is its
-/// lines without the final terminator, as `wire` takes them.
+/// to the output buffer; once a WHATSAT waits, later replies queue behind it.
 #[derive(Debug, Default)]
 pub struct ReplyQueue {
     /// Sequence number of `slots[0]`.
     first_seq: u64,
     /// `None` while its lookup runs.
-    slots: VecDeque<Option<Vec<u8>>>,
+    slots: VecDeque<Option<Reply>>,
     /// Bytes held in ready slots (counted against the output limit).
     queued_bytes: usize,
     /// Slots still waiting on a lookup.
@@ -67,13 +97,13 @@ impl ReplyQueue {
     }
 
     /// Queues a ready reply behind the waiting ones (call only when not [`is_empty`]).
-    pub fn push_ready(&mut self, reply: Vec<u8>) {
+    pub fn push_ready(&mut self, reply: Reply) {
         self.queued_bytes += reply.len();
         self.slots.push_back(Some(reply));
     }
 
     /// Fills the slot `seq` reserved; unknown sequence numbers are ignored.
-    pub fn fill(&mut self, seq: u64, reply: Vec<u8>) {
+    pub fn fill(&mut self, seq: u64, reply: Reply) {
         let Some(index) = seq.checked_sub(self.first_seq) else {
             return;
         };
@@ -85,7 +115,7 @@ impl ReplyQueue {
     }
 
     /// The next reply, if it is ready and every earlier one has gone.
-    pub fn pop_ready(&mut self) -> Option<Vec<u8>> {
+    pub fn pop_ready(&mut self) -> Option<Reply> {
         if !matches!(self.slots.front(), Some(Some(_))) {
             return None;
         }
@@ -132,9 +162,9 @@ impl Connection {
     /// Sends a ready reply now, or queues it behind replies still waiting on Places.
     pub fn deliver(&mut self, reply: Vec<u8>) {
         if self.replies.is_empty() {
-            self.send(&reply);
+            wire::send_lines(&mut self.out, party(self.id, &self.peer), &reply);
         } else {
-            self.replies.push_ready(reply);
+            self.replies.push_ready(Reply::Lines(reply));
         }
     }
 
@@ -144,15 +174,17 @@ impl Connection {
     }
 
     /// The reply numbered `seq` is ready: sends it and every reply behind it that is ready.
-    pub fn fill_reply(&mut self, seq: u64, reply: Vec<u8>) {
+    pub fn fill_reply(&mut self, seq: u64, reply: Reply) {
         self.replies.fill(seq, reply);
         while let Some(reply) = self.replies.pop_ready() {
-            self.send(&reply);
+            let party = party(self.id, &self.peer);
+            match reply {
+                Reply::Lines(lines) => wire::send_lines(&mut self.out, party, &lines),
+                Reply::Whatsat { at_line, json } => {
+                    wire::send_whatsat(&mut self.out, party, &at_line, &json);
+                }
+            }
         }
-    }
-
-    fn send(&mut self, reply: &[u8]) {
-        wire::send_lines(&mut self.out, party(self.id, &self.peer), reply);
     }
 
     /// The interest the connection's state calls for: writable only while output waits.
@@ -201,6 +233,14 @@ fn party(id: u64, peer: &Option<Peer>) -> Party<'_> {
 mod tests {
     use super::*;
 
+    /// What a reply puts in the output.
+    fn bytes(reply: Reply) -> Vec<u8> {
+        let mut conn = Connection::new(1);
+        let seq = conn.reserve_reply();
+        conn.fill_reply(seq, reply);
+        conn.out.pending().to_vec()
+    }
+
     fn queue_with_pending_whatsat() -> (ReplyQueue, u64) {
         let mut queue = ReplyQueue::default();
         let seq = queue.reserve();
@@ -210,13 +250,13 @@ mod tests {
     #[test]
     fn replies_behind_a_waiting_lookup_wait_for_it() {
         let (mut queue, seq) = queue_with_pending_whatsat();
-        queue.push_ready(b"second\n".to_vec());
-        assert_eq!(queue.pop_ready(), None);
+        queue.push_ready(b"second".to_vec().into());
+        assert!(queue.pop_ready().is_none());
         assert_eq!(queue.queued_bytes(), 7);
-        queue.fill(seq, b"first\n".to_vec());
-        assert_eq!(queue.pop_ready().unwrap(), b"first\n");
-        assert_eq!(queue.pop_ready().unwrap(), b"second\n");
-        assert_eq!(queue.pop_ready(), None);
+        queue.fill(seq, b"first".to_vec().into());
+        assert_eq!(bytes(queue.pop_ready().unwrap()), b"first\n");
+        assert_eq!(bytes(queue.pop_ready().unwrap()), b"second\n");
+        assert!(queue.pop_ready().is_none());
         assert!(queue.is_empty());
         assert_eq!(queue.queued_bytes(), 0);
     }
@@ -226,11 +266,11 @@ mod tests {
         let mut queue = ReplyQueue::default();
         let a = queue.reserve();
         let b = queue.reserve();
-        queue.fill(b, b"b".to_vec());
-        assert_eq!(queue.pop_ready(), None);
-        queue.fill(a, b"a".to_vec());
-        assert_eq!(queue.pop_ready().unwrap(), b"a");
-        assert_eq!(queue.pop_ready().unwrap(), b"b");
+        queue.fill(b, b"b".to_vec().into());
+        assert!(queue.pop_ready().is_none());
+        queue.fill(a, b"a".to_vec().into());
+        assert_eq!(bytes(queue.pop_ready().unwrap()), b"a\n");
+        assert_eq!(bytes(queue.pop_ready().unwrap()), b"b\n");
         // Sequence numbers keep counting after the queue empties.
         let c = queue.reserve();
         assert_eq!(c, b + 1);
@@ -239,11 +279,30 @@ mod tests {
     #[test]
     fn filling_twice_or_out_of_range_is_ignored() {
         let (mut queue, seq) = queue_with_pending_whatsat();
-        queue.fill(seq, b"x".to_vec());
-        queue.fill(seq, b"again".to_vec());
-        queue.fill(seq + 5, b"nowhere".to_vec());
-        assert_eq!(queue.queued_bytes(), 1);
-        assert_eq!(queue.pop_ready().unwrap(), b"x");
+        queue.fill(seq, b"x".to_vec().into());
+        queue.fill(seq, b"again".to_vec().into());
+        queue.fill(seq + 5, b"nowhere".to_vec().into());
+        assert_eq!(queue.queued_bytes(), 2);
+        assert_eq!(bytes(queue.pop_ready().unwrap()), b"x\n");
+    }
+
+    #[test]
+    fn a_whatsat_reply_is_framed_as_its_lines_would_be() {
+        let at_line = b"AT Campbell +0.1 kiwi +34.0-118.4 1621464827.9";
+        let json: Arc<[u8]> = Arc::from(&b"{\n  \"places\": []\n}"[..]);
+        let whatsat = Reply::Whatsat {
+            at_line: at_line[..].into(),
+            json: json.clone(),
+        };
+        let mut lines = at_line.to_vec();
+        lines.push(b'\n');
+        lines.extend_from_slice(&json);
+        lines.push(b'\n');
+        let counted = whatsat.len();
+        let sent = bytes(whatsat);
+        assert_eq!(sent, bytes(Reply::Lines(lines)));
+        assert_eq!(sent.len(), counted);
+        assert!(sent.ends_with(b"]\n}\n\n"), "the JSON, then the empty line");
     }
 
     #[test]
@@ -256,10 +315,10 @@ mod tests {
         assert!(conn.is_saturated(1000, 1), "one lookup of one allowed");
         assert!(!conn.is_saturated(1000, 2));
         conn.deliver(b"third".to_vec());
-        assert!(conn.is_saturated(10, 2), "11 bytes unread of 10 allowed");
+        assert!(conn.is_saturated(11, 2), "12 bytes unread of 11 allowed");
         assert_eq!(conn.out.pending(), b"first\n");
-        assert_eq!(conn.unread_bytes(), 6 + 5);
-        conn.fill_reply(seq, b"AT x\n{}\n".to_vec());
+        assert_eq!(conn.unread_bytes(), 6 + 6);
+        conn.fill_reply(seq, b"AT x\n{}\n".to_vec().into());
         assert_eq!(conn.out.pending(), b"first\nAT x\n{}\n\nthird\n");
         assert_eq!(conn.lookups_waiting(), 0);
         conn.deliver(b"fourth".to_vec());

@@ -21,13 +21,13 @@ use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
 use crate::buffer::{Line, LineReader};
 use crate::config::{Config, Limits, PlacesApi};
-use crate::conn::{ConnState, Connection};
+use crate::conn::{ConnState, Connection, Reply};
 use crate::journal::Journal;
 use crate::link::{Backlog, Link, LinkTiming};
 use crate::logging;
 use crate::metrics::Counters;
 use crate::net::{self, ReadOutcome, Socket};
-use crate::places::{reply_with, Begun, LookupDone, LookupJob, Lookups, PlacesPool, Waiter};
+use crate::places::{Begun, LookupDone, LookupJob, Lookups, PlacesPool, Refusals, Waiter};
 use crate::protocol::ClientTime;
 use crate::secret::Secret;
 use crate::session::{self, Effect};
@@ -206,6 +206,8 @@ pub struct EventLoop {
     /// What each WHATSAT's lookup costs: cache, coalescing, rate limit, counters.
     lookups: Lookups,
     places_api: PlacesApi,
+    /// The JSON of refused lookups, shaped once.
+    refusals: Refusals,
     limits: Limits,
     scratch: Vec<u8>,
     /// What the lines of one read asked for, carried out right after the read.
@@ -310,6 +312,7 @@ impl EventLoop {
                 now,
             ),
             places_api: config.places.api,
+            refusals: Refusals::new(),
             limits: config.limits.clone(),
             scratch: vec![0; READ_CHUNK],
             effects: Vec::new(),
@@ -708,15 +711,17 @@ impl EventLoop {
                     match begun {
                         Begun::Sent | Begun::Joined => {}
                         Begun::Cached(json, waiter) => {
-                            entry
-                                .conn
-                                .fill_reply(waiter.seq, reply_with(&waiter.at_line, &json));
+                            let reply = Reply::Whatsat {
+                                at_line: waiter.at_line,
+                                json: json.text,
+                            };
+                            entry.conn.fill_reply(waiter.seq, reply);
                         }
                         Begun::Refused(why, waiter) => session::refuse_lookup(
                             &mut entry.conn,
-                            self.places_api,
+                            &self.refusals,
                             waiter.seq,
-                            &waiter.at_line,
+                            waiter.at_line,
                             why,
                         ),
                     }
@@ -936,9 +941,11 @@ impl EventLoop {
                 else {
                     continue; // the client left; its reply has nowhere to go
                 };
-                entry
-                    .conn
-                    .fill_reply(waiter.seq, reply_with(&waiter.at_line, &json));
+                let reply = Reply::Whatsat {
+                    at_line: waiter.at_line,
+                    json: json.text.clone(),
+                };
+                entry.conn.fill_reply(waiter.seq, reply);
                 self.write_output(waiter.conn_key);
             }
         }

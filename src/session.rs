@@ -7,10 +7,9 @@ use log::{info, warn};
 
 use crate::app::{App, ClientOutcome, PeerOutcome};
 use crate::buffer::Line;
-use crate::config::PlacesApi;
-use crate::conn::{ConnState, Connection, Peer};
+use crate::conn::{ConnState, Connection, Peer, Reply};
 use crate::logging::Escaped;
-use crate::places::{reply_with, shape_json, PlacesError, PlacesOutcome, PlacesQuery};
+use crate::places::{PlacesError, PlacesQuery, Refusals};
 use crate::protocol::{self, ClientTime};
 use crate::store::RecordIndex;
 
@@ -138,13 +137,13 @@ fn handle_peer_line(
 /// would be a line each; the loop logs a count once a second.)
 pub fn refuse_lookup(
     conn: &mut Connection,
-    api: PlacesApi,
+    refusals: &Refusals,
     seq: u64,
-    at_line: &[u8],
+    at_line: Box<[u8]>,
     why: PlacesError,
 ) {
-    let json = shape_json(api, 1, &PlacesOutcome::Failed(why));
-    conn.fill_reply(seq, reply_with(at_line, &json));
+    let json = refusals.json(why);
+    conn.fill_reply(seq, Reply::Whatsat { at_line, json });
 }
 
 #[cfg(test)]
@@ -271,7 +270,7 @@ mod tests {
         // A later command is quicker, but its reply waits behind the lookup's.
         feed(&mut conn, &mut app, b"bogus\n");
         assert_eq!(output(&conn), "");
-        conn.fill_reply(seq, b"AT Campbell ...\n{}\n".to_vec());
+        conn.fill_reply(seq, b"AT Campbell ...\n{}\n".to_vec().into());
         assert_eq!(output(&conn), "AT Campbell ...\n{}\n\n? bogus\n");
     }
 
@@ -280,8 +279,8 @@ mod tests {
         let mut app = app();
         let (mut conn, seq) = client_with_pending_whatsat(&mut app);
         feed(&mut conn, &mut app, b"bogus\n");
-        let at = app.clients().line_of(b"kiwi").unwrap().to_vec();
-        refuse_lookup(&mut conn, PlacesApi::New, seq, &at, PlacesError::QueueFull);
+        let at = app.clients().line_of(b"kiwi").unwrap().into();
+        refuse_lookup(&mut conn, &Refusals::new(), seq, at, PlacesError::QueueFull);
         let out = output(&conn);
         let mut blocks = out.split("\n\n");
         let reply = blocks.next().unwrap();
@@ -311,9 +310,9 @@ mod tests {
             .collect();
         assert_eq!(effects.len(), 4);
         assert_eq!(output(&conn).lines().count(), 1); // only the reply before the first lookup
-        conn.fill_reply(seqs[1], b"second".to_vec());
+        conn.fill_reply(seqs[1], b"second".to_vec().into());
         assert_eq!(output(&conn).lines().count(), 1);
-        conn.fill_reply(seqs[0], b"first".to_vec());
+        conn.fill_reply(seqs[0], b"first".to_vec().into());
         let out = output(&conn);
         let replies: Vec<&str> = out.lines().collect();
         assert_eq!(replies.len(), 5);

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use log::Level;
 
 use crate::buffer::OutBuffer;
-use crate::logging::{traffic, Direction, Party};
+use crate::logging::{traffic, traffic_lines, Direction, Party};
 use crate::peer_wire::{is_keepalive, redact_hello};
 
 /// Queues `line` and its `\n` on `out`, and logs it.
@@ -29,17 +29,34 @@ pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
     out.count_lines(1);
 }
 
-/// Queues a reply of several lines (a WHATSAT reply: the AT line, the JSON, an empty line),
-/// given without its final terminator; every line of it is logged.
+/// Queues a reply of one line or several, given without its final terminator; every line of
+/// it is logged.
 pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
-    let mut count = 0;
-    for line in lines.split(|&b| b == b'\n') {
-        log_line(Direction::Send, party, line);
-        count += 1;
-    }
+    let logged = lines
+        .split(|&b| b == b'\n')
+        .map(|line| (level_of(party, line), as_logged(line)));
+    traffic_lines(Direction::Send, party, logged);
     out.push(lines);
     out.push(b"\n");
-    out.count_lines(count);
+    out.count_lines(lines.split(|&b| b == b'\n').count() as u64);
+}
+
+/// Queues a WHATSAT reply (SPEC section 2): `at_line`, the shaped JSON, then the empty line
+/// that ends it. The JSON is the text shared by every WHATSAT that waited on one Places call,
+/// so it is copied once, into the output, not into a reply of its own first. Its lines are
+/// logged as they are: no line of JSON printed by serde_json begins with a hello's word (each
+/// starts with indentation and a `"`, a bracket, a brace, a digit or a literal).
+pub fn send_whatsat(out: &mut OutBuffer, party: Party<'_>, at_line: &[u8], json: &[u8]) {
+    let logged = std::iter::once(at_line)
+        .chain(json.split(|&b| b == b'\n'))
+        .chain(std::iter::once(&b""[..]))
+        .map(|line| (Level::Info, Cow::Borrowed(line)));
+    traffic_lines(Direction::Send, party, logged);
+    out.push(at_line);
+    out.push(b"\n");
+    out.push(json);
+    out.push(b"\n\n");
+    out.count_lines(json.split(|&b| b == b'\n').count() as u64 + 2);
 }
 
 /// Logs a line that came in (without its terminator).

@@ -25,4 +25,4 @@ pub fn key_from_env(var: &str) -> Result<Secret, String> {
 }
 pub use pool::{LookupDone, LookupJob, PlacesPool};
 pub use request::PlacesQuery;
-pub use response::{reply_with, shape_json, PlacesError, PlacesOutcome};
+pub use response::{shape_json, PlacesError, PlacesOutcome, Refusals};
