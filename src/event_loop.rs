@@ -65,6 +65,11 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// A connection accepted in the slots kept for neighbours has this long to say its hello.
 const NEIGHBOUR_HELLO_WAIT: Duration = Duration::from_secs(5);
+/// Finished lookups delivered per loop turn. Places answers come back in bursts (a turn that
+/// reads many pipelining clients sends a burst of calls, and they are answered together), and
+/// each answer is a few hundred lines to copy and log per waiting WHATSAT: taken all at once
+/// they made turns of 20-50 ms in which no other client was read.
+const RESULTS_PER_TURN: usize = 32;
 /// The log is flushed at least this often (SPEC section 6 asks for within a second).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -208,6 +213,9 @@ pub struct EventLoop {
     places_api: PlacesApi,
     /// The JSON of refused lookups, shaped once.
     refusals: Refusals,
+    /// Finished lookups may wait in the pool's channel: the waker said so, or the last turn
+    /// took its [`RESULTS_PER_TURN`].
+    results_pending: bool,
     limits: Limits,
     scratch: Vec<u8>,
     /// What the lines of one read asked for, carried out right after the read.
@@ -313,6 +321,7 @@ impl EventLoop {
             ),
             places_api: config.places.api,
             refusals: Refusals::new(),
+            results_pending: false,
             limits: config.limits.clone(),
             scratch: vec![0; READ_CHUNK],
             effects: Vec::new(),
@@ -351,8 +360,9 @@ impl EventLoop {
                 .fold(next_flush, Instant::min);
             let holding = self.holding_back_clients(now);
             self.hold_backs.observe(holding, now);
-            let input_waits =
-                !self.more_input.is_empty() || (!self.held_input.is_empty() && !holding);
+            let input_waits = !self.more_input.is_empty()
+                || (!self.held_input.is_empty() && !holding)
+                || self.results_pending;
             let table = self.app.clients();
             let links_have_work = self.links.iter().any(|l| l.has_unsent(table));
             let store_has_work = self.journal.as_ref().is_some_and(Journal::has_work);
@@ -369,7 +379,8 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.finish_lookups(),
+                    // Taken after the sockets' events (see `RESULTS_PER_TURN`).
+                    WAKER => self.results_pending = true,
                     SIGNALS => self.stopping = true,
                     HANGUPS => self.on_hangup(),
                     Token(t) if t >= METRICS_LISTENER.0 => self.on_metrics_event(Token(t), event),
@@ -389,6 +400,9 @@ impl EventLoop {
                     // Spurious events for unknown tokens happen; ignore them.
                     Token(_) => {}
                 }
+            }
+            if self.results_pending {
+                self.finish_lookups();
             }
             if self.accept_retry_at.is_some_and(|at| at <= Instant::now()) {
                 self.accept_retry_at = None;
@@ -899,9 +913,11 @@ impl EventLoop {
         }
     }
 
-    /// Delivers finished lookups to every connection that waits for one. The waker coalesces
-    /// wakes, so this drains the channel.
+    /// Delivers finished lookups to every connection that waits for one, at most
+    /// [`RESULTS_PER_TURN`] of them; the waker coalesces wakes, so when that many were taken
+    /// the rest are taken next turn without one (`results_pending`).
     fn finish_lookups(&mut self) {
+        self.results_pending = false;
         // Pools a reload replaced answer their calls in flight, then go.
         let mut retired_results = Vec::new();
         self.retired_pools.retain(|pool| {
@@ -913,7 +929,15 @@ impl EventLoop {
             working
         });
         let mut retired_results = retired_results.into_iter();
-        while let Some(done) = retired_results.next().or_else(|| self.places.try_result()) {
+        let mut taken = 0;
+        while let Some(done) = retired_results.next().or_else(|| {
+            if taken >= RESULTS_PER_TURN {
+                self.results_pending = true;
+                return None;
+            }
+            self.places.try_result()
+        }) {
+            taken += 1;
             let LookupDone { key, json, elapsed } = done;
             let Some(json) = json else {
                 self.lookups.skipped();

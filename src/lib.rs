@@ -16,6 +16,7 @@
 //! serves it on the `metrics` address (`event_loop::metrics`). `status` is `herd status`, a
 //! command-line reader of those pages, not part of the server.
 
+pub mod allocator;
 pub mod app;
 pub mod backoff;
 pub mod buffer;

@@ -15,7 +15,7 @@ use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
 use herd::journal::Journal;
 use herd::logging::{self, Escaped};
-use herd::{net, peer_secret, places, signals, supervisor};
+use herd::{allocator, net, peer_secret, places, signals, supervisor};
 
 /// Exit status for usage and config errors.
 const BAD_INPUT: u8 = 2;
@@ -23,6 +23,7 @@ const BAD_INPUT: u8 = 2;
 const FAILED: u8 = 1;
 
 fn main() -> ExitCode {
+    allocator::tune();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let invocation = match cli::parse_args(args) {
         Ok(invocation) => invocation,

@@ -35,6 +35,12 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
                 // of kernel memory and slow the whole machine. Replies are lines; this is
                 // plenty for a client that reads.
                 let _ = set_buffer(&stream, libc::SO_SNDBUF, CLIENT_SEND_BUFFER_BYTES);
+                // The same the other way: the kernel would let a client that pipelines faster
+                // than it is served park up to `tcp_rmem`'s maximum (32 MiB on some machines)
+                // of commands in this server's memory. The server reads a client only as fast
+                // as it answers it (`limit in-flight`, `limit output-soft-bytes`), so what
+                // waits beyond this stays in the client's own kernel.
+                let _ = set_buffer(&stream, libc::SO_RCVBUF, CLIENT_RECEIVE_BUFFER_BYTES);
                 return Ok(Some((stream, addr)));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -46,6 +52,9 @@ pub fn accept(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAdd
 
 /// The kernel send buffer of an accepted connection (see [`accept`]).
 pub const CLIENT_SEND_BUFFER_BYTES: usize = 128 * 1024;
+/// The kernel receive buffer of an accepted connection (see [`accept`]); a neighbour's
+/// connection gets [`LINK_SOCKET_BUFFER_BYTES`] once it said hello.
+pub const CLIENT_RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Raises the soft open-file limit to the hard one (a server holds a descriptor per
 /// connection, and the usual soft default of 1,024 is far below `limit connections`); returns
