@@ -14,6 +14,9 @@ usage:
   herd NAME CONFIG        serve as the server NAME of CONFIG (e.g. herd Campbell herd.conf)
   herd --all CONFIG       start every server of CONFIG, each as its own process;
                           Ctrl-C or SIGTERM stops them all
+  herd --all --restart CONFIG
+                          the same, and a server that dies is started again (after 1 s,
+                          then twice as long each time, at most 30 s)
   herd status CONFIG      one table of every server of CONFIG, read from their metrics
                           addresses; exit status 0 when every server and link is up
   herd --help | --version
@@ -33,6 +36,8 @@ pub enum Invocation {
     All {
         config: PathBuf,
         log_level: Option<LevelFilter>,
+        /// `--restart`: start a server that died again.
+        restart: bool,
     },
     Status {
         config: PathBuf,
@@ -52,6 +57,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
         return Ok(Invocation::Version);
     }
     let watch = args.contains("--watch");
+    let restart = args.contains("--restart");
     let log_level = args
         .opt_value_from_fn("--log-level", parse_level)
         .map_err(|e| e.to_string())?;
@@ -66,6 +72,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
     if let Some(flag) = rest.iter().find(|a| a.starts_with('-')) {
         return Err(format!("unknown option '{flag}' (see herd --help)"));
     }
+    if restart && all.is_none() {
+        return Err("--restart goes with 'herd --all CONFIG' (see herd --help)".into());
+    }
     if watch && !matches!(rest.first().map(String::as_str), Some("status")) {
         return Err("--watch goes with 'herd status CONFIG' (see herd --help)".into());
     }
@@ -77,7 +86,11 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
         (None, [command, ..]) if command == "status" => {
             Err("expected 'herd status CONFIG [--watch]' (see herd --help)".into())
         }
-        (Some(config), []) => Ok(Invocation::All { config, log_level }),
+        (Some(config), []) => Ok(Invocation::All {
+            config,
+            log_level,
+            restart,
+        }),
         (Some(_), _) => Err("--all takes only a config file (see herd --help)".into()),
         (None, [name, config]) => Ok(Invocation::Serve {
             name: name.clone(),
@@ -116,9 +129,23 @@ mod tests {
             parse(&["--log-level", "debug", "--all", "herd.conf"]),
             Ok(Invocation::All {
                 config: "herd.conf".into(),
-                log_level: Some(LevelFilter::Debug)
+                log_level: Some(LevelFilter::Debug),
+                restart: false,
             })
         );
+    }
+
+    #[test]
+    fn all_with_restart() {
+        assert_eq!(
+            parse(&["--all", "herd.conf", "--restart"]),
+            Ok(Invocation::All {
+                config: "herd.conf".into(),
+                log_level: None,
+                restart: true,
+            })
+        );
+        assert!(parse(&["--restart", "Campbell", "herd.conf"]).is_err());
     }
 
     #[test]

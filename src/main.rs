@@ -42,8 +42,14 @@ fn main() -> ExitCode {
             Ok(parsed) => ExitCode::from(herd::status::run(&parsed, watch)),
             Err(problem) => fail(BAD_INPUT, &problem),
         },
-        Invocation::All { config, log_level } => match load_config(&config) {
-            Ok(parsed) => ExitCode::from(supervisor::run_all(&config, &parsed, log_level) as u8),
+        Invocation::All {
+            config,
+            log_level,
+            restart,
+        } => match load_config(&config) {
+            Ok(parsed) => {
+                ExitCode::from(supervisor::run_all(&config, &parsed, log_level, restart) as u8)
+            }
             Err(problem) => fail(BAD_INPUT, &problem),
         },
         Invocation::Serve {

@@ -6,10 +6,12 @@
 //! "started" is said only once every child has said `NAME listening on ADDR, ...` itself; a
 //! child that exits first, or stays silent for [`START_TIMEOUT`], stops the whole herd with
 //! exit status 1 and that child's last stderr line. Once started, a child that dies is reported
-//! and the others keep serving (so a killed server can be restarted by hand and rejoin), but
-//! the exit status at the end is 1: it is 0 only if every child exited cleanly because the
-//! supervisor stopped it. Children die with the supervisor (`PR_SET_PDEATHSIG`), also when it
-//! is SIGKILLed.
+//! and the others keep serving (so a killed server can be restarted by hand and rejoin); with
+//! `--restart` the supervisor starts it again itself, after 1 s, then after twice as long each
+//! time it dies again (at most [`RESTART_MAX`]), from 1 s again once it has served
+//! [`RESTART_STABLE`]. Either way the exit status at the end is 1 if any child died: it is 0
+//! only if every child exited cleanly because the supervisor stopped it. Children die with the
+//! supervisor (`PR_SET_PDEATHSIG`), also when it is SIGKILLed.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use log::LevelFilter;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::signals;
 
@@ -41,16 +44,61 @@ const DEATH_SIGNAL: libc::c_int = libc::SIGTERM;
 
 /// Exit status when a server failed to start or died.
 const FAILED: i32 = 1;
+/// `--restart`: the first restart of a server that died waits this long ...
+const RESTART_MIN: Duration = Duration::from_secs(1);
+/// ... and each next one twice as long as the one before, up to this ...
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// ... until a run of the server lasts this long, after which it starts from `RESTART_MIN`.
+const RESTART_STABLE: Duration = Duration::from_secs(60);
 
-/// What a relay thread saw on a child's stderr (the child's index, then the line or its end).
+/// What a relay thread saw on a child's stderr: the member's index and which of its children
+/// (a restarted member has had several), then the line or its end.
 enum Event {
-    Line(usize, String),
-    Eof(usize),
+    Line(usize, u32, String),
+    Eof(usize, u32),
+}
+
+/// How the children are started, again when they are restarted.
+struct Launch<'a> {
+    exe: std::path::PathBuf,
+    config_path: &'a Path,
+    log_level: Option<LevelFilter>,
+    restart: bool,
+}
+
+impl Launch<'_> {
+    fn command(&self, name: &str) -> Command {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg(name)
+            .arg(self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group: Ctrl-C in a terminal reaches the supervisor only, which
+            // then stops every child itself, so a child's exit is never mistaken for a crash.
+            .process_group(0);
+        if let Some(level) = self.log_level {
+            command
+                .arg("--log-level")
+                .arg(level.as_str().to_lowercase());
+        }
+        die_with_me(&mut command);
+        command
+    }
 }
 
 struct Member {
     name: String,
     child: Child,
+    /// Which of the member's children `child` is: 0, then one more at each restart.
+    generation: u32,
+    started_at: Instant,
+    /// It died on its own at least once (so the herd's exit status is 1).
+    died: bool,
+    /// `--restart`: when it is to be started again, while it is down.
+    restart_at: Option<Instant>,
+    backoff: Backoff,
     status: Option<ExitStatus>,
     /// The child said `NAME listening on ...`.
     listening: bool,
@@ -66,7 +114,8 @@ impl Member {
     /// Exited because we stopped it, and cleanly: status 0 (or our SIGTERM itself, for a child
     /// stopped before it handled signals).
     fn clean(&self) -> bool {
-        self.stopping
+        !self.died
+            && self.stopping
             && !self.killed
             && self
                 .status
@@ -74,8 +123,14 @@ impl Member {
     }
 }
 
-/// Runs the whole herd until a signal; returns the process exit code.
-pub fn run_all(config_path: &Path, config: &Config, log_level: Option<LevelFilter>) -> i32 {
+/// Runs the whole herd until a signal; returns the process exit code. With `restart`, a
+/// server that dies after the herd started is started again (see the module's comment).
+pub fn run_all(
+    config_path: &Path,
+    config: &Config,
+    log_level: Option<LevelFilter>,
+    restart: bool,
+) -> i32 {
     let stop = Arc::new(AtomicBool::new(false));
     let hangup = Arc::new(AtomicBool::new(false));
     if let Err(e) = handle_signals(&stop, &hangup) {
@@ -93,36 +148,31 @@ pub fn run_all(config_path: &Path, config: &Config, log_level: Option<LevelFilte
     let mut herd = Herd {
         members: Vec::new(),
         events,
-        _sender: sender.clone(),
+        sender,
         hangup,
+        launch: Launch {
+            exe,
+            config_path,
+            log_level,
+            restart,
+        },
     };
     let mut failed = false;
     for server in &config.servers {
-        let mut command = Command::new(&exe);
-        command
-            .arg(&server.name)
-            .arg(config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Its own process group: Ctrl-C in a terminal reaches the supervisor only, which
-            // then stops every child itself, so a child's exit is never mistaken for a crash.
-            .process_group(0);
-        if let Some(level) = log_level {
-            command
-                .arg("--log-level")
-                .arg(level.as_str().to_lowercase());
-        }
-        die_with_me(&mut command);
-        match command.spawn() {
+        match herd.launch.command(&server.name).spawn() {
             Ok(mut child) => {
                 let index = herd.members.len();
                 if let Some(stderr) = child.stderr.take() {
-                    relay_stderr(index, server.name.clone(), stderr, sender.clone());
+                    relay_stderr(index, 0, server.name.clone(), stderr, herd.sender.clone());
                 }
                 herd.members.push(Member {
                     name: server.name.clone(),
                     child,
+                    generation: 0,
+                    started_at: Instant::now(),
+                    died: false,
+                    restart_at: None,
+                    backoff: Backoff::new(RESTART_MIN, RESTART_MAX),
                     status: None,
                     listening: false,
                     last_line: None,
@@ -205,6 +255,7 @@ fn die_with_me(command: &mut Command) {
 /// supervisor each line (after writing it) and the end.
 fn relay_stderr(
     index: usize,
+    generation: u32,
     name: String,
     stderr: impl io::Read + Send + 'static,
     events: Sender<Event>,
@@ -221,9 +272,9 @@ fn relay_stderr(
             let text = String::from_utf8_lossy(&bytes);
             let line = text.trim_end_matches(['\n', '\r']);
             let _ = writeln!(io::stderr().lock(), "{name}: {line}");
-            let _ = events.send(Event::Line(index, line.to_string()));
+            let _ = events.send(Event::Line(index, generation, line.to_string()));
         }
-        let _ = events.send(Event::Eof(index));
+        let _ = events.send(Event::Eof(index, generation));
     });
 }
 
@@ -236,29 +287,36 @@ enum Start {
     Stopped,
 }
 
-struct Herd {
+struct Herd<'a> {
     members: Vec<Member>,
     events: Receiver<Event>,
-    /// Kept so `events` never disconnects (and `recv_timeout` always waits).
-    _sender: Sender<Event>,
+    /// For the relays of restarted children; also keeps `events` from disconnecting (so
+    /// `recv_timeout` always waits).
+    sender: Sender<Event>,
+    launch: Launch<'a>,
     /// Set by SIGHUP; cleared when it has been passed on.
     hangup: Arc<AtomicBool>,
 }
 
-impl Herd {
+impl Herd<'_> {
     /// Takes in the relays' events, waiting at most `wait` for the first.
     fn pump(&mut self, wait: Duration) {
         let mut next = self.events.recv_timeout(wait).ok();
         while let Some(event) = next {
             match event {
-                Event::Line(i, line) => {
+                Event::Line(i, generation, line) => {
                     let member = &mut self.members[i];
-                    if line.starts_with(&format!("{} listening on ", member.name)) {
+                    if line.starts_with(&format!("{} listening on ", member.name))
+                        && generation == member.generation
+                    {
                         member.listening = true;
                     }
                     member.last_line = Some(line);
                 }
-                Event::Eof(i) => self.members[i].stderr_open = false,
+                Event::Eof(i, generation) if generation == self.members[i].generation => {
+                    self.members[i].stderr_open = false;
+                }
+                Event::Eof(..) => {} // an earlier child's, before a restart
             }
             next = self.events.try_recv().ok();
         }
@@ -351,23 +409,82 @@ impl Herd {
         }
     }
 
-    /// Serves until a stop signal (or until every child has exited), reporting each child that
-    /// exits on its own.
+    /// Serves until a stop signal (or until every child has exited and none is to be
+    /// restarted), reporting each child that exits on its own, and restarting it with
+    /// `--restart`.
     fn serve(&mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) && self.running().next().is_some() {
+        while !stop.load(Ordering::SeqCst)
+            && (self.running().next().is_some()
+                || self.members.iter().any(|m| m.restart_at.is_some()))
+        {
             self.pump(POLL_INTERVAL);
             self.forward_hangup();
+            let now = Instant::now();
             for i in self.reap() {
-                let member = &self.members[i];
+                let restart = self.launch.restart;
+                let member = &mut self.members[i];
+                member.died = true;
+                let status = member.status.expect("reaped");
+                if !restart {
+                    eprintln!("herd: {} exited ({status})", member.name);
+                    continue;
+                }
+                if now.duration_since(member.started_at) >= RESTART_STABLE {
+                    member.backoff.reset();
+                }
+                let delay = member.backoff.next_delay(1.0);
+                member.restart_at = Some(now + delay);
                 eprintln!(
-                    "herd: {} exited ({})",
+                    "herd: {} exited ({status}); restarting it in {} s",
                     member.name,
-                    member.status.expect("reaped")
+                    delay.as_secs()
                 );
+            }
+            let due: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].restart_at.is_some_and(|at| at <= now))
+                .collect();
+            for i in due {
+                self.restart(i);
             }
         }
         if self.running().next().is_none() {
             eprintln!("herd: every server has exited");
+        }
+    }
+
+    /// Starts member `i` again; when that fails, tries again after the next delay.
+    fn restart(&mut self, i: usize) {
+        let command = self.launch.command(&self.members[i].name).spawn();
+        let member = &mut self.members[i];
+        match command {
+            Ok(mut child) => {
+                member.generation += 1;
+                if let Some(stderr) = child.stderr.take() {
+                    relay_stderr(
+                        i,
+                        member.generation,
+                        member.name.clone(),
+                        stderr,
+                        self.sender.clone(),
+                    );
+                }
+                member.child = child;
+                member.status = None;
+                member.listening = false;
+                member.stderr_open = true;
+                member.started_at = Instant::now();
+                member.restart_at = None;
+                eprintln!("herd: restarted {}", member.name);
+            }
+            Err(e) => {
+                let delay = member.backoff.next_delay(1.0);
+                member.restart_at = Some(Instant::now() + delay);
+                eprintln!(
+                    "herd: cannot restart {}: {e}; trying again in {} s",
+                    member.name,
+                    delay.as_secs()
+                );
+            }
         }
     }
 

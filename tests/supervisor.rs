@@ -1,12 +1,13 @@
 //! `herd --all CONFIG` tells the truth (README "On a fresh machine"): "started" only once every
 //! server listens, a server that cannot start stops the herd with its own error line and exit
 //! status 1, a server that dies makes the final status 1, a clean SIGTERM exits 0 after every
-//! server stopped, and the servers die with the supervisor even when it is SIGKILLed.
+//! server stopped, and the servers die with the supervisor even when it is SIGKILLed. With
+//! `--restart`, a server that dies is started again and serves.
 
 use herd_test_support::{
     client::{time_from_now, Client},
     harness::{accepts, free_ports, refused_places_url, wait_until, TempDir, KEY_ENV},
-    harness::{process_parents, spawn_all, Process},
+    harness::{process_parents, spawn_all_with, Process},
     run::run_herd,
 };
 use std::fs;
@@ -41,8 +42,13 @@ struct Supervisor {
 impl Supervisor {
     /// Starts `herd --all` on `servers` and waits until it says "started".
     fn start(servers: &[(&str, SocketAddr)]) -> Supervisor {
+        Supervisor::start_with(servers, &[])
+    }
+
+    /// [`start`](Supervisor::start) with more arguments (`--restart`).
+    fn start_with(servers: &[(&str, SocketAddr)], args: &[&str]) -> Supervisor {
         let dir = TempDir::new("supervisor").unwrap();
-        let process = spawn_all(&dir, &config_text(&dir, servers)).unwrap();
+        let process = spawn_all_with(&dir, &config_text(&dir, servers), args).unwrap();
         let mut supervisor = Supervisor {
             children: Vec::new(),
             process,
@@ -79,6 +85,13 @@ impl Supervisor {
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no child {name}: {:?}", self.children))
             .1
+    }
+
+    /// SIGTERM, then its exit code once it exited (None: it did not within `TIMEOUT`, or died
+    /// of a signal).
+    fn stop(&mut self) -> Option<i32> {
+        self.process.signal("TERM").unwrap();
+        self.process.wait_exit(TIMEOUT).and_then(|s| s.code())
     }
 
     fn child_pids(&self) -> Vec<u32> {
@@ -247,12 +260,49 @@ fn a_server_killed_while_the_herd_runs_is_reported_and_fails_the_exit_status() {
     assert!(supervisor.process.is_running(), "the supervisor runs on");
     answers_as(alpha.port(), "Alpha");
 
-    supervisor.process.signal("TERM").unwrap();
-    let status = supervisor.process.wait_exit(TIMEOUT);
     assert_eq!(
-        status.and_then(|s| s.code()),
+        supervisor.stop(),
         Some(1),
-        "a server died, so the herd exits 1 even after a clean SIGTERM: {status:?}\n{stderr}"
+        "a server died, so the herd exits 1 even after a clean SIGTERM:\n{stderr}"
+    );
+    assert!(!alive(supervisor.pid_of("Alpha")), "Alpha was stopped");
+}
+
+#[test]
+fn with_restart_a_killed_server_is_started_again_and_serves() {
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
+    let mut supervisor =
+        Supervisor::start_with(&[("Alpha", alpha), ("Beta", beta)], &["--restart"]);
+    let first = supervisor.pid_of("Beta");
+    kill(first, "KILL");
+    supervisor.wait_for_stderr("herd: Beta exited (signal: 9 (SIGKILL)); restarting it in 1 s");
+    supervisor.wait_for_stderr("herd: restarted Beta");
+    let listening = "Beta: Beta listening on ";
+    let found = wait_until(TIMEOUT, || {
+        supervisor.stderr().matches(listening).count() == 2
+    });
+    assert!(
+        found,
+        "Beta said it listens again:\n{}",
+        supervisor.stderr()
+    );
+    supervisor.children = children_of(supervisor.process.pid());
+    let second = supervisor.pid_of("Beta");
+    assert_ne!(second, first, "a new process");
+    answers_as(beta.port(), "Beta");
+    answers_as(alpha.port(), "Alpha");
+
+    // Dying again soon after: the next restart waits twice as long.
+    kill(second, "KILL");
+    supervisor.wait_for_stderr("restarting it in 2 s");
+
+    assert_eq!(
+        supervisor.stop(),
+        Some(1),
+        "a server died, so the herd exits 1 even after a clean SIGTERM:\n{}",
+        supervisor.stderr()
     );
     assert!(!alive(supervisor.pid_of("Alpha")), "Alpha was stopped");
 }
@@ -278,14 +328,7 @@ fn sigterm_exits_0_once_every_server_has_stopped() {
     answers_as(alpha.port(), "Alpha");
     answers_as(beta.port(), "Beta");
 
-    supervisor.process.signal("TERM").unwrap();
-    let status = supervisor.process.wait_exit(TIMEOUT);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{status:?}\n{}",
-        supervisor.stderr()
-    );
+    assert_eq!(supervisor.stop(), Some(0), "{}", supervisor.stderr());
     // Already exited: the supervisor exits only after it reaped every server.
     assert!(
         supervisor.child_pids().into_iter().all(|pid| !alive(pid)),

@@ -385,11 +385,17 @@ fn descendants_of(root: u32) -> Vec<u32> {
 /// Starts `herd --all` on `config_text` (written to `dir/herd.conf`), its stderr to
 /// `dir/herd.stderr`; the servers it starts are killed on drop too.
 pub fn spawn_all(dir: &TempDir, config_text: &str) -> Result<Process, String> {
+    spawn_all_with(dir, config_text, &[])
+}
+
+/// [`spawn_all`] with more arguments after the config (`--restart`).
+pub fn spawn_all_with(dir: &TempDir, config_text: &str, args: &[&str]) -> Result<Process, String> {
     let config = dir.write("herd.conf", config_text)?;
     let mut command = Command::new(herd_bin());
     command
         .arg("--all")
         .arg(&config)
+        .args(args)
         .current_dir(dir.path())
         .env(KEY_ENV, API_KEY);
     let mut process = Process::spawn(command, &dir.path().join("herd.stderr"))?;
