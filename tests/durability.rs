@@ -98,10 +98,16 @@ fn acknowledges(reply: &str, server: &str, update: &Update) -> bool {
         && fields[3..] == [&*update.id, &*update.location, &*update.time]
 }
 
-/// Sends every update to `server` (at `port`) on one connection, pipelined from a writer
-/// thread, and returns the replies in order, each checked to acknowledge its update.
-fn iamat_all(port: u16, server: &str, updates: &[Update]) -> Vec<String> {
-    if updates.is_empty() {
+/// Writes `text` (a command a line) to the server at `port` from a writer thread while `read`
+/// takes the replies of its `count` commands in order (so a long pipeline cannot stall on
+/// full socket buffers); returns what `read` made of each.
+fn pipelined<T>(
+    port: u16,
+    text: String,
+    count: usize,
+    mut read: impl FnMut(&mut Client, usize) -> T,
+) -> Vec<T> {
+    if count == 0 {
         return Vec::new();
     }
     let mut client = Client::connect(port);
@@ -109,66 +115,53 @@ fn iamat_all(port: u16, server: &str, updates: &[Update]) -> Vec<String> {
         .stream()
         .try_clone()
         .expect("clone the client socket");
-    let text: String = updates.iter().map(|u| u.command() + "\n").collect();
     let sender = thread::spawn(move || writer.write_all(text.as_bytes()));
-    let replies = updates
-        .iter()
-        .map(|update| {
-            let reply = client.read_line();
-            assert!(
-                acknowledges(&reply, server, update),
-                "{} at {server} answered {reply:?}",
-                update.command()
-            );
-            reply
-        })
-        .collect();
+    let replies = (0..count).map(|i| read(&mut client, i)).collect();
     sender
         .join()
-        .expect("the IAMAT writer")
-        .expect("write IAMATs");
+        .expect("the pipeline's writer")
+        .expect("write the pipeline");
     replies
+}
+
+/// Sends every update to `server` (at `port`) on one connection, pipelined, and returns the
+/// replies in order, each checked to acknowledge its update.
+fn iamat_all(port: u16, server: &str, updates: &[Update]) -> Vec<String> {
+    let text: String = updates.iter().map(|u| u.command() + "\n").collect();
+    pipelined(port, text, updates.len(), |client, i| {
+        let reply = client.read_line();
+        assert!(
+            acknowledges(&reply, server, &updates[i]),
+            "{} at {server} answered {reply:?}",
+            updates[i].command()
+        );
+        reply
+    })
 }
 
 /// What the server at `port` holds for each of `ids`: the AT line its WHATSAT reply starts
 /// with, or None for `? ` (unknown). Pipelined on one connection.
 fn held(port: u16, ids: &[String]) -> Vec<Option<String>> {
-    if ids.is_empty() {
-        return Vec::new();
-    }
-    let mut client = Client::connect(port);
-    let mut writer = client
-        .stream()
-        .try_clone()
-        .expect("clone the client socket");
     let text: String = ids.iter().map(|id| format!("WHATSAT {id} 1 1\n")).collect();
-    let sender = thread::spawn(move || writer.write_all(text.as_bytes()));
-    let lines = ids
-        .iter()
-        .map(|id| {
-            let first = client.read_line();
-            if first.starts_with("? ") {
-                assert_eq!(first, format!("? WHATSAT {id} 1 1"), "an unknown client");
-                return None;
-            }
-            let fields: Vec<&str> = first.split(' ').collect();
-            assert!(
-                fields.len() == 6 && fields[0] == "AT" && fields[3] == id,
-                "WHATSAT {id} 1 1 answered {first:?}"
-            );
-            let rest = client.read_until_blank_line();
-            assert!(
-                rest.ends_with("}\n\n"),
-                "WHATSAT reply ends with JSON and a blank line: {first:?} {rest:?}"
-            );
-            Some(first)
-        })
-        .collect();
-    sender
-        .join()
-        .expect("the WHATSAT writer")
-        .expect("write WHATSATs");
-    lines
+    pipelined(port, text, ids.len(), |client, i| {
+        let id = &ids[i];
+        let first = client.read_line();
+        if first.starts_with("? ") {
+            assert_eq!(first, format!("? WHATSAT {id} 1 1"), "an unknown client");
+            return None;
+        }
+        let fields: Vec<&str> = first.split(' ').collect();
+        assert!(
+            fields.len() == 6 && fields[0] == "AT" && fields[3] == id,
+            "WHATSAT {id} 1 1 answered {first:?}"
+        );
+        let rest = client.read_until_blank_line();
+        assert!(
+            rest.ends_with("}\n\n"),
+            "WHATSAT reply ends with JSON and a blank line: {first:?} {rest:?}"
+        );
+        Some(first)
+    })
 }
 
 /// Polls `server` until it holds exactly `want[i]` for each `ids[i]`; panics after `timeout`

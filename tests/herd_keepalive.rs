@@ -2,9 +2,9 @@
 //! answers, and a neighbour that accepted the link but then falls silent (a silent partition,
 //! a hung process) is taken down and retried instead of holding updates forever.
 
-use herd_test_support::{cluster::Herd, harness::wait_until, raw_peer::RawPeer};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{TcpListener, TcpStream};
+use herd_test_support::{cluster::Herd, harness::accept_within, raw_peer::RawPeer};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -33,9 +33,6 @@ fn a_neighbour_that_welcomes_but_falls_silent_is_taken_down_and_retried() {
     herd.start("Campbell");
 
     let stream = accept_within(&silent_bona, Duration::from_secs(5));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set_read_timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut hello = String::new();
     reader.read_line(&mut hello).expect("hello");
@@ -67,27 +64,4 @@ fn a_neighbour_that_welcomes_but_falls_silent_is_taken_down_and_retried() {
     assert!(log.contains("link retry Bona in"), "{log}");
     // The retry reconnects to the same (fake) address.
     accept_within(&silent_bona, Duration::from_secs(5));
-}
-
-/// The next connection `listener` accepts within `timeout` (a test that never gets one fails
-/// instead of hanging), as a blocking stream the reads' timeouts apply to.
-fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
-    listener.set_nonblocking(true).expect("nonblocking accept");
-    let mut accepted = None;
-    let connected = wait_until(timeout, || match listener.accept() {
-        Ok((stream, _)) => {
-            accepted = Some(stream);
-            true
-        }
-        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-        Err(e) => panic!("accept failed: {e}"),
-    });
-    assert!(
-        connected,
-        "Campbell's link did not connect within {timeout:?}"
-    );
-    let stream = accepted.expect("accepted");
-    // Not every platform's accept(2) clears the listener's O_NONBLOCK on the new socket.
-    stream.set_nonblocking(false).expect("blocking stream");
-    stream
 }

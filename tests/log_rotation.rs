@@ -8,13 +8,16 @@ use herd_test_support::{
     checks::check_framing,
     client::{time_from_now, Client},
     cluster::Herd,
-    harness::{free_ports, read_lossy, refused_places_url, tail, wait_until, TempDir, KEY_ENV},
+    harness::{
+        accept_within, free_ports, read_lossy, refused_places_url, tail, wait_until, TempDir,
+        KEY_ENV,
+    },
     raw_peer::RawPeer,
     server::Server,
 };
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -393,27 +396,6 @@ fn keepalives_are_logged_at_debug() {
         &["[INFO] send link=Bona AT Campbell ", " at-campbell "],
     );
     record_with(&log, &["[INFO] recv conn=", " HERD-PING"]);
-}
-
-/// The next connection `listener` accepts within `timeout`, as a blocking stream.
-fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
-    listener.set_nonblocking(true).expect("nonblocking accept");
-    let mut accepted = None;
-    let connected = wait_until(timeout, || match listener.accept() {
-        Ok((stream, _)) => {
-            accepted = Some(stream);
-            true
-        }
-        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-        Err(e) => panic!("accept failed: {e}"),
-    });
-    assert!(connected, "no connection within {timeout:?}");
-    let stream = accepted.expect("accepted");
-    stream.set_nonblocking(false).expect("blocking stream");
-    stream
-        .set_read_timeout(Some(timeout))
-        .expect("set_read_timeout");
-    stream
 }
 
 /// Writes `path` until the file system is full; returns the bytes written.

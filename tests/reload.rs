@@ -37,6 +37,18 @@ impl Servers {
         }
     }
 
+    /// `names` started from one config in which Alpha links to Bravo, once an update made at
+    /// Alpha has reached Bravo (so the link is up).
+    fn linked(names: &[&'static str]) -> Servers {
+        let mut herd = Servers::new(names);
+        herd.write_config(&["Alpha", "Bravo"], &[("Alpha", "Bravo")], "");
+        herd.start("Alpha");
+        herd.start("Bravo");
+        herd.iamat("Alpha", "kiwi");
+        herd.wait_knows("Bravo", "kiwi");
+        herd
+    }
+
     fn index(&self, name: &str) -> usize {
         self.names
             .iter()
@@ -122,12 +134,7 @@ fn tail(path: &Path) -> String {
 /// updates flow both ways at once.
 #[test]
 fn a_new_server_joins_a_running_herd_after_a_reload() {
-    let mut herd = Servers::new(&["Alpha", "Bravo", "Charlie"]);
-    herd.write_config(&["Alpha", "Bravo"], &[("Alpha", "Bravo")], "");
-    herd.start("Alpha");
-    herd.start("Bravo");
-    herd.iamat("Alpha", "kiwi");
-    herd.wait_knows("Bravo", "kiwi");
+    let mut herd = Servers::linked(&["Alpha", "Bravo", "Charlie"]);
 
     herd.write_config(
         &["Alpha", "Bravo", "Charlie"],
@@ -156,12 +163,7 @@ fn a_new_server_joins_a_running_herd_after_a_reload() {
 /// config it had: its links stay up and updates still flow.
 #[test]
 fn an_invalid_config_is_refused_and_the_old_one_keeps_running() {
-    let mut herd = Servers::new(&["Alpha", "Bravo"]);
-    herd.write_config(&["Alpha", "Bravo"], &[("Alpha", "Bravo")], "");
-    herd.start("Alpha");
-    herd.start("Bravo");
-    herd.iamat("Alpha", "kiwi");
-    herd.wait_knows("Bravo", "kiwi");
+    let herd = Servers::linked(&["Alpha", "Bravo"]);
 
     herd.write_config(
         &["Alpha", "Bravo"],
@@ -203,12 +205,7 @@ fn an_invalid_config_is_refused_and_the_old_one_keeps_running() {
 /// change (here `limit line-bytes`) apply to the connections that follow.
 #[test]
 fn a_removed_link_is_closed_and_new_limits_apply() {
-    let mut herd = Servers::new(&["Alpha", "Bravo"]);
-    herd.write_config(&["Alpha", "Bravo"], &[("Alpha", "Bravo")], "");
-    herd.start("Alpha");
-    herd.start("Bravo");
-    herd.iamat("Alpha", "kiwi");
-    herd.wait_knows("Bravo", "kiwi");
+    let herd = Servers::linked(&["Alpha", "Bravo"]);
 
     herd.write_config(&["Alpha", "Bravo"], &[], "limit line-bytes 100");
     herd.hangup("Alpha");

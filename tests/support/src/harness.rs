@@ -715,3 +715,26 @@ pub fn traffic(log_line: &str) -> Option<Traffic<'_>> {
         line,
     })
 }
+
+/// The next connection `listener` accepts within `timeout` (a test that never gets one fails
+/// instead of hanging), as a blocking stream whose reads time out after `timeout` too.
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
+    listener.set_nonblocking(true).expect("nonblocking accept");
+    let mut accepted = None;
+    let connected = wait_until(timeout, || match listener.accept() {
+        Ok((stream, _)) => {
+            accepted = Some(stream);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept failed: {e}"),
+    });
+    assert!(connected, "no connection within {timeout:?}");
+    let stream = accepted.expect("accepted");
+    // Not every platform's accept(2) clears the listener's O_NONBLOCK on the new socket.
+    stream.set_nonblocking(false).expect("blocking stream");
+    stream
+        .set_read_timeout(Some(timeout))
+        .expect("set_read_timeout");
+    stream
+}
