@@ -47,15 +47,11 @@ pub enum Reply {
 
 impl Reply {
     /// Bytes it will take in the output (what the output limits count).
-    pub fn len(&self) -> usize {
+    fn bytes(&self) -> usize {
         match self {
             Reply::Lines(lines) => lines.len() + 1,
             Reply::Whatsat { at_line, json } => at_line.len() + json.len() + 3,
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false // even an empty line is its terminator
     }
 }
 
@@ -98,7 +94,7 @@ impl ReplyQueue {
 
     /// Queues a ready reply behind the waiting ones (call only when not [`is_empty`]).
     pub fn push_ready(&mut self, reply: Reply) {
-        self.queued_bytes += reply.len();
+        self.queued_bytes += reply.bytes();
         self.slots.push_back(Some(reply));
     }
 
@@ -109,7 +105,7 @@ impl ReplyQueue {
         };
         if let Some(slot @ None) = self.slots.get_mut(index as usize) {
             self.waiting -= 1;
-            self.queued_bytes += reply.len();
+            self.queued_bytes += reply.bytes();
             *slot = Some(reply);
         }
     }
@@ -121,7 +117,7 @@ impl ReplyQueue {
         }
         let reply = self.slots.pop_front().flatten()?;
         self.first_seq += 1;
-        self.queued_bytes -= reply.len();
+        self.queued_bytes -= reply.bytes();
         Some(reply)
     }
 }
@@ -234,7 +230,7 @@ mod tests {
     use super::*;
 
     /// What a reply puts in the output.
-    fn bytes(reply: Reply) -> Vec<u8> {
+    fn sent_bytes(reply: Reply) -> Vec<u8> {
         let mut conn = Connection::new(1);
         let seq = conn.reserve_reply();
         conn.fill_reply(seq, reply);
@@ -254,8 +250,8 @@ mod tests {
         assert!(queue.pop_ready().is_none());
         assert_eq!(queue.queued_bytes(), 7);
         queue.fill(seq, b"first".to_vec().into());
-        assert_eq!(bytes(queue.pop_ready().unwrap()), b"first\n");
-        assert_eq!(bytes(queue.pop_ready().unwrap()), b"second\n");
+        assert_eq!(sent_bytes(queue.pop_ready().unwrap()), b"first\n");
+        assert_eq!(sent_bytes(queue.pop_ready().unwrap()), b"second\n");
         assert!(queue.pop_ready().is_none());
         assert!(queue.is_empty());
         assert_eq!(queue.queued_bytes(), 0);
@@ -269,8 +265,8 @@ mod tests {
         queue.fill(b, b"b".to_vec().into());
         assert!(queue.pop_ready().is_none());
         queue.fill(a, b"a".to_vec().into());
-        assert_eq!(bytes(queue.pop_ready().unwrap()), b"a\n");
-        assert_eq!(bytes(queue.pop_ready().unwrap()), b"b\n");
+        assert_eq!(sent_bytes(queue.pop_ready().unwrap()), b"a\n");
+        assert_eq!(sent_bytes(queue.pop_ready().unwrap()), b"b\n");
         // Sequence numbers keep counting after the queue empties.
         let c = queue.reserve();
         assert_eq!(c, b + 1);
@@ -283,7 +279,7 @@ mod tests {
         queue.fill(seq, b"again".to_vec().into());
         queue.fill(seq + 5, b"nowhere".to_vec().into());
         assert_eq!(queue.queued_bytes(), 2);
-        assert_eq!(bytes(queue.pop_ready().unwrap()), b"x\n");
+        assert_eq!(sent_bytes(queue.pop_ready().unwrap()), b"x\n");
     }
 
     #[test]
@@ -298,9 +294,9 @@ mod tests {
         lines.push(b'\n');
         lines.extend_from_slice(&json);
         lines.push(b'\n');
-        let counted = whatsat.len();
-        let sent = bytes(whatsat);
-        assert_eq!(sent, bytes(Reply::Lines(lines)));
+        let counted = whatsat.bytes();
+        let sent = sent_bytes(whatsat);
+        assert_eq!(sent, sent_bytes(Reply::Lines(lines)));
         assert_eq!(sent.len(), counted);
         assert!(sent.ends_with(b"]\n}\n\n"), "the JSON, then the empty line");
     }

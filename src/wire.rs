@@ -38,7 +38,7 @@ pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
     traffic_lines(Direction::Send, party, logged);
     out.push(lines);
     out.push(b"\n");
-    out.count_lines(lines.split(|&b| b == b'\n').count() as u64);
+    out.count_lines(line_count(lines));
 }
 
 /// Queues a WHATSAT reply (SPEC section 2): `at_line`, the shaped JSON, then the empty line
@@ -56,7 +56,12 @@ pub fn send_whatsat(out: &mut OutBuffer, party: Party<'_>, at_line: &[u8], json:
     out.push(b"\n");
     out.push(json);
     out.push(b"\n\n");
-    out.count_lines(json.split(|&b| b == b'\n').count() as u64 + 2);
+    out.count_lines(line_count(json) + 2);
+}
+
+/// Lines in `text` given without its final terminator.
+fn line_count(text: &[u8]) -> u64 {
+    text.iter().filter(|&&b| b == b'\n').count() as u64 + 1
 }
 
 /// Logs a line that came in (without its terminator).

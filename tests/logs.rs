@@ -208,3 +208,46 @@ fn log_goes_to_name_dot_log_in_log_dir() {
     assert!(!log.is_empty());
     assert!(server.dir().join("Alpha.log").is_file());
 }
+
+/// A log record's view of a line: printable ASCII kept, `\` doubled, other bytes `\xNN`
+/// (README "Logs").
+fn escaped(line: &str) -> String {
+    line.bytes()
+        .map(|b| match b {
+            b'\\' => r"\\".to_string(),
+            b' '..=b'~' => char::from(b).to_string(),
+            _ => format!("\\x{b:02x}"),
+        })
+        .collect()
+}
+
+#[test]
+fn every_line_of_a_whatsat_reply_is_a_send_record_in_order() {
+    // SPEC section 6: a record for every line sent, the AT line, each line of the JSON and
+    // the empty line that ends the reply included.
+    let fake = FakePlaces::start();
+    let server = Server::builder("Alpha").places(&fake).start();
+    let mut client = server.client();
+    let id = conn_id(&server, client.local_port());
+    let at = client.iamat("kiwi", "+34.068930-118.445127", "100");
+    client.send("WHATSAT kiwi 10 3");
+    let reply = client.read_until_blank_line();
+    drop(client);
+    let log = wait_for_record(&server, "close", &id);
+
+    let prefix = format!("send conn={id} ");
+    let sent: Vec<&str> = records(&log, "send", &id)
+        .into_iter()
+        .map(|record| record.split_once(&prefix).expect("a send record").1)
+        .collect();
+    let mut wanted = vec![escaped(&at)];
+    wanted.extend(reply.lines().map(escaped));
+    assert!(
+        reply.lines().count() > 10,
+        "a reply of many lines: {reply:?}"
+    );
+    assert_eq!(
+        sent, wanted,
+        "send records of the IAMAT and the WHATSAT\n{log}"
+    );
+}
