@@ -401,6 +401,37 @@ fn slow_lookups_do_not_hold_up_other_clients() {
     assert_eq!(fake.request_count(), 20);
 }
 
+/// A burst of distinct lookups is in flight at once, one call per worker up to `places
+/// workers` (workers start one another as a burst comes, so the loop starts only the first),
+/// and the rest wait for a worker to be free.
+#[test]
+fn a_burst_of_lookups_is_in_flight_at_once_up_to_places_workers() {
+    let fake = FakePlaces::start();
+    fake.set_delay(Duration::from_secs(3));
+    let server = Server::builder("Alpha")
+        .places(&fake)
+        .line("places workers 12")
+        .line("places cache-ms 0")
+        .start();
+    let mut client = server.client();
+    let at = client.iamat("c1", "+1+2", "100");
+    let burst: String = (1..=16).map(|n| format!("WHATSAT c1 10 {n}\n")).collect();
+    client.send_raw(burst.as_bytes());
+    // Each call is held for 3 s, so 12 calls seen within 2.5 s were in flight together.
+    assert!(
+        fake.wait_for_requests(12, Duration::from_millis(2500)),
+        "{} calls in flight",
+        fake.request_count()
+    );
+    assert_eq!(fake.answered_count(), 0);
+    assert_eq!(fake.request_count(), 12, "no more calls than workers");
+    for n in 1..=16 {
+        let json = check_framing(&client.read_whatsat_reply(), &at);
+        assert_eq!(place_ids(&json, "places", "id"), fake_ids(n), "reply {n}");
+    }
+    assert_eq!(fake.request_count(), 16);
+}
+
 #[test]
 fn client_gone_before_places_answers_does_not_hurt_the_server() {
     let fake = FakePlaces::start();

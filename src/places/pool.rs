@@ -4,8 +4,9 @@
 //! The loop hands a [`LookupJob`] to a bounded queue and goes on; a worker makes the call,
 //! shapes the answer, sends a [`LookupDone`] back over a channel, then wakes the loop through
 //! its `mio::Waker`. Workers are sized for Places' real latency: `places workers` is the most
-//! calls in flight, threads start when there is work and no idle worker to take it, and stop
-//! after a while without work, so an idle server keeps none; each has a small stack. The agent
+//! calls in flight, threads start when there is work and no idle worker to take it (the loop
+//! starts the first of a burst, and each new worker the next), and stop after a while without
+//! work, so an idle server keeps none; each has a small stack. The agent
 //! keeps one idle connection per worker, so in steady state a call opens no new TCP or TLS
 //! connection. This is the only module that touches `ureq` or spawns threads for lookups.
 
@@ -74,6 +75,11 @@ struct PoolState {
     workers: usize,
     /// Workers waiting for a job.
     idle: usize,
+    /// A worker was started and has not run yet. It starts the next one itself if jobs are
+    /// still waiting then, so a burst of lookups costs the loop one thread start, not one per
+    /// worker (each start takes the process's memory-map lock, and a few hundred of them in a
+    /// row held the loop for tens of milliseconds).
+    starting: bool,
     closed: bool,
 }
 
@@ -120,6 +126,7 @@ impl PlacesPool {
                 queue: VecDeque::new(),
                 workers: 0,
                 idle: 0,
+                starting: false,
                 closed: false,
             }),
             work: Condvar::new(),
@@ -152,14 +159,12 @@ impl PlacesPool {
         }
         state.queue.push_back(job);
         // A woken worker leaves `idle` only when it runs, so count the jobs it has not taken.
-        if state.queue.len() > state.idle && state.workers < self.shared.max_workers {
-            let shared = Arc::clone(&self.shared);
-            let spawned = thread::Builder::new()
-                .name("places".to_string())
-                .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || work(&shared));
-            match spawned {
-                Ok(_) => state.workers += 1,
+        if state.queue.len() > state.idle
+            && !state.starting
+            && state.workers < self.shared.max_workers
+        {
+            match start_worker(&self.shared, &mut state) {
+                Ok(()) => {}
                 Err(e) if state.workers == 0 => {
                     log::warn!("places: cannot start a worker: {e}");
                     return Err(state.queue.pop_back().expect("pushed above"));
@@ -221,8 +226,52 @@ fn lower_priority() {
     }
 }
 
-fn work(shared: &Shared) {
+/// Starts a worker thread and counts it (see [`PoolState::starting`]).
+fn start_worker(shared: &Arc<Shared>, state: &mut PoolState) -> io::Result<()> {
+    spawn_worker(shared)?;
+    state.workers += 1;
+    state.starting = true;
+    Ok(())
+}
+
+fn spawn_worker(shared: &Arc<Shared>) -> io::Result<()> {
+    let for_worker = Arc::clone(shared);
+    thread::Builder::new()
+        .name("places".to_string())
+        .stack_size(WORKER_STACK_BYTES)
+        .spawn(move || work(&for_worker))
+        .map(drop)
+}
+
+/// Run by a worker as it starts: it takes one of the waiting jobs itself, and starts the next
+/// worker for any others that no idle worker will take. The thread is started outside the
+/// lock, which the loop takes for every lookup: a worker runs at a lower priority, and one
+/// preempted while holding it would hold up the loop.
+fn start_next_worker(shared: &Arc<Shared>) {
+    {
+        let mut state = lock(&shared.state);
+        state.starting = false;
+        let wanted = !state.closed
+            && state.queue.len() > state.idle + 1
+            && state.workers < shared.max_workers;
+        if !wanted {
+            return;
+        }
+        // Counted before it runs, as the loop counts the workers it starts.
+        state.workers += 1;
+        state.starting = true;
+    }
+    if let Err(e) = spawn_worker(shared) {
+        log::warn!("places: cannot start another worker: {e}");
+        let mut state = lock(&shared.state);
+        state.workers -= 1;
+        state.starting = false;
+    }
+}
+
+fn work(shared: &Arc<Shared>) {
     lower_priority();
+    start_next_worker(shared);
     loop {
         let Some(job) = next_job(shared) else {
             return;
