@@ -6,9 +6,8 @@
 //! its `mio::Waker`. Workers are sized for Places' real latency: `places workers` is the most
 //! calls in flight, threads start when there is work and no idle worker to take it (the loop
 //! starts the first of a burst, and each new worker the next), and stop after a while without
-//! work, so an idle server keeps none; each has a small stack. The agent
-//! keeps one idle connection per worker, so in steady state a call opens no new TCP or TLS
-//! connection. This is the only module that touches `ureq` or spawns threads for lookups.
+//! work, so an idle server keeps none; each has a small stack. The agent keeps one idle
+//! connection per worker, so in steady state a call opens no new TCP or TLS connection. This is the only module that touches `ureq` or spawns threads for lookups.
 
 use std::collections::VecDeque;
 use std::io;
