@@ -406,8 +406,6 @@ impl EventLoop {
                     }
                     Token(t) if t >= self.first_conn => {
                         let key = t - self.first_conn;
-                        let input =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
                         let closing = event.is_read_closed() || event.is_error();
                         // A connection already in line for a read waits for its turn there: a
                         // pipelining client's every new arrival would otherwise jump the line,
@@ -416,7 +414,7 @@ impl EventLoop {
                         // Its end is seen at once, though: until then its lookups still queued
                         // for Places would be sent (a second's worth after 2,000 closed).
                         let queued = self.conns.get(key).is_some_and(|e| e.input_queued);
-                        if input && (!queued || closing) {
+                        if closing || (event.is_readable() && !queued) {
                             self.read_input(key, closing);
                         }
                         if event.is_writable() {
