@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,8 +76,20 @@ pub fn free_ports(n: usize) -> Result<Vec<SocketAddr>, String> {
 
 /// A `places url` directive for a loopback port nobody listens on: a lookup fails at once
 /// with "connection refused", and no test or bench run ever reaches the real Google.
+///
+/// The port is a privileged one, below the kernel's ephemeral range, so nothing a test binds
+/// (`127.0.0.1:0`: a fake Places, a server) can ever be given it. A free ephemeral port,
+/// released, could be: a fake Places another test started then received this server's
+/// lookups, and that test counted a call too many.
 pub fn refused_places_url() -> Result<String, String> {
-    let addr = free_ports(1)?[0];
+    static REFUSED: OnceLock<Option<SocketAddr>> = OnceLock::new();
+    let addr = REFUSED
+        .get_or_init(|| {
+            (1..1024)
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+                .find(|addr| !accepts(*addr))
+        })
+        .ok_or("every loopback port below 1024 accepts connections")?;
     Ok(format!("places url http://{addr}/v1/places:searchNearby"))
 }
 
