@@ -4,10 +4,9 @@
 //! Pure: no sockets, no clock (the loop passes `now` in), no threads. The event loop carries
 //! out what these functions decide.
 
-use crate::peer_wire;
+use crate::peer_wire::{self, Challenge, Greeting, HelloCheck, PeerAuth};
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, AtRecord, ClientTime, Location, Parsed, Request};
-use crate::secret::Secret;
 use crate::store::{Applied, ClientTable, LinkId, RecordIndex, Source};
 
 /// What one client line comes to.
@@ -25,8 +24,15 @@ pub enum ClientOutcome {
         at_line: Box<[u8]>,
         query: PlacesQuery,
     },
-    /// A valid hello from a neighbour: from now on the connection carries its updates. `link`
-    /// is our outbound link to the same neighbour.
+    /// A hello from a neighbour, with a secret set: send `reply` (the challenge) and hold
+    /// `challenge` on the connection for its proof. `link` is our link to the neighbour.
+    Challenged {
+        link: LinkId,
+        challenge: Challenge,
+        reply: Vec<u8>,
+    },
+    /// A neighbour proved itself (or said a valid hello, without a secret): from now on the
+    /// connection carries its updates. `link` is our outbound link to the same neighbour.
     PeerAccepted {
         link: LinkId,
         name: String,
@@ -72,7 +78,8 @@ pub struct App {
     /// Every server of the herd: an update names the server that took it, and one naming a
     /// server the config does not know is forged or from another herd.
     servers: Vec<String>,
-    peer_secret: Option<Secret>,
+    /// The herd's secret and the nonces of handshakes; `None` with `peer secret none`.
+    peer_auth: Option<PeerAuth>,
     /// How far past our clock a client time may be (`limit future-seconds`).
     max_future_nanos: i128,
     clients: ClientTable,
@@ -84,14 +91,14 @@ impl App {
         name: &str,
         neighbours: Vec<String>,
         servers: Vec<String>,
-        peer_secret: Option<Secret>,
+        peer_auth: Option<PeerAuth>,
         max_future_secs: u64,
     ) -> App {
         App {
             name: name.to_string(),
             neighbours: neighbours.into_iter().map(Some).collect(),
             servers,
-            peer_secret,
+            peer_auth,
             max_future_nanos: i128::from(max_future_secs) * 1_000_000_000,
             clients: ClientTable::new(),
             commands: CommandCounts::default(),
@@ -113,9 +120,9 @@ impl App {
         client_time.as_nanos() - now.as_nanos() > self.max_future_nanos
     }
 
-    /// The hello this server sends on its link to `to`.
-    pub fn hello_to(&self, to: &str, now: ClientTime) -> Vec<u8> {
-        peer_wire::format_hello(&self.name, to, self.peer_secret.as_ref(), now.secs)
+    /// The handshake of a new connection of this server's link to `to`.
+    pub fn greeting_to(&mut self, to: &str) -> Greeting {
+        Greeting::new(&self.name, to, self.peer_auth.as_mut())
     }
 
     /// Handles one line from the neighbour at `from`: an AT line as the taking server made it.
@@ -173,7 +180,9 @@ impl App {
         let outcome = self.decide_client_line(line, now);
         let counts = &mut self.commands;
         match &outcome {
-            ClientOutcome::Silent | ClientOutcome::PeerAccepted { .. } => {}
+            ClientOutcome::Silent
+            | ClientOutcome::Challenged { .. }
+            | ClientOutcome::PeerAccepted { .. } => {}
             ClientOutcome::Stored { .. } => counts.iamat += 1,
             ClientOutcome::Lookup { .. } => counts.whatsat += 1,
             ClientOutcome::Reply(reply) if reply.starts_with(b"? ") => counts.invalid += 1,
@@ -185,7 +194,7 @@ impl App {
 
     fn decide_client_line(&mut self, line: &[u8], now: ClientTime) -> ClientOutcome {
         if peer_wire::is_hello(line) {
-            return self.handle_hello(line, now);
+            return self.handle_hello(line);
         }
         match protocol::parse_request(line) {
             Parsed::Blank => ClientOutcome::Silent,
@@ -246,27 +255,68 @@ impl App {
 impl App {
     /// SPEC section 3: only a neighbour the config names (proving the secret, when one is set)
     /// may inject updates; any other hello is an invalid command.
-    fn handle_hello(&self, line: &[u8], now: ClientTime) -> ClientOutcome {
-        let accepted = peer_wire::check_hello(
-            line,
-            &self.name,
-            self.peer_secret.as_ref(),
-            now.secs,
-            |name| self.neighbours.iter().flatten().any(|n| n == name),
-        );
-        let link = accepted.and_then(|name| {
-            self.neighbours
-                .iter()
-                .position(|n| n.as_deref() == Some(name))
+    fn handle_hello(&mut self, line: &[u8]) -> ClientOutcome {
+        let neighbours = &self.neighbours;
+        let checked = peer_wire::check_hello(line, &self.name, self.peer_auth.as_mut(), |name| {
+            neighbours.iter().flatten().any(|n| n == name)
         });
-        match (accepted, link) {
-            (Some(name), Some(link)) => ClientOutcome::PeerAccepted {
-                link,
-                name: name.to_string(),
-                reply: peer_wire::format_welcome(&self.name),
+        match checked {
+            HelloCheck::Welcome(name) => match self.link_to(name) {
+                Some(link) => ClientOutcome::PeerAccepted {
+                    link,
+                    name: name.to_string(),
+                    reply: peer_wire::format_welcome(&self.name),
+                },
+                None => ClientOutcome::Reply(protocol::format_invalid(line)),
             },
-            _ => ClientOutcome::Reply(protocol::format_invalid(line)),
+            HelloCheck::Challenge { challenge, reply } => match self.link_to(challenge.from()) {
+                Some(link) => ClientOutcome::Challenged {
+                    link,
+                    challenge,
+                    reply,
+                },
+                None => ClientOutcome::Reply(protocol::format_invalid(line)),
+            },
+            HelloCheck::Refused => ClientOutcome::Reply(protocol::format_invalid(line)),
         }
+    }
+
+    /// The line that follows a challenge this server sent. A proof that answers it makes the
+    /// connection the neighbour's link; a wrong one is an invalid command (the challenge is
+    /// spent either way, so a proof cannot be guessed twice); any other line is `None`: an
+    /// ordinary client line, to be handled as one.
+    pub fn handle_proof(
+        &mut self,
+        line: &[u8],
+        link: LinkId,
+        challenge: &Challenge,
+    ) -> Option<ClientOutcome> {
+        if !peer_wire::is_proof(line) {
+            return None;
+        }
+        let proved = self
+            .peer_auth
+            .as_ref()
+            .is_some_and(|auth| peer_wire::check_proof(line, &self.name, auth, challenge));
+        // The neighbour may have been unlinked by a reload since the challenge.
+        let still_linked = self.link_to(challenge.from()) == Some(link);
+        Some(if proved && still_linked {
+            ClientOutcome::PeerAccepted {
+                link,
+                name: challenge.from().to_string(),
+                reply: peer_wire::format_welcome(&self.name),
+            }
+        } else {
+            self.commands.invalid += 1;
+            ClientOutcome::Reply(protocol::format_invalid(line))
+        })
+    }
+
+    /// Our link to the neighbour `name`, while the config links it.
+    fn link_to(&self, name: &str) -> Option<LinkId> {
+        self.neighbours
+            .iter()
+            .position(|n| n.as_deref() == Some(name))
     }
 }
 
@@ -421,31 +471,58 @@ mod tests {
         );
     }
 
+    fn with_secret(name: &str, neighbour: &str, seed: u8) -> App {
+        let secret = crate::secret::Secret::new("k".into());
+        let auth = PeerAuth::new(secret, [seed; 32]);
+        App::new(name, vec![neighbour.into()], herd(), Some(auth), DAY_SECS)
+    }
+
     #[test]
-    fn with_a_secret_a_hello_without_proof_is_invalid() {
-        let secret = Secret::new("k".into());
-        let mut campbell = App::new(
-            "Campbell",
-            vec!["Bona".into()],
-            herd(),
-            Some(secret.clone()),
-            DAY_SECS,
+    fn with_a_secret_a_hello_is_challenged_and_only_its_proof_makes_a_peer() {
+        let mut campbell = with_secret("Campbell", "Bona", 1);
+        let mut bona = with_secret("Bona", "Campbell", 2);
+        let now = at(1, 0);
+        assert_eq!(
+            text(&campbell.handle_client_line(b"HERD-HELLO Bona", now)),
+            "? HERD-HELLO Bona"
         );
-        let bona = App::new(
-            "Bona",
-            vec!["Campbell".into()],
-            herd(),
-            Some(secret),
-            DAY_SECS,
+        let mut greeting = bona.greeting_to("Campbell");
+        let ClientOutcome::Challenged {
+            link,
+            challenge,
+            reply,
+        } = campbell.handle_client_line(&greeting.hello(), now)
+        else {
+            panic!("the hello is challenged");
+        };
+        let peer_wire::GreetingStep::Send(proof) = greeting.on_line(&reply) else {
+            panic!("Bona answers the challenge");
+        };
+        // A line that is not a proof leaves it to the client path.
+        assert_eq!(
+            campbell.handle_proof(b"IAMAT a +1+1 1", link, &challenge),
+            None
         );
+        let wrong = b"HERD-PROOF 00";
+        let refused = campbell.handle_proof(wrong, link, &challenge);
+        assert_eq!(
+            refused,
+            Some(ClientOutcome::Reply(b"? HERD-PROOF 00".to_vec()))
+        );
+        assert_eq!(campbell.commands().invalid, 2);
+        assert_eq!(
+            campbell.handle_proof(&proof, link, &challenge),
+            Some(ClientOutcome::PeerAccepted {
+                link: 0,
+                name: "Bona".into(),
+                reply: b"HERD-WELCOME Campbell".to_vec()
+            })
+        );
+        // Unlinked by a reload between the challenge and the proof: refused.
+        campbell.remove_neighbour(link);
         assert!(matches!(
-            campbell.handle_client_line(b"HERD-HELLO Bona", at(1, 0)),
-            ClientOutcome::Reply(_)
-        ));
-        let hello = bona.hello_to("Campbell", at(1000, 0));
-        assert!(matches!(
-            campbell.handle_client_line(&hello, at(1001, 0)),
-            ClientOutcome::PeerAccepted { .. }
+            campbell.handle_proof(&proof, link, &challenge),
+            Some(ClientOutcome::Reply(_))
         ));
     }
 

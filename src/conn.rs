@@ -12,6 +12,7 @@ use mio::Interest;
 
 use crate::buffer::OutBuffer;
 use crate::logging::Party;
+use crate::peer_wire::Challenge;
 use crate::store::LinkId;
 use crate::wire;
 
@@ -130,6 +131,9 @@ pub struct Connection {
     pub state: ConnState,
     /// Set once the connection said a valid hello: its lines are then updates.
     pub peer: Option<Peer>,
+    /// The challenge this server sent in answer to the connection's hello, for the link
+    /// `LinkId`, until the next line (its proof, or not) spends it.
+    pub challenged: Option<(LinkId, Challenge)>,
     pub out: OutBuffer,
     replies: ReplyQueue,
 }
@@ -140,6 +144,7 @@ impl Connection {
             id,
             state: ConnState::Open,
             peer: None,
+            challenged: None,
             out: OutBuffer::default(),
             replies: ReplyQueue::default(),
         }

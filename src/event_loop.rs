@@ -152,7 +152,8 @@ pub struct ServerSetup {
     pub listener: TcpListener,
     pub config: Config,
     pub places_key: Option<Secret>,
-    pub peer_secret: Option<Secret>,
+    /// The herd's secret and the seed of handshake nonces; `None` with `peer secret none`.
+    pub peer_auth: Option<crate::peer_wire::PeerAuth>,
     /// Read end of the pipe that SIGTERM and SIGINT write to.
     pub signals: UnixStream,
     /// Read end of the pipe that SIGHUP writes to.
@@ -299,7 +300,7 @@ impl EventLoop {
             &setup.name,
             neighbours,
             config.servers.iter().map(|s| s.name.clone()).collect(),
-            setup.peer_secret,
+            setup.peer_auth,
             config.limits.max_future_secs,
         );
         let metrics = match setup.metrics {
@@ -630,7 +631,9 @@ impl EventLoop {
             let lines_received = &mut counters.lines_received;
             let mut handle = |line: Line<'_>| {
                 *lines_received += 1;
-                if probation_until.is_some() && conn.peer.is_none() && !is_hello(&line) {
+                let neighbour_or_greeting =
+                    conn.peer.is_some() || conn.challenged.is_some() || is_hello(&line);
+                if probation_until.is_some() && !neighbour_or_greeting {
                     warn!(
                         "limit connections: conn={} is past the limit and not a neighbour, \
                          closing",

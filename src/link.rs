@@ -17,7 +17,7 @@ use crate::buffer::{Line, LineReader, OutBuffer};
 use crate::config::PeerSettings;
 use crate::logging::{Escaped, Party};
 use crate::owed::{NextRecord, Owed};
-use crate::peer_wire::{self, MAX_REPLY_LINE_BYTES, PING_LINE};
+use crate::peer_wire::{Greeting, GreetingStep, Refusal, MAX_REPLY_LINE_BYTES, PING_LINE};
 use crate::store::{ClientTable, LinkId, RecordIndex};
 use crate::wire;
 
@@ -61,8 +61,12 @@ pub enum LinkState<S> {
     Waiting { retry_at: Instant },
     /// A nonblocking connect is in flight.
     Connecting { socket: S, deadline: Instant },
-    /// Connected and the hello sent; waiting for the neighbour's welcome.
-    Greeting { socket: S, deadline: Instant },
+    /// Connected and the hello sent; the handshake goes on until the neighbour's welcome.
+    Greeting {
+        socket: S,
+        deadline: Instant,
+        greeting: Greeting,
+    },
     /// Accepted: floods and the resync go out from `owed`. A ping goes out at `ping_due`; a
     /// neighbour not heard from since `last_heard` plus the silence limit is taken for gone;
     /// `last_progress` is the last time the socket took bytes or had nothing waiting.
@@ -305,25 +309,30 @@ impl<S> Link<S> {
         };
     }
 
-    /// The connect finished: send the hello and wait for the welcome.
-    pub fn connected(&mut self, hello: &[u8], now: Instant) {
+    /// The connect finished: send the hello and go on with the handshake.
+    pub fn connected(&mut self, greeting: Greeting, now: Instant) {
         if let LinkState::Connecting { .. } = self.state {
             let LinkState::Connecting { socket, .. } = self.take_state(now) else {
                 unreachable!("matched above");
             };
-            wire::send_line(&mut self.out, Party::Link(&self.name), hello);
+            wire::send_line(&mut self.out, Party::Link(&self.name), &greeting.hello());
             self.state = LinkState::Greeting {
                 socket,
                 deadline: now + GREETING_TIMEOUT,
+                greeting,
             };
         }
     }
 
-    /// Bytes from the neighbour: its welcome, then only pongs. Anything arriving counts as a
-    /// sign of life.
+    /// Bytes from the neighbour: the rest of the handshake (a challenge, the welcome), then
+    /// only pongs. Anything arriving counts as a sign of life.
     pub fn on_bytes(&mut self, bytes: &[u8], table: &ClientTable, now: Instant) -> Heard {
-        let mut welcome: Option<Result<(), String>> = None;
-        let greeting = matches!(self.state, LinkState::Greeting { .. });
+        let mut greeting = match &mut self.state {
+            LinkState::Greeting { greeting, .. } => Some(greeting),
+            _ => None,
+        };
+        let mut answers = Vec::new();
+        let mut ended: Option<Result<(), Refusal>> = None;
         let party = Party::Link(&self.name);
         let lines = &mut self.history.lines_received;
         self.history.last_heard = Some(now);
@@ -333,19 +342,24 @@ impl<S> Link<S> {
                 Line::Complete(line) | Line::TooLong(line) => line,
             };
             wire::received(party, line);
-            if greeting && welcome.is_none() {
-                welcome = Some(match peer_wire::parse_welcome(line) {
-                    Some(_) => Ok(()),
-                    None => Err(format!("refused: {}", Escaped(line))),
-                });
+            let Some(greeting) = greeting.as_mut().filter(|_| ended.is_none()) else {
+                return;
+            };
+            match greeting.on_line(line) {
+                GreetingStep::Send(answer) => answers.push(answer),
+                GreetingStep::Welcomed => ended = Some(Ok(())),
+                GreetingStep::Refused(why) => ended = Some(Err(why)),
             }
         });
-        match welcome {
+        for answer in answers {
+            wire::send_line(&mut self.out, Party::Link(&self.name), &answer);
+        }
+        match ended {
             Some(Ok(())) => {
                 self.welcomed(table, now);
                 Heard::Welcomed
             }
-            Some(Err(why)) => Heard::Refused(why),
+            Some(Err(why)) => Heard::Refused(refusal_reason(why)),
             None => {
                 if let LinkState::Up { last_heard, .. } = &mut self.state {
                     *last_heard = now;
@@ -495,6 +509,19 @@ impl<S> Link<S> {
     }
 }
 
+/// Why a link went down in its handshake, as the `link down` record says it (proofs in a
+/// refusal's echo are redacted already).
+fn refusal_reason(why: Refusal) -> String {
+    match why {
+        Refusal::Line(line) => format!("refused: {}", Escaped(&line)),
+        Refusal::NoProof => "refused: the neighbour did not prove the shared secret".to_string(),
+        Refusal::Misnamed(name) => format!(
+            "refused: the neighbour says it is {}",
+            Escaped(name.as_bytes())
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +534,11 @@ mod tests {
     /// Stands in for a socket: the link only carries it from state to state.
     #[derive(Debug, PartialEq)]
     struct FakeSocket(u32);
+
+    /// The handshake of a herd without a secret: hello, then the welcome.
+    fn plain_greeting() -> Greeting {
+        Greeting::new("Campbell", "Bona", None)
+    }
 
     fn link(now: Instant) -> Link<FakeSocket> {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(5000));
@@ -529,7 +561,7 @@ mod tests {
     fn link_greeting(now: Instant) -> Link<FakeSocket> {
         let mut l = link(now);
         l.connecting(FakeSocket(7), now);
-        l.connected(b"HERD-HELLO Campbell", now);
+        l.connected(plain_greeting(), now);
         l
     }
 
@@ -599,6 +631,24 @@ mod tests {
         assert_eq!(
             l.on_bytes(b"? HERD-HELLO Campbell\n", &table, now),
             Heard::Refused("refused: ? HERD-HELLO Campbell".into())
+        );
+    }
+
+    /// A refusal echoes our line back; the reason the `link down` record gives never carries a
+    /// proof (one was once logged there in full, and could be replayed).
+    #[test]
+    fn a_refusal_reason_carries_no_proof() {
+        let now = Instant::now();
+        let table = ClientTable::new();
+        let mut l = link_greeting(now);
+        assert_eq!(
+            l.on_bytes(b"? HERD-PROOF 0123abcd\n", &table, now),
+            Heard::Refused("refused: ? HERD-PROOF <redacted>".into())
+        );
+        let mut l = link_greeting(now);
+        assert_eq!(
+            l.on_bytes(b"? HERD-HELLO Campbell 1796516821 a7d58eaf\n", &table, now),
+            Heard::Refused("refused: ? HERD-HELLO Campbell 1796516821 <redacted>".into())
         );
     }
 
@@ -746,13 +796,13 @@ mod tests {
         for _ in 0..6 {
             // Connected, then the network cut it before the welcome (a cut relay does this).
             l.connecting(FakeSocket(1), now);
-            l.connected(b"hello", now);
+            l.connected(plain_greeting(), now);
             let (_, delay) = l.down(now, 0.99, false);
             assert!(delay <= RECONNECT_CAP, "{delay:?}");
         }
         // Turned away by the neighbour: the backoff, grown meanwhile, applies.
         l.connecting(FakeSocket(1), now);
-        l.connected(b"hello", now);
+        l.connected(plain_greeting(), now);
         let (_, delay) = l.down(now, 0.99, true);
         assert!(delay > Duration::from_secs(10), "{delay:?}");
         // Not connected at all (connect refused: the neighbour is down): the backoff too.
@@ -813,7 +863,7 @@ mod tests {
             l.on_timer(now + CONNECT_TIMEOUT),
             TimerAction::GiveUp(_)
         ));
-        l.connected(b"x", now);
+        l.connected(plain_greeting(), now);
         assert_eq!(l.on_timer(now), TimerAction::Nothing);
         assert!(matches!(
             l.on_timer(now + GREETING_TIMEOUT),
@@ -862,7 +912,7 @@ mod tests {
         assert_eq!((l.history().flaps, l.history().up_since), (1, None));
         assert_eq!(l.history().last_heard, Some(later), "kept while down");
         l.connecting(FakeSocket(2), later);
-        l.connected(b"HERD-HELLO Campbell", later);
+        l.connected(plain_greeting(), later);
         assert_eq!(l.state_name(), "greeting");
         l.on_bytes(b"HERD-WELCOME Bona\n", &table, later);
         assert_eq!(

@@ -213,7 +213,7 @@ fn serve(
         listener,
         config,
         places_key,
-        peer_secret: peer_secret.secret,
+        peer_auth: peer_secret.auth,
         signals: stop_signals,
         hangups,
         store,

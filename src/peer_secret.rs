@@ -14,15 +14,23 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::PeerSecret;
+use crate::peer_wire::PeerAuth;
 use crate::secret::Secret;
 
 /// Random bytes in a new secret (hex-encoded in the file).
 const SECRET_BYTES: usize = 32;
 
-/// A server's secret, and a warning to log once logging is up.
+/// A server's secret, with the seed of its handshakes' nonces, and a warning to log once
+/// logging is up.
 pub struct Loaded {
-    pub secret: Option<Secret>,
+    pub auth: Option<PeerAuth>,
     pub warning: Option<String>,
+}
+
+/// The secret with a fresh seed for the nonces of this run's handshakes.
+fn with_seed(secret: Secret) -> Result<Option<PeerAuth>, String> {
+    let seed = random_bytes().map_err(|e| format!("/dev/urandom: {e} (peer secret)"))?;
+    Ok(Some(PeerAuth::new(secret, seed)))
 }
 
 /// Where a server's secret comes from, resolved; `Err` is one line for stderr.
@@ -31,13 +39,13 @@ pub fn load(setting: &PeerSecret, config_path: &Path) -> Result<Loaded, String> 
         let secret =
             read_or_create(path).map_err(|e| format!("{}: {e} ({directive})", path.display()))?;
         Ok(Loaded {
-            secret: Some(secret),
+            auth: with_seed(secret)?,
             warning: loose_permissions(path),
         })
     };
     match setting {
         PeerSecret::None => Ok(Loaded {
-            secret: None,
+            auth: None,
             warning: Some(
                 "peer secret none: links are not authenticated, anyone who can connect may \
                  inject locations"
@@ -46,7 +54,7 @@ pub fn load(setting: &PeerSecret, config_path: &Path) -> Result<Loaded, String> 
         }),
         PeerSecret::Env(var) => match std::env::var(var) {
             Ok(value) if !value.is_empty() => Ok(Loaded {
-                secret: Some(Secret::new(value)),
+                auth: with_seed(Secret::new(value))?,
                 warning: None,
             }),
             _ => Err(format!("peer secret-env names {var}, which is not set")),
@@ -106,9 +114,14 @@ fn create(path: &Path) -> io::Result<()> {
     result
 }
 
-fn write_new(temp: &Path) -> io::Result<()> {
-    let mut random = [0u8; SECRET_BYTES];
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut random = [0u8; N];
     fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random)
+}
+
+fn write_new(temp: &Path) -> io::Result<()> {
+    let random: [u8; SECRET_BYTES] = random_bytes()?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -196,7 +209,7 @@ mod tests {
         fs::write(&path, "s3cret\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let loaded = load(&PeerSecret::File(path), Path::new("x")).ok().unwrap();
-        assert_eq!(loaded.secret.unwrap().expose(), "s3cret");
+        assert!(loaded.auth.is_some());
         assert!(loaded.warning.unwrap().contains("chmod 600"));
         fs::remove_dir_all(dir).unwrap();
     }

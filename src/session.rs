@@ -57,7 +57,12 @@ pub fn handle_line(
         }
     };
     conn.received(line);
-    match app.handle_client_line(line, now) {
+    // A challenge is answered by the line that follows it, or not at all.
+    let proved = conn
+        .challenged
+        .take()
+        .and_then(|(link, challenge)| app.handle_proof(line, link, &challenge));
+    match proved.unwrap_or_else(|| app.handle_client_line(line, now)) {
         ClientOutcome::Silent => None,
         ClientOutcome::Reply(reply) => {
             conn.deliver(reply);
@@ -66,6 +71,15 @@ pub fn handle_line(
         ClientOutcome::Stored { reply, record } => {
             conn.deliver(reply);
             Some(Effect::Flood(record))
+        }
+        ClientOutcome::Challenged {
+            link,
+            challenge,
+            reply,
+        } => {
+            conn.deliver(reply);
+            conn.challenged = Some((link, challenge));
+            None
         }
         ClientOutcome::PeerAccepted { link, name, reply } => {
             info!("peer conn={} is {name}", conn.id);
@@ -338,6 +352,62 @@ mod tests {
         assert_eq!(effects, [Effect::Flood(0)]);
         assert!(output(&conn).ends_with("HERD-PONG\n"));
         assert_eq!(app.clients().source_at(0), Source::Neighbour(1));
+    }
+
+    fn app_with_secret(name: &str, seed: u8) -> App {
+        let herd = ["Bona", "Campbell", "Clark"].map(String::from).to_vec();
+        let auth =
+            crate::peer_wire::PeerAuth::new(crate::secret::Secret::new("k".into()), [seed; 32]);
+        let neighbours = herd.iter().filter(|n| *n != name).cloned().collect();
+        App::new(name, neighbours, herd, Some(auth), 86_400)
+    }
+
+    #[test]
+    fn with_a_secret_only_the_proof_that_answers_the_challenge_makes_a_neighbour() {
+        let mut campbell = app_with_secret("Campbell", 1);
+        let mut clark = app_with_secret("Clark", 2);
+        let mut greeting = clark.greeting_to("Campbell");
+        let mut conn = Connection::new(3);
+        let hello = [greeting.hello(), b"\n".to_vec()].concat();
+        assert_eq!(feed(&mut conn, &mut campbell, &hello), []);
+        let challenge = output(&conn);
+        assert!(challenge.starts_with("HERD-CHALLENGE "), "{challenge}");
+        let crate::peer_wire::GreetingStep::Send(proof) =
+            greeting.on_line(challenge.trim_end().as_bytes())
+        else {
+            panic!("Clark answers the challenge");
+        };
+        // A client line in between spends the challenge: the proof comes too late.
+        conn.out = Default::default();
+        feed(&mut conn, &mut campbell, b"IAMAT c +1+1 1\n");
+        assert!(output(&conn).starts_with("AT Campbell "));
+        conn.out = Default::default();
+        let late = [proof.clone(), b"\n".to_vec()].concat();
+        assert_eq!(feed(&mut conn, &mut campbell, &late), []);
+        assert_eq!(
+            output(&conn),
+            format!("? {}\n", String::from_utf8_lossy(&proof))
+        );
+        assert_eq!(conn.peer, None);
+
+        // On a fresh connection, the same exchange with nothing in between is taken.
+        let mut greeting = clark.greeting_to("Campbell");
+        let mut conn = Connection::new(4);
+        feed(
+            &mut conn,
+            &mut campbell,
+            &[greeting.hello(), b"\n".to_vec()].concat(),
+        );
+        let crate::peer_wire::GreetingStep::Send(proof) =
+            greeting.on_line(output(&conn).trim_end().as_bytes())
+        else {
+            panic!("Clark answers the challenge");
+        };
+        conn.out = Default::default();
+        let effects = feed(&mut conn, &mut campbell, &[proof, b"\n".to_vec()].concat());
+        assert_eq!(effects, [Effect::Peered]);
+        assert_eq!(output(&conn), "HERD-WELCOME Campbell\n");
+        assert_eq!(conn.peer.as_ref().map(|p| p.name.as_str()), Some("Clark"));
     }
 
     #[test]

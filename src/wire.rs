@@ -19,7 +19,7 @@ use log::Level;
 
 use crate::buffer::OutBuffer;
 use crate::logging::{traffic, traffic_lines, Direction, Party};
-use crate::peer_wire::{is_keepalive, redact_hello};
+use crate::peer_wire::{is_keepalive, redact_proofs};
 
 /// Queues `line` and its `\n` on `out`, and logs it.
 pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
@@ -34,7 +34,7 @@ pub fn send_line(out: &mut OutBuffer, party: Party<'_>, line: &[u8]) {
 pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
     let logged = lines
         .split(|&b| b == b'\n')
-        .map(|line| (level_of(party, line), as_logged(line)));
+        .map(|line| (level_of(party, line), redact_proofs(line)));
     traffic_lines(Direction::Send, party, logged);
     out.push(lines);
     out.push(b"\n");
@@ -70,7 +70,13 @@ pub fn received(party: Party<'_>, line: &[u8]) {
 }
 
 fn log_line(direction: Direction, party: Party<'_>, line: &[u8]) {
-    traffic(level_of(party, line), direction, party, &as_logged(line));
+    // A handshake line, or the `? ` echo of one, is logged without its proof.
+    traffic(
+        level_of(party, line),
+        direction,
+        party,
+        &redact_proofs(line),
+    );
 }
 
 /// The level of a line's traffic record: debug for a keepalive exchanged with a neighbour,
@@ -83,18 +89,6 @@ fn level_of(party: Party<'_>, line: &[u8]) -> Level {
     }
 }
 
-/// The line as the log shows it: a hello, or the `? ` echo of one, without its proof. Other
-/// lines (all the traffic that matters for speed) are borrowed as they are.
-fn as_logged(line: &[u8]) -> Cow<'_, [u8]> {
-    match line.strip_prefix(b"? ") {
-        Some(echoed) => match redact_hello(echoed) {
-            Cow::Borrowed(_) => Cow::Borrowed(line),
-            Cow::Owned(redacted) => Cow::Owned([&b"? "[..], &redacted].concat()),
-        },
-        None => redact_hello(line),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,19 +96,30 @@ mod tests {
     const PARTY: Party<'static> = Party::Link("Bona");
 
     #[test]
-    fn hello_proofs_are_not_logged_either_way() {
-        let hello = b"HERD-HELLO Bona 1000 0123abcd";
-        assert_eq!(&*as_logged(hello), b"HERD-HELLO Bona 1000 <redacted>");
-        assert_eq!(
-            &*as_logged(b"? HERD-HELLO Bona 1000 0123abcd"),
-            b"? HERD-HELLO Bona 1000 <redacted>"
-        );
+    fn handshake_proofs_are_not_logged_either_way() {
+        for (line, shown) in [
+            (&b"HERD-PROOF 0123abcd"[..], &b"HERD-PROOF <redacted>"[..]),
+            (b"? HERD-PROOF 0123abcd", b"? HERD-PROOF <redacted>"),
+            (
+                b"HERD-CHALLENGE 00ff 0123abcd",
+                b"HERD-CHALLENGE 00ff <redacted>",
+            ),
+            (
+                b"? HERD-HELLO Bona 1000 0123abcd",
+                b"? HERD-HELLO Bona 1000 <redacted>",
+            ),
+        ] {
+            assert_eq!(&*redact_proofs(line), shown);
+        }
         for plain in [
             &b"HERD-HELLO Bona"[..],
             b"? IAMAT x",
             b"AT Bona +0.1 k +1+1 1",
         ] {
-            assert!(matches!(as_logged(plain), Cow::Borrowed(_)), "{plain:?}");
+            assert!(
+                matches!(redact_proofs(plain), Cow::Borrowed(_)),
+                "{plain:?}"
+            );
         }
     }
 

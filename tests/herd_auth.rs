@@ -7,10 +7,12 @@
 use herd_test_support::{
     client::{now, time_from_now},
     cluster::Herd,
-    harness::{accepted_conn, log_event, tail},
+    harness::{accept_within, accepted_conn, log_event, tail},
     raw_peer::RawPeer,
 };
 use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
 
 const SECRET_ENV: &str = "HERD_PEER_SECRET";
 const SECRET: &str = "herd-test-secret-8Hq2-never-on-the-wire";
@@ -104,21 +106,10 @@ fn with_a_peer_secret_the_herd_links_up_and_a_hello_without_a_valid_proof_is_ref
     );
     herd.wait_converged(&["Campbell", "Bona", "Clark"], &[record("kiwi", &kiwi)]);
 
-    // A hello without a proof, with a forged one, and Bona's real hello to Clark replayed at
-    // Campbell: each is an invalid command, and so is the AT line after it.
-    // (Bona's own hello to Clark, as Bona makes it: logs show hellos without their proof.)
-    let bona_log = herd.log("Bona");
-    assert!(
-        bona_log.lines().map(log_event).any(
-            |e| e.starts_with("send link=Clark HERD-HELLO Bona ") && e.ends_with(" <redacted>")
-        ),
-        "Bona logged its hello to Clark, without the proof:\n{bona_log}"
-    );
-    let secret = herd::secret::Secret::new(SECRET.to_string());
-    let hello = herd::peer_wire::format_hello("Bona", "Clark", Some(&secret), now().0);
-    let replayed = String::from_utf8(hello).expect("a hello is text");
+    // A hello without a nonce, and one in an old form with a forged proof: each is an invalid
+    // command, and so is the AT line after it.
     let forged_proof = format!("HERD-HELLO Bona {} {}", now().0, "0".repeat(64));
-    for hello in ["HERD-HELLO Bona", forged_proof.as_str(), replayed.as_str()] {
+    for hello in ["HERD-HELLO Bona", forged_proof.as_str()] {
         let mut client = herd.client("Campbell");
         assert_eq!(client.request(hello), format!("? {hello}"));
         assert_eq!(
@@ -127,13 +118,31 @@ fn with_a_peer_secret_the_herd_links_up_and_a_hello_without_a_valid_proof_is_ref
             "after {hello:?}"
         );
     }
-    // The replayed hello is a valid one, made for Clark: Clark takes it (README: a replay to
-    // the same server within the minute is not prevented), which shows the refusal above came
-    // from the proof naming its target.
-    let mut at_clark = RawPeer::connect(herd.port("Clark"));
-    at_clark.send_line(&replayed);
-    assert_eq!(at_clark.read_line(), "HERD-WELCOME Clark");
-    drop(at_clark);
+    // Bona's handshake with Clark, as its log shows it: the proofs are redacted.
+    let bona_log = herd.log("Bona");
+    for (event, what) in [
+        ("send link=Clark HERD-HELLO Bona ", "the hello"),
+        ("recv link=Clark HERD-CHALLENGE ", "Clark's challenge"),
+        ("send link=Clark HERD-PROOF <redacted>", "the proof"),
+    ] {
+        assert!(
+            bona_log
+                .lines()
+                .map(log_event)
+                .any(|e| e.starts_with(event)),
+            "Bona logged {what}:\n{}",
+            tail(&bona_log, 30)
+        );
+    }
+    assert!(
+        bona_log
+            .lines()
+            .map(log_event)
+            .filter(|e| e.starts_with("recv link=Clark HERD-CHALLENGE "))
+            .all(|e| e.ends_with(" <redacted>")),
+        "Clark's proof is not logged:\n{}",
+        tail(&bona_log, 30)
+    );
 
     check_kiwi_untouched(&herd, &kiwi);
     for server in herd.names() {
@@ -141,6 +150,72 @@ fn with_a_peer_secret_the_herd_links_up_and_a_hello_without_a_valid_proof_is_ref
             !herd.log(&server).contains(SECRET),
             "the secret appears in {server}'s log"
         );
+    }
+}
+
+/// Bona's link to Clark goes through the test, which passes the handshake on and keeps a copy,
+/// as anyone on the path (or reading a log that showed it) could: replayed to Clark and to
+/// Campbell, the hello gets a fresh challenge, the captured proof does not answer it, and the AT
+/// line after it is an invalid command. Nothing is stored anywhere.
+#[test]
+fn a_hello_and_proof_captured_from_a_real_link_are_refused_when_replayed() {
+    let on_the_path = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let mut herd = three_in_a_row();
+    herd.line(&format!("peer secret-env {SECRET_ENV}"));
+    herd.env_all(SECRET_ENV, SECRET);
+    let relay_port = on_the_path.local_addr().expect("local_addr").port();
+    herd.route("Bona", "Clark", relay_port);
+    herd.start_all();
+    let kiwi = herd.iamat(
+        "Campbell",
+        "kiwi",
+        "+34.068930-118.445127",
+        &time_from_now(-1),
+    );
+
+    let mut bona = RawPeer::from_stream(accept_within(&on_the_path, Duration::from_secs(10)));
+    let mut clark = RawPeer::connect(herd.port("Clark"));
+    let hello = bona.read_line();
+    clark.send_line(&hello);
+    let challenge = clark.read_line();
+    bona.send_line(&challenge);
+    let proof = bona.read_line();
+    clark.send_line(&proof);
+    assert_eq!(
+        clark.read_line(),
+        "HERD-WELCOME Clark",
+        "the relayed handshake"
+    );
+    assert!(hello.starts_with("HERD-HELLO Bona "), "{hello}");
+    assert!(proof.starts_with("HERD-PROOF "), "{proof}");
+    drop((bona, clark, on_the_path));
+
+    // Newer than kiwi's own line: stored and flooded if it were taken.
+    let forged = format!("AT Bona +0.000000000 kiwi +2+2 {}", time_from_now(0));
+    for server in ["Clark", "Campbell"] {
+        let mut replay = RawPeer::connect(herd.port(server));
+        replay.send_line(&hello);
+        let fresh = replay.read_line();
+        assert!(fresh.starts_with("HERD-CHALLENGE "), "{server}: {fresh}");
+        assert_ne!(
+            fresh, challenge,
+            "{server} challenges every connection afresh"
+        );
+        replay.send_line(&proof);
+        assert_eq!(replay.read_line(), format!("? {proof}"), "at {server}");
+        replay.send_line(&forged);
+        assert_eq!(replay.read_line(), format!("? {forged}"), "at {server}");
+    }
+    // Campbell holds kiwi's own line; Clark never heard of kiwi (Bona's link to it went
+    // through the relay, which passed on nothing but the handshake).
+    assert_eq!(herd.known("Campbell", "kiwi"), Some(kiwi));
+    assert_eq!(herd.known("Clark", "kiwi"), None);
+    let proof_hex = proof.trim_start_matches("HERD-PROOF ");
+    for server in herd.names() {
+        herd.sync_log(&server);
+        let log = herd.log(&server);
+        assert!(!log.contains(proof_hex), "{server} logged the proof");
+        assert!(!log.contains(SECRET), "{server} logged the secret");
     }
 }
 

@@ -169,11 +169,12 @@ fn each_update_crosses_each_link_direction_at_most_once() {
         received.extend(r);
     }
     // Only locations travel (never Places results): links carry AT lines and the link's own
-    // control lines (the hello, and keepalive pings when a link has been quiet) only.
+    // control lines (the handshake, and keepalive pings when a link has been quiet) only.
     for record in &sent {
         assert!(
             record.line.starts_with("AT ")
                 || record.line.starts_with("HERD-HELLO ")
+                || record.line == "HERD-PROOF <redacted>"
                 || record.line == "HERD-PING",
             "{} sent {:?} on its link to {}",
             record.server,

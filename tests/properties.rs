@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use herd::config::{parse_config, parse_config_bytes, Config, PeerSecret, PlacesApi};
 use herd::peer_wire::{
-    check_hello, format_hello, format_welcome, is_hello, is_ping, parse_welcome, redact_hello,
-    HELLO_MAX_SKEW_SECS,
+    check_hello, check_proof, format_welcome, is_hello, is_ping, redact_proofs, Greeting,
+    GreetingStep, HelloCheck, PeerAuth,
 };
 use herd::protocol::{
     fields, format_at_line, format_invalid, format_time_diff, is_field_separator, parse_request,
@@ -387,6 +387,8 @@ fn word() -> impl Strategy<Value = Vec<u8>> {
         b"WHATSAT",
         b"AT",
         b"HERD-HELLO",
+        b"HERD-CHALLENGE",
+        b"HERD-PROOF",
         b"HERD-WELCOME",
         b"HERD-PING",
         b"HERD-PONG",
@@ -417,11 +419,19 @@ fn word() -> impl Strategy<Value = Vec<u8>> {
         2 => numberish(),
         1 => field(),
         1 => vec(select(b"0123456789abcdef".to_vec()), 64..=64),
+        1 => vec(select(b"0123456789abcdef".to_vec()), 32..=32),
     ]
 }
 
 fn wordy_line() -> impl Strategy<Value = Vec<u8>> {
-    let command: Vec<&'static [u8]> = vec![b"IAMAT", b"WHATSAT", b"AT", b"HERD-HELLO"];
+    let command: Vec<&'static [u8]> = vec![
+        b"IAMAT",
+        b"WHATSAT",
+        b"AT",
+        b"HERD-HELLO",
+        b"HERD-CHALLENGE",
+        b"HERD-PROOF",
+    ];
     prop_oneof![
         vec(word(), 0..8),
         // A command and about as many words as it takes.
@@ -649,119 +659,118 @@ proptest! {
         }
     }
 
-    /// Any line: ping, hello and welcome detection follow the fields; a hello is accepted only
-    /// as `HERD-HELLO NAME` without a secret and only with a proof with one; redaction keeps
-    /// other lines as they are.
+    /// Any line: ping and hello detection follow the fields; a hello is welcomed only as
+    /// `HERD-HELLO NAME` without a secret and challenged only as `HERD-HELLO NAME NONCE` with
+    /// one; no line is a valid proof or gets a connector with a secret past its handshake
+    /// (that takes the secret); redaction shows no word past those that carry no proof.
     #[test]
-    fn any_peer_line_is_read_as_the_wire_format_says(
-        line in any_line(),
-        now in prop_oneof![1_600_000_000i64..1_900_000_000, any::<i64>()],
-    ) {
+    fn any_peer_line_is_read_as_the_wire_format_says(line in any_line(), seed in any::<u8>()) {
         let words = ref_fields(&line);
         prop_assert_eq!(is_ping(&line), words[..] == [b"HERD-PING"]);
         prop_assert_eq!(is_hello(&line), words.first() == Some(&&b"HERD-HELLO"[..]));
-        let welcome = match words[..] {
-            [b"HERD-WELCOME", name] => Some(name),
-            _ => None,
-        };
-        prop_assert_eq!(parse_welcome(&line), welcome);
 
         let plain = match words[..] {
             [b"HERD-HELLO", from] => std::str::from_utf8(from).ok(),
             _ => None,
         };
-        prop_assert_eq!(check_hello(&line, "Campbell", None, now, |_| true), plain);
-        prop_assert_eq!(check_hello(&line, "Campbell", None, now, |_| false), None);
-        let secret = Secret::new("s3cret".into());
-        // A random proof is wrong (2^-256): nothing is accepted with a secret.
-        prop_assert_eq!(check_hello(&line, "Campbell", Some(&secret), now, |_| true), None);
+        let want = plain.map_or(HelloCheck::Refused, HelloCheck::Welcome);
+        prop_assert_eq!(check_hello(&line, "Campbell", None, |_| true), want);
+        prop_assert_eq!(check_hello(&line, "Campbell", None, |_| false), HelloCheck::Refused);
 
-        let shown = redact_hello(&line);
-        match words[..] {
-            [b"HERD-HELLO", from, secs, _, ..] => {
-                prop_assert_eq!(&*shown, &[&b"HERD-HELLO "[..], from, b" ", secs, b" <redacted>"].concat()[..]);
-            }
-            _ => prop_assert_eq!(&*shown, &line[..]),
+        let mut campbell = auth("s3cret", seed);
+        let nonce_hello = matches!(
+            words[..],
+            [b"HERD-HELLO", from, nonce] if std::str::from_utf8(from).is_ok()
+                && nonce.len() == 32 && nonce.iter().all(u8::is_ascii_hexdigit)
+        );
+        let checked = check_hello(&line, "Campbell", Some(&mut campbell), |_| true);
+        prop_assert_eq!(matches!(checked, HelloCheck::Challenge { .. }), nonce_hello);
+        if let HelloCheck::Challenge { challenge, .. } = checked {
+            prop_assert!(!check_proof(&line, "Campbell", &campbell, &challenge));
+        }
+
+        // A connector with a secret takes nothing but a challenge that proves the secret.
+        let mut bona = auth("s3cret", seed.wrapping_add(1));
+        let mut greeting = Greeting::new("Bona", "Campbell", Some(&mut bona));
+        prop_assert!(matches!(greeting.on_line(&line), GreetingStep::Refused(_)));
+        // Without one, only the welcome of the server it called.
+        let mut plain_greeting = Greeting::new("Bona", "Campbell", None);
+        let welcomed = words[..] == [&b"HERD-WELCOME"[..], b"Campbell"];
+        prop_assert_eq!(plain_greeting.on_line(&line) == GreetingStep::Welcomed, welcomed);
+
+        let shown = redact_proofs(&line);
+        let (echo, handshake) = match line.strip_prefix(b"? ") {
+            Some(rest) => (&b"? "[..], rest),
+            None => (&b""[..], &line[..]),
+        };
+        let handshake_words = ref_fields(handshake);
+        let kept = match handshake_words.first() {
+            Some(&b"HERD-HELLO") => 3,
+            Some(&b"HERD-CHALLENGE") => 2,
+            Some(&b"HERD-PROOF") => 1,
+            _ => usize::MAX,
+        };
+        if handshake_words.len() > kept {
+            let want = [echo, &handshake_words[..kept].join(&b' ')[..], b" <redacted>"].concat();
+            prop_assert_eq!(&*shown, &want[..]);
+        } else {
+            prop_assert_eq!(&*shown, &line[..]);
         }
     }
 
-    /// A hello made with the secret is accepted by its target within the skew and refused by
-    /// any other server, with another secret, without one, out of the skew, or from a name
-    /// that is not a neighbour. Its logged form never shows the proof.
+    /// Between two servers that hold one secret, the handshake ends in a welcome; its proof is
+    /// worth nothing at another server, with another secret, or sent again (a fresh challenge);
+    /// and no logged form of its lines shows a proof.
     #[test]
-    fn hellos_round_trip_for_their_target_only(
+    fn handshakes_hold_for_one_secret_one_target_and_one_connection(
         (from, to, other) in (name(), name(), name()),
         (key, other_key) in (".{1,24}", ".{1,24}"),
-        now in prop_oneof![1_600_000_000i64..1_900_000_000, (i64::MIN / 2)..(i64::MAX / 2)],
-        skew in -2 * HELLO_MAX_SKEW_SECS..=2 * HELLO_MAX_SKEW_SECS,
+        (seed_a, seed_b) in (any::<u8>(), any::<u8>()),
     ) {
-        let secret = Secret::new(key.clone());
-        let hello = format_hello(&from, &to, Some(&secret), now);
-        let at = now + skew;
-        let fresh = skew.abs() <= HELLO_MAX_SKEW_SECS;
+        let mut connector = auth(&key, seed_a);
+        let mut acceptor = auth(&key, seed_b.wrapping_add(seed_a).wrapping_add(1));
         let neighbour = |n: &str| n == from;
+        let mut greeting = Greeting::new(&from, &to, Some(&mut connector));
+        let hello = greeting.hello();
         prop_assert!(is_hello(&hello));
-        prop_assert_eq!(
-            check_hello(&hello, &to, Some(&secret), at, neighbour),
-            fresh.then_some(from.as_str())
-        );
+        let HelloCheck::Challenge { challenge, reply } =
+            check_hello(&hello, &to, Some(&mut acceptor), neighbour)
+        else {
+            panic!("a hello from a neighbour is challenged");
+        };
+        let GreetingStep::Send(proof) = greeting.on_line(&reply) else {
+            panic!("a challenge with the acceptor's proof is answered");
+        };
+        prop_assert!(check_proof(&proof, &to, &acceptor, &challenge));
+        prop_assert_eq!(greeting.on_line(&format_welcome(&to)), GreetingStep::Welcomed);
+
         if other != to {
-            prop_assert_eq!(check_hello(&hello, &other, Some(&secret), at, neighbour), None);
+            prop_assert!(!check_proof(&proof, &other, &acceptor, &challenge));
         }
         // HMAC pads a key with zero bytes: keys that differ only in trailing NULs are the same
         // key (a property of HMAC, not of herd, which refuses empty secrets).
         if other_key.trim_end_matches('\0') != key.trim_end_matches('\0') {
-            let other_secret = Secret::new(other_key);
-            prop_assert_eq!(check_hello(&hello, &to, Some(&other_secret), at, neighbour), None);
+            let stranger = auth(&other_key, seed_b);
+            prop_assert!(!check_proof(&proof, &to, &stranger, &challenge));
         }
-        prop_assert_eq!(check_hello(&hello, &to, None, at, neighbour), None);
-        prop_assert_eq!(check_hello(&hello, &to, Some(&secret), at, |_| false), None);
+        let HelloCheck::Challenge { challenge: fresh, .. } =
+            check_hello(&hello, &to, Some(&mut acceptor), neighbour)
+        else {
+            panic!("the replayed hello is challenged again");
+        };
+        prop_assert!(!check_proof(&proof, &to, &acceptor, &fresh));
 
-        let words = ref_fields(&hello);
-        prop_assert_eq!(words.len(), 4);
-        let mac = words[3];
-        prop_assert_eq!(mac.len(), 64);
-        let shown = redact_hello(&hello);
-        let want = format!("HERD-HELLO {from} {now} <redacted>");
-        prop_assert_eq!(&*shown, want.as_bytes());
-        prop_assert!(!shown.windows(mac.len()).any(|w| w == mac));
-
-        // Without a secret: accepted without one, refused with one.
-        let plain = format_hello(&from, &to, None, now);
-        prop_assert_eq!(check_hello(&plain, &to, None, at, neighbour), Some(from.as_str()));
-        prop_assert_eq!(check_hello(&plain, &to, Some(&secret), at, neighbour), None);
-        prop_assert_eq!(&*redact_hello(&plain), &plain[..]);
-        let welcome = format_welcome(&to);
-        prop_assert_eq!(parse_welcome(&welcome), Some(to.as_bytes()));
+        for line in [&hello, &reply, &proof] {
+            let shown = redact_proofs(line);
+            for word in ref_fields(line).into_iter().filter(|w| w.len() == 64) {
+                prop_assert!(!shown.windows(64).any(|w| w == word), "{:?}", shown);
+            }
+        }
     }
 }
 
-/// No input panics: a hello whose time is about 2^63 from the server's clock once overflowed
-/// the skew computation (a panic in a debug build, from one line any client can send; a
-/// wrapped skew in release). Found by `any_peer_line_is_read_as_the_wire_format_says`.
-#[test]
-fn hello_times_far_from_now_do_not_panic() {
-    let secret = Secret::new("s3cret".into());
-    let now = 1_700_000_000;
-    for line in [
-        &b"HERD-HELLO Bona -9223372036854775808 00"[..],
-        b"HERD-HELLO Bona -9223372035154775808 00",
-    ] {
-        assert_eq!(
-            check_hello(line, "Campbell", Some(&secret), now, |_| true),
-            None
-        );
-    }
-    assert_eq!(
-        check_hello(
-            b"HERD-HELLO Bona 9223372036854775807 00",
-            "Campbell",
-            Some(&secret),
-            -1,
-            |_| true
-        ),
-        None
-    );
+fn auth(key: &str, seed: u8) -> PeerAuth {
+    PeerAuth::new(Secret::new(key.to_string()), [seed; 32])
 }
 
 // ---------------------------------------------------------------------------------------------

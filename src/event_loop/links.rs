@@ -7,7 +7,7 @@ use std::time::Instant;
 use log::{info, warn};
 use mio::{Interest, Token};
 
-use super::{wall_clock, EventLoop, FIRST_LINK};
+use super::{EventLoop, FIRST_LINK};
 use crate::link::{Backlog, Heard, LinkState, TimerAction};
 use crate::net::{self, ReadOutcome, Socket};
 
@@ -65,8 +65,8 @@ impl EventLoop {
         match link.state() {
             LinkState::Connecting { socket, .. } => match net::connect_finished(&socket.stream) {
                 Ok(true) => {
-                    let hello = self.app.hello_to(&link.name, wall_clock());
-                    link.connected(&hello, Instant::now());
+                    let greeting = self.app.greeting_to(&link.name);
+                    link.connected(greeting, Instant::now());
                     self.write_link(index);
                 }
                 Ok(false) => {}

@@ -15,6 +15,11 @@ impl RawPeer {
     pub fn connect(port: u16) -> RawPeer {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+        RawPeer::from_stream(stream)
+    }
+
+    /// A connection the test accepted (a server's link that it plays the neighbour of).
+    pub fn from_stream(stream: TcpStream) -> RawPeer {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set_read_timeout");
