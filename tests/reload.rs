@@ -294,3 +294,63 @@ fn places_and_log_settings_change_on_a_reload() {
         "lines are logged after log lines off: {log}"
     );
 }
+
+/// A reload is all or nothing: one whose new metrics address another process holds is refused
+/// as a whole (the `log lines off` beside it does not take effect either), and the same file is
+/// applied in full by the next SIGHUP once the address is free.
+#[test]
+fn a_reload_that_cannot_be_applied_in_full_changes_nothing() {
+    use herd_test_support::metrics::scrape;
+    let mut herd = Servers::new(&["Alpha"]);
+    let ports = free_ports(2).expect("ports");
+    let (first, taken) = (ports[0], ports[1]);
+    herd.write_config(
+        &["Alpha"],
+        &[],
+        &format!("metrics Alpha {first}\nlog lines on"),
+    );
+    herd.start("Alpha");
+    assert!(
+        wait_until(WAIT, || scrape(first).is_ok()),
+        "no page at {first}"
+    );
+
+    let holder = std::net::TcpListener::bind(taken).expect("hold the new metrics address");
+    herd.write_config(
+        &["Alpha"],
+        &[],
+        &format!("metrics Alpha {taken}\nlog lines off"),
+    );
+    herd.hangup("Alpha");
+    let log = herd.wait_log(
+        "Alpha",
+        "reload refused: herd.conf: cannot listen for metrics",
+        1,
+    );
+    assert!(
+        log.contains(&taken.to_string()),
+        "the refusal names the address:\n{log}"
+    );
+    // Nothing of it applied: lines are still logged, the page is still at the old address.
+    herd.client("Alpha").iamat("still-logged", "+1+2", "100");
+    herd.wait_log("Alpha", "IAMAT still-logged", 1);
+    assert!(
+        scrape(first).is_ok(),
+        "the old metrics address stopped answering"
+    );
+
+    drop(holder);
+    herd.hangup("Alpha");
+    herd.wait_log("Alpha", "reload herd.conf: ", 1);
+    herd.wait_log("Alpha", &format!("metrics listen {taken}"), 1);
+    assert!(scrape(taken).is_ok(), "no page at the new address");
+    let closes = herd_test_support::harness::read_lossy(&herd.log_path("Alpha"))
+        .matches("close conn=")
+        .count();
+    herd.client("Alpha").iamat("quiet", "+1+2", "100");
+    let log = herd.wait_log("Alpha", "close conn=", closes + 1);
+    assert!(
+        !log.contains("quiet"),
+        "log lines off took effect too:\n{log}"
+    );
+}

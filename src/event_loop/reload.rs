@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use log::{info, warn};
+use mio::net::TcpListener;
 
 use super::{EventLoop, MetricsServer, MAX_LINKS};
 use crate::backoff::Backoff;
@@ -49,12 +50,46 @@ impl EventLoop {
                 "reload refused: {path}: more than {MAX_LINKS} links over this run; restart"
             );
         }
+        // Everything that can fail is done before anything changes: a refused reload changes
+        // nothing, and the config running stays the one a later SIGHUP is compared with.
+        let prepared = match self.prepare(&plan) {
+            Ok(prepared) => prepared,
+            Err(problem) => return warn!("reload refused: {path}: {problem}"),
+        };
         let summary = plan.summary();
-        self.apply(plan);
+        self.apply(plan, prepared);
         info!("reload {path}: {summary}");
     }
 
-    fn apply(&mut self, plan: Plan) {
+    /// Binds the new metrics listener and starts the new Places pool, when the plan needs
+    /// them; either failing refuses the reload as a whole.
+    fn prepare(&self, plan: &Plan) -> Result<Prepared, String> {
+        let new = &plan.config;
+        let metrics = match new
+            .metrics_addr(&self.name)
+            .filter(|_| plan.metrics_changed)
+        {
+            Some(addr) => Some(
+                net::listen(addr)
+                    .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let places = match plan.places_changed {
+            true => {
+                let key = places::key_from_env(&new.places.key_env)
+                    .map_err(|warning| warn!("{warning}"))
+                    .ok();
+                let pool = PlacesPool::start(&new.places, key, Arc::clone(&self.waker))
+                    .map_err(|e| format!("cannot start the new Places workers: {e}"))?;
+                Some(pool)
+            }
+            false => None,
+        };
+        Ok(Prepared { metrics, places })
+    }
+
+    fn apply(&mut self, plan: Plan, prepared: Prepared) {
         let now = Instant::now();
         let new = &plan.config;
         for name in plan
@@ -99,10 +134,10 @@ impl EventLoop {
             }
         }
         if plan.metrics_changed {
-            self.move_metrics(new.metrics_addr(&self.name));
+            self.move_metrics(prepared.metrics);
         }
-        if plan.places_changed {
-            self.replace_places(new);
+        if let Some(pool) = prepared.places {
+            self.replace_places(pool, new);
         }
         if plan.log_changed {
             logging::reconfigure(new.log.level, new.log.lines, new.log.rotation);
@@ -132,19 +167,13 @@ impl EventLoop {
         info!("link {name} removed");
     }
 
-    /// Serves the metrics page at `addr` from now on (or no longer, for `None`).
-    fn move_metrics(&mut self, addr: Option<std::net::SocketAddr>) {
-        let Some(addr) = addr else {
+    /// Serves the metrics page on `listener` from now on (or no longer, for `None`).
+    fn move_metrics(&mut self, listener: Option<TcpListener>) {
+        let Some(listener) = listener else {
             if self.metrics.take().is_some() {
                 info!("metrics listener closed");
             }
             return;
-        };
-        let listener = match net::listen(addr) {
-            Ok(listener) => listener,
-            Err(e) => {
-                return warn!("reload: cannot listen for metrics on {addr}: {e}; keeping the old")
-            }
         };
         let registry = self.poll.registry();
         let result = match &mut self.metrics {
@@ -153,30 +182,31 @@ impl EventLoop {
                 .map(|server| self.metrics = Some(server)),
         };
         if let Err(e) = result {
-            warn!("reload: cannot serve metrics on {addr}: {e}");
+            // Registering a bound socket fails only when the kernel is out of memory.
+            warn!("reload: cannot serve metrics: {e}");
         }
     }
 
-    /// New Places settings: a new pool of workers (and a fresh cache and rate limit); the old
+    /// New Places settings: the new pool of workers (and a fresh cache and rate limit); the old
     /// pool's calls in flight still answer their WHATSATs.
-    fn replace_places(&mut self, new: &Config) {
-        let key = places::key_from_env(&new.places.key_env)
-            .map_err(|warning| warn!("{warning}"))
-            .ok();
-        match PlacesPool::start(&new.places, key, Arc::clone(&self.waker)) {
-            Ok(pool) => {
-                let old = std::mem::replace(&mut self.places, pool);
-                old.retire();
-                self.retired_pools.push(old);
-                self.places_api = new.places.api;
-                self.lookups.reconfigure(
-                    new.places.cache_ms,
-                    new.places.cache_entries,
-                    new.places.max_per_second,
-                    Instant::now(),
-                );
-            }
-            Err(e) => warn!("reload: cannot start the new Places workers: {e}; keeping the old"),
-        }
+    fn replace_places(&mut self, pool: PlacesPool, new: &Config) {
+        let old = std::mem::replace(&mut self.places, pool);
+        old.retire();
+        self.retired_pools.push(old);
+        self.places_api = new.places.api;
+        self.lookups.reconfigure(
+            new.places.cache_ms,
+            new.places.cache_entries,
+            new.places.max_per_second,
+            Instant::now(),
+        );
     }
+}
+
+/// What a reload made before it changed anything.
+struct Prepared {
+    /// The listener at the new metrics address (`None`: unchanged, or no longer served).
+    metrics: Option<TcpListener>,
+    /// The pool for the new Places settings, when they changed.
+    places: Option<PlacesPool>,
 }
