@@ -7,7 +7,7 @@
 use crate::peer_wire::{self, Challenge, Greeting, HelloCheck, PeerAuth};
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, AtRecord, ClientTime, Location, Parsed, Request};
-use crate::store::{Applied, ClientTable, LinkId, RecordIndex, Source};
+use crate::table::{Applied, ClientTable, LinkId, RecordIndex, Source};
 
 /// What one client line comes to.
 #[derive(Debug, PartialEq)]

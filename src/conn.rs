@@ -13,7 +13,7 @@ use mio::Interest;
 use crate::buffer::OutBuffer;
 use crate::logging::Party;
 use crate::peer_wire::Challenge;
-use crate::store::LinkId;
+use crate::table::LinkId;
 use crate::wire;
 
 /// Where a connection is in its life.

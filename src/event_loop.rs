@@ -22,7 +22,6 @@ use crate::backoff::{Backoff, Jitter};
 use crate::buffer::{Line, LineReader};
 use crate::config::{Config, Limits, PlacesApi};
 use crate::conn::{ConnState, Connection, Reply};
-use crate::journal::Journal;
 use crate::link::{Backlog, Link, LinkTiming};
 use crate::logging;
 use crate::metrics::Counters;
@@ -31,6 +30,7 @@ use crate::places::{Begun, LookupDone, LookupJob, Lookups, PlacesPool, Refusals,
 use crate::protocol::ClientTime;
 use crate::secret::Secret;
 use crate::session::{self, Effect};
+use crate::store::Store;
 
 mod links;
 mod metrics;
@@ -159,7 +159,7 @@ pub struct ServerSetup {
     /// Read end of the pipe that SIGHUP writes to.
     pub hangups: UnixStream,
     /// The store (`store dir`), and the clients it held; `None` keeps records in memory.
-    pub store: Option<crate::journal::Opened>,
+    pub store: Option<crate::store::Opened>,
     /// The config file, read again on SIGHUP.
     pub config_path: std::path::PathBuf,
     /// The most connections the open-file limit leaves room for (a reload clamps to it too).
@@ -220,7 +220,7 @@ pub struct EventLoop {
     app: App,
     places: PlacesPool,
     /// Every record stored is written here before the turn's output leaves.
-    journal: Option<Journal>,
+    journal: Option<Store>,
     /// What each WHATSAT's lookup costs: cache, coalescing, rate limit, counters.
     lookups: Lookups,
     places_api: PlacesApi,
@@ -314,7 +314,7 @@ impl EventLoop {
         };
         let journal = setup.store.map(|opened| {
             app.restore(opened.clients);
-            opened.journal
+            opened.store
         });
         Ok(EventLoop {
             poll,
@@ -383,7 +383,7 @@ impl EventLoop {
                 || self.results_pending;
             let table = self.app.clients();
             let links_have_work = self.links.iter().any(|l| l.has_unsent(table));
-            let store_has_work = self.journal.as_ref().is_some_and(Journal::has_work);
+            let store_has_work = self.journal.as_ref().is_some_and(Store::has_work);
             let timeout = if input_waits || links_have_work || store_has_work {
                 Duration::ZERO
             } else {

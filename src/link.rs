@@ -18,7 +18,7 @@ use crate::config::PeerSettings;
 use crate::logging::{Escaped, Party};
 use crate::owed::{NextRecord, Owed};
 use crate::peer_wire::{Greeting, GreetingStep, Refusal, MAX_REPLY_LINE_BYTES, PING_LINE};
-use crate::store::{ClientTable, LinkId, RecordIndex};
+use crate::table::{ClientTable, LinkId, RecordIndex};
 use crate::wire;
 
 /// How long a connect may take before the attempt counts as failed.
@@ -525,7 +525,7 @@ fn refusal_reason(why: Refusal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{store_for_test as store, Source};
+    use crate::table::{store_for_test as store, Source};
 
     const PING: Duration = Duration::from_millis(1000);
     const SILENCE: Duration = Duration::from_millis(5000);

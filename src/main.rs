@@ -13,8 +13,8 @@ use log::{error, info, warn};
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config};
 use herd::event_loop::{EventLoop, ServerSetup};
-use herd::journal::Journal;
 use herd::logging::{self, Escaped};
+use herd::store::Store;
 use herd::{allocator, net, peer_secret, places, signals, supervisor};
 
 /// Exit status for usage and config errors.
@@ -169,7 +169,7 @@ fn serve(
     // The store is read before the port opens, so the first client is answered from it; a
     // second process of this server on the same store stops here, on the store's lock.
     let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-    let store = Journal::open(&config.store, name, |server| {
+    let store = Store::open(&config.store, name, |server| {
         servers.iter().any(|s| s.as_bytes() == server)
     })
     .inspect_err(|e| error!("{e}"))?;

@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 
-use crate::store::{ClientTable, LinkId, RecordIndex, Source};
+use crate::table::{ClientTable, LinkId, RecordIndex, Source};
 
 #[derive(Debug)]
 pub struct Owed {
@@ -134,7 +134,7 @@ impl Owed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::store_for_test as store;
+    use crate::table::store_for_test as store;
 
     const ME: LinkId = 1;
 

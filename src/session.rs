@@ -11,7 +11,7 @@ use crate::conn::{ConnState, Connection, Peer, Reply};
 use crate::logging::Escaped;
 use crate::places::{PlacesError, PlacesQuery, Refusals};
 use crate::protocol::{self, ClientTime};
-use crate::store::RecordIndex;
+use crate::table::RecordIndex;
 
 /// What a line asks of the world beyond its connection; the loop carries it out.
 #[derive(Debug, PartialEq)]
@@ -164,7 +164,7 @@ pub fn refuse_lookup(
 mod tests {
     use super::*;
     use crate::buffer::LineReader;
-    use crate::store::Source;
+    use crate::table::Source;
 
     const NOW: ClientTime = ClientTime {
         secs: 1_621_464_828,

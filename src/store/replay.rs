@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::protocol::{AtLine, AtRecord};
-use crate::store::{Applied, ClientTable, Source};
+use crate::table::{Applied, ClientTable, Source};
 
 /// Longer lines are corrupt: no server makes an AT line this long.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
 
-use crate::store::{ClientTable, RecordIndex};
+use crate::table::{ClientTable, RecordIndex};
 
 /// Records copied per loop turn (about 150 KiB of lines): small enough that a turn stays well
 /// under a millisecond, large enough that a million clients take a few hundred turns.

@@ -9,9 +9,9 @@
 //! header and no checksums: a torn last line is the only damage a crash can do, and it is
 //! skipped ([`replay`]).
 //!
-//! The loop calls [`Journal::record`] for every record stored, [`Journal::persist`] before
-//! any socket write (one `write(2)` for all the records of a turn), [`Journal::step`] every
-//! turn (a compaction's budgeted work) and [`Journal::tick`] every flush interval. Store
+//! The loop calls [`Store::record`] for every record stored, [`Store::persist`] before
+//! any socket write (one `write(2)` for all the records of a turn), [`Store::step`] every
+//! turn (a compaction's budgeted work) and [`Store::tick`] every flush interval. Store
 //! errors never stop the server: it keeps serving from memory, says so once, retries, and
 //! when writes work again rewrites the whole store from memory (a compaction), so the
 //! records it missed meanwhile are back on disk.
@@ -30,7 +30,7 @@ use log::{info, warn};
 
 use crate::config::{FsyncPolicy, StoreSettings};
 use crate::logging::Escaped;
-use crate::store::ClientTable;
+use crate::table::ClientTable;
 
 pub use compact::is_due as compaction_is_due;
 pub use replay::{replay, Replayed, Skip};
@@ -58,7 +58,7 @@ pub struct StoreStats {
     pub compactions: u64,
 }
 
-pub struct Journal {
+pub struct Store {
     path: PathBuf,
     temp_path: PathBuf,
     _lock: StoreLock,
@@ -89,7 +89,7 @@ pub struct Journal {
 
 /// A store opened at start-up, with what it held.
 pub struct Opened {
-    pub journal: Journal,
+    pub store: Store,
     pub clients: ClientTable,
 }
 
@@ -97,7 +97,7 @@ fn shown(path: &Path) -> String {
     Escaped(path.as_os_str().as_encoded_bytes()).to_string()
 }
 
-impl Journal {
+impl Store {
     /// Opens `DIR/NAME.store` (locking it for this process), reads it into a client table and
     /// readies it for appending. `known_server` says which AT lines' servers the config knows.
     /// Returns `None` without a `store dir`. The error is one line for the operator.
@@ -193,7 +193,7 @@ impl Journal {
                 FsyncPolicy::No => "no",
             }
         );
-        let journal = Journal {
+        let store = Store {
             path,
             temp_path,
             _lock: lock,
@@ -214,7 +214,7 @@ impl Journal {
             compact_min_bytes: settings.compact_min_bytes,
             next_compaction_at: None,
         };
-        Ok(Some(Opened { journal, clients }))
+        Ok(Some(Opened { store, clients }))
     }
 
     /// Keeps `line` (a record just stored) to be written before this turn's output.
@@ -456,7 +456,7 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::protocol::{AtLine, AtRecord};
-    use crate::store::Source;
+    use crate::table::Source;
 
     struct Dir(PathBuf);
 
@@ -481,17 +481,15 @@ mod tests {
     }
 
     fn open(settings: &StoreSettings) -> Opened {
-        Journal::open(settings, "A", |s| s == b"A")
-            .unwrap()
-            .unwrap()
+        Store::open(settings, "A", |s| s == b"A").unwrap().unwrap()
     }
 
     /// Stores the update in the table and hands it to the journal, as the loop does.
-    fn store(journal: &mut Journal, table: &mut ClientTable, client: &str, secs: u64) {
+    fn store(journal: &mut Store, table: &mut ClientTable, client: &str, secs: u64) {
         let line = format!("AT A +0.000000000 {client} +1+1 {secs}");
         let at = AtLine::parse(line.as_bytes()).unwrap();
         let record = AtRecord::from_parsed(&at, line.as_bytes());
-        if let crate::store::Applied::Stored(i) = table.apply(&record, Source::Client) {
+        if let crate::table::Applied::Stored(i) = table.apply(&record, Source::Client) {
             journal.record(table.line_at(i).unwrap());
         }
     }
