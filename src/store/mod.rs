@@ -467,7 +467,7 @@ mod tests {
     }
 
     fn temp_dir(label: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("herd-journal-{label}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("herd-store-{label}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         Dir(dir)
     }
@@ -484,13 +484,13 @@ mod tests {
         Store::open(settings, "A", |s| s == b"A").unwrap().unwrap()
     }
 
-    /// Stores the update in the table and hands it to the journal, as the loop does.
-    fn store(journal: &mut Store, table: &mut ClientTable, client: &str, secs: u64) {
+    /// Stores the update in the table and hands it to the store, as the loop does.
+    fn record(store: &mut Store, table: &mut ClientTable, client: &str, secs: u64) {
         let line = format!("AT A +0.000000000 {client} +1+1 {secs}");
         let at = AtLine::parse(line.as_bytes()).unwrap();
         let record = AtRecord::from_parsed(&at, line.as_bytes());
         if let crate::table::Applied::Stored(i) = table.apply(&record, Source::Client) {
-            journal.record(table.line_at(i).unwrap());
+            store.record(table.line_at(i).unwrap());
         }
     }
 
@@ -499,18 +499,18 @@ mod tests {
         let dir = temp_dir("reopen");
         let settings = settings(&dir.0);
         let Opened {
-            mut journal,
+            mut store,
             mut clients,
         } = open(&settings);
-        store(&mut journal, &mut clients, "kiwi", 1);
-        store(&mut journal, &mut clients, "pear", 2);
-        store(&mut journal, &mut clients, "kiwi", 3);
-        journal.persist();
+        record(&mut store, &mut clients, "kiwi", 1);
+        record(&mut store, &mut clients, "pear", 2);
+        record(&mut store, &mut clients, "kiwi", 3);
+        store.persist();
         assert_eq!(
-            journal.stats().bytes,
-            fs::metadata(&journal.path).unwrap().len()
+            store.stats().bytes,
+            fs::metadata(&store.path).unwrap().len()
         );
-        drop(journal);
+        drop(store);
         let reopened = open(&settings);
         assert_eq!(reopened.clients.len(), 2);
         assert_eq!(
@@ -524,45 +524,45 @@ mod tests {
         let dir = temp_dir("compact");
         let settings = settings(&dir.0);
         let Opened {
-            mut journal,
+            mut store,
             mut clients,
         } = open(&settings);
         for secs in 1..=300 {
             for client in ["kiwi", "pear", "plum"] {
-                store(&mut journal, &mut clients, client, secs);
+                record(&mut store, &mut clients, client, secs);
             }
         }
-        journal.persist();
-        let before = journal.stats().bytes;
-        journal.tick(&clients, Instant::now());
+        store.persist();
+        let before = store.stats().bytes;
+        store.tick(&clients, Instant::now());
         assert!(
-            journal.compaction.is_some(),
+            store.compaction.is_some(),
             "{before} bytes for 3 clients is due"
         );
         // Records stored while it runs go to both files.
-        store(&mut journal, &mut clients, "fig", 1);
-        store(&mut journal, &mut clients, "kiwi", 301);
-        journal.persist();
+        record(&mut store, &mut clients, "fig", 1);
+        record(&mut store, &mut clients, "kiwi", 301);
+        store.persist();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while journal.compaction.is_some() {
+        while store.compaction.is_some() {
             assert!(Instant::now() < deadline, "the compaction did not finish");
-            journal.step(&clients);
+            store.step(&clients);
             std::thread::sleep(Duration::from_millis(1));
         }
-        let after = journal.stats();
+        let after = store.stats();
         assert_eq!(after.compactions, 1);
-        let text = fs::read_to_string(&journal.path).unwrap();
+        let text = fs::read_to_string(&store.path).unwrap();
         assert_eq!(after.bytes, text.len() as u64);
         assert!(
             after.bytes < before / 50,
             "{} bytes after, {before} before",
             after.bytes
         );
-        assert!(!journal.temp_path.exists());
+        assert!(!store.temp_path.exists());
         // Appends go to the new file from now on.
-        store(&mut journal, &mut clients, "pear", 302);
-        journal.persist();
-        drop(journal);
+        record(&mut store, &mut clients, "pear", 302);
+        store.persist();
+        drop(store);
         let reopened = open(&settings);
         for (client, line) in [
             ("kiwi", "AT A +0.000000000 kiwi +1+1 301"),
@@ -589,12 +589,12 @@ mod tests {
         .unwrap();
         let settings = settings(&dir.0);
         let Opened {
-            mut journal,
+            mut store,
             mut clients,
         } = open(&settings);
         assert_eq!(clients.len(), 1);
-        store(&mut journal, &mut clients, "plum", 5);
-        journal.persist();
+        record(&mut store, &mut clients, "plum", 5);
+        store.persist();
         let text = fs::read_to_string(dir.0.join("A.store")).unwrap();
         assert_eq!(
             text,
