@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herd_test_support::tmpfs::Tmpfs;
 use herd_test_support::{
@@ -164,11 +164,12 @@ fn held(port: u16, ids: &[String]) -> Vec<Option<String>> {
     })
 }
 
-/// Polls `server` until it holds exactly `want[i]` for each `ids[i]`; panics after `timeout`
-/// with the first differences.
+/// Polls `server` until it holds exactly `want[i]` for each `ids[i]` (`timeout` zero: looks
+/// once); panics after `timeout` with the first differences.
+#[track_caller]
 fn wait_holding(herd: &Herd, server: &str, ids: &[String], want: &[String], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!("{server} to hold the {} records", ids.len());
+    harness::wait_until(&what, timeout, || {
         let now_held = held(herd.port(server), ids);
         let wrong: Vec<String> = ids
             .iter()
@@ -178,17 +179,15 @@ fn wait_holding(herd: &Herd, server: &str, ids: &[String], want: &[String], time
             .map(|((id, want), has)| format!("  {id}: want {want:?}\n    has {has:?}"))
             .collect();
         if wrong.is_empty() {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{server} does not hold {} of {} records after {timeout:?}; the first:\n{}",
+        Err(format!(
+            "{server} does not hold {} of {} records; the first:\n{}",
             wrong.len(),
             ids.len(),
             wrong[..wrong.len().min(5)].join("\n")
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+        ))
+    });
 }
 
 /// What a server said about its store at start-up:
@@ -230,19 +229,15 @@ fn store_starts(log: &str) -> Vec<StoreStart> {
 /// Starts `name` (not running) and returns what it said about its store at start-up. Counted
 /// from the log as it was before the start, which is final: a SIGKILLed process's unflushed
 /// last lines never reach it.
+#[track_caller]
 fn start_reading_store(herd: &mut Herd, name: &str) -> StoreStart {
     let before = store_starts(&herd.log(name)).len();
     herd.start(name);
-    let mut starts = Vec::new();
-    let found = harness::wait_until(harness::LOG_TIMEOUT, || {
-        starts = store_starts(&herd.log(name));
-        starts.len() > before
+    let what = format!("{name} to log its store line at start-up");
+    let mut starts = harness::wait_for(&what, harness::LOG_TIMEOUT, || {
+        let starts = store_starts(&herd.log(name));
+        (starts.len() > before).then_some(starts)
     });
-    assert!(
-        found,
-        "{name} logged no store line at start-up:\n{}",
-        herd.log(name)
-    );
     starts.swap_remove(before)
 }
 
@@ -549,12 +544,15 @@ fn a_rolling_kill_9_restart_loses_no_acknowledged_update() {
     let acked_at = |s: usize| acks[s].load(Ordering::Relaxed);
     let wait_acks = |s: usize, more: usize| {
         let want = acked_at(s) + more;
-        assert!(
-            harness::wait_until(Duration::from_secs(10), || acked_at(s) >= want),
-            "{} took no IAMATs ({} of {want})",
-            servers[s],
-            acked_at(s)
-        );
+        let what = format!("{} to take {more} more IAMATs", servers[s]);
+        harness::wait_until(&what, Duration::from_secs(10), || {
+            let acked = acked_at(s);
+            if acked >= want {
+                Ok(())
+            } else {
+                Err(format!("{acked} of {want}"))
+            }
+        });
     };
     let neighbours = |name: &str| -> Vec<&str> {
         SPEC_LINKS
@@ -591,23 +589,20 @@ fn a_rolling_kill_9_restart_loses_no_acknowledged_update() {
     // new as its newest acknowledged one (an IAMAT cut by a kill may have been stored without
     // its reply reaching us, so the herd may hold one newer than we saw acknowledged).
     let newest = newest_per_client(&acked, CLIENTS);
-    let deadline = Instant::now() + CONVERGE;
-    let lost_updates = loop {
-        let views: Vec<Vec<Option<String>>> =
-            servers.iter().map(|s| held(herd.port(s), &ids)).collect();
-        let agreed = views.iter().all(|v| v == &views[0]);
-        let lost_updates = views.iter().map(|v| lost(&acked, v)).max().unwrap_or(0);
-        if (agreed && lost_updates == 0) || Instant::now() >= deadline {
-            if !agreed {
-                for (server, view) in servers.iter().zip(&views) {
-                    eprintln!("{server}: {view:?}");
-                }
-            }
-            assert!(agreed, "the herd did not agree within {CONVERGE:?}");
-            break lost_updates;
+    let mut views: Vec<Vec<Option<String>>> = Vec::new();
+    // Until they agree and lose nothing, or CONVERGE passes: the checks below read what is.
+    let _ = harness::poll(CONVERGE, || {
+        views = servers.iter().map(|s| held(herd.port(s), &ids)).collect();
+        views.iter().all(|v| v == &views[0] && lost(&acked, v) == 0)
+    });
+    let agreed = views.iter().all(|v| v == &views[0]);
+    if !agreed {
+        for (server, view) in servers.iter().zip(&views) {
+            eprintln!("{server}: {view:?}");
         }
-        thread::sleep(Duration::from_millis(50));
-    };
+    }
+    assert!(agreed, "the herd did not agree within {CONVERGE:?}");
+    let lost_updates = views.iter().map(|v| lost(&acked, v)).max().unwrap_or(0);
     println!(
         "rolling kill -9 restart: lost updates: {lost_updates} of {} acknowledged ({unanswered} \
          IAMATs unanswered while a server was down; {} clients, each held alike by all five)",
@@ -815,15 +810,13 @@ fn compaction_under_load_keeps_the_store_near_its_live_records() {
     let ids: Vec<String> = (0..CLIENTS).map(|c| format!("busy{c}.example")).collect();
     let base = base_secs();
     let (mut acked, mut written, mut step) = (Vec::new(), 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(20);
     // Updates in batches until three compactions have been logged (the store is checked every
     // 250 ms, so this is a second of load or so).
-    while compactions(&herd.log(ALONE)).len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no three compactions in 20 s:\n{}",
-            herd.log(ALONE)
-        );
+    let under_load = "three compactions under load";
+    harness::wait_until(under_load, Duration::from_secs(20), || {
+        if compactions(&herd.log(ALONE)).len() >= 3 {
+            return true;
+        }
         let batch: Vec<Update> = (0..500)
             .map(|i| {
                 step += 1;
@@ -834,7 +827,8 @@ fn compaction_under_load_keeps_the_store_near_its_live_records() {
             written += reply.len() as u64 + 1;
             acked.push((i % CLIENTS, reply));
         }
-    }
+        false
+    });
     let newest: Vec<String> = newest_per_client(&acked, CLIENTS)
         .into_iter()
         .map(|n| n.expect("every client updated"))
@@ -849,11 +843,17 @@ fn compaction_under_load_keeps_the_store_near_its_live_records() {
     let path = store_file(dir.path());
     // Past the floor and past twice the live bytes, the next check compacts: the file ends at
     // most at the floor, whatever was written.
-    assert!(
-        harness::wait_until(Duration::from_secs(5), || file_len(&path) <= FLOOR),
-        "the store stays at {} bytes ({written} written, {live} live)",
-        file_len(&path)
-    );
+    let at_most_floor = format!("the store to end at most at {FLOOR} bytes");
+    harness::wait_until(&at_most_floor, Duration::from_secs(5), || {
+        let size = file_len(&path);
+        if size <= FLOOR {
+            Ok(())
+        } else {
+            Err(format!(
+                "the store stays at {size} bytes ({written} written, {live} live)"
+            ))
+        }
+    });
     let size = file_len(&path);
     let log = herd.log(ALONE);
     let done = compactions(&log);
@@ -908,12 +908,13 @@ fn write_big_store(path: &Path, clients: usize, base: i64) -> Vec<(String, Strin
     (0..clients).map(|c| (id(c), newest(c))).collect()
 }
 
-/// Polls (no sleep as synchronisation: a deadline-bounded loop) until `done` holds.
-fn poll_fast(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
-        thread::sleep(Duration::from_micros(200));
+/// Waits (at most 10 s) until `done` holds, looking every 200 µs: a compaction of the big
+/// store is over within milliseconds, and its start must be seen before its end.
+#[track_caller]
+fn wait_closely(what: &str, done: impl FnMut() -> bool) {
+    let every = Duration::from_micros(200);
+    if let Err(timed_out) = harness::poll_every(every, Duration::from_secs(10), done) {
+        panic!("waiting for {what}: {timed_out}");
     }
 }
 
@@ -939,9 +940,9 @@ fn kill_9_at_any_point_of_a_compaction_loses_nothing() {
         herd.start(ALONE);
         let port = herd.port(ALONE);
         // The compaction's file appears when it starts, and is renamed over the store.
-        poll_fast("a compaction starts", || temp.exists());
+        wait_closely("a compaction to start", || temp.exists());
         if after_rename {
-            poll_fast("the compaction's rename", || !temp.exists());
+            wait_closely("the compaction's rename", || !temp.exists());
         }
         // Updates to clients all over the table (copied already or not yet).
         let updates: Vec<Update> = (0..extra)
@@ -1062,10 +1063,12 @@ fn a_full_disk_never_stops_serving_and_what_it_missed_is_written_back() {
     // exactly the lines acknowledged; once it is shorter, an append failed.
     let store = store_file(&tmpfs.path);
     let mut acked_bytes = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while file_len(&store) == acked_bytes {
+    harness::wait_until("the 64 KiB store to fill", Duration::from_secs(20), || {
+        if file_len(&store) != acked_bytes {
+            return true;
+        }
         assert!(
-            Instant::now() < deadline && ids.len() < 20_000,
+            ids.len() < 20_000,
             "{} IAMATs and the 64 KiB store never filled:\n{}",
             ids.len(),
             herd.log(ALONE)
@@ -1076,7 +1079,8 @@ fn a_full_disk_never_stops_serving_and_what_it_missed_is_written_back() {
             .iter()
             .map(|(_, line)| line.len() as u64 + 1)
             .sum::<u64>();
-    }
+        false
+    });
     herd.wait_log_count(ALONE, "cannot append", 1);
     // Full: every IAMAT and WHATSAT is still answered, from memory.
     more(300, &mut ids, &mut acked);

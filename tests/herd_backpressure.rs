@@ -6,11 +6,11 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herd_test_support::client::{time_from_now, Client};
 use herd_test_support::cluster::Herd;
-use herd_test_support::harness;
+use herd_test_support::harness::{self, accept_within};
 
 /// Updates with long client ids, so that a few hundred fill the link's socket buffers (a few
 /// hundred KiB) and the link then owes more than `peer max-owed`.
@@ -36,18 +36,7 @@ fn campbell_with_a_fake_bona(settings: &[&str]) -> (Herd, TcpStream) {
         fake_bona.local_addr().expect("local_addr").port(),
     );
     herd.start("Campbell");
-    fake_bona.set_nonblocking(true).expect("nonblocking");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let stream = loop {
-        match fake_bona.accept() {
-            Ok((stream, _)) => break stream,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(5)); // polling an accept, with a deadline
-            }
-            Err(e) => panic!("Campbell's link never connected: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).expect("blocking");
+    let stream = accept_within(&fake_bona, Duration::from_secs(5)); // Campbell's link
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");

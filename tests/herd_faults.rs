@@ -320,12 +320,10 @@ fn a_healed_partition_converges_to_the_newest_record_of_every_client() {
         ],
     );
     // The links keep trying (and failing) through the cut.
-    assert!(
-        wait_until(Duration::from_secs(5), || to_yew.dropped() >= 2
-            && to_xu.dropped() >= 2),
-        "Xu and Yew retried during the cut: dropped {} and {}",
-        to_yew.dropped(),
-        to_xu.dropped()
+    wait_until(
+        "Xu and Yew to retry during the cut",
+        Duration::from_secs(5),
+        || both_dropped(&to_yew, &to_xu, 2),
     );
     for (server, id) in [("Ash", "east.example"), ("Xu", "east.example")] {
         assert_eq!(
@@ -445,6 +443,17 @@ impl Drop for Relay {
     }
 }
 
+/// Ok once both relays have each dropped `at_least` connections (links retrying through a
+/// cut); Err says how many so far.
+fn both_dropped(a: &Relay, b: &Relay, at_least: usize) -> Result<(), String> {
+    let dropped = (a.dropped(), b.dropped());
+    if dropped.0 >= at_least && dropped.1 >= at_least {
+        Ok(())
+    } else {
+        Err(format!("dropped {} and {}", dropped.0, dropped.1))
+    }
+}
+
 fn accept_loop(listener: TcpListener, shared: Arc<RelayShared>) {
     for incoming in listener.incoming() {
         let mut state = shared.state();
@@ -453,6 +462,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<RelayShared>) {
         }
         let Ok(client) = incoming else {
             drop(state);
+            // Not a wait: a pause, so an accept error that repeats (out of descriptors) does
+            // not spin.
             thread::sleep(Duration::from_millis(10));
             continue;
         };
@@ -571,12 +582,10 @@ fn a_healed_partition_relinks_within_a_second_even_after_a_long_cut() {
     to_yew.cut();
     to_xu.cut();
     // Let the retries fail through the cut a good number of times.
-    assert!(
-        wait_until(Duration::from_secs(10), || to_yew.dropped() >= 10
-            && to_xu.dropped() >= 10),
-        "retries during the cut: {} and {}",
-        to_yew.dropped(),
-        to_xu.dropped()
+    wait_until(
+        "ten retries each during the cut",
+        Duration::from_secs(10),
+        || both_dropped(&to_yew, &to_xu, 10),
     );
     let syncs = [herd.link_syncs("Xu", "Yew"), herd.link_syncs("Yew", "Xu")];
     to_yew.restore();

@@ -28,14 +28,10 @@ fn config(dir: &TempDir, extra: &str) -> (String, Vec<u16>) {
     (text, addrs.iter().map(|a| a.port()).collect())
 }
 
+#[track_caller]
 fn wait_log(dir: &Path, server: &str, needle: &str) -> String {
-    wait_for_log(
-        &dir.join(format!("{server}.log")),
-        needle,
-        1,
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    let log = dir.join(format!("{server}.log"));
+    wait_for_log(&log, needle, 1, Duration::from_secs(10))
 }
 
 #[test]

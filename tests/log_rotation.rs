@@ -9,8 +9,8 @@ use herd_test_support::{
     client::{time_from_now, Client},
     cluster::Herd,
     harness::{
-        accept_within, free_ports, read_lossy, refused_places_url, tail, wait_until, TempDir,
-        KEY_ENV,
+        accept_within, free_ports, read_lossy, refused_places_url, tail, wait_for_log, wait_until,
+        TempDir, KEY_ENV,
     },
     raw_peer::RawPeer,
     server::Server,
@@ -141,10 +141,7 @@ fn mv_then_sighup_starts_a_new_log_with_the_records_that_follow() {
     // Until the SIGHUP, records still go to the moved file (the buffer is written there).
     client.iamat("after-mv", "+1+2", &time);
     server.signal("HUP");
-    assert!(
-        wait_until(TIMEOUT, || log.exists()),
-        "SIGHUP made a new Alpha.log"
-    );
+    wait_until("SIGHUP to make a new Alpha.log", TIMEOUT, || log.exists());
     client.iamat("after-hup", "+1+2", &time);
     let new_log = server.wait_for_log("IAMAT after-hup");
 
@@ -248,15 +245,7 @@ fn herd_all_passes_sighup_on_and_ignores_sigusr1_and_sigusr2() {
         }
     }
     for log in &logs {
-        let reopened = wait_until(TIMEOUT, || {
-            read_lossy(log).contains("reopening log on SIGHUP")
-        });
-        assert!(
-            reopened,
-            "SIGHUP reached {}:\n{}",
-            log.display(),
-            read_lossy(log)
-        );
+        wait_for_log(log, "reopening log on SIGHUP", 1, TIMEOUT); // SIGHUP reached it
     }
     assert!(
         supervisor.wait_exit(Duration::from_millis(200)).is_none(),
@@ -426,23 +415,25 @@ fn a_full_disk_drops_log_records_and_the_server_keeps_answering() {
     let mut client = server.client();
     let time = time_from_now(0);
     client.iamat("before-full", "+1+2", &time);
-    assert!(
-        wait_until(TIMEOUT, || read_lossy(&log).contains("IAMAT before-full")),
-        "logged before the disk fills"
-    );
+    wait_for_log(&log, "IAMAT before-full", 1, TIMEOUT); // logged before the disk fills
 
     let filler = tmpfs.path.join("filler");
     assert!(fill(&filler) > 0, "the filler took the free space");
     // Records now fail to be written: the server answers all the same.
     let mut i = 0;
     let dropping = "cannot write (No space left on device";
-    while !server.stderr_text().contains(dropping) {
+    wait_until("stderr to report dropped records", TIMEOUT, || {
+        if server.stderr_text().contains(dropping) {
+            return true;
+        }
         assert!(i < 20_000, "no drop reported: {}", server.stderr_text());
         let reply = client.iamat(&format!("while-full-{i}"), "+1+2", &time);
         assert!(reply.starts_with("AT Alpha "), "{reply}");
         i += 1;
-    }
-    // A second of records while full: several write-outs fail, and stderr says so once.
+        false
+    });
+    // A second of records while full: several write-outs fail, and stderr says so once. (Not
+    // a wait: the load itself lasts a second.)
     let full_since = Instant::now();
     let mut j = 0;
     while full_since.elapsed() < Duration::from_secs(1) {
@@ -459,11 +450,7 @@ fn a_full_disk_drops_log_records_and_the_server_keeps_answering() {
     client.iamat("after-full", "+1+2", &time);
     let recovered = "writing again, after dropping ";
     let stderr = server.wait_for_stderr(recovered, TIMEOUT);
-    assert!(
-        wait_until(TIMEOUT, || read_lossy(&log).contains("IAMAT after-full")),
-        "logging resumed by itself:\n{}",
-        tail(&read_lossy(&log), 20)
-    );
+    wait_for_log(&log, "IAMAT after-full", 1, TIMEOUT); // logging resumed by itself
     assert_eq!(stderr.matches(dropping).count(), 1, "one line: {stderr}");
     assert_eq!(stderr.matches(recovered).count(), 1, "one line: {stderr}");
     let dropped: u64 = stderr

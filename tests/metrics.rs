@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use herd_test_support::client::Client;
 use herd_test_support::cluster::Herd;
-use herd_test_support::harness::{free_ports, wait_until, Process, TempDir};
+use herd_test_support::harness::{free_ports, poll, wait_until, Process, TempDir};
 use herd_test_support::metrics::{
     http_get, http_raw, metrics_lines, read_answer, sample, scrape, HTTP_TIMEOUT,
 };
@@ -28,6 +28,7 @@ use herd_test_support::server::Server;
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// A single server with a metrics address and `extra` config lines.
+#[track_caller]
 fn server_with_metrics(extra: &[&str]) -> (Server, SocketAddr) {
     let (lines, addrs) = metrics_lines(&["Alpha"]);
     let mut builder = Server::builder("Alpha").line(&lines[0]);
@@ -35,11 +36,8 @@ fn server_with_metrics(extra: &[&str]) -> (Server, SocketAddr) {
         builder = builder.line(line);
     }
     let server = builder.start();
-    assert!(
-        wait_until(Duration::from_secs(5), || scrape(addrs[0]).is_ok()),
-        "no metrics page at {}",
-        addrs[0]
-    );
+    let page = format!("a metrics page at {}", addrs[0]);
+    wait_until(&page, Duration::from_secs(5), || scrape(addrs[0]).map(drop));
     (server, addrs[0])
 }
 
@@ -76,11 +74,9 @@ fn metrics_answer_while_clients_hammer_the_port() {
             })
         })
         .collect();
-    assert!(
-        wait_until(Duration::from_secs(5), || answered.load(Ordering::Relaxed)
-            > 0),
-        "the load never got going"
-    );
+    wait_until("the load to get going", Duration::from_secs(5), || {
+        answered.load(Ordering::Relaxed) > 0
+    });
     let mut last = 0.0;
     for round in 0..6 {
         let seen = answered.load(Ordering::Relaxed);
@@ -99,11 +95,10 @@ fn metrics_answer_while_clients_hammer_the_port() {
         assert_eq!(sample(&page, "herd_connections", ""), Some(3.0));
         last = now;
         // The next scrape comes after more replies were read, so its count must be higher.
-        assert!(
-            wait_until(Duration::from_secs(5), || answered.load(Ordering::Relaxed)
-                > now as u64),
-            "the load stalled after round {round}"
-        );
+        let more = format!("more replies after round {round} (the load stalled)");
+        wait_until(&more, Duration::from_secs(5), || {
+            answered.load(Ordering::Relaxed) > now as u64
+        });
     }
     stop.store(true, Ordering::Relaxed);
     for hammer in hammers {
@@ -251,25 +246,21 @@ fn a_real_prometheus_scrapes_a_three_server_herd() {
         .current_dir(dir.path());
     let process =
         Process::spawn(command, &dir.path().join("prometheus.stderr")).expect("start prometheus");
-    let mut last = String::new();
-    let stored = wait_until(Duration::from_secs(60), || {
-        match http_get(web, "/api/v1/query?query=herd_clients_known") {
-            Ok(answer) => {
-                last = answer.body;
-                series_of(&last) == 3
-            }
-            Err(e) => {
-                last = e;
-                false
-            }
+    let stored = poll(Duration::from_secs(60), || {
+        let answer = http_get(web, "/api/v1/query?query=herd_clients_known")?;
+        if series_of(&answer.body) == 3 {
+            Ok(())
+        } else {
+            Err(answer.body)
         }
     });
-    assert!(
-        stored,
-        "Prometheus never held herd_clients_known of all three servers; last answer: {last}\n\
-         its stderr:\n{}",
-        tail_of(&dir.path().join("prometheus.stderr"))
-    );
+    if let Err(timed_out) = stored {
+        panic!(
+            "Prometheus never held herd_clients_known of all three servers: {timed_out}\n\
+             its stderr:\n{}",
+            tail_of(&dir.path().join("prometheus.stderr"))
+        );
+    }
     drop(process); // killed and reaped
 }
 
@@ -375,6 +366,7 @@ fn the_metrics_listener_holds_its_limits_and_logs_them() {
             cut_off = true;
             break;
         }
+        // Not a wait: the trickle itself, a byte every 50 ms.
         thread::sleep(Duration::from_millis(50));
         if started.elapsed() > Duration::from_secs(3) {
             break;

@@ -6,6 +6,7 @@
 use herd_test_support::{
     checks::{check_at_line, check_error_shape, check_framing, fake_ids, place_ids},
     fake_places::{FakePlaces, Reply},
+    harness::{wait_for, wait_until},
     server::Server,
 };
 use std::time::{Duration, Instant};
@@ -103,11 +104,11 @@ fn a_good_answer_is_reused_for_cache_ms_and_then_asked_again() {
     check_framing(&client.read_whatsat_reply(), &at);
     let before = fake.request_count();
     // Once the answer is older than cache-ms, Places is asked again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while fake.request_count() == before && Instant::now() < deadline {
+    wait_until("Places to be asked again", Duration::from_secs(5), || {
         client.send("WHATSAT kiwi 10 5");
         check_framing(&client.read_whatsat_reply(), &at);
-    }
+        fake.request_count() != before
+    });
     assert_eq!(fake.request_count(), before + 1, "asked again after 400 ms");
     assert!(asked_at.elapsed() >= Duration::from_millis(400));
 }
@@ -153,15 +154,15 @@ fn past_max_per_second_whatsats_get_429_at_once_and_in_order() {
     assert!(log.contains("over places max-per-second"), "{log}");
     // A second later the bucket has refilled.
     let mut other = server.client();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let answered = loop {
+    let answered = wait_for("the bucket to refill", Duration::from_secs(5), || {
         other.send("WHATSAT kiwi 4 1");
         let json = check_framing(&other.read_whatsat_reply(), &at);
-        if json.get("places").is_some() || Instant::now() > deadline {
-            break json;
+        if json.get("places").is_some() {
+            Ok(json)
+        } else {
+            Err(json)
         }
-        std::thread::sleep(Duration::from_millis(100)); // polling the refill, with a deadline
-    };
+    });
     assert_eq!(place_ids(&answered, "places", "id"), fake_ids(1));
 }
 

@@ -75,6 +75,7 @@ impl Servers {
             .expect("herd.conf written");
     }
 
+    #[track_caller]
     fn start(&mut self, name: &str) {
         let i = self.index(name);
         let mut command = Command::new(herd_bin());
@@ -84,9 +85,9 @@ impl Servers {
             .current_dir(self.dir.path());
         let stderr = self.dir.path().join(format!("{name}.stderr"));
         let mut process = Process::spawn(command, &stderr).expect("herd started");
-        process
-            .wait_listening(&self.addrs[i..=i])
-            .unwrap_or_else(|e| panic!("{name} {e}"));
+        if let Err(why) = process.wait_listening(&self.addrs[i..=i]) {
+            panic!("{name} {why}");
+        }
         self.processes[i] = Some(process);
     }
 
@@ -103,8 +104,9 @@ impl Servers {
     }
 
     /// Waits for `count` log lines of `name` holding `needle`; returns the log.
+    #[track_caller]
     fn wait_log(&self, name: &str, needle: &str, count: usize) -> String {
-        wait_for_log(&self.log_path(name), needle, count, WAIT).unwrap_or_else(|e| panic!("{e}"))
+        wait_for_log(&self.log_path(name), needle, count, WAIT)
     }
 
     fn client(&self, name: &str) -> Client {
@@ -115,13 +117,16 @@ impl Servers {
         self.client(name).iamat(id, "+1+2", "100")
     }
 
+    #[track_caller]
     fn wait_knows(&self, name: &str, id: &str) {
         let mut client = self.client(name);
-        assert!(
-            wait_until(WAIT, || known_line(&mut client, id).is_some()),
-            "{name} never learned {id}; its log ends:\n{}",
-            tail(&self.log_path(name))
-        );
+        wait_until(&format!("{name} to learn {id}"), WAIT, || {
+            if known_line(&mut client, id).is_some() {
+                Ok(())
+            } else {
+                Err(format!("its log ends:\n{}", tail(&self.log_path(name))))
+            }
+        });
     }
 }
 
@@ -237,10 +242,9 @@ fn the_metrics_address_moves_on_a_reload() {
     let (first, second) = (ports[0], ports[1]);
     herd.write_config(&["Alpha"], &[], &format!("metrics Alpha {first}"));
     herd.start("Alpha");
-    assert!(
-        wait_until(WAIT, || scrape(first).is_ok()),
-        "no page at {first}"
-    );
+    wait_until(&format!("a page at {first}"), WAIT, || {
+        scrape(first).map(drop)
+    });
     herd.write_config(&["Alpha"], &[], &format!("metrics Alpha {second}"));
     herd.hangup("Alpha");
     herd.wait_log("Alpha", "reload herd.conf: metrics address", 1);

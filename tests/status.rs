@@ -5,13 +5,13 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herd_test_support::cluster::Herd;
-use herd_test_support::harness::{free_ports, herd_bin, TempDir};
+use herd_test_support::harness::{free_ports, herd_bin, wait_for, wait_until, TempDir};
 use herd_test_support::metrics::{metrics_lines, scrape};
 use herd_test_support::run::{run_herd, Finished};
 
@@ -40,6 +40,16 @@ fn herd_with_metrics(
     }
     let config = dir.write("status.conf", &text).expect("status.conf");
     (herd, dir, config, addrs)
+}
+
+/// A child process, killed and reaped on drop (also when the test fails first).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn status(dir: &TempDir, config: &Path) -> Finished {
@@ -73,13 +83,15 @@ fn a_server_down_and_a_link_cut_show_in_the_table_and_exit_1() {
     herd.kill("Gamma");
     // Beta notices Gamma's end at once (EOF, then refused connects); a status read in the
     // meantime would still show its link to Gamma up, so read until it does not.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let finished = loop {
+    let link_down = "Beta's table row to show its link to Gamma down";
+    let finished = wait_for(link_down, Duration::from_secs(15), || {
         let finished = status(&dir, &config);
-        if row(&finished.stdout, "Beta").get(7) == Some(&"1/2") || Instant::now() > deadline {
-            break finished;
+        if row(&finished.stdout, "Beta").get(7) == Some(&"1/2") {
+            Ok(finished)
+        } else {
+            Err(finished.stdout)
         }
-    };
+    });
     let table = &finished.stdout;
     assert_eq!(
         finished.status.code(),
@@ -131,15 +143,17 @@ fn a_healthy_herd_exits_0_and_watch_redraws_until_interrupted() {
     assert!(table.starts_with("server "), "{table}");
 
     // --watch: a table a second, until SIGINT; then the exit status of the last one.
-    let mut watch = Command::new(herd_bin())
-        .args(["status", "--watch", &config.display().to_string()])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start herd status --watch");
-    let mut stdout = watch.stdout.take().expect("its stdout");
+    let mut watch = Reaped(
+        Command::new(herd_bin())
+            .args(["status", "--watch", &config.display().to_string()])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start herd status --watch"),
+    );
+    let mut stdout = watch.0.stdout.take().expect("its stdout");
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -150,39 +164,34 @@ fn a_healthy_herd_exits_0_and_watch_redraws_until_interrupted() {
         }
     });
     let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while seen.matches("Ctrl-C stops").count() < 2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
-            Err(_) => {
-                let _ = watch.kill();
-                let _ = watch.wait();
-                panic!("--watch drew fewer than two tables in 15 s:\n{seen}");
+    wait_until(
+        "--watch to draw two tables",
+        Duration::from_secs(15),
+        || {
+            while let Ok(bytes) = rx.try_recv() {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
             }
-        }
-    }
+            if seen.matches("Ctrl-C stops").count() >= 2 {
+                Ok(())
+            } else {
+                Err(seen.clone())
+            }
+        },
+    );
     assert!(
         seen.contains("\x1b[H\x1b[2J"),
         "each redraw clears the screen"
     );
     let sent = Command::new("kill")
-        .args(["-INT", &watch.id().to_string()])
+        .args(["-INT", &watch.0.id().to_string()])
         .status()
         .expect("kill -INT");
     assert!(sent.success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(exit) = watch.try_wait().expect("try_wait") {
-            break exit;
-        }
-        if started.elapsed() > Duration::from_secs(5) {
-            let _ = watch.kill();
-            let _ = watch.wait();
-            panic!("herd status --watch did not stop on SIGINT");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let exit = wait_for(
+        "herd status --watch to stop on SIGINT",
+        Duration::from_secs(5),
+        || watch.0.try_wait().expect("try_wait"),
+    );
     assert_eq!(exit.code(), Some(0), "the last table was all up");
     // Scraped every second, the servers still answer their clients and their metrics.
     for (name, addr) in ["Alpha", "Beta"].iter().zip(&addrs) {

@@ -6,7 +6,7 @@
 
 use herd_test_support::{
     client::{time_from_now, Client},
-    harness::{accepts, free_ports, refused_places_url, wait_until, TempDir, KEY_ENV},
+    harness::{accepts, free_ports, refused_places_url, wait_for, wait_until, TempDir, KEY_ENV},
     harness::{process_parents, spawn_all_with, Process},
     run::run_herd,
 };
@@ -69,14 +69,24 @@ impl Supervisor {
         self.process.stderr_text()
     }
 
+    /// Waits until stderr contains `needle`; returns the whole stderr then.
+    #[track_caller]
     fn wait_for_stderr(&mut self, needle: &str) -> String {
-        let found = wait_until(TIMEOUT, || self.stderr().contains(needle));
-        assert!(
-            found,
-            "stderr never showed {needle:?} within {TIMEOUT:?}:\n{}",
-            self.stderr()
-        );
-        self.stderr()
+        self.wait_for_stderr_count(needle, 1)
+    }
+
+    /// Waits until stderr contains `needle` `count` times; returns the whole stderr then.
+    #[track_caller]
+    fn wait_for_stderr_count(&mut self, needle: &str, count: usize) -> String {
+        let what = format!("stderr to show {needle:?} {count} time(s)");
+        wait_for(&what, TIMEOUT, || {
+            let stderr = self.stderr();
+            if stderr.matches(needle).count() >= count {
+                Ok(stderr)
+            } else {
+                Err(stderr)
+            }
+        })
     }
 
     fn pid_of(&self, name: &str) -> u32 {
@@ -238,15 +248,21 @@ fn the_servers_die_with_a_sigkilled_supervisor() {
         "the supervisor is gone"
     );
     let pids = supervisor.child_pids();
-    assert!(
-        wait_until(TIMEOUT, || !pids.iter().any(|&pid| alive(pid))),
-        "every server exits once the supervisor is killed; still alive: {:?}",
-        pids.iter().filter(|&&pid| alive(pid)).collect::<Vec<_>>()
+    wait_until(
+        "every server to exit once the supervisor is killed",
+        TIMEOUT,
+        || {
+            let alive: Vec<u32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still alive: {alive:?}"))
+            }
+        },
     );
-    assert!(
-        wait_until(TIMEOUT, || !accepts(alpha) && !accepts(beta)),
-        "their ports close"
-    );
+    wait_until("their ports to close", TIMEOUT, || {
+        !accepts(alpha) && !accepts(beta)
+    });
 }
 
 #[test]
@@ -280,14 +296,7 @@ fn with_restart_a_killed_server_is_started_again_and_serves() {
     supervisor.wait_for_stderr("herd: Beta exited (signal: 9 (SIGKILL)); restarting it in 1 s");
     supervisor.wait_for_stderr("herd: restarted Beta");
     let listening = "Beta: Beta listening on ";
-    let found = wait_until(TIMEOUT, || {
-        supervisor.stderr().matches(listening).count() == 2
-    });
-    assert!(
-        found,
-        "Beta said it listens again:\n{}",
-        supervisor.stderr()
-    );
+    supervisor.wait_for_stderr_count(listening, 2); // Beta said it listens again
     supervisor.children = children_of(supervisor.process.pid());
     let second = supervisor.pid_of("Beta");
     assert_ne!(second, first, "a new process");

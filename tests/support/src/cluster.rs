@@ -3,17 +3,18 @@
 //! WHATSAT replies) and what they log (`NAME.log`).
 //!
 //! Used by the `tests/herd_*.rs` files, next to the harness and the client. Every wait polls
-//! observable state until a deadline; every process is killed on drop, also when a test panics
+//! observable state until a deadline (through the harness's [`wait_until`], and like it points
+//! a failure at the test's line); every process is killed on drop, also when a test panics
 //! (then each server's log tail and stderr are printed).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::client::Client;
 use crate::harness::{
-    self, herd_bin, link_indices, read_lossy, refused_places_url, tail, HerdConfig, LOG_TIMEOUT,
-    SPEC_LINKS, SPEC_SERVERS,
+    self, herd_bin, link_indices, read_lossy, refused_places_url, tail, wait_until, HerdConfig,
+    LOG_TIMEOUT, SPEC_LINKS, SPEC_SERVERS,
 };
 
 /// Retry delays of every test herd: small, so a link comes back within half a second.
@@ -64,11 +65,12 @@ impl Herd {
         Herd::new(names, &links)
     }
 
+    #[track_caller]
     fn index(&self, name: &str) -> usize {
-        self.herd
-            .config
-            .index(name)
-            .unwrap_or_else(|| panic!("no server {name} in this test herd"))
+        match self.herd.config.index(name) {
+            Some(i) => i,
+            None => panic!("no server {name} in this test herd"),
+        }
     }
 
     /// Adds a config line for every server (written when a server starts).
@@ -111,17 +113,24 @@ impl Herd {
     }
 
     /// Starts `name` (again, after [`kill`](Herd::kill)) and waits until its port accepts.
+    #[track_caller]
     pub fn start(&mut self, name: &str) {
         let i = self.index(name);
-        self.herd.start_server(i).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(why) = self.herd.start_server(i) {
+            panic!("{why}");
+        }
     }
 
     /// Starts every server that is not running, in config order.
+    #[track_caller]
     pub fn start_all(&mut self) {
-        self.herd.start_all().unwrap_or_else(|e| panic!("{e}"));
+        if let Err(why) = self.herd.start_all() {
+            panic!("{why}");
+        }
     }
 
     /// Kills `name` with SIGKILL (no flush, no goodbye: a crash) and reaps it.
+    #[track_caller]
     pub fn kill(&mut self, name: &str) {
         let i = self.index(name);
         assert!(self.herd.is_running(i), "{name} is not running");
@@ -152,10 +161,12 @@ impl Herd {
     }
 
     /// Waits until at least `at_least` lines of `name`'s log contain `needle`; returns the log.
+    #[track_caller]
     pub fn wait_log_count(&self, name: &str, needle: &str, at_least: usize) -> String {
         self.wait_log_count_for(name, needle, at_least, LOG_TIMEOUT)
     }
 
+    #[track_caller]
     pub fn wait_log_count_for(
         &self,
         name: &str,
@@ -163,8 +174,12 @@ impl Herd {
         at_least: usize,
         timeout: Duration,
     ) -> String {
-        let path = self.herd.log_path(self.index(name));
-        harness::wait_for_log(&path, needle, at_least, timeout).unwrap_or_else(|e| panic!("{e}"))
+        harness::wait_for_log(
+            &self.herd.log_path(self.index(name)),
+            needle,
+            at_least,
+            timeout,
+        )
     }
 
     /// How many times `from`'s outbound link to `to` came up and finished its resync.
@@ -173,6 +188,7 @@ impl Herd {
     }
 
     /// Waits until `from`'s link to `to` has come up and finished its resync `at_least` times.
+    #[track_caller]
     pub fn wait_link_syncs(&self, from: &str, to: &str, at_least: usize) {
         self.wait_log_count_for(
             from,
@@ -184,6 +200,7 @@ impl Herd {
 
     /// Waits until every link between two running servers is up and resynced, both ways
     /// (for a herd started once: each direction's first `link sync`).
+    #[track_caller]
     pub fn wait_all_linked(&mut self) {
         let links = self.links.clone();
         for (a, b) in &links {
@@ -196,6 +213,7 @@ impl Herd {
 
     /// Waits until `name`'s log holds every line logged before this call: sends a unique
     /// invalid command and waits for its logged `? ` reply (needs `log lines on`).
+    #[track_caller]
     pub fn sync_log(&self, name: &str) {
         static MARKS: AtomicUsize = AtomicUsize::new(0);
         let mark = format!(
@@ -208,12 +226,13 @@ impl Herd {
         self.wait_log_count(name, &format!("? {mark}"), 1);
     }
 
-    /// Waits until `server` holds exactly `line` for each `(client id, line)`.
+    /// Waits until `server` holds exactly `line` for each `(client id, line)`; a timeout shows
+    /// the ids it does not hold so (and, as the herd is dropped, every server's log tail).
+    #[track_caller]
     pub fn wait_knows(&self, server: &str, expected: &[(String, String)]) {
         let mut client = self.client(server);
         let mut pending: Vec<&(String, String)> = expected.iter().collect();
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        loop {
+        wait_until(&format!("{server} to converge"), CONVERGE_TIMEOUT, || {
             let mut report = String::new();
             pending.retain(|(id, want)| {
                 let held = known_line(&mut client, id);
@@ -224,19 +243,15 @@ impl Herd {
                 !done
             });
             if pending.is_empty() {
-                return;
+                Ok(())
+            } else {
+                Err(report)
             }
-            assert!(
-                Instant::now() < deadline,
-                "{server} did not converge within {CONVERGE_TIMEOUT:?}:\n{report}\
-                 {server}'s log:\n{}",
-                tail(&self.log(server), 60)
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        });
     }
 
     /// Waits until every server in `servers` holds exactly the expected lines.
+    #[track_caller]
     pub fn wait_converged(&self, servers: &[&str], expected: &[(String, String)]) {
         for server in servers {
             self.wait_knows(server, expected);
@@ -250,6 +265,7 @@ impl Herd {
 
     /// Sends `IAMAT id location time` to `server`; checks the reply is that server's AT line
     /// for it and returns the line.
+    #[track_caller]
     pub fn iamat(&self, server: &str, id: &str, location: &str, time: &str) -> String {
         let reply = self.client(server).iamat(id, location, time);
         let fields: Vec<&str> = reply.split(' ').collect();

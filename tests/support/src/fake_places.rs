@@ -1,5 +1,5 @@
-//! A fake Google Places HTTP server for the integration tests and the load bench: std only, no
-//! `use` of any other test module.
+//! A fake Google Places HTTP server for the integration tests and the load bench: std only, and
+//! of the other test modules only the harness's one polling loop.
 //!
 //! It binds `127.0.0.1:0` and serves every accepted connection on its own thread as an
 //! HTTP/1.1 server does: request after request on one connection (persistent by default), each
@@ -46,7 +46,9 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::harness::poll;
 
 /// What the fake answers.
 #[derive(Clone, Debug, PartialEq)]
@@ -280,16 +282,7 @@ impl FakePlaces {
 
     /// Polls until at least `count` requests have been read; false if `timeout` passes first.
     pub fn wait_for_requests(&self, count: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.request_count() >= count {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
+        poll(timeout, || self.request_count() >= count).is_ok()
     }
 
     fn behaviour(&self) -> std::sync::MutexGuard<'_, Behaviour> {

@@ -2,11 +2,18 @@
 //! ports, temporary directories, herd config text, `herd` processes, and reading their logs
 //! (one timestamp parser, one reader of `recv`/`send` records).
 //!
+//! It also holds the one wait of the tests and the bench: [`wait_until`] and [`wait_for`] (they
+//! panic at the test's own line, saying what they waited for and how long) and [`poll`] (for a
+//! helper that reports a timeout its own way), all on one polling loop, [`poll_every`]. No test
+//! writes a loop of its own around a sleep.
+//!
 //! std only and no `use` of any other test module. Every process started here is killed and
 //! reaped on drop (also while a panic unwinds), every directory removed; every wait polls what
 //! it waits for (a port accepting, a log line) until a deadline.
 
+use std::fmt;
 use std::fs::{self, OpenOptions};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -98,17 +105,104 @@ pub fn accepts(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
-/// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+/// How often a wait looks again: small, so a test goes on within milliseconds of what it
+/// waits for, and large enough that a look (reading a log, a request) costs little.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// What one look of a wait ([`wait_until`], [`wait_for`], [`poll`]) found: `true`, `Some(value)`
+/// or `Ok(value)` when what it waits for is there, the value being what the wait returns;
+/// `false`, `None` or `Err(seen)` when it is not there yet, an `Err` saying what the look saw
+/// instead (a wait that times out shows the last one).
+pub trait Found<T> {
+    /// Ok with the value, or Err with what was seen instead (if the look said).
+    fn found(self) -> Result<T, Option<String>>;
+}
+
+impl Found<()> for bool {
+    fn found(self) -> Result<(), Option<String>> {
+        if self {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+impl<T> Found<T> for Option<T> {
+    fn found(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: fmt::Display> Found<T> for Result<T, E> {
+    fn found(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(seen.to_string()))
+    }
+}
+
+/// A wait that timed out: how long it waited, and what its last look saw (if it said).
+#[derive(Debug)]
+pub struct TimedOut {
+    pub waited: Duration,
+    pub last: Option<String>,
+}
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out after {:.1?}", self.waited)?;
+        match &self.last {
+            Some(last) => write!(f, "; the last look saw:\n{last}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits until `condition` holds (see [`Found`]: a `bool`, or a `Result` whose `Err` says what
+/// is there instead). If `timeout` passes first it panics, at the caller's line, naming `what`
+/// it waited for and for how long: `wait_until("Alpha to stop listening", TIMEOUT, || ...)`.
+#[track_caller]
+pub fn wait_until<F: Found<()>>(what: &str, timeout: Duration, condition: impl FnMut() -> F) {
+    wait_for(what, timeout, condition)
+}
+
+/// Waits until `probe` finds what it looks for (`Some(value)` or `Ok(value)`, see [`Found`])
+/// and returns it. If `timeout` passes first it panics, at the caller's line, naming `what` it
+/// waited for, for how long, and what the last look saw: `let page = wait_for("a metrics page",
+/// TIMEOUT, || scrape(addr))`.
+#[track_caller]
+pub fn wait_for<T, F: Found<T>>(what: &str, timeout: Duration, probe: impl FnMut() -> F) -> T {
+    match poll(timeout, probe) {
+        Ok(value) => value,
+        Err(timed_out) => panic!("waiting for {what}: {timed_out}"),
+    }
+}
+
+/// [`poll_every`] at [`POLL_INTERVAL`]: the wait of a helper that reports a timeout its own way
+/// (an `Err`, a `bool`, a message with more than the last look).
+pub fn poll<T, F: Found<T>>(timeout: Duration, probe: impl FnMut() -> F) -> Result<T, TimedOut> {
+    poll_every(POLL_INTERVAL, timeout, probe)
+}
+
+/// The one polling loop of the tests and the bench, under every wait: looks with `probe` at
+/// once, then every `interval`, until it finds what it waits for (Ok with the value) or
+/// `timeout` has passed (Err with how long it waited and what the last look saw). It always
+/// looks once, and once more at the deadline.
+pub fn poll_every<T, F: Found<T>>(
+    interval: Duration,
+    timeout: Duration,
+    mut probe: impl FnMut() -> F,
+) -> Result<T, TimedOut> {
+    let started = Instant::now();
     loop {
-        if condition() {
-            return true;
+        let last = match probe().found() {
+            Ok(value) => return Ok(value),
+            Err(seen) => seen,
+        };
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(TimedOut { waited, last });
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(interval.min(timeout - waited));
     }
 }
 
@@ -287,12 +381,7 @@ impl Process {
 
     /// Waits for the process to exit; None if it is still running after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
+        poll(timeout, || self.child.try_wait().ok().flatten()).ok()
     }
 
     /// Sends the signal `name` (`TERM`, `INT`) through the `kill` utility.
@@ -316,26 +405,24 @@ impl Process {
 
     /// Waits until every address in `addrs` accepts connections. Err says why not: the process
     /// exited first (with its stderr), or the ports stayed closed for `START_TIMEOUT`.
+    /// Each address is connected to until it accepts once, and not again.
     pub fn wait_listening(&mut self, addrs: &[SocketAddr]) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        let mut closed = addrs.to_vec();
+        let outcome = poll(START_TIMEOUT, || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "exited with {status} before listening on {addrs:?}; stderr:\n{}",
-                    self.stderr_text()
-                ));
+                return Some(Err(format!(
+                    "exited with {status} before listening on {addrs:?}"
+                )));
             }
-            if addrs.iter().all(|&addr| accepts(addr)) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "not listening on {addrs:?} after {START_TIMEOUT:?}; stderr:\n{}",
-                    self.stderr_text()
-                ));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+            closed.retain(|&addr| !accepts(addr));
+            closed.is_empty().then_some(Ok(()))
+        });
+        let why = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(exited)) => exited,
+            Err(timed_out) => format!("not listening on {closed:?} after {:.1?}", timed_out.waited),
+        };
+        Err(format!("{why}; stderr:\n{}", self.stderr_text()))
     }
 }
 
@@ -473,11 +560,13 @@ impl Herd {
         for process in self.processes.iter().flatten() {
             let _ = process.signal("TERM");
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let _all_exited = poll(Duration::from_secs(5), || {
+            self.processes
+                .iter_mut()
+                .flatten()
+                .all(|process| !process.is_running())
+        });
         for slot in &mut self.processes {
-            if let Some(process) = slot.as_mut() {
-                process.wait_exit(deadline.saturating_duration_since(Instant::now()));
-            }
             *slot = None;
         }
     }
@@ -580,34 +669,27 @@ pub fn read_lossy(path: &Path) -> String {
     String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
 }
 
-/// Waits until at least `at_least` lines of the log at `path` contain `needle`; returns the
-/// log then. Err holds the log's last lines.
-pub fn wait_for_log(
-    path: &Path,
-    needle: &str,
-    at_least: usize,
-    timeout: Duration,
-) -> Result<String, String> {
-    let mut log = String::new();
-    let count = |log: &str| log.lines().filter(|line| line.contains(needle)).count();
-    if wait_until(timeout, || {
-        log = read_lossy(path);
-        count(&log) >= at_least
-    }) {
-        return Ok(log);
-    }
-    Err(format!(
-        "{} got {} of {at_least} line(s) with {needle:?} within {timeout:?}; it ends:\n{}",
-        path.display(),
-        count(&log),
-        tail(&log, 60)
-    ))
+/// Waits until at least `at_least` lines of the log at `path` (or any text file) contain
+/// `needle`; returns the log then. A timeout shows how many did, and the log's last lines.
+#[track_caller]
+pub fn wait_for_log(path: &Path, needle: &str, at_least: usize, timeout: Duration) -> String {
+    let what = format!("{at_least} line(s) with {needle:?} in {}", path.display());
+    wait_for(&what, timeout, || {
+        let log = read_lossy(path);
+        let count = log.lines().filter(|line| line.contains(needle)).count();
+        if count >= at_least {
+            Ok(log)
+        } else {
+            Err(format!("{count} of them; it ends:\n{}", tail(&log, 60)))
+        }
+    })
 }
 
-/// The last `count` lines of `text`.
+/// The last `count` lines of `text` (read from its end).
 pub fn tail(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(count)..].join("\n")
+    let mut lines: Vec<&str> = text.lines().rev().take(count).collect();
+    lines.reverse();
+    lines.join("\n")
 }
 
 /// The event part of a log line: what follows the `[LEVEL] ` after the timestamp.
@@ -731,19 +813,19 @@ pub fn traffic(log_line: &str) -> Option<Traffic<'_>> {
 
 /// The next connection `listener` accepts within `timeout` (a test that never gets one fails
 /// instead of hanging), as a blocking stream whose reads time out after `timeout` too.
+#[track_caller]
 pub fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
     listener.set_nonblocking(true).expect("nonblocking accept");
-    let mut accepted = None;
-    let connected = wait_until(timeout, || match listener.accept() {
-        Ok((stream, _)) => {
-            accepted = Some(stream);
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(e) => panic!("accept failed: {e}"),
-    });
-    assert!(connected, "no connection within {timeout:?}");
-    let stream = accepted.expect("accepted");
+    let address = listener.local_addr().expect("the listener's address");
+    let stream = wait_for(
+        &format!("a connection to {address}"),
+        timeout,
+        || match listener.accept() {
+            Ok((stream, _)) => Some(stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("accept on {address} failed: {e}"),
+        },
+    );
     // Not every platform's accept(2) clears the listener's O_NONBLOCK on the new socket.
     stream.set_nonblocking(false).expect("blocking stream");
     stream

@@ -3,7 +3,8 @@
 //! `use herd_test_support::{...}`, so nothing is compiled per binary and nothing is dead code.
 //!
 //! - [`harness`]: free loopback ports, temporary directories, herd configs, `herd` processes
-//!   (killed on drop), and reading their logs (the bench uses it too);
+//!   (killed on drop), reading their logs (the bench uses it too); the one wait of every test
+//!   (`wait_until`, `wait_for`);
 //! - [`server`]: one server under test (or a `herd --all` supervisor) and its log records;
 //! - [`cluster`]: a test herd of several servers and waits on what they know and log;
 //! - [`client`]: a line-oriented client and the client times IAMAT sends;
@@ -11,7 +12,8 @@
 //! - [`metrics`]: `metrics` lines on free ports, HTTP requests to them, samples of a page;
 //! - [`raw_peer`]: a raw connection that plays a neighbour by hand;
 //! - [`run`]: `herd` runs expected to exit by themselves;
-//! - [`fake_places`]: a fake Google Places HTTP server (the bench uses it too).
+//! - [`fake_places`]: a fake Google Places HTTP server (the bench uses it too);
+//! - [`tmpfs`]: a tiny file system, for the tests of a full disk.
 
 pub mod checks;
 pub mod client;

@@ -5,9 +5,9 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{herd_bin, API_KEY, KEY_ENV};
+use crate::harness::{herd_bin, poll, API_KEY, KEY_ENV};
 
 /// The output of a `herd` run that is expected to exit by itself.
 pub struct Finished {
@@ -27,6 +27,7 @@ impl Finished {
 }
 
 /// Runs `herd ARGS` in `cwd` and waits (at most 10 s) for it to exit.
+#[track_caller]
 pub fn run_herd(args: &[&str], cwd: &Path) -> Finished {
     let mut child = Command::new(herd_bin())
         .args(args)
@@ -58,17 +59,13 @@ pub fn run_herd(args: &[&str], cwd: &Path) -> Finished {
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() >= deadline {
+    let status = match poll(Duration::from_secs(10), || child.try_wait().ok().flatten()) {
+        Ok(status) => status,
+        Err(timed_out) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("herd {args:?} did not exit within 10 s");
+            panic!("herd {args:?} did not exit: {timed_out}");
         }
-        thread::sleep(Duration::from_millis(10));
     };
     Finished {
         status,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::fake_places::FakePlaces;
 use crate::harness::{
-    self, herd_bin, refused_places_url, wait_until, Herd, HerdConfig, Process, TempDir, KEY_ENV,
+    self, herd_bin, refused_places_url, wait_for, Herd, HerdConfig, Process, TempDir, KEY_ENV,
     LOG_TIMEOUT,
 };
 
@@ -61,6 +61,7 @@ impl ServerBuilder {
 
     /// Writes the config and starts the server; waits until its port accepts a connection.
     /// A port taken by someone else between picking it and the bind is retried.
+    #[track_caller]
     pub fn start(self) -> Server {
         let mut last_error = String::new();
         for _attempt in 0..3 {
@@ -113,6 +114,7 @@ impl Server {
 
     /// Starts `herd --all CONFIG` (`config_text` is written to `dir/herd.conf`) and waits until
     /// all `ports` accept (none: returns at once). The servers it starts are killed on drop too.
+    #[track_caller]
     pub fn start_all(dir: TempDir, config_text: &str, ports: Vec<u16>) -> Server {
         let mut process = harness::spawn_all(&dir, config_text).expect("spawn herd --all");
         let addrs: Vec<_> = ports.iter().map(|&p| ([127, 0, 0, 1], p).into()).collect();
@@ -160,9 +162,9 @@ impl Server {
     }
 
     /// Waits until the log contains `needle`; returns the whole log then.
+    #[track_caller]
     pub fn wait_for_log(&self, needle: &str) -> String {
         harness::wait_for_log(&self.log_path(), needle, 1, LOG_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn stderr_text(&self) -> String {
@@ -170,14 +172,16 @@ impl Server {
     }
 
     /// Waits until stderr contains `needle`; returns the whole stderr then.
+    #[track_caller]
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
-        if !wait_until(timeout, || self.stderr_text().contains(needle)) {
-            panic!(
-                "stderr never showed {needle:?} within {timeout:?}; stderr:\n{}",
-                self.stderr_text()
-            )
-        }
-        self.stderr_text()
+        wait_for(&format!("stderr to show {needle:?}"), timeout, || {
+            let stderr = self.stderr_text();
+            if stderr.contains(needle) {
+                Ok(stderr)
+            } else {
+                Err(stderr)
+            }
+        })
     }
 
     pub fn client(&self) -> Client {
@@ -190,10 +194,11 @@ impl Server {
     }
 
     /// Sends the signal `name` (`TERM`, `INT`) to the process.
+    #[track_caller]
     pub fn signal(&self, name: &str) {
-        self.process()
-            .signal(name)
-            .unwrap_or_else(|e| panic!("{e}"));
+        if let Err(why) = self.process().signal(name) {
+            panic!("{why}");
+        }
     }
 
     /// Waits for the process to exit; None if it is still running after `timeout`.
@@ -203,6 +208,7 @@ impl Server {
 }
 
 /// The `conn=ID` the log gives the connection from our local `port`, from its `accept` record.
+#[track_caller]
 pub fn conn_id(server: &Server, local_port: u16) -> String {
     let log = server.wait_for_log(&format!("from 127.0.0.1:{local_port}"));
     harness::accepted_conn(&log, local_port)
@@ -224,15 +230,15 @@ pub fn records<'a>(log: &'a str, event: &str, id: &str) -> Vec<&'a str> {
 }
 
 /// Waits until the log holds an `event conn=ID` record; returns the log then.
+#[track_caller]
 pub fn wait_for_record(server: &Server, event: &str, id: &str) -> String {
-    let mut log = String::new();
-    let found = wait_until(LOG_TIMEOUT, || {
-        log = server.log_text();
-        !records(&log, event, id).is_empty()
-    });
-    assert!(
-        found,
-        "no `{event} conn={id}` record in the log within {LOG_TIMEOUT:?}:\n{log}"
-    );
-    log
+    let what = format!("a `{event} conn={id}` record in the log");
+    wait_for(&what, LOG_TIMEOUT, || {
+        let log = server.log_text();
+        if records(&log, event, id).is_empty() {
+            Err(log)
+        } else {
+            Ok(log)
+        }
+    })
 }
