@@ -2,7 +2,10 @@
 //! leaves open"): `limit line-bytes`, `limit connections`, `limit output-bytes`.
 
 use herd_test_support::{
-    checks::check_at_line, client::Client, fake_places::FakePlaces, harness::wait_until,
+    checks::check_at_line,
+    client::Client,
+    fake_places::FakePlaces,
+    harness::{program_or_skip, wait_until},
     server::Server,
 };
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -238,10 +241,16 @@ fn client_that_reads_is_not_dropped_however_much_it_gets() {
     }
 }
 
+/// Where `prlimit` (which starts a server at a low open-file limit) comes from.
+const UTIL_LINUX: &str = "Debian: apt-get install util-linux";
+
 /// At a low open-file limit, `limit connections` is lowered to what fits (logged), and the
 /// connections past it are refused at once while those within it are served.
 #[test]
 fn limit_connections_is_lowered_to_what_the_open_file_limit_allows() {
+    if program_or_skip("prlimit", UTIL_LINUX).is_none() {
+        return;
+    }
     let server = Server::builder("Alpha").open_files(64).start();
     let log = server.wait_for_log("limit connections: 16384 lowered to 48");
     assert!(log.contains("open-file limit of 64"), "{log}");
@@ -269,6 +278,9 @@ fn limit_connections_is_lowered_to_what_the_open_file_limit_allows() {
 /// of them is accepted and served, without a new connection arriving to wake it.
 #[test]
 fn connections_left_in_the_backlog_by_emfile_are_served_once_others_close() {
+    if program_or_skip("prlimit", UTIL_LINUX).is_none() {
+        return;
+    }
     let places = FakePlaces::start();
     places.set_delay(Duration::from_secs(4));
     let server = Server::builder("Alpha")

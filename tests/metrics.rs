@@ -4,7 +4,8 @@
 //! time) hold and are logged.
 //!
 //! promtool and prometheus come from Debian's `prometheus` package (`.ci/run` installs it);
-//! where they are missing, the two tests that need them say so and pass without running.
+//! where they are missing, the two tests that need them say so on stderr (`skipped: ...`) and
+//! pass without running.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use herd_test_support::client::Client;
 use herd_test_support::cluster::Herd;
-use herd_test_support::harness::{free_ports, poll, wait_until, Process, TempDir};
+use herd_test_support::harness::{free_ports, poll, program_or_skip, wait_until, Process, TempDir};
 use herd_test_support::metrics::{
     http_get, http_raw, metrics_lines, read_answer, sample, scrape, HTTP_TIMEOUT,
 };
@@ -122,16 +123,8 @@ fn metrics_answer_while_clients_hammer_the_port() {
     assert_eq!(accepted(&page) - accepted_before, 3.0);
 }
 
-/// Where a tool of the `prometheus` package is, if it is installed.
-fn tool(name: &str) -> Option<String> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
-    (found.status.success() && !path.is_empty()).then_some(path)
-}
+/// How to install promtool and prometheus.
+const PROMETHEUS_PACKAGE: &str = "Debian: apt-get install prometheus";
 
 /// A two-server herd with metrics, after commands of every kind and one Places call at Alpha.
 fn busy_pair() -> (Herd, Vec<SocketAddr>) {
@@ -153,8 +146,7 @@ fn busy_pair() -> (Herd, Vec<SocketAddr>) {
 
 #[test]
 fn the_page_passes_promtool_check_metrics() {
-    let Some(promtool) = tool("promtool") else {
-        eprintln!("SKIPPED: promtool is not installed (Debian: apt-get install prometheus)");
+    let Some(promtool) = program_or_skip("promtool", PROMETHEUS_PACKAGE) else {
         return;
     };
     let (_herd, addrs) = busy_pair();
@@ -211,8 +203,7 @@ fn the_page_passes_promtool_check_metrics() {
 
 #[test]
 fn a_real_prometheus_scrapes_a_three_server_herd() {
-    let Some(prometheus) = tool("prometheus") else {
-        eprintln!("SKIPPED: prometheus is not installed (Debian: apt-get install prometheus)");
+    let Some(prometheus) = program_or_skip("prometheus", PROMETHEUS_PACKAGE) else {
         return;
     };
     let names = ["Alpha", "Beta", "Gamma"];

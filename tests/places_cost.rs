@@ -6,7 +6,7 @@
 use herd_test_support::{
     checks::{check_at_line, check_error_shape, check_framing, fake_ids, place_ids},
     fake_places::{FakePlaces, Reply},
-    harness::{wait_for, wait_until},
+    harness::{report_skip, wait_for, wait_until},
     server::Server,
 };
 use std::time::{Duration, Instant};
@@ -96,8 +96,14 @@ fn a_good_answer_is_reused_for_cache_ms_and_then_asked_again() {
         let json = check_framing(&client.read_whatsat_reply(), &at);
         assert_eq!(place_ids(&json, "places", "id"), fake_ids(5));
     }
-    if asked_at.elapsed() < Duration::from_millis(400) {
+    let took = asked_at.elapsed();
+    if took < Duration::from_millis(400) {
         assert_eq!(fake.request_count(), 1, "19 of 20 from the cache");
+    } else {
+        report_skip(
+            "the check that 19 of 20 WHATSATs are answered from the cache",
+            &format!("the 20 took {took:?}, longer than cache-ms (400 ms)"),
+        );
     }
     // Another radius is another request.
     client.send("WHATSAT kiwi 11 5");

@@ -5,7 +5,8 @@
 //! It also holds the one wait of the tests and the bench: [`wait_until`] and [`wait_for`] (they
 //! panic at the test's own line, saying what they waited for and how long) and [`poll`] (for a
 //! helper that reports a timeout its own way), all on one polling loop, [`poll_every`]. No test
-//! writes a loop of its own around a sleep.
+//! writes a loop of its own around a sleep. And [`skip_test`]: a test that cannot run here says
+//! so on stderr.
 //!
 //! std only and no `use` of any other test module. Every process started here is killed and
 //! reaped on drop (also while a panic unwinds), every directory removed; every wait polls what
@@ -13,7 +14,7 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -204,6 +205,41 @@ pub fn poll_every<T, F: Found<T>>(
         }
         thread::sleep(interval.min(timeout - waited));
     }
+}
+
+/// Says on stderr, on a line of its own, that `what` did not run `because` (a tool is not
+/// installed, mounting needs root): a check that cannot run here never passes silently. It
+/// writes to the process's stderr, not through `eprintln!`, which the test harness keeps back
+/// unless the test fails; in one write, so the line is never cut by another test's output.
+pub fn report_skip(what: &str, because: &str) {
+    let line = format!("skipped: {what} because {because}\n");
+    let _ = io::stderr().write_all(line.as_bytes());
+}
+
+/// [`report_skip`] for the whole running test (named after its thread, as the test harness
+/// names it); the test returns after it.
+pub fn skip_test(because: &str) {
+    let thread = thread::current();
+    report_skip(thread.name().unwrap_or("a test"), because);
+}
+
+/// The path of the program `name` on `PATH`, if it is installed.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The path of the program `name`, or None after [`skip_test`] said it is not installed
+/// (`hint`: how to install it): `let Some(promtool) = program_or_skip("promtool", "...") else
+/// { return };`.
+pub fn program_or_skip(name: &str, hint: &str) -> Option<PathBuf> {
+    let found = find_program(name);
+    if found.is_none() {
+        skip_test(&format!("{name} is not installed ({hint})"));
+    }
+    found
 }
 
 /// A fresh directory under the system temp dir, removed (with its contents) on drop.

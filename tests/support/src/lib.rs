@@ -4,7 +4,7 @@
 //!
 //! - [`harness`]: free loopback ports, temporary directories, herd configs, `herd` processes
 //!   (killed on drop), reading their logs (the bench uses it too); the one wait of every test
-//!   (`wait_until`, `wait_for`);
+//!   (`wait_until`, `wait_for`), and `skip_test` for a test that cannot run here;
 //! - [`server`]: one server under test (or a `herd --all` supervisor) and its log records;
 //! - [`cluster`]: a test herd of several servers and waits on what they know and log;
 //! - [`client`]: a line-oriented client and the client times IAMAT sends;

@@ -1,13 +1,14 @@
 //! A tiny file system for the tests of a full disk: a tmpfs of a given size on a fresh
 //! directory, unmounted on drop (also when the test panics). Mounting needs root; where it is
-//! not allowed, [`Tmpfs::mount`] says why on stderr and returns `None`, and the test skips.
+//! not allowed, [`Tmpfs::mount`] says on stderr that the test is skipped and why, and returns
+//! `None`; the test returns.
 //! Declare it before the server that uses it, so the server is gone when it unmounts.
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::TempDir;
+use crate::harness::{skip_test, TempDir};
 
 pub struct Tmpfs {
     pub path: PathBuf,
@@ -30,15 +31,16 @@ impl Tmpfs {
                 _parent: parent,
             }),
             Ok(out) => {
-                eprintln!(
-                    "SKIP: cannot mount a tmpfs at {} (root is needed): {}",
+                let said = String::from_utf8_lossy(&out.stderr);
+                skip_test(&format!(
+                    "it cannot mount a tmpfs at {} (mounting needs root): {}",
                     path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
+                    said.lines().next().unwrap_or("").trim()
+                ));
                 None
             }
             Err(e) => {
-                eprintln!("SKIP: cannot run mount: {e}");
+                skip_test(&format!("it cannot run mount: {e}"));
                 None
             }
         }
