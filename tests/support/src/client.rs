@@ -165,7 +165,9 @@ impl Client {
         }
     }
 
-    /// True if nothing arrives before `deadline` (the connection stays open and quiet).
+    /// True if nothing arrives before `deadline` (the connection stays open and quiet). Time
+    /// let pass on purpose, to see that something does not happen; not a wait for something
+    /// (it blocks in a read with the time left, again if a read returns early).
     pub fn is_quiet_until(&mut self, deadline: Instant) -> bool {
         let quiet = loop {
             let left = deadline.saturating_duration_since(Instant::now());
