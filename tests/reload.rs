@@ -314,10 +314,9 @@ fn a_reload_that_cannot_be_applied_in_full_changes_nothing() {
         &format!("metrics Alpha {first}\nlog lines on"),
     );
     herd.start("Alpha");
-    assert!(
-        wait_until(WAIT, || scrape(first).is_ok()),
-        "no page at {first}"
-    );
+    wait_until(&format!("a page at {first}"), WAIT, || {
+        scrape(first).map(drop)
+    });
 
     let holder = std::net::TcpListener::bind(taken).expect("hold the new metrics address");
     herd.write_config(
