@@ -25,3 +25,4 @@ pub mod raw_peer;
 pub mod run;
 pub mod server;
 pub mod tmpfs;
+pub mod wan;
