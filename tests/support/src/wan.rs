@@ -905,7 +905,7 @@ impl Wan {
             .zip(&config.names)
             .map(|(site, name)| site.ok_or_else(|| format!("{name} is in no site")))
             .collect::<Result<Vec<usize>, String>>()?;
-        for (k, _) in sites.iter().enumerate() {
+        for k in 0..sites.len() {
             let members: Vec<usize> = (0..site_of.len()).filter(|&i| site_of[i] == k).collect();
             for (i, addr) in members
                 .iter()
