@@ -187,13 +187,20 @@ fn stays_quiet(stream: &mut TcpStream, window: Duration) -> bool {
 /// chunk once the kernel took it, so the receiver may have read it a moment before.
 #[track_caller]
 fn wait_counts(relay: &Relay, to_target: u64, from_target: u64) {
-    let counts = || (relay.bytes_to_target(), relay.bytes_from_target());
-    assert!(
-        wait_until(Duration::from_secs(5), || counts()
-            == (to_target, from_target)),
-        "counted {:?} bytes (to the target, back), expected {:?}",
-        counts(),
-        (to_target, from_target)
+    let expected = (to_target, from_target);
+    wait_until(
+        &format!("the relay to count {expected:?} bytes (to the target, back)"),
+        Duration::from_secs(5),
+        || {
+            let counts = (relay.bytes_to_target(), relay.bytes_from_target());
+            if counts == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "counted {counts:?} bytes (to the target, back), expected {expected:?}"
+                ))
+            }
+        },
     );
 }
 
@@ -337,10 +344,13 @@ fn a_bandwidth_cap_holds_toward_the_target() {
 
     let start = Instant::now();
     stream.write_all(&vec![b'b'; BYTES as usize]).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(8), || sink.received() == BYTES),
-        "the sink got {} of {BYTES} bytes",
-        sink.received()
+    wait_until(
+        &format!("the sink to get all {BYTES} bytes"),
+        Duration::from_secs(8),
+        || match sink.received() {
+            BYTES => Ok(()),
+            got => Err(format!("the sink got {got} of {BYTES} bytes")),
+        },
     );
     let took = start.elapsed();
     let rate = BYTES as f64 / took.as_secs_f64();
@@ -383,10 +393,13 @@ fn bytes_are_counted_each_way() {
         let mut got = vec![0u8; 3_000];
         stream.read_exact(&mut got).unwrap();
     }
-    assert!(
-        wait_until(Duration::from_secs(5), || source.received() == 12_345),
-        "the target got {} bytes",
-        source.received()
+    wait_until(
+        "the target to get 12345 bytes",
+        Duration::from_secs(5),
+        || match source.received() {
+            12_345 => Ok(()),
+            got => Err(format!("the target got {got} bytes")),
+        },
     );
     wait_counts(&relay, 12_345, 6_000);
     assert_eq!((relay.accepted(), relay.relayed()), (2, 2));
@@ -398,10 +411,13 @@ fn bytes_are_counted_each_way() {
         is_closed(&mut first),
         "the source half-closes after our EOF"
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || relay.open_connections() == 1),
-        "{} connections open",
-        relay.open_connections()
+    wait_until(
+        "1 connection open",
+        Duration::from_secs(5),
+        || match relay.open_connections() {
+            1 => Ok(()),
+            open => Err(format!("{open} connections open")),
+        },
     );
 }
 
@@ -426,10 +442,13 @@ fn a_cut_closes_every_connection_and_refuses_new_ones_until_healed() {
         is_closed(&mut during),
         "a connection made during the cut is closed"
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || relay.refused() == 1),
-        "refused {}",
-        relay.refused()
+    wait_until(
+        "the relay to have refused 1 connection",
+        Duration::from_secs(5),
+        || match relay.refused() {
+            1 => Ok(()),
+            refused => Err(format!("refused {refused}")),
+        },
     );
     assert_eq!(
         echo.accepted(),
@@ -455,10 +474,13 @@ fn a_blackhole_forwards_nothing_either_way_and_keeps_connections_open_until_heal
 
     // "in flight" reaches the echo, whose answer starts back: then the blackhole.
     held.write_all(b"in flight\n").unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || relay.bytes_to_target() == 16),
-        "{} bytes reached the echo",
-        relay.bytes_to_target()
+    wait_until(
+        "16 bytes to reach the echo",
+        Duration::from_secs(5),
+        || match relay.bytes_to_target() {
+            16 => Ok(()),
+            sent => Err(format!("{sent} bytes reached the echo")),
+        },
     );
     relay.blackhole();
     held.write_all(b"during\n").unwrap();
@@ -511,32 +533,36 @@ fn memory_stays_bounded_while_the_receiver_does_not_read() {
     stream.set_nonblocking(true).unwrap();
 
     // Writes until the whole path backs up: the relay holds its buffer's worth and the
-    // sender's writes have stopped going anywhere.
+    // sender's writes have stopped going anywhere. Each look writes until the sender's socket
+    // is full (or 64 MiB went in: then the path never backs up, and an assertion below says so).
     let chunk = vec![b'm'; 64 * 1024];
     let mut written = 0usize;
     let mut last_progress = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match stream.write(&chunk) {
-            Ok(n) => {
-                written += n;
-                last_progress = Instant::now();
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let stuck = last_progress.elapsed() > Duration::from_millis(300);
-                if stuck && relay.held_bytes() == BUFFER_BYTES {
-                    break;
+    wait_until(
+        "the path to back up: no write went in for 300 ms and the relay's buffer is full",
+        Duration::from_secs(10),
+        || {
+            while written < 64 << 20 {
+                match stream.write(&chunk) {
+                    Ok(n) => {
+                        written += n;
+                        last_progress = Instant::now();
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
                 }
-                assert!(
-                    Instant::now() < deadline,
+            }
+            let stuck = last_progress.elapsed() > Duration::from_millis(300);
+            if stuck && relay.held_bytes() == BUFFER_BYTES {
+                Ok(())
+            } else {
+                Err(format!(
                     "no back-up after {written} bytes: the relay holds {}",
                     relay.held_bytes()
-                );
-                thread::sleep(Duration::from_millis(5)); // the sender's socket is full
+                ))
             }
-            Err(e) => panic!("write: {e}"),
-        }
-    }
+        },
+    );
     eprintln!(
         "a receiver that never reads: the sender got {written} bytes in before blocking, the \
          relay holds {} (peak {}), {} forwarded",
@@ -593,7 +619,7 @@ impl SiteHerd {
     #[track_caller]
     fn wait_log(&self, name: &str, needle: &str, at_least: usize, timeout: Duration) -> String {
         let path = self.herd.log_path(self.index(name));
-        harness::wait_for_log(&path, needle, at_least, timeout).unwrap_or_else(|e| panic!("{e}"))
+        harness::wait_for_log(&path, needle, at_least, timeout)
     }
 
     /// One command to `name`, its first reply line.
@@ -609,6 +635,16 @@ impl SiteHerd {
     fn known(&self, name: &str, id: &str) -> Option<String> {
         let first = self.ask(name, &format!("WHATSAT {id} 1 1"));
         (!first.starts_with("? ")).then_some(first)
+    }
+
+    /// Waits until `name` holds `at` for `id` (`what`: what that means); a timeout shows what
+    /// it held instead.
+    #[track_caller]
+    fn wait_known(&self, what: &str, name: &str, id: &str, at: &str, timeout: Duration) {
+        wait_until(what, timeout, || match self.known(name, id) {
+            Some(held) if held == at => Ok(()),
+            held => Err(format!("{name} holds {held:?} for {id}")),
+        });
     }
 }
 
@@ -695,12 +731,12 @@ fn a_herd_over_two_sites_floods_through_the_wan_and_rides_out_a_blackhole() {
         &format!("IAMAT kiwi.example +34-118 {}", time_from_now(-5)),
     );
     assert!(kiwi.starts_with("AT Ash "), "{kiwi}");
-    assert!(
-        wait_until(Duration::from_secs(8), || herd
-            .known("Cedar", "kiwi.example")
-            .as_deref()
-            == Some(kiwi.as_str())),
-        "Cedar never learnt {kiwi}"
+    herd.wait_known(
+        &format!("Cedar to learn {kiwi}"),
+        "Cedar",
+        "kiwi.example",
+        &kiwi,
+        Duration::from_secs(8),
     );
     let arrived = started.elapsed();
     assert!(
@@ -709,10 +745,13 @@ fn a_herd_over_two_sites_floods_through_the_wan_and_rides_out_a_blackhole() {
     );
     let line_bytes = format!("{kiwi}\n").len() as u64;
     let crossed = || to_cedar.bytes_to_target() - sent_before;
-    assert!(
-        wait_until(Duration::from_secs(5), || crossed() >= line_bytes),
-        "{} bytes crossed to Cedar",
-        crossed()
+    wait_until(
+        &format!("{line_bytes} bytes to cross to Cedar"),
+        Duration::from_secs(5),
+        || match crossed() {
+            bytes if bytes >= line_bytes => Ok(()),
+            bytes => Err(format!("{bytes} bytes crossed to Cedar")),
+        },
     );
     // The records say the same: sent by Birch, received by Cedar at least 50 ms later (a
     // record's stamp may lag its loop's clock by a millisecond or two).
@@ -765,12 +804,12 @@ fn a_herd_over_two_sites_floods_through_the_wan_and_rides_out_a_blackhole() {
         "Ash",
         &format!("IAMAT dusk.example +1+1 {}", time_from_now(-1)),
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || herd
-            .known("Birch", "dusk.example")
-            .as_deref()
-            == Some(dusk.as_str())),
-        "Birch never learnt {dusk}"
+    herd.wait_known(
+        &format!("Birch to learn {dusk}"),
+        "Birch",
+        "dusk.example",
+        &dusk,
+        Duration::from_secs(5),
     );
     assert_eq!(herd.known("Cedar", "dusk.example"), None);
 
@@ -795,12 +834,12 @@ fn a_herd_over_two_sites_floods_through_the_wan_and_rides_out_a_blackhole() {
         syncs[1] + 1,
         link_timeout,
     );
-    assert!(
-        wait_until(Duration::from_secs(8), || herd
-            .known("Cedar", "dusk.example")
-            .as_deref()
-            == Some(dusk.as_str())),
-        "Cedar never caught up with {dusk}"
+    herd.wait_known(
+        &format!("Cedar to catch up with {dusk}"),
+        "Cedar",
+        "dusk.example",
+        &dusk,
+        Duration::from_secs(8),
     );
     eprintln!(
         "healed: links resynced and Cedar caught up {:?} after the heal",
