@@ -7,9 +7,9 @@ use log::{info, warn};
 
 use crate::app::{App, ClientOutcome, PeerOutcome};
 use crate::buffer::Line;
-use crate::conn::{ConnState, Connection, Peer, Reply};
+use crate::conn::{ConnState, Connection, Peer};
 use crate::logging::Escaped;
-use crate::places::{PlacesError, PlacesQuery, Refusals};
+use crate::places::PlacesQuery;
 use crate::protocol::{self, ClientTime};
 use crate::table::RecordIndex;
 
@@ -145,25 +145,12 @@ fn handle_peer_line(
     }
 }
 
-/// The lookup of the WHATSAT in slot `seq` was not attempted (`why`: the Places queue is full,
-/// or the rate limit reached): it is answered at once with the framed error, in its place
-/// among the connection's replies. (Not logged one by one: under a flood of WHATSATs that
-/// would be a line each; the loop logs a count once a second.)
-pub fn refuse_lookup(
-    conn: &mut Connection,
-    refusals: &Refusals,
-    seq: u64,
-    at_line: Box<[u8]>,
-    why: PlacesError,
-) {
-    let json = refusals.json(why);
-    conn.fill_reply(seq, Reply::Whatsat { at_line, json });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::buffer::LineReader;
+    use crate::conn::Reply;
+    use crate::places::{PlacesError, Refusals};
     use crate::table::Source;
 
     const NOW: ClientTime = ClientTime {
@@ -294,7 +281,9 @@ mod tests {
         let (mut conn, seq) = client_with_pending_whatsat(&mut app);
         feed(&mut conn, &mut app, b"bogus\n");
         let at = app.clients().line_of(b"kiwi").unwrap().into();
-        refuse_lookup(&mut conn, &Refusals::new(), seq, at, PlacesError::QueueFull);
+        // As the loop answers a lookup the Places front refused at once.
+        let json = Refusals::new().json(PlacesError::QueueFull);
+        conn.fill_reply(seq, Reply::Whatsat { at_line: at, json });
         let out = output(&conn);
         let mut blocks = out.split("\n\n");
         let reply = blocks.next().unwrap();

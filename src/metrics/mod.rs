@@ -12,6 +12,7 @@
 //! `_bucket{le="..."}` samples ending at `le="+Inf"`, then `_sum` and `_count`.
 
 pub mod http;
+pub mod page;
 pub mod process;
 
 use std::fmt::Write as _;

@@ -1,0 +1,685 @@
+//! The client connections part: the listener, every accepted connection (a client, or a
+//! neighbour's link once its handshake is done) in a slab, when each is read
+//! ([`schedule`]), its replies, the limits that bound what clients may hold, and closing. What
+//! a line does is `session`'s decision; what its effects do beyond the connection (floods,
+//! lookups, the store) is the conductor's, through [`Dispatch`]. This part never touches the
+//! links or the Places workers.
+//!
+//! Closing has one door, [`Clients::close`]: it marks the connection closed and queues it, and
+//! [`Clients::sweep_closed`] frees every queued one after the event batch (deregisters it,
+//! frees its slot, gives up its lookups, logs once), as Redis's `freeClientAsync` does, so no
+//! handler frees a connection another handler of the same batch still holds.
+
+mod schedule;
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::app::App;
+use crate::buffer::{Line, LineReader};
+use crate::config::Limits;
+use crate::conn::{ConnState, Connection, Reply};
+use crate::net::{self, ReadOutcome};
+use crate::peer_wire;
+use crate::places::Waiter;
+use crate::protocol::ClientTime;
+use crate::session::{self, Effect};
+use crate::table::ClientTable;
+
+use schedule::{Lines, ReadState, Wait};
+
+use super::links::{FIRST_LINK, MAX_LINKS};
+
+/// Connection tokens follow the links': `FIRST_CONN + slab key`.
+const FIRST_CONN: usize = FIRST_LINK + MAX_LINKS;
+/// Bytes read per `read` call from a neighbour's connection (its floods).
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read per `read` call from a client: with thousands of clients pipelining, the part
+/// of a read their turn does not take stays in the server, so it is kept small; a
+/// line-protocol client's commands are short.
+const CLIENT_READ_CHUNK: usize = 16 * 1024;
+/// Most bytes one connection may read per wakeup, so a busy client cannot starve the others;
+/// a connection that hits it is served again before the loop sleeps.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
+/// How soon an accept that failed for want of descriptors is tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// A connection accepted in the slots kept for neighbours has this long to say its hello.
+const NEIGHBOUR_HELLO_WAIT: Duration = Duration::from_secs(5);
+/// Most time a turn spends reading clients again for the rest of their input: beyond it, the
+/// rest wait for the next turn, after the events that came meanwhile (a client that sends one
+/// command and waits for its reply should not wait for 2,000 that pipeline). Under 2,000
+/// WHATSAT pipeliners on 2 cores, 2 ms here (with no time bound on the Places answers) left
+/// the probing client's IAMAT p99 at 57-518 ms over 30 s; 250 µs (and the Places front's
+/// bound) at 7.4-16.3 ms in five runs. Neighbours are read on regardless.
+const MORE_INPUT_TIME: Duration = Duration::from_micros(250);
+
+/// What the rest of the server does for the clients part: the conductor's answer to the
+/// effects of the lines this part reads.
+pub trait Dispatch {
+    /// Whether new client commands must wait (a link is behind).
+    fn holding_back_clients(&self, table: &ClientTable) -> bool;
+    /// Carries out one effect of a line read on the connection `conn_key`.
+    fn carry_out(
+        &mut self,
+        effect: Effect,
+        conn_key: usize,
+        conn: &mut Connection,
+        table: &ClientTable,
+    );
+    /// Writes the records stored so far to the store: called before any reply leaves (SPEC
+    /// section 7: no reply or flood that carries a record leaves before it is there).
+    fn persist(&mut self);
+    /// A connection closed: its WHATSATs still waiting on Places are given up; returns how
+    /// many there were.
+    fn forget_lookups(&mut self, conn_key: usize, conn_id: u64) -> usize;
+}
+
+/// Bytes, lines and connections the clients part counted, for the metrics page.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientTraffic {
+    pub lines_received: u64,
+    pub lines_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// An accepted connection in the slab: its socket and framing beside the protocol state.
+struct Accepted {
+    stream: TcpStream,
+    registered: Interest,
+    reader: LineReader,
+    conn: Connection,
+    read: ReadState,
+    /// The last time the socket took bytes, or had nothing waiting (for `limit stall-ms`).
+    last_progress: Instant,
+    /// The client closed its sending side; handled once the input before it is.
+    eof_seen: bool,
+    /// Accepted past `limit connections`, in the slots kept for neighbours: it must say a
+    /// neighbour's valid hello first, by this time, or it is closed.
+    probation_until: Option<Instant>,
+}
+
+pub struct Clients {
+    listener: TcpListener,
+    conns: Slab<Accepted>,
+    next_conn_id: u64,
+    limits: Limits,
+    /// Where every read lands; a connection keeps only the unfinished tail of a line, so an
+    /// idle one holds no buffer.
+    scratch: Vec<u8>,
+    /// What the lines of one read asked for, carried out right after the read.
+    effects: Vec<Effect>,
+    lines: Lines,
+    /// Connections closed during this batch, freed by [`Clients::sweep_closed`].
+    closing: Vec<usize>,
+    /// Connections that read input this turn; their replies are written after the links.
+    to_answer: Vec<usize>,
+    /// An accept failed for want of descriptors: try again at this time.
+    accept_retry_at: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    traffic: ClientTraffic,
+}
+
+impl Clients {
+    pub fn new(
+        mut listener: TcpListener,
+        registry: &Registry,
+        limits: &Limits,
+    ) -> std::io::Result<Clients> {
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Clients {
+            listener,
+            conns: Slab::new(),
+            next_conn_id: 1,
+            limits: limits.clone(),
+            scratch: vec![0; READ_CHUNK],
+            effects: Vec::new(),
+            lines: Lines::default(),
+            closing: Vec::new(),
+            to_answer: Vec::new(),
+            accept_retry_at: None,
+            last_accept_warning: None,
+            traffic: ClientTraffic::default(),
+        })
+    }
+
+    /// The connection an event's token names, by slab key.
+    pub fn conn_of(token: Token) -> Option<usize> {
+        token.0.checked_sub(FIRST_CONN)
+    }
+
+    /// Open connections (clients and neighbours' links).
+    pub fn open(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn traffic(&self) -> ClientTraffic {
+        self.traffic
+    }
+
+    /// A reload changed the limits (`limit line-bytes` applies to connections opened after).
+    pub fn set_limits(&mut self, limits: &Limits) {
+        self.limits = limits.clone();
+    }
+
+    /// When an accept that failed for want of descriptors is tried again.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.accept_retry_at
+    }
+
+    /// Whether input waits in a line (the loop must not sleep).
+    pub fn input_waits(&self, holding: bool) -> bool {
+        !self.lines.is_empty(holding)
+    }
+
+    /// Accepts every connection waiting. Past `limit connections`, `reserved` more slots stay
+    /// for neighbours (two per link: a reconnect may overlap the old connection's close), so
+    /// a flood of clients cannot cut the herd.
+    pub fn accept_all(&mut self, registry: &Registry, reserved: usize) {
+        self.accept_retry_at = None;
+        loop {
+            let (mut stream, remote) = match net::accept(&self.listener) {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
+                Err(e) if net::is_out_of_descriptors(&e) => return self.retry_accept_later(&e),
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.limits.max_connections + reserved {
+                warn!(
+                    "limit connections: {} open, refusing {remote}",
+                    self.conns.len()
+                );
+                self.traffic.rejected += 1;
+                continue; // dropping the stream closes it
+            }
+            let probation_until = (self.conns.len() >= self.limits.max_connections)
+                .then(|| Instant::now() + NEIGHBOUR_HELLO_WAIT);
+            let entry = self.conns.vacant_entry();
+            let token = Token(FIRST_CONN + entry.key());
+            if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
+                warn!("accept from {remote}: cannot register: {e}");
+                continue;
+            }
+            let id = self.next_conn_id;
+            self.next_conn_id += 1;
+            self.traffic.accepted += 1;
+            info!("accept conn={id} from {remote}");
+            // The address is in the `accept` record; later records name the connection by id.
+            entry.insert(Accepted {
+                stream,
+                registered: Interest::READABLE,
+                reader: LineReader::new(self.limits.max_line_bytes),
+                conn: Connection::new(id),
+                read: ReadState::Ready,
+                last_progress: Instant::now(),
+                eof_seen: false,
+                probation_until,
+            });
+        }
+    }
+
+    /// The connection stays in the backlog, and epoll raises no new edge for it: retry on a
+    /// timer until the backlog drains (as others close).
+    fn retry_accept_later(&mut self, error: &std::io::Error) {
+        let now = Instant::now();
+        self.accept_retry_at = Some(now + ACCEPT_RETRY);
+        if self
+            .last_accept_warning
+            .is_none_or(|at| now - at >= Duration::from_secs(1))
+        {
+            warn!(
+                "accept failed: {error}; retrying every {} ms",
+                ACCEPT_RETRY.as_millis()
+            );
+            self.last_accept_warning = Some(now);
+        }
+    }
+
+    /// An event for connection `key`.
+    pub fn on_event(
+        &mut self,
+        key: usize,
+        event: &mio::event::Event,
+        registry: &Registry,
+        app: &mut App,
+        dispatch: &mut impl Dispatch,
+    ) {
+        let closing = event.is_read_closed() || event.is_error();
+        let reads = self
+            .conns
+            .get(key)
+            .is_some_and(|e| e.read.reads_on_edge(closing));
+        if reads && (closing || event.is_readable()) {
+            self.read(key, closing, app, dispatch);
+        }
+        if event.is_writable() {
+            self.write(key, registry, dispatch);
+        }
+    }
+
+    /// Reads and answers what a connection sent, up to its budget; the replies are written at
+    /// the end of the turn, after the floods ([`Clients::answer_what_was_read`]).
+    ///
+    /// A read that returns less than the buffer has emptied the socket, and with epoll every
+    /// later arrival raises a new edge, so it stops there instead of paying one more `read`
+    /// for `WouldBlock` (a third of the syscalls of a one-command round trip). When the event
+    /// also reported the peer's FIN or an error, it reads on until the EOF or the error
+    /// shows, since no new edge would come for them.
+    fn read(
+        &mut self,
+        key: usize,
+        until_would_block: bool,
+        app: &mut App,
+        dispatch: &mut impl Dispatch,
+    ) {
+        let now = wall_clock();
+        let mut budget = READ_BUDGET;
+        let mut commands_left = self.limits.commands_per_turn;
+        let (soft_output, in_flight) = self.saturation_limits();
+        while let Some(entry) = self.conns.get_mut(key) {
+            if entry.conn.state != ConnState::Open {
+                break;
+            }
+            if entry.conn.is_saturated(soft_output, in_flight) {
+                entry.read = ReadState::Saturated;
+                break;
+            }
+            let is_client = entry.conn.peer.is_none();
+            if is_client && dispatch.holding_back_clients(app.clients()) {
+                self.lines.enqueue(&mut entry.read, key, Wait::Held, false);
+                break;
+            }
+            let stop = self.read_once(
+                key,
+                until_would_block,
+                &mut budget,
+                &mut commands_left,
+                app,
+                now,
+            );
+            let Some(entry) = self.conns.get_mut(key) else {
+                break;
+            };
+            for effect in self.effects.drain(..) {
+                if effect == Effect::Peered {
+                    if let Err(e) = net::limit_link_receive_buffer(&entry.stream) {
+                        warn!("peer conn={}: cannot size its buffer: {e}", entry.conn.id);
+                    }
+                }
+                dispatch.carry_out(effect, key, &mut entry.conn, app.clients());
+            }
+            if let ConnState::Closed(_) = entry.conn.state {
+                self.closing.push(key);
+                break;
+            }
+            if stop || entry.conn.state != ConnState::Open {
+                break;
+            }
+            if budget == 0 || commands_left == 0 {
+                // Its turn is over; the rest (in the reader or the socket) comes next turn.
+                let is_peer = entry.conn.peer.is_some();
+                self.lines
+                    .enqueue(&mut entry.read, key, Wait::More, is_peer);
+                break;
+            }
+        }
+        self.to_answer.push(key);
+    }
+
+    /// One step of a read: the lines held in the reader, the last line after an EOF, or one
+    /// `read` from the socket, each line handled until the connection's quota or saturation
+    /// stops it. Returns whether the socket is empty for now.
+    fn read_once(
+        &mut self,
+        key: usize,
+        until_would_block: bool,
+        budget: &mut usize,
+        commands_left: &mut usize,
+        app: &mut App,
+        now: ClientTime,
+    ) -> bool {
+        let (soft_output, in_flight) = self.saturation_limits();
+        let Clients {
+            conns,
+            effects,
+            scratch,
+            traffic,
+            ..
+        } = self;
+        let Some(Accepted {
+            stream,
+            reader,
+            conn,
+            eof_seen,
+            probation_until,
+            ..
+        }) = conns.get_mut(key)
+        else {
+            return true;
+        };
+        let is_client = conn.peer.is_none();
+        // Lines are handled until the connection has as much outstanding as it may; the
+        // rest waits in the reader, and is handled first when the connection goes on.
+        let lines_received = &mut traffic.lines_received;
+        let mut handle = |line: Line<'_>| {
+            *lines_received += 1;
+            if probation_until.is_some() && !may_be_a_neighbour(conn, &line) {
+                warn!(
+                    "limit connections: conn={} is past the limit and not a neighbour, closing",
+                    conn.id
+                );
+                conn.state = ConnState::Closed("limit connections");
+                return false;
+            }
+            effects.extend(session::handle_line(conn, app, line, now));
+            if conn.peer.is_some() {
+                *probation_until = None; // a neighbour: admitted
+            }
+            // A neighbour's updates are not capped: a relay must keep up with its herd.
+            if is_client {
+                *commands_left = commands_left.saturating_sub(1);
+            }
+            *commands_left > 0 && !conn.is_saturated(soft_output, in_flight)
+        };
+        if reader.has_held() {
+            reader.resume(&mut handle);
+            return false;
+        }
+        if *eof_seen {
+            // SPEC section 2: what follows the last `\n` is one last line; after all the
+            // input before it.
+            reader.finish(|line| {
+                handle(line);
+            });
+            if conn.state == ConnState::Open {
+                conn.state = ConnState::Draining;
+            }
+            return false;
+        }
+        // A client's read is smaller than a neighbour's: what a read brings beyond the
+        // commands its turn takes is held in the server, per connection.
+        let chunk = if is_client {
+            CLIENT_READ_CHUNK
+        } else {
+            READ_CHUNK
+        };
+        match net::read_some(stream, &mut scratch[..chunk]) {
+            ReadOutcome::Data(n) => {
+                traffic.bytes_received += n as u64;
+                reader.feed_until(&scratch[..n], &mut handle);
+                *budget = budget.saturating_sub(n);
+                n < chunk && !until_would_block && !reader.has_held()
+            }
+            ReadOutcome::WouldBlock => true,
+            ReadOutcome::Eof => {
+                *eof_seen = true;
+                false
+            }
+            ReadOutcome::Failed(e) => {
+                info!("conn={} read error: {e}", conn.id);
+                conn.state = ConnState::Closed("read error");
+                false
+            }
+        }
+    }
+
+    /// The soft output limit (never above the hard one) and the in-flight cap.
+    fn saturation_limits(&self) -> (usize, usize) {
+        let limits = &self.limits;
+        (
+            limits.soft_output_bytes.min(limits.max_output_bytes),
+            limits.max_in_flight,
+        )
+    }
+
+    /// Reads again from connections whose turn ran out (every neighbour, then clients for
+    /// [`MORE_INPUT_TIME`]), and from held clients once no link is behind. A client read
+    /// while a link is behind goes (back) to the held line.
+    pub fn serve_more_input(&mut self, app: &mut App, dispatch: &mut impl Dispatch) {
+        for key in self.lines.take_peers() {
+            if let Some(entry) = self.conns.get_mut(key) {
+                entry.read = ReadState::Ready;
+                self.read(key, true, app, dispatch);
+            }
+        }
+        let started = Instant::now();
+        let holding = dispatch.holding_back_clients(app.clients());
+        let mut keys = self.lines.take_clients(holding).into_iter();
+        for key in keys.by_ref() {
+            if let Some(entry) = self.conns.get_mut(key) {
+                entry.read = ReadState::Ready;
+                self.read(key, true, app, dispatch);
+            }
+            if started.elapsed() >= MORE_INPUT_TIME {
+                break;
+            }
+        }
+        // Those not served this turn (still waiting in line) are first in line next turn.
+        self.lines.put_back_first(keys.collect());
+    }
+
+    /// Writes the replies of the connections read since the last call (the conductor has
+    /// handed the turn's floods to the links first, so a client never holds an AT reply for
+    /// an update its server's links have not taken).
+    pub fn answer_what_was_read(&mut self, registry: &Registry, dispatch: &mut impl Dispatch) {
+        for key in std::mem::take(&mut self.to_answer) {
+            self.write(key, registry, dispatch);
+        }
+    }
+
+    /// A WHATSAT's answer: into its reply slot, if its connection is still there (the slot's
+    /// id tells a reused one), and out.
+    pub fn deliver_whatsat(
+        &mut self,
+        waiter: Waiter,
+        json: std::sync::Arc<[u8]>,
+        registry: &Registry,
+        dispatch: &mut impl Dispatch,
+    ) {
+        let Some(entry) = self
+            .conns
+            .get_mut(waiter.conn_key)
+            .filter(|e| e.conn.id == waiter.conn_id)
+        else {
+            return; // the client left; its reply has nowhere to go
+        };
+        let reply = Reply::Whatsat {
+            at_line: waiter.at_line,
+            json,
+        };
+        entry.conn.fill_reply(waiter.seq, reply);
+        self.write(waiter.conn_key, registry, dispatch);
+    }
+
+    /// Writes what the socket takes, then settles the connection's fate and interest.
+    fn write(&mut self, key: usize, registry: &Registry, dispatch: &mut impl Dispatch) {
+        dispatch.persist();
+        let (soft_output, in_flight) = self.saturation_limits();
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        let conn = &mut entry.conn;
+        if let ConnState::Closed(reason) = conn.state {
+            return self.close(key, reason);
+        }
+        let written = net::write_pending(&mut entry.stream, &mut conn.out);
+        self.traffic.lines_sent += conn.out.take_lines();
+        self.traffic.bytes_sent += *written.as_ref().unwrap_or(&0) as u64;
+        match written {
+            Ok(took) if took > 0 || conn.out.is_empty() => entry.last_progress = Instant::now(),
+            Ok(_) => {}
+            Err(e) => {
+                info!("conn={} write error: {e}", conn.id);
+                return self.close(key, "write error");
+            }
+        }
+        if conn.is_finished() {
+            return self.close(key, "eof");
+        }
+        // Checked here, after the socket took what it would, so it covers replies from reads
+        // and from finished lookups alike: a client that keeps asking but never reads is
+        // dropped rather than buffered without end.
+        if conn.unread_bytes() > self.limits.max_output_bytes {
+            warn!(
+                "limit output-bytes conn={}: {} bytes unread, dropping client",
+                conn.id,
+                conn.unread_bytes()
+            );
+            return self.close(key, "output limit");
+        }
+        let wanted = conn.wanted_interest();
+        if wanted != entry.registered {
+            let token = Token(FIRST_CONN + key);
+            if let Err(e) = registry.reregister(&mut entry.stream, token, wanted) {
+                warn!("conn={} reregister failed: {e}", conn.id);
+                return self.close(key, "reregister failed");
+            }
+            entry.registered = wanted;
+        }
+        // Its input waited for this: the client read enough, or a lookup finished. (Edges do
+        // not repeat for data already in the socket, so it is queued to be read again.)
+        if !entry.conn.is_saturated(soft_output, in_flight) {
+            let is_peer = entry.conn.peer.is_some();
+            self.lines.unsaturate(&mut entry.read, key, is_peer);
+        }
+    }
+
+    /// The one way a connection is closed: marked now, freed by [`Clients::sweep_closed`].
+    pub fn close(&mut self, key: usize, reason: &'static str) {
+        if let Some(entry) = self.conns.get_mut(key) {
+            entry.conn.state = ConnState::Closed(reason);
+            self.closing.push(key);
+        }
+    }
+
+    /// A reload removed the link `link`: the connection its neighbour opened to us goes too.
+    pub fn close_neighbour(&mut self, link: usize) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.conn.peer.as_ref().is_some_and(|p| p.link == link))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.close(key, "link removed");
+        }
+    }
+
+    /// Every flush interval: a connection whose client has taken none of its output for
+    /// `limit stall-ms` is dropped, one on probation past its time too, and while all
+    /// clients together have more than `limit output-total-bytes` unread, those owing the
+    /// most are dropped first. (Per connection the soft limit already stops reading; this
+    /// bounds the clients that stop reading together.)
+    pub fn enforce_limits(&mut self, now: Instant) {
+        let mut total = 0;
+        let mut owing = Vec::new();
+        let mut to_close = Vec::new();
+        for (key, entry) in self.conns.iter() {
+            if entry.probation_until.is_some_and(|until| until <= now) {
+                warn!(
+                    "limit connections: conn={} is past the limit and said no hello, closing",
+                    entry.conn.id
+                );
+                to_close.push((key, "limit connections"));
+                continue;
+            }
+            let unread = entry.conn.unread_bytes();
+            if unread == 0 || matches!(entry.conn.state, ConnState::Closed(_)) {
+                continue;
+            }
+            let stalled = !entry.conn.out.is_empty()
+                && now.duration_since(entry.last_progress) >= self.limits.stall_limit;
+            if stalled {
+                warn!(
+                    "limit stall-ms conn={}: {unread} bytes unread for {} ms, dropping client",
+                    entry.conn.id,
+                    self.limits.stall_limit.as_millis()
+                );
+                to_close.push((key, "stalled"));
+                continue;
+            }
+            total += unread;
+            owing.push((unread, key));
+        }
+        if total > self.limits.max_output_total_bytes {
+            owing.sort_unstable_by(|a, b| b.cmp(a));
+            for (unread, key) in owing {
+                if total <= self.limits.max_output_total_bytes {
+                    break;
+                }
+                warn!(
+                    "limit output-total-bytes: {total} bytes unread over all clients, dropping \
+                     conn={} ({unread} bytes unread)",
+                    self.conns[key].conn.id
+                );
+                to_close.push((key, "output total limit"));
+                total -= unread;
+            }
+        }
+        for (key, reason) in to_close {
+            self.close(key, reason);
+        }
+    }
+
+    /// Frees every connection closed since the last sweep: deregisters it, frees its slot,
+    /// gives up its lookups, and logs once.
+    pub fn sweep_closed(&mut self, registry: &Registry, dispatch: &mut impl Dispatch) {
+        for key in std::mem::take(&mut self.closing) {
+            let closed = matches!(
+                self.conns.get(key),
+                Some(e) if matches!(e.conn.state, ConnState::Closed(_))
+            );
+            if !closed {
+                continue; // already freed earlier in this sweep
+            }
+            let mut entry = self.conns.remove(key);
+            let _ = registry.deregister(&mut entry.stream);
+            let forgotten = match entry.conn.lookups_waiting() {
+                0 => 0,
+                _ => dispatch.forget_lookups(key, entry.conn.id),
+            };
+            if let ConnState::Closed(reason) = entry.conn.state {
+                match forgotten {
+                    0 => info!("close conn={} ({reason})", entry.conn.id),
+                    n => info!(
+                        "close conn={} ({reason}), {n} WHATSATs left waiting on Places",
+                        entry.conn.id
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The listener's token.
+pub const LISTENER: Token = Token(0);
+
+/// Whether a line on a connection on probation (accepted past `limit connections`) may come
+/// from a neighbour: a neighbour's link says a hello first, then its proof.
+fn may_be_a_neighbour(conn: &Connection, line: &Line<'_>) -> bool {
+    let is_hello = match line {
+        Line::Complete(text) => peer_wire::is_hello(text),
+        Line::TooLong(_) => false,
+    };
+    conn.peer.is_some() || conn.challenged.is_some() || is_hello
+}
+
+/// The receive time of SPEC section 2, as exact seconds and nanoseconds.
+fn wall_clock() -> ClientTime {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    ClientTime {
+        secs: since_epoch.as_secs() as i64,
+        nanos: since_epoch.subsec_nanos(),
+    }
+}
