@@ -74,6 +74,10 @@ struct PoolState {
     workers: usize,
     /// Workers waiting for a job.
     idle: usize,
+    /// Workers holding a job (making its call, or handing its answer back). Every other worker
+    /// of `places workers` (idle, starting, or not started yet) takes a job as soon as it can,
+    /// so only jobs beyond those wait in the queue.
+    busy: usize,
     /// A worker was started and has not run yet. It starts the next one itself if jobs are
     /// still waiting then, so a burst of lookups costs the loop one thread start, not one per
     /// worker (each start takes the process's memory-map lock, and a few hundred of them in a
@@ -125,6 +129,7 @@ impl PlacesPool {
                 queue: VecDeque::new(),
                 workers: 0,
                 idle: 0,
+                busy: 0,
                 starting: false,
                 closed: false,
             }),
@@ -151,9 +156,7 @@ impl PlacesPool {
     /// once when `places queue` jobs already wait for a worker.
     pub fn submit(&self, job: LookupJob) -> Result<(), LookupJob> {
         let mut state = lock(&self.shared.state);
-        // Jobs that an idle worker, or one yet to start, will take at once do not wait.
-        let served_at_once = state.idle + (self.shared.max_workers - state.workers);
-        if state.closed || state.queue.len() >= self.shared.max_queue + served_at_once {
+        if state.closed || !has_room(&state, self.shared.max_workers, self.shared.max_queue) {
             return Err(job);
         }
         state.queue.push_back(job);
@@ -201,6 +204,15 @@ impl Drop for PlacesPool {
         lock(&self.shared.state).closed = true;
         self.shared.work.notify_all();
     }
+}
+
+/// Whether one more job fits: `places workers` jobs are taken at once by a worker that is not
+/// busy (idle, just started and not yet running, or yet to start), and `places queue` more may
+/// wait for one. A job that a worker started a moment ago will take is not waiting; counting it
+/// as waiting refused one lookup of every burst that the queue had room for.
+fn has_room(state: &PoolState, max_workers: usize, max_queue: usize) -> bool {
+    let taken_at_once = max_workers - state.busy;
+    state.queue.len() < taken_at_once + max_queue
 }
 
 fn lock(state: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
@@ -271,10 +283,12 @@ fn start_next_worker(shared: &Arc<Shared>) {
 fn work(shared: &Arc<Shared>) {
     lower_priority();
     start_next_worker(shared);
+    let mut finished_one = false;
     loop {
-        let Some(job) = next_job(shared) else {
+        let Some(job) = next_job(shared, finished_one) else {
             return;
         };
+        finished_one = true;
         let started = Instant::now();
         let json = (!job.cancel.load(Ordering::Relaxed)).then(|| {
             let outcome = shared.endpoint.call(&job.query);
@@ -294,14 +308,19 @@ fn work(shared: &Arc<Shared>) {
 }
 
 /// The next job, or `None` when the pool closes or this worker has idled for [`IDLE_EXIT`].
-fn next_job(shared: &Shared) -> Option<LookupJob> {
+/// `finished_one`: this worker is done with the job it took last (it is no longer busy).
+fn next_job(shared: &Shared, finished_one: bool) -> Option<LookupJob> {
     let mut state = lock(&shared.state);
+    if finished_one {
+        state.busy -= 1;
+    }
     loop {
         if state.closed {
             state.workers -= 1;
             return None;
         }
         if let Some(job) = state.queue.pop_front() {
+            state.busy += 1;
             return Some(job);
         }
         state.idle += 1;
@@ -408,6 +427,83 @@ fn percent_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_config;
+    use std::net::TcpListener;
+
+    /// A pool whose calls go to a loopback port that accepts connections (the kernel completes
+    /// them) but never answers, so every call it starts stays in flight for `timeout-ms`.
+    fn pool_that_never_hears_back(workers: usize, queue: usize) -> (PlacesPool, TcpListener) {
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let config = parse_config(&format!(
+            "server A 127.0.0.1:1\nplaces url http://127.0.0.1:{port}/\n\
+             places workers {workers}\nplaces queue {queue}\nplaces timeout-ms 5000\n"
+        ))
+        .unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let pool = PlacesPool::start(&config.places, None, waker).unwrap();
+        (pool, silent)
+    }
+
+    fn job(n: u32) -> LookupJob {
+        let query = PlacesQuery {
+            latitude: 1.0,
+            longitude: 1.0,
+            radius_metres: f64::from(n),
+            bound: 1,
+        };
+        LookupJob {
+            key: query.key(),
+            query,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn accepted_of(pool: &PlacesPool, burst: u32) -> usize {
+        (1..=burst).filter(|&n| pool.submit(job(n)).is_ok()).count()
+    }
+
+    #[test]
+    fn a_burst_takes_one_job_per_worker_and_queue_more() {
+        // However far the workers got through starting while the burst came in, each job is
+        // either held by a worker or waiting in the queue: workers + queue are taken.
+        for (workers, queue) in [(1, 2), (1, 1), (4, 2), (3, 5)] {
+            let (pool, _silent) = pool_that_never_hears_back(workers, queue);
+            assert_eq!(
+                accepted_of(&pool, 20),
+                workers + queue,
+                "places workers {workers}, places queue {queue}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_for_a_worker_just_started_is_not_counted_as_queued() {
+        // The first job starts the one worker, which has not run yet when the next come in:
+        // it will take that job at once, so two more still fit in `places queue 2`.
+        let state = PoolState {
+            queue: VecDeque::from([job(1), job(2)]),
+            workers: 1,
+            idle: 0,
+            busy: 0,
+            starting: true,
+            closed: false,
+        };
+        assert!(has_room(&state, 1, 2));
+        let state = PoolState {
+            queue: VecDeque::from([job(1), job(2), job(3)]),
+            ..state
+        };
+        assert!(!has_room(&state, 1, 2));
+        // Once the worker holds its job, two wait and the pool is full.
+        let state = PoolState {
+            queue: VecDeque::from([job(2), job(3)]),
+            busy: 1,
+            ..state
+        };
+        assert!(!has_room(&state, 1, 2));
+    }
 
     #[test]
     fn keys_are_percent_encoded() {
