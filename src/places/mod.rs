@@ -1,8 +1,10 @@
 //! Places lookups (SPEC section 5): what to ask ([`request`]), how to turn the answer into a
 //! WHATSAT reply ([`response`]), what a lookup costs: cache, coalescing and rate limit
 //! ([`lookups`], counted in [`stats`]), and the worker threads that ask without blocking the
-//! event loop ([`pool`]).
+//! event loop ([`pool`]); or, with `places api local`, a file of places searched in memory on
+//! the loop itself ([`local`]).
 
+pub mod local;
 pub mod lookups;
 pub mod pool;
 pub mod request;
@@ -23,6 +25,7 @@ pub fn key_from_env(var: &str) -> Result<Secret, String> {
         )),
     }
 }
+pub use local::{LocalPlaces, LocalPlacesError};
 pub use pool::{LookupDone, LookupJob, PlacesPool};
 pub use request::PlacesQuery;
 pub use response::{shape_json, PlacesError, PlacesOutcome, Refusals};

@@ -79,7 +79,12 @@ impl ShapedJson {
 /// Shapes what one lookup came to, for a WHATSAT asking for at most `bound` results.
 pub fn shape_json(api: PlacesApi, bound: u8, outcome: &PlacesOutcome) -> ShapedJson {
     let (json, summary, kind) = reply_json(api, usize::from(bound), outcome);
-    let text = squeeze_newlines(&serde_json::to_string_pretty(&json).unwrap_or_default());
+    shape_value(&json, summary, kind)
+}
+
+/// An answer already cut to its bound (the local source's), printed as Places answers are.
+pub(super) fn shape_value(json: &Value, summary: String, kind: OutcomeKind) -> ShapedJson {
+    let text = squeeze_newlines(&serde_json::to_string_pretty(json).unwrap_or_default());
     ShapedJson {
         text: Arc::from(text.into_bytes()),
         summary,
