@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::logging::{Escaped, Rotation};
@@ -18,6 +18,8 @@ pub enum PlacesApi {
     New,
     /// The legacy `nearbysearch/json`: GET with the key in the query.
     Legacy,
+    /// No Places call: answered from `places file`, a file of places on the server's disk.
+    Local,
 }
 
 impl PlacesApi {
@@ -25,6 +27,8 @@ impl PlacesApi {
         match self {
             PlacesApi::New => "https://places.googleapis.com/v1/places:searchNearby",
             PlacesApi::Legacy => "https://maps.googleapis.com/maps/api/place/nearbysearch/json",
+            // Nothing is asked over HTTP.
+            PlacesApi::Local => "",
         }
     }
 
@@ -32,6 +36,7 @@ impl PlacesApi {
         match self {
             PlacesApi::New => "new",
             PlacesApi::Legacy => "legacy",
+            PlacesApi::Local => "local",
         }
     }
 }
@@ -53,6 +58,10 @@ pub struct PlacesSettings {
     pub cache_entries: usize,
     /// Calls sent per second at most (0: no limit).
     pub max_per_second: u32,
+    /// `places file PATH`: the places `places api local` answers from, as written in the config
+    /// (see [`PlacesSettings::file_path`]). May be set with another api, which ignores it, so
+    /// that switching to Google and back is one line.
+    pub file: Option<PathBuf>,
 }
 
 /// The default field mask: what a list of nearby places needs. Every field here bills at the
@@ -64,6 +73,15 @@ pub const DEFAULT_FIELD_MASK: &str =
 impl PlacesSettings {
     pub fn url(&self) -> &str {
         self.url.as_deref().unwrap_or(self.api.default_url())
+    }
+
+    /// Where `places file` is: a relative path is taken from the directory of the config file
+    /// at `config_path`, so that a config and the places shipped beside it work from any
+    /// working directory.
+    pub fn file_path(&self, config_path: &Path) -> Option<PathBuf> {
+        let file = self.file.as_ref()?;
+        let dir = config_path.parent().unwrap_or(Path::new(""));
+        Some(dir.join(file))
     }
 }
 
@@ -83,6 +101,7 @@ impl Default for PlacesSettings {
             cache_ms: 30_000,
             cache_entries: 10_000,
             max_per_second: 0,
+            file: None,
         }
     }
 }
@@ -349,12 +368,17 @@ fn not_utf8(bytes: &[u8], at: usize) -> ConfigError {
 /// Parses the whole text of a config file.
 pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
     let mut config = Config::default();
+    // The line of the `places api` that decides, for a check that needs the whole file.
+    let mut places_api_line = 0;
     for (index, raw) in text.lines().enumerate() {
         let line_no = index + 1;
         let content = raw.split('#').next().unwrap_or("");
         let words: Vec<&str> = content.split_whitespace().collect();
         if words.is_empty() {
             continue;
+        }
+        if words.starts_with(&["places", "api"]) {
+            places_api_line = line_no;
         }
         // The problem quotes words of the line; escaping it whole escapes every byte of them
         // (Escaped works byte by byte, and the rest of every problem is printable ASCII
@@ -366,6 +390,12 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
         return Err(error(
             text.lines().count().max(1),
             "no 'server' line: a herd needs at least one server",
+        ));
+    }
+    if config.places.api == PlacesApi::Local && config.places.file.is_none() {
+        return Err(error(
+            places_api_line,
+            "places api local needs a 'places file PATH' line (a CSV or GeoJSON file of places)",
         ));
     }
     Ok(config)
@@ -477,9 +507,10 @@ fn apply_places(places: &mut PlacesSettings, setting: &str, value: &str) -> Resu
             places.api = match value {
                 "new" => PlacesApi::New,
                 "legacy" => PlacesApi::Legacy,
+                "local" => PlacesApi::Local,
                 _ => {
                     return Err(format!(
-                        "places api must be 'new' or 'legacy', not '{value}'"
+                        "places api must be 'new', 'legacy' or 'local', not '{value}'"
                     ))
                 }
             }
@@ -493,6 +524,7 @@ fn apply_places(places: &mut PlacesSettings, setting: &str, value: &str) -> Resu
             places.url = Some(value.to_string());
         }
         "key-env" => places.key_env = env_var_name(value)?,
+        "file" => places.file = Some(PathBuf::from(value)),
         "field-mask" => places.field_mask = value.to_string(),
         "workers" => places.workers = number_in(setting, value, 1, 4096)?,
         "timeout-ms" => places.timeout = millis(setting, value)?,
@@ -732,6 +764,63 @@ log lines on
     }
 
     #[test]
+    fn places_api_local_reads_its_file_beside_the_config() {
+        let config = with_server("places api local\nplaces file world.csv.gz").unwrap();
+        assert_eq!(config.places.api, PlacesApi::Local);
+        assert_eq!(config.places.api.name(), "local");
+        assert_eq!(config.places.file, Some(PathBuf::from("world.csv.gz")));
+        assert_eq!(
+            config.places.file_path(Path::new("/etc/herd/herd.conf")),
+            Some(PathBuf::from("/etc/herd/world.csv.gz"))
+        );
+        assert_eq!(
+            config.places.file_path(Path::new("conf/herd.conf")),
+            Some(PathBuf::from("conf/world.csv.gz"))
+        );
+        assert_eq!(
+            config.places.file_path(Path::new("herd.conf")),
+            Some(PathBuf::from("world.csv.gz"))
+        );
+        // An absolute path stays as it is; the file may come before the api.
+        let config = with_server("places file /data/places.geojson\nplaces api local").unwrap();
+        assert_eq!(
+            config.places.file_path(Path::new("/etc/herd/herd.conf")),
+            Some(PathBuf::from("/data/places.geojson"))
+        );
+        assert_eq!(
+            with_server("")
+                .unwrap()
+                .places
+                .file_path(Path::new("herd.conf")),
+            None
+        );
+    }
+
+    #[test]
+    fn places_api_local_without_a_file_names_the_api_line() {
+        let e = err("server A 127.0.0.1:1\n# places\nplaces api local\nlog lines off\n");
+        assert_eq!(
+            e.to_string(),
+            "3: places api local needs a 'places file PATH' line (a CSV or GeoJSON file of places)"
+        );
+        // The last `places api` decides, and names its line.
+        let e = err("server A 127.0.0.1:1\nplaces api new\nplaces api local\n");
+        assert_eq!(e.line, 3);
+        let e = err("server A 127.0.0.1:1\nplaces api local\nplaces api new\nplaces api local\n");
+        assert_eq!(e.line, 4);
+        // Switching to Google is one line: the file may stay, and is not needed.
+        let config = with_server("places api local\nplaces api new\nplaces file w.csv").unwrap();
+        assert_eq!(config.places.api, PlacesApi::New);
+        assert_eq!(config.places.file, Some(PathBuf::from("w.csv")));
+        assert!(with_server("places api local\nplaces api legacy").is_ok());
+        let e = err("server A 127.0.0.1:1\nplaces api newest\n");
+        assert_eq!(
+            e.problem,
+            "places api must be 'new', 'legacy' or 'local', not 'newest'"
+        );
+    }
+
+    #[test]
     fn every_setting_is_read() {
         let config = with_server(
             "places workers 8\nplaces timeout-ms 250\nplaces queue 10\nplaces key-env K_1\n\
@@ -915,6 +1004,10 @@ log lines on
             ("link A Nobody", 2),
             ("link A A", 2),
             ("places api newest", 2),
+            ("places api local", 2),
+            ("places api local\nplaces file", 3),
+            ("places file", 2),
+            ("places file a b", 2),
             ("places url ftp://x", 2),
             ("places workers 0", 2),
             ("places workers many", 2),
@@ -1034,6 +1127,7 @@ log lines on
             "link A Nobody",
             "link A A",
             "places api newest",
+            "places api local",
             "places url ftp://x",
             "places workers 0",
             "places colour blue",

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use log::{error, info, warn};
 
 use herd::cli::{self, Invocation};
-use herd::config::{self, Config};
+use herd::config::{self, Config, PlacesApi};
 use herd::event_loop::{EventLoop, ServerSetup};
 use herd::logging::{self, Escaped};
 use herd::store::Store;
@@ -75,6 +75,22 @@ fn main() -> ExitCode {
                         config.display(),
                         Escaped(name.as_bytes()),
                         known.join(", ")
+                    ),
+                );
+            }
+            if parsed.places.api == PlacesApi::Local {
+                // The places file is read before any port opens, and a broken one refused like
+                // a config error; the loop does not answer from it yet.
+                if let Some(path) = parsed.places.file_path(&config) {
+                    if let Err(e) = places::LocalPlaces::load(&path) {
+                        return fail(BAD_INPUT, &e.to_string());
+                    }
+                }
+                return fail(
+                    BAD_INPUT,
+                    &format!(
+                        "{}: places api local is not served yet (use places api new or legacy)",
+                        config.display()
                     ),
                 );
             }

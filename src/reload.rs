@@ -8,7 +8,7 @@
 //! is bound, and its neighbours know it), the store, the peer secret and `log dir` — a change
 //! to one of those is refused, and the server keeps its old config.
 
-use crate::config::{Config, ServerEntry};
+use crate::config::{Config, PlacesApi, ServerEntry};
 
 /// What a reload changes, for the loop to carry out.
 #[derive(Debug)]
@@ -128,6 +128,12 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
         return Err(at(
             &["log", "dir"],
             "log dir cannot change at run time; restart the server".to_string(),
+        ));
+    }
+    if new.places.api == PlacesApi::Local {
+        return Err(at(
+            &["places", "api"],
+            "places api local is not served yet".to_string(),
         ));
     }
     let old_neighbours = running.neighbours(name);
@@ -284,6 +290,11 @@ mod tests {
         assert!(e.starts_with("5: the peer secret cannot change"), "{e}");
         let e = plan_for(&format!("{BASE}log dir /tmp\n")).unwrap_err();
         assert!(e.starts_with("5: log dir cannot change"), "{e}");
+        let e = plan_for(&format!("{BASE}places api local\nplaces file p.csv\n")).unwrap_err();
+        assert!(
+            e.starts_with("5: places api local is not served yet"),
+            "{e}"
+        );
         let gone = "server B 127.0.0.1:2\n";
         let e = plan_for(gone).unwrap_err();
         assert!(e.contains("server A is no longer in the config"), "{e}");

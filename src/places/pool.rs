@@ -361,6 +361,14 @@ impl Endpoint {
                 }
                 self.agent.get(&url).call()
             }
+            // Answered on the loop from the places file (`LocalPlaces::search`); a lookup
+            // handed to the pool anyway says so instead of calling anyone.
+            PlacesApi::Local => {
+                return PlacesOutcome::Failed(PlacesError::Transport(
+                    "places api local is answered from the places file, not by a worker"
+                        .to_string(),
+                ))
+            }
         };
         let outcome = match sent {
             Ok(mut response) => {

@@ -213,7 +213,7 @@ fn is_success(status: u16) -> bool {
 /// returns how many are left.
 fn keep_first_results(api: PlacesApi, value: &mut Value, bound: usize) -> usize {
     let key = match api {
-        PlacesApi::New => "places",
+        PlacesApi::New | PlacesApi::Local => "places",
         PlacesApi::Legacy => "results",
     };
     match value.get_mut(key).and_then(Value::as_array_mut) {
@@ -228,7 +228,7 @@ fn keep_first_results(api: PlacesApi, value: &mut Value, bound: usize) -> usize 
 fn legacy_status(api: PlacesApi, value: &Value) -> Option<&str> {
     match api {
         PlacesApi::Legacy => value.get("status").and_then(Value::as_str),
-        PlacesApi::New => None,
+        PlacesApi::New | PlacesApi::Local => None,
     }
 }
 
