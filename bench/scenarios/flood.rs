@@ -18,7 +18,7 @@ use crate::herd::{pid_listening_on, refused_places_url, Herd, HerdConfig};
 use crate::hist::Histogram;
 use crate::load::{run_load, LoadReport, LoadSpec};
 use crate::logscan::scan_logs;
-use crate::report::{fmt_latency, fmt_ns, fmt_rate, Row, Section};
+use crate::report::{fmt_latency, fmt_rate, fmt_stats, Row, Section, Stat};
 use crate::scenarios::{distances, five_servers, load_row, Ctx, Target};
 use crate::watch::Flood;
 
@@ -230,11 +230,8 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
         for (row, times) in [(&mut idle_row, &idle), (&mut loaded_row, &loaded)] {
             let spreads = scan.spreads(&times.clients);
             if spreads.count() > 0 {
-                row.result += &format!(
-                    "  [log clocks: p50 {} p99 {}]",
-                    fmt_ns(spreads.percentile(0.5)),
-                    fmt_ns(spreads.percentile(0.99))
-                );
+                let stats = fmt_stats(&spreads, &[Stat::P50, Stat::P99], " ");
+                row.result += &format!("  [log clocks: {stats}]");
                 row.add_latency("log_all_", &spreads);
             }
         }

@@ -25,7 +25,10 @@ use crate::herd::{
     thread_cpu_secs,
 };
 use crate::hist::Histogram;
-use crate::report::{fmt_bytes, fmt_count, fmt_latency, fmt_ns, Row, Section};
+use crate::report::{
+    fmt_bytes, fmt_count, fmt_duration, fmt_latency, fmt_ns, fmt_share, fmt_stats, Row, Section,
+    Stat,
+};
 use crate::scenarios::{round3, Ctx, Subject};
 
 const ATTACKERS: usize = 2_000;
@@ -87,7 +90,7 @@ fn add_notes(section: &mut Section) {
              only `places url` (the fake, {} per answer) and `places api new` are set; \
              `log lines` on",
             in_flight_limit(),
-            fmt_ns(PLACES_DELAY.as_nanos() as u64)
+            fmt_duration(PLACES_DELAY)
         ),
         format!(
             "attackers: {} connections made before the window, then each writes `WHATSAT \
@@ -107,21 +110,21 @@ fn add_notes(section: &mut Section) {
              connection (a new connection is opened for the next); the probe stops at the \
              window's end, and commands due by then but not yet sent (it was still waiting on \
              an earlier reply) are counted as never sent",
-            fmt_ns(PROBE_TIMEOUT.as_nanos() as u64)
+            fmt_duration(PROBE_TIMEOUT)
         ),
         format!(
             "RSS, threads and CPU: /proc/PID of the server every 100 ms; peak RSS judged \
              against 300 MiB (314.6 MB) over the attack and the {} after the close; kernel \
              TCP memory: /proc/net/sockstat (both ends of every loopback connection are this \
              machine's; tcp_mem min / pressure / max here {pressure})",
-            fmt_ns(AFTER_CLOSE.as_nanos() as u64)
+            fmt_duration(AFTER_CLOSE)
         ),
         format!(
             "Places calls: the fake's requests read; bound = attackers x limit in-flight = {} \
              (calls in flight at once are also bounded by `places workers`, so at {} a call \
              at most workers / delay calls a second)",
             fmt_count((ATTACKERS * in_flight_limit()) as u64),
-            fmt_ns(PLACES_DELAY.as_nanos() as u64)
+            fmt_duration(PLACES_DELAY)
         ),
         "recovery: timed from the moment the last attacker's socket was closed to the AT line \
          answering a new client's IAMAT on a new connection"
@@ -300,7 +303,7 @@ fn probe(addr: SocketAddr, names: &Names, until: Instant) -> Probe {
                 probe.timeouts += 1;
                 probe.error(format!(
                     "the write took over {}",
-                    fmt_ns(PROBE_TIMEOUT.as_nanos() as u64)
+                    fmt_duration(PROBE_TIMEOUT)
                 ));
                 conn = None;
                 continue;
@@ -346,10 +349,7 @@ fn probe(addr: SocketAddr, names: &Names, until: Instant) -> Probe {
                 ) =>
             {
                 probe.timeouts += 1;
-                probe.error(format!(
-                    "no reply within {}",
-                    fmt_ns(PROBE_TIMEOUT.as_nanos() as u64)
-                ));
+                probe.error(format!("no reply within {}", fmt_duration(PROBE_TIMEOUT)));
                 conn = None;
             }
             Err(e) => {
@@ -597,10 +597,6 @@ impl Mark {
     }
 }
 
-fn pct(share: Option<f64>) -> String {
-    share.map_or("?".into(), |s| format!("{:.0}%", s * 100.0))
-}
-
 fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let limit = nofile_limit().unwrap_or(0);
     if limit < ATTACKERS as u64 + 1_000 {
@@ -741,12 +737,8 @@ fn probe_row(label: String, p: &Probe) -> Row {
     }
     result += ")";
     if p.unsent > 0 || p.round_trip.percentile(0.99) >= TARGET_P99 {
-        result += &format!(
-            "  write to reply: p50 {} p99 {} max {}",
-            fmt_ns(p.round_trip.percentile(0.5)),
-            fmt_ns(p.round_trip.percentile(0.99)),
-            fmt_ns(p.round_trip.max())
-        );
+        let stats = fmt_stats(&p.round_trip, &[Stat::P50, Stat::P99, Stat::Max], " ");
+        result += &format!("  write to reply: {stats}");
     }
     if p.unsent > 0 {
         result += &format!(
@@ -755,11 +747,8 @@ fn probe_row(label: String, p: &Probe) -> Row {
         );
     }
     if p.write_time.max() >= 1_000_000 {
-        result += &format!(
-            "  probe writes: p99 {} max {}",
-            fmt_ns(p.write_time.percentile(0.99)),
-            fmt_ns(p.write_time.max())
-        );
+        let stats = fmt_stats(&p.write_time, &[Stat::P99, Stat::Max], " ");
+        result += &format!("  probe writes: {stats}");
     }
     let worst_second = p.p99_by_second.iter().copied().max().unwrap_or(0);
     if p.p99_by_second.len() > 1 {
@@ -777,11 +766,12 @@ fn probe_row(label: String, p: &Probe) -> Row {
         .figure("connect_failures", p.connect_failures)
         .figure("first_error", p.first_error.clone())
         .figure("p99_by_second_ns", p.p99_by_second.clone())
-        .figure("round_trip_p50_ns", p.round_trip.percentile(0.5))
-        .figure("round_trip_p99_ns", p.round_trip.percentile(0.99))
-        .figure("round_trip_max_ns", p.round_trip.max())
-        .figure("write_p99_ns", p.write_time.percentile(0.99))
-        .figure("write_max_ns", p.write_time.max())
+        .stats(
+            "round_trip_",
+            &p.round_trip,
+            &[Stat::P50, Stat::P99, Stat::Max],
+        )
+        .stats("write_", &p.write_time, &[Stat::P99, Stat::Max])
         .latency("", &p.latency)
 }
 
@@ -847,10 +837,10 @@ fn push_rows(section: &mut Section, s: &Setting, idle: &Probe, o: &Outcome) {
         fmt_bytes(rss_attack as f64),
         s.threads_idle,
         threads_peak,
-        pct(srv),
+        fmt_share(srv),
         srv_secs.unwrap_or(0.0),
-        pct(bench),
-        pct(other),
+        fmt_share(bench),
+        fmt_share(other),
         fmt_count(calls as u64),
         calls as f64 / secs,
         fmt_count(bound as u64),
@@ -872,7 +862,7 @@ fn push_rows(section: &mut Section, s: &Setting, idle: &Probe, o: &Outcome) {
         "{} non-reading WHATSAT pipeliners, {:.1} s, Places {}, bound {BOUND}",
         fmt_count(ATTACKERS as u64),
         s.window.as_secs_f64(),
-        fmt_ns(PLACES_DELAY.as_nanos() as u64)
+        fmt_duration(PLACES_DELAY)
     );
     section.rows.push(
         Row::new(label)
@@ -913,7 +903,7 @@ fn push_rows(section: &mut Section, s: &Setting, idle: &Probe, o: &Outcome) {
             .check(
                 format!(
                     "peak RSS < 300 MiB, attack and {} after (is {})",
-                    fmt_ns(AFTER_CLOSE.as_nanos() as u64),
+                    fmt_duration(AFTER_CLOSE),
                     fmt_bytes(rss_peak as f64)
                 ),
                 rss_peak < TARGET_RSS,
@@ -956,26 +946,22 @@ fn push_rows(section: &mut Section, s: &Setting, idle: &Probe, o: &Outcome) {
     let (srv_after, _, _) = o.closed.cpu_to(&o.after);
     let mut result = format!(
         "closed in {}; a new client's IAMAT answered {}",
-        fmt_ns(o.close_time.as_nanos() as u64),
+        fmt_duration(o.close_time),
         match o.recovery {
-            Some(d) => format!(
-                "after {} ({} connection(s))",
-                fmt_ns(d.as_nanos() as u64),
-                o.attempts
-            ),
+            Some(d) => format!("after {} ({} connection(s))", fmt_duration(d), o.attempts),
             None => format!(
                 "not within {} ({} connections tried)",
-                fmt_ns(RECOVERY_DEADLINE.as_nanos() as u64),
+                fmt_duration(RECOVERY_DEADLINE),
                 o.attempts
             ),
         }
     );
     result += &format!(
         "  RSS {} after: {} (peak {} meanwhile)  srv CPU {}  Places calls {}  log +{}",
-        fmt_ns(AFTER_CLOSE.as_nanos() as u64),
+        fmt_duration(AFTER_CLOSE),
         o.rss_after.map_or("?".into(), |r| fmt_bytes(r as f64)),
         fmt_bytes(rss_recovery as f64),
-        pct(srv_after),
+        fmt_share(srv_after),
         fmt_count(calls_after as u64),
         fmt_bytes(log_after as f64)
     );
