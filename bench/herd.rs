@@ -70,6 +70,18 @@ pub fn nofile_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// Whether this process may hold `wanted` descriptors; why not, when it may not.
+pub fn need_open_files(wanted: u64) -> Result<(), String> {
+    let limit = nofile_limit().unwrap_or(0);
+    if limit >= wanted {
+        return Ok(());
+    }
+    Err(format!(
+        "this process may open only {limit} files, {wanted} wanted (raise the hard limit: \
+         ulimit -Hn)"
+    ))
+}
+
 /// CPU time (user + system, all threads) a process has used, from /proc/PID/stat.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     stat_cpu_secs(&format!("/proc/{pid}/stat"))

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::herd::{cpu_secs, machine_cpu_secs, own_cpu_secs, thread_cpu_secs};
+use crate::cpu::CpuMark;
 use crate::hist::Histogram;
 
 /// What the reply to a command looks like, so the reader knows where it ends.
@@ -164,52 +164,6 @@ pub struct LoadReport {
     pub unsent: u64,
     /// When the run's last reply arrived (any server's), if one did.
     pub last_reply: Option<Instant>,
-}
-
-/// CPU seconds used so far by each server, this thread, this process and the whole machine,
-/// and when they were read.
-struct CpuMark {
-    at: Instant,
-    servers: Vec<Option<f64>>,
-    generator: Option<f64>,
-    bench: Option<f64>,
-    machine: Option<f64>,
-}
-
-impl CpuMark {
-    fn take(server_pids: &[Option<u32>]) -> CpuMark {
-        CpuMark {
-            at: Instant::now(),
-            servers: server_pids
-                .iter()
-                .map(|pid| pid.and_then(cpu_secs))
-                .collect(),
-            generator: thread_cpu_secs(),
-            bench: own_cpu_secs(),
-            machine: machine_cpu_secs(),
-        }
-    }
-
-    /// CPU shares of one core between two marks: each server, the generator, and everything
-    /// else on the machine (other servers of a herd, or someone else's work).
-    fn shares(&self, later: &CpuMark) -> (Vec<Option<f64>>, Option<f64>, Option<f64>) {
-        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
-        let used = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
-        let servers: Vec<Option<f64>> = (self.servers.iter().zip(&later.servers))
-            .map(|(&a, &b)| used(a, b))
-            .collect();
-        let others = || {
-            let rest = used(self.machine, later.machine)? - used(self.bench, later.bench)?;
-            let driven: f64 = servers.iter().flatten().sum();
-            Some((rest - driven).max(0.0))
-        };
-        let share = |secs: Option<f64>| secs.map(|s| s / wall);
-        (
-            servers.iter().map(|&s| share(s)).collect(),
-            share(used(self.generator, later.generator)),
-            share(others()),
-        )
-    }
 }
 
 impl LoadReport {
@@ -804,10 +758,10 @@ impl<'a> Run<'a> {
         for (i, report) in self.reports.iter_mut().enumerate() {
             report.window = window;
             report.last_reply = last_reply;
-            if let Some((servers, generator, other)) = &shares {
-                report.server_cpu = servers[i];
-                report.generator_cpu = *generator;
-                report.other_cpu = *other;
+            if let Some(shares) = &shares {
+                report.server_cpu = shares.servers[i];
+                report.generator_cpu = shares.thread;
+                report.other_cpu = shares.other;
             }
         }
         self.reports

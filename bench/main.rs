@@ -6,12 +6,15 @@
 //!     cargo bench --bench load -- [SCENARIO...] [--target ADDR|LIST|CONF] [--quick] [--shape CxP]
 
 mod commands;
+mod cpu;
 mod herd;
 mod hist;
 mod load;
 mod logscan;
 mod report;
+mod sample;
 mod scenarios;
+mod seed;
 mod survey;
 mod watch;
 

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::commands::IamatLoad;
-use crate::herd::{fd_count, nofile_limit, rss_bytes};
+use crate::herd::{fd_count, need_open_files, rss_bytes};
 use crate::load::{run_load, LoadSpec};
 use crate::report::{fmt_bytes, fmt_count, Row, Section};
 use crate::scenarios::{load_row, Ctx, Subject};
@@ -25,12 +25,7 @@ pub fn run(ctx: &Ctx) -> Section {
 }
 
 fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
-    let limit = nofile_limit().unwrap_or(0);
-    if limit < IDLE as u64 + 200 {
-        return Err(format!(
-            "this process may open only {limit} files (raise the hard limit: ulimit -Hn)"
-        ));
-    }
+    need_open_files(IDLE as u64 + 200)?;
     let subject = Subject::start(ctx, "conns", &["limit connections 20000"])?;
     let addr = subject.addr();
     let pid = subject.pid();

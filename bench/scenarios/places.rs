@@ -7,17 +7,18 @@
 //! CPU-contention jitter, and runs one after the other each meet their own disturbances, so
 //! whether the event loop notices the waiting lookups is judged on the paced pair.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
 use herd_test_support::fake_places::FakePlaces;
 
-use crate::commands::{whatsat, IamatLoad, Names, WhatsatLoad};
+use crate::commands::{whatsat, IamatLoad, WhatsatLoad};
 use crate::load::{run_load, run_load_each, LoadReport, LoadSpec};
 use crate::report::{fmt_ns, fmt_rate, Section};
 use crate::scenarios::{load_row, Ctx, Subject};
+use crate::seed::{seed, Locations};
 
 const WAITING: usize = 200;
 
@@ -77,7 +78,7 @@ fn measure(ctx: &Ctx, delay: Duration, section: &mut Section) -> Result<(), Stri
     // with a 2 s Places the first replies come only after 2 s.
     let subject = Subject::start(ctx, "places", &[&places])?;
     let clients: Vec<String> = (0..50).map(|i| ctx.names.client("p", i)).collect();
-    seed(&ctx.names, subject.addr(), &clients)?;
+    seed(&ctx.names, subject.addr(), &clients, Locations::Same)?;
     let window = ctx.secs(4.0).max(delay * 3 + Duration::from_millis(300));
     let mut spec = LoadSpec::new(subject.addr(), 50, 1, window).server(subject.pid());
     spec.warmup = Duration::ZERO;
@@ -110,7 +111,12 @@ fn measure(ctx: &Ctx, delay: Duration, section: &mut Section) -> Result<(), Stri
     }
     let busy = busy.as_ref().unwrap_or(&quiet);
     let client = ctx.names.client("q", 0);
-    seed(&ctx.names, busy.addr(), std::slice::from_ref(&client))?;
+    seed(
+        &ctx.names,
+        busy.addr(),
+        std::slice::from_ref(&client),
+        Locations::Same,
+    )?;
     let mut waiting = Vec::with_capacity(WAITING);
     for _ in 0..WAITING {
         let mut conn = TcpStream::connect_timeout(&busy.addr(), Duration::from_secs(3))
@@ -273,30 +279,6 @@ fn iamat_load(ctx: &Ctx, subject: &Subject, rate: Option<f64>) -> Result<LoadRep
         spec = spec.paced(rate);
     }
     run_load(&spec, &mut IamatLoad::cycling(&ctx.names, 50))
-}
-
-/// Makes `clients` known to the server: one IAMAT each on one connection, every reply read.
-fn seed(names: &Names, addr: SocketAddr, clients: &[String]) -> Result<(), String> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut batch = Vec::new();
-    for client in clients {
-        batch.extend_from_slice(&names.iamat(client, names.now_tick()));
-    }
-    conn.write_all(&batch).map_err(|e| format!("write: {e}"))?;
-    let mut reader = BufReader::new(conn);
-    for client in clients {
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("seeding {client}: {e}"))?;
-        if !line.starts_with("AT ") {
-            return Err(format!("IAMAT for {client} answered: {}", line.trim_end()));
-        }
-    }
-    Ok(())
 }
 
 /// How many of the waiting connections have received anything (nonblocking peek).

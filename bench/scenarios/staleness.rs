@@ -16,12 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::commands::Names;
-use crate::herd::{
-    cpu_secs, machine_cpu_secs, own_cpu_secs, pid_listening_on, refused_places_url, rss_bytes,
-    Herd, HerdConfig,
-};
+use crate::cpu::{CpuMark, CpuShares};
+use crate::herd::{pid_listening_on, refused_places_url, rss_bytes, Herd, HerdConfig};
 use crate::load::{run_load, Expect, LoadReport, LoadSpec, Workload};
-use crate::report::{fmt_count, fmt_ns, fmt_rate, Row, Section};
+use crate::report::{fmt_count, fmt_ns, fmt_rate, fmt_share, Row, Section};
 use crate::scenarios::flood::first_update;
 use crate::scenarios::{five_servers, round3, Ctx, Target};
 use crate::survey::Survey;
@@ -187,42 +185,7 @@ impl Servers {
     }
 
     fn cpu(&self) -> CpuMark {
-        CpuMark {
-            at: Instant::now(),
-            servers: self.pids.iter().map(|p| p.and_then(cpu_secs)).collect(),
-            bench: own_cpu_secs(),
-            machine: machine_cpu_secs(),
-        }
-    }
-}
-
-/// Shares of one core: each server, the bench process, everything else on the machine.
-type CpuShares = (Vec<Option<f64>>, Option<f64>, Option<f64>);
-
-/// CPU seconds used so far by every server, this process and the whole machine: read before
-/// and after the load, so the row shows whether the herd or something outside it (a build
-/// beside the bench) had the cores.
-struct CpuMark {
-    at: Instant,
-    servers: Vec<Option<f64>>,
-    bench: Option<f64>,
-    machine: Option<f64>,
-}
-
-impl CpuMark {
-    /// Shares of one core from `self` to `later`: each server, the bench, and everything else.
-    fn shares(&self, later: &CpuMark) -> CpuShares {
-        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
-        let used = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / wall);
-        let servers: Vec<Option<f64>> = (self.servers.iter().zip(&later.servers))
-            .map(|(&a, &b)| used(a, b))
-            .collect();
-        let bench = used(self.bench, later.bench);
-        let outside = (|| {
-            let herd: f64 = servers.iter().flatten().sum();
-            Some((used(self.machine, later.machine)? - bench? - herd).max(0.0))
-        })();
-        (servers, bench, outside)
+        CpuMark::take(&self.pids)
     }
 }
 
@@ -582,26 +545,24 @@ fn load_rss_row(
 }
 
 /// Who used the CPU over the load (warm-up and drain included), as shares of one core.
-fn cpu_row(names: &[String], (servers, bench, outside): &CpuShares) -> Row {
-    let pct = |x: Option<f64>| x.map_or("?".to_string(), |x| format!("{:.0}%", x * 100.0));
+fn cpu_row(names: &[String], cpu: &CpuShares) -> Row {
     let mut cells: Vec<String> = names
         .iter()
-        .zip(servers)
-        .map(|(name, &x)| format!("{name} {}", pct(x)))
+        .zip(&cpu.servers)
+        .map(|(name, &x)| format!("{name} {}", fmt_share(x)))
         .collect();
-    cells.push(format!("bench {}", pct(*bench)));
-    cells.push(format!("outside {}", pct(*outside)));
+    cells.push(format!("bench {}", fmt_share(cpu.process)));
+    cells.push(format!("outside {}", fmt_share(cpu.other)));
     let mut row = Row::new("  CPU over the load").result(cells.join(", "));
-    for (name, x) in names.iter().zip(servers) {
+    let keys = names.iter().map(|name| format!("cpu_{name}"));
+    let keyed = keys.zip(&cpu.servers).chain([
+        ("cpu_bench".to_string(), &cpu.process),
+        ("cpu_outside".to_string(), &cpu.other),
+    ]);
+    for (key, x) in keyed {
         if let Some(x) = x {
-            row = row.figure(&format!("cpu_{name}"), round3(*x));
+            row = row.figure(&key, round3(*x));
         }
-    }
-    if let Some(x) = bench {
-        row = row.figure("cpu_bench", round3(*x));
-    }
-    if let Some(x) = outside {
-        row = row.figure("cpu_outside", round3(*x));
     }
     row
 }

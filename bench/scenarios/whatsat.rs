@@ -8,19 +8,20 @@
 //! IAMAT load on the idle server. A fresh server and fake for every row, so no lookup queued by
 //! one row is still being made in the next.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use herd_test_support::fake_places::FakePlaces;
 
-use crate::commands::{distinct_location, IamatLoad, Names, WhatsatLoad};
+use crate::commands::{IamatLoad, WhatsatLoad};
 use crate::herd::{rss_bytes, thread_count};
 use crate::load::{run_load, LoadReport, LoadSpec};
 use crate::report::{fmt_bytes, fmt_count, fmt_ns, Row, Section};
+use crate::sample::sample_until;
 use crate::scenarios::{load_row, round3, Ctx, Subject};
+use crate::seed::{seed, Locations};
 
 const DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(200)];
 /// The delay the targets are judged at.
@@ -34,9 +35,6 @@ const WINDOW_SECS: f64 = 5.0;
 const TARGET_DISTINCT_RATE: f64 = 800.0;
 const TARGET_REPEATED_RATE: f64 = 20_000.0;
 const TARGET_RSS_PER_THREAD: f64 = 128.0 * 1024.0;
-/// IAMATs per write while seeding: a batch's replies fit the socket buffers, so writing a
-/// batch before reading its replies cannot deadlock.
-const SEED_BATCH: usize = 500;
 /// How often RSS and threads are read during a load.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
@@ -171,7 +169,7 @@ fn measure(
     let clients: Vec<String> = (0..count as u64)
         .map(|i| ctx.names.client("w", i))
         .collect();
-    seed(&ctx.names, subject.addr(), &clients)?;
+    seed(&ctx.names, subject.addr(), &clients, Locations::Distinct)?;
 
     // IAMAT beside the WHATSATs: where the targets are judged, with the most lookups waiting.
     let beside = lookups == Lookups::Distinct && delay == JUDGED_DELAY;
@@ -226,7 +224,10 @@ fn load_and_watch(
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let (load, peak, side) = thread::scope(|scope| {
-        let sampler = scope.spawn(|| sample_peak(pid, idle, &stop));
+        let sampler = scope.spawn(|| {
+            let readings = sample_until(SAMPLE_EVERY, &stop, || ProcMark::read(pid));
+            readings.into_iter().fold(idle, ProcMark::max)
+        });
         let side = beside.then(|| scope.spawn(|| iamat_side_load(ctx, subject.addr(), window)));
         let load = run_load(&spec, workload);
         stop.store(true, Ordering::Relaxed);
@@ -247,18 +248,6 @@ fn load_and_watch(
         peak,
     };
     Ok((measured, side.transpose()?))
-}
-
-/// The highest RSS and thread count read every `SAMPLE_EVERY` until `stop`.
-fn sample_peak(pid: u32, idle: ProcMark, stop: &AtomicBool) -> ProcMark {
-    let mut peak = idle;
-    while !stop.load(Ordering::Relaxed) {
-        if let Some(now) = ProcMark::read(pid) {
-            peak = peak.max(now);
-        }
-        thread::sleep(SAMPLE_EVERY);
-    }
-    peak
 }
 
 /// IAMAT C=1 P=1 on one more connection. Beside a WHATSAT load of `window` (non-zero), it
@@ -374,37 +363,6 @@ fn push_iamat_rows(section: &mut Section, delay: Duration, idle: &LoadReport, bu
         .figure("p99_ratio", round3(ratio));
     row.result += &format!("  p99 {ratio:.2}x idle");
     section.rows.push(row);
-}
-
-/// Makes `clients` known to the server, client `i` at `distinct_location(i)`: IAMATs in
-/// batches of `SEED_BATCH` on one connection, every reply read and checked. (The hostile
-/// scenario seeds its clients with it too.)
-pub(crate) fn seed(names: &Names, addr: SocketAddr, clients: &[String]) -> Result<(), String> {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
-    let tick = names.now_tick();
-    let mut line = String::new();
-    for (batch_no, batch) in clients.chunks(SEED_BATCH).enumerate() {
-        let mut bytes = Vec::with_capacity(batch.len() * 96);
-        for (i, client) in batch.iter().enumerate() {
-            let location = distinct_location(batch_no * SEED_BATCH + i);
-            bytes.extend_from_slice(&names.iamat_at(client, &location, tick));
-        }
-        conn.write_all(&bytes).map_err(|e| format!("write: {e}"))?;
-        for client in batch {
-            line.clear();
-            reader
-                .read_line(&mut line)
-                .map_err(|e| format!("seeding {client}: {e}"))?;
-            if !line.starts_with("AT ") {
-                return Err(format!("IAMAT for {client} answered: {}", line.trim_end()));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The server's default `places cache-ms`, which (b) is judged against.
