@@ -8,7 +8,8 @@
 //! comes only once Places has answered, so the bench points Places at a port nobody listens on:
 //! the lookup fails at once and costs the server little. Every server is polled on its own
 //! connection, driven by one mio poll, so a slow answer from one delays no other; the
-//! connections are opened afresh, outside the timing, for every update.
+//! connections are opened afresh, outside the timing, for every update. A series of updates
+//! gives latency histograms: to every other server, and to the farthest ones.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdStream};
@@ -19,6 +20,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::commands::{whatsat, Names};
+use crate::hist::Histogram;
 
 /// A reply or connect slower than this means the server is stuck, not slow.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,6 +50,59 @@ struct Watcher {
     asked_at: Instant,
     /// When to ask again, after a `? ` that came sooner than the pacing interval.
     ask_due: Option<Instant>,
+}
+
+impl Watcher {
+    /// Reads what the server sent: when the WHATSAT it answered with AT was asked, if it did.
+    /// A `? ` is asked again, at once or when the pace allows.
+    fn hear(
+        &mut self,
+        chunk: &mut [u8],
+        ask: &[u8],
+        pace: Duration,
+    ) -> Result<Option<Instant>, String> {
+        loop {
+            match self.stream.read(chunk) {
+                Ok(0) => return Err("connection closed".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        while let Some(line) = take_line(&mut self.buf) {
+            if line.starts_with(b"AT ") {
+                return Ok(Some(self.asked_at));
+            }
+            if !line.starts_with(b"? ") {
+                return Err(format!(
+                    "unexpected reply to WHATSAT: {}",
+                    String::from_utf8_lossy(&line)
+                ));
+            }
+            let now = Instant::now();
+            let due = self.asked_at + pace;
+            if due <= now {
+                self.asked_at = now;
+                write_small(&mut self.stream, ask)?;
+            } else {
+                self.ask_due = Some(due);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// How long to poll until `wake`: epoll waits in whole milliseconds (mio rounds up), so the
+/// whole milliseconds are waited there and what is left below one is slept here.
+fn poll_wait(wake: Instant, now: Instant) -> Duration {
+    let wait = wake.saturating_duration_since(now);
+    if wait < Duration::from_millis(1) {
+        thread::sleep(wait);
+        Duration::ZERO
+    } else {
+        Duration::from_millis(wait.as_millis() as u64)
+    }
 }
 
 /// An origin server and the servers whose learning of its updates is timed.
@@ -169,58 +224,20 @@ impl Flood {
                 .min()
                 .unwrap_or(deadline)
                 .min(deadline);
-            // epoll waits in whole milliseconds (mio rounds up): wait the whole milliseconds
-            // there, and sleep what is left below one.
-            let mut wait = wake.saturating_duration_since(now);
-            if wait < Duration::from_millis(1) {
-                thread::sleep(wait);
-                wait = Duration::ZERO;
-            } else {
-                wait = Duration::from_millis(wait.as_millis() as u64);
-            }
-            match self.poll.poll(&mut events, Some(wait)) {
+            match self.poll.poll(&mut events, Some(poll_wait(wake, now))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("mio poll: {e}")),
             }
             for event in events.iter() {
                 let i = event.token().0;
-                let Some(watcher) = watchers.get_mut(i) else {
+                let Some(watcher) = watchers.get_mut(i).filter(|_| known[i].is_none()) else {
                     continue;
                 };
-                if known[i].is_some() {
-                    continue;
-                }
-                loop {
-                    match watcher.stream.read(&mut chunk) {
-                        Ok(0) => return Err(format!("{}: connection closed", self.addrs[i])),
-                        Ok(n) => watcher.buf.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(format!("{}: read: {e}", self.addrs[i])),
-                    }
-                }
-                while let Some(line) = take_line(&mut watcher.buf) {
-                    if line.starts_with(b"AT ") {
-                        known[i] = Some(watcher.asked_at - t0);
-                        pending -= 1;
-                        break;
-                    }
-                    if !line.starts_with(b"? ") {
-                        return Err(format!(
-                            "{}: unexpected reply to WHATSAT: {}",
-                            self.addrs[i],
-                            String::from_utf8_lossy(&line)
-                        ));
-                    }
-                    let now = Instant::now();
-                    let due = watcher.asked_at + self.pace;
-                    if due <= now {
-                        watcher.asked_at = now;
-                        write_small(&mut watcher.stream, ask)?;
-                    } else {
-                        watcher.ask_due = Some(due);
-                    }
+                let heard = watcher.hear(&mut chunk, ask, self.pace);
+                if let Some(asked_at) = heard.map_err(|e| format!("{}: {e}", self.addrs[i]))? {
+                    known[i] = Some(asked_at - t0);
+                    pending -= 1;
                 }
             }
         }
@@ -245,6 +262,71 @@ impl Flood {
                 Err(e) => return Err(format!("origin: read: {e}")),
             }
         }
+    }
+}
+
+/// Latencies of a series of updates: to every other server, and to the farthest ones.
+#[derive(Default)]
+pub struct FloodTimes {
+    pub to_all: Histogram,
+    pub to_farthest: Histogram,
+    /// Updates some server had not learnt within the per-update timeout.
+    pub lost: u64,
+    /// The client id of every update sent.
+    pub clients: Vec<String>,
+}
+
+/// Times up to `count` updates (for at most `budget`), each waited for at most `timeout`.
+pub fn time_updates(
+    flood: &mut Flood,
+    kind: &str,
+    farthest: &[usize],
+    count: usize,
+    budget: Duration,
+    timeout: Duration,
+) -> Result<FloodTimes, String> {
+    let mut times = FloodTimes::default();
+    let start = Instant::now();
+    for _ in 0..count {
+        if start.elapsed() >= budget {
+            break;
+        }
+        let known = flood.sample(kind, timeout)?;
+        times.clients.push(flood.last_client().to_string());
+        if known.iter().any(Option::is_none) {
+            times.lost += 1;
+            continue;
+        }
+        let ns = |d: &Option<Duration>| d.unwrap_or_default().as_nanos() as u64;
+        times.to_all.record(known.iter().map(ns).max().unwrap_or(0));
+        times
+            .to_farthest
+            .record(farthest.iter().map(|&i| ns(&known[i])).max().unwrap_or(0));
+    }
+    Ok(times)
+}
+
+/// Waits (bounded) for the first update to reach every server: links come up after start.
+pub fn first_update(
+    flood: &mut Flood,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let known = flood.sample("w", timeout)?;
+    let missing: Vec<&str> = known
+        .iter()
+        .zip(names)
+        .filter(|(k, _)| k.is_none())
+        .map(|(_, n)| n.as_str())
+        .collect();
+    if missing.is_empty() {
+        Ok(known.iter().flatten().max().copied().unwrap_or_default())
+    } else {
+        Err(format!(
+            "the first update did not reach {} within {} s (are the herd links built?)",
+            missing.join(", "),
+            timeout.as_secs()
+        ))
     }
 }
 

@@ -112,6 +112,14 @@ impl Section {
         }
     }
 
+    /// Runs `measure` into this section: the rows it added, and why it stopped if it failed.
+    pub fn measured(mut self, measure: impl FnOnce(&mut Section) -> Result<(), String>) -> Section {
+        match measure(&mut self) {
+            Ok(()) => self,
+            Err(why) => self.unavailable(why),
+        }
+    }
+
     pub fn unavailable(mut self, why: impl Into<String>) -> Section {
         self.unavailable = Some(why.into());
         self

@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
-use crate::herd::{refused_places_url, Herd, HerdConfig};
+use crate::herd::refused_places_url;
 use crate::logscan::{scan_logs, LogScan};
 use crate::report::{fmt_count, fmt_latency, fmt_ns, Row, Section};
-use crate::scenarios::flood::{first_update, time_updates};
-use crate::scenarios::{distances, eccentricity, Ctx, Target};
-use crate::watch::Flood;
+use crate::scenarios::{eccentricity, farthest, grid, Ctx, Fleet};
+use crate::watch::{first_update, time_updates, Flood, FloodTimes};
 
 /// Each server is asked at most every millisecond, a tenth of the 10 ms target: polling 31
 /// servers flat out would take the CPU the flood needs.
@@ -19,60 +18,19 @@ const PACE: Duration = Duration::from_millis(1);
 const ROWS: usize = 4;
 const COLS: usize = 8;
 
-/// The grid: server (r, c) links to (r, c + 1) and (r + 1, c).
-fn grid() -> (Vec<String>, Vec<(usize, usize)>) {
-    let names = (0..ROWS * COLS)
-        .map(|i| format!("G{}x{}", i / COLS, i % COLS))
-        .collect();
-    let mut links = Vec::new();
-    for r in 0..ROWS {
-        for c in 0..COLS {
-            let i = r * COLS + c;
-            if c + 1 < COLS {
-                links.push((i, i + 1));
-            }
-            if r + 1 < ROWS {
-                links.push((i, i + COLS));
-            }
-        }
-    }
-    (names, links)
-}
-
 pub fn run(ctx: &Ctx) -> Section {
-    let mut section = Section::new("6 bigherd", "32-server herd");
-    match measure(ctx, &mut section) {
-        Ok(()) => section,
-        Err(why) => section.unavailable(why),
-    }
+    Section::new("6 bigherd", "32-server herd").measured(|section| measure(ctx, section))
 }
 
 fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
-    let (names, addrs, links, log_dir, mut herd) = match &ctx.target {
-        Some(Target::Addr(_)) => {
-            return Err("--target for bigherd needs a herd.conf (or a comma-separated list)".into())
-        }
-        Some(Target::Herd(t)) => (
-            t.names.clone(),
-            t.addrs.clone(),
-            t.links.clone(),
-            t.log_dir.clone(),
-            None,
-        ),
-        None => {
-            let (names, links) = grid();
-            let config = HerdConfig::new(&names, &links)?.with(&refused_places_url()?);
-            let herd = Herd::start(&ctx.bin, config, "bigherd")?;
-            let dir = herd.dir.path().to_path_buf();
-            (names, herd.addrs(), links, Some(dir), Some(herd))
-        }
-    };
-    let n = names.len();
+    let directives = [refused_places_url()?];
+    let mut fleet = Fleet::start(ctx, "bigherd", grid(ROWS, COLS), &directives)?;
+    let (n, links) = (fleet.names.len(), &fleet.links);
     if n < 2 {
         return Err("bigherd needs at least two servers".into());
     }
     // Origin: a server of greatest eccentricity (a grid corner); diameter: over all pairs.
-    let ecc: Vec<Option<usize>> = (0..n).map(|i| eccentricity(n, &links, i)).collect();
+    let ecc: Vec<Option<usize>> = (0..n).map(|i| eccentricity(n, links, i)).collect();
     let diameter = if ecc.iter().all(Option::is_some) {
         ecc.iter().flatten().max().copied()
     } else {
@@ -81,81 +39,69 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let origin = (0..n)
         .max_by_key(|&i| (ecc[i].unwrap_or(0), std::cmp::Reverse(i)))
         .unwrap_or(0);
-    let dist = distances(n, &links, origin);
-    let others: Vec<usize> = (0..n).filter(|&i| i != origin).collect();
-    let far = others.iter().filter_map(|&i| dist[i]).max();
-    let farthest: Vec<usize> = others
-        .iter()
-        .enumerate()
-        .filter(|&(_, &i)| links.is_empty() || dist[i] == far)
-        .map(|(k, _)| k)
-        .collect();
-    let other_addrs: Vec<_> = others.iter().map(|&i| addrs[i]).collect();
-    let other_names: Vec<String> = others.iter().map(|&i| names[i].clone()).collect();
+    let (far, farthest) = farthest(n, links, origin);
+    let others = fleet.others(origin);
+    let other_addrs: Vec<_> = others.iter().map(|&i| fleet.addrs[i]).collect();
+    let other_names: Vec<String> = others.iter().map(|&i| fleet.names[i].clone()).collect();
     let shape = match diameter {
         Some(d) => format!("{n} servers, {} links, diameter {d}", links.len()),
         None if links.is_empty() => format!("{n} servers, links unknown"),
         None => format!("{n} servers, {} links, not connected", links.len()),
     };
 
-    let mut flood = Flood::new(addrs[origin], &other_addrs, &ctx.names, PACE)?;
+    let mut flood = Flood::new(fleet.addrs[origin], &other_addrs, &ctx.names, PACE)?;
     let first = first_update(&mut flood, &other_names, Duration::from_secs(20))?;
     section.notes.push(format!(
         "{shape}; first update after start reached all in {:.1} ms",
         first.as_secs_f64() * 1e3
     ));
-    let updates = ctx.count(40);
-    let times = time_updates(
-        &mut flood,
-        "g",
-        &farthest,
-        updates,
-        ctx.secs(20.0),
-        Duration::from_secs(3),
-    )?;
+    let (count, budget) = (ctx.count(40), ctx.secs(20.0));
+    let timeout = Duration::from_secs(3);
+    let times = time_updates(&mut flood, "g", &farthest, count, budget, timeout)?;
     drop(flood);
-    let timed = times.to_all.count();
-    let mut row = Row::new(format!("{shape}: {} -> all", names[origin]))
-        .result(format!(
-            "{}  (n={timed}{})",
-            fmt_latency(&times.to_all),
-            if times.lost > 0 {
-                format!(", {} lost", times.lost)
-            } else {
-                String::new()
-            }
-        ))
+    let row = Row::new(format!("{shape}: {} -> all", fleet.names[origin]))
         .figure("servers", n)
         .figure("links", links.len())
-        .figure("diameter", diameter)
+        .figure("diameter", diameter);
+    section.rows.push(add_times(row, &times, far));
+
+    // Peer messages and the servers' own clocks: the logs are complete once every server
+    // has flushed and exited.
+    let links = fleet.links.len();
+    fleet.terminate();
+    let scan = match &fleet.log_dir {
+        Some(dir) => scan_logs(dir, &fleet.names, origin, &times.clients),
+        None => Err("log directory unknown".into()),
+    };
+    section.rows.extend(log_rows(scan, &times.clients, links));
+    Ok(())
+}
+
+/// Time to all (the target's figure), with the farthest servers' p50 beside it.
+fn add_times(row: Row, times: &FloodTimes, far: Option<usize>) -> Row {
+    let lost = match times.lost {
+        0 => String::new(),
+        n => format!(", {n} lost"),
+    };
+    let mut result = format!(
+        "{}  (n={}{lost})",
+        fmt_latency(&times.to_all),
+        times.to_all.count()
+    );
+    if let Some(hops) = far {
+        result += &format!(
+            "; farthest ({hops} hops) p50 {}",
+            fmt_ns(times.to_farthest.percentile(0.5))
+        );
+    }
+    row.result(result)
         .figure("lost", times.lost)
         .latency("all_", &times.to_all)
         .latency("farthest_", &times.to_farthest)
         .check(
             "p99 <= 10 ms",
             times.to_all.percentile(0.99) <= 10_000_000 && times.lost == 0,
-        );
-    if let Some(hops) = far {
-        row.result += &format!(
-            "; farthest ({hops} hops) p50 {}",
-            fmt_ns(times.to_farthest.percentile(0.5))
-        );
-    }
-    section.rows.push(row);
-
-    // Peer messages and the servers' own clocks: the logs are complete once every server
-    // has flushed and exited.
-    if let Some(herd) = herd.as_mut() {
-        herd.terminate();
-    }
-    let scan = match &log_dir {
-        Some(dir) => scan_logs(dir, &names, origin, &times.clients),
-        None => Err("log directory unknown".into()),
-    };
-    section
-        .rows
-        .extend(log_rows(scan, &times.clients, links.len()));
-    Ok(())
+        )
 }
 
 /// The log-clock cross-check and the peer-message count, or why they could not be read.

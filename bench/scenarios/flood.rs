@@ -11,86 +11,23 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::commands::IamatLoad;
-use crate::herd::{pid_listening_on, refused_places_url, Herd, HerdConfig};
-use crate::hist::Histogram;
+use crate::herd::{refused_places_url, Herd, HerdConfig};
 use crate::load::{run_load, LoadReport, LoadSpec};
 use crate::logscan::scan_logs;
 use crate::report::{fmt_latency, fmt_rate, fmt_stats, Row, Section, Stat};
-use crate::scenarios::{distances, five_servers, load_row, Ctx, Target};
-use crate::watch::Flood;
+use crate::scenarios::{farthest, five_servers, iamat_load, load_row, Ctx, Fleet, Subject};
+use crate::watch::{first_update, time_updates, Flood, FloodTimes};
 
 /// Each server is asked at most every 100 µs, a tenth of the 1 ms target: asking flat out
 /// would take CPU the flood needs on a small machine, and the figure stays within 0.1 ms (plus
 /// a round trip) of the arrival.
 const PACE: Duration = Duration::from_micros(100);
 
-/// Latencies of a series of updates: to every other server, and to the farthest ones.
-#[derive(Default)]
-pub struct FloodTimes {
-    pub to_all: Histogram,
-    pub to_farthest: Histogram,
-    /// Updates some server had not learnt within the per-update timeout.
-    pub lost: u64,
-    /// The client id of every update sent.
-    pub clients: Vec<String>,
-}
-
-/// Times up to `count` updates (for at most `budget`), each waited for at most `timeout`.
-pub fn time_updates(
-    flood: &mut Flood,
-    kind: &str,
-    farthest: &[usize],
-    count: usize,
-    budget: Duration,
-    timeout: Duration,
-) -> Result<FloodTimes, String> {
-    let mut times = FloodTimes::default();
-    let start = Instant::now();
-    for _ in 0..count {
-        if start.elapsed() >= budget {
-            break;
-        }
-        let known = flood.sample(kind, timeout)?;
-        times.clients.push(flood.last_client().to_string());
-        if known.iter().any(Option::is_none) {
-            times.lost += 1;
-            continue;
-        }
-        let ns = |d: &Option<Duration>| d.unwrap_or_default().as_nanos() as u64;
-        times.to_all.record(known.iter().map(ns).max().unwrap_or(0));
-        times
-            .to_farthest
-            .record(farthest.iter().map(|&i| ns(&known[i])).max().unwrap_or(0));
-    }
-    Ok(times)
-}
-
-/// Waits (bounded) for the first update to reach every server: links come up after start.
-pub fn first_update(
-    flood: &mut Flood,
-    names: &[String],
-    timeout: Duration,
-) -> Result<Duration, String> {
-    let known = flood.sample("w", timeout)?;
-    let missing: Vec<&str> = known
-        .iter()
-        .zip(names)
-        .filter(|(k, _)| k.is_none())
-        .map(|(_, n)| n.as_str())
-        .collect();
-    if missing.is_empty() {
-        Ok(known.iter().flatten().max().copied().unwrap_or_default())
-    } else {
-        Err(format!(
-            "the first update did not reach {} within {} s (are the herd links built?)",
-            missing.join(", "),
-            timeout.as_secs()
-        ))
-    }
-}
+/// IAMAT load at the origin while updates are timed, and for the herd-vs-alone rate.
+const LOAD: (usize, usize) = (50, 1);
 
 fn times_row(config: String, times: &FloodTimes, limit_ns: u64, goal: &str) -> Row {
     let mut result = format!(
@@ -113,43 +50,20 @@ fn times_row(config: String, times: &FloodTimes, limit_ns: u64, goal: &str) -> R
 }
 
 pub fn run(ctx: &Ctx) -> Section {
-    let mut section = Section::new("2 flood", "five-server herd");
-    match measure(ctx, &mut section) {
-        Ok(()) => section,
-        Err(why) => section.unavailable(why),
-    }
+    Section::new("2 flood", "five-server herd").measured(|section| measure(ctx, section))
 }
 
 fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let directives = [refused_places_url()?];
-    let (names, addrs, links, mut herd) = match &ctx.target {
-        Some(Target::Addr(_)) => {
-            return Err("--target for flood needs a comma-separated list or a herd.conf".into())
-        }
-        Some(Target::Herd(t)) => (t.names.clone(), t.addrs.clone(), t.links.clone(), None),
-        None => {
-            let (names, links) = five_servers();
-            let mut config = HerdConfig::new(&names, &links)?;
-            for d in &directives {
-                config = config.with(d);
-            }
-            let herd = Herd::start(&ctx.bin, config, "flood")?;
-            (names, herd.addrs(), links, Some(herd))
-        }
-    };
-    if addrs.len() < 2 {
+    let mut fleet = Fleet::start(ctx, "flood", five_servers(), &directives)?;
+    let names = &fleet.names;
+    if names.len() < 2 {
         return Err("flood needs at least two servers".into());
     }
-    let origin = &names[0];
-    let dist = distances(names.len(), &links, 0);
-    let far_hops = dist[1..].iter().flatten().max().copied();
-    // Positions among the other servers (index - 1) of the farthest ones.
-    let farthest: Vec<usize> = (1..names.len())
-        .filter(|&i| links.is_empty() || dist[i] == far_hops)
-        .map(|i| i - 1)
-        .collect();
+    let origin = names[0].clone();
+    let (far_hops, farthest) = farthest(names.len(), &fleet.links, 0);
     let far_label = match far_hops {
-        Some(hops) if !links.is_empty() => format!(
+        Some(hops) => format!(
             "{} ({hops} hops)",
             farthest
                 .iter()
@@ -157,49 +71,37 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        _ => "all others".to_string(),
+        None => "all others".to_string(),
     };
 
-    let mut flood = Flood::new(addrs[0], &addrs[1..], &ctx.names, PACE)?;
+    let mut flood = Flood::new(fleet.addrs[0], &fleet.addrs[1..], &ctx.names, PACE)?;
     let first = first_update(&mut flood, &names[1..], Duration::from_secs(10))?;
     section.notes.push(format!(
         "first update after start reached every server in {:.1} ms",
         first.as_secs_f64() * 1e3
     ));
+    let series = |flood: &mut Flood, kind: &str| {
+        let (count, budget) = (ctx.count(300), ctx.secs(10.0));
+        time_updates(
+            flood,
+            kind,
+            &farthest,
+            count,
+            budget,
+            Duration::from_secs(2),
+        )
+    };
+    let idle = series(&mut flood, "f")?;
+    let in_herd = iamat_load(ctx, fleet.server(0), LOAD, 3.0, None)?;
+    let (loaded, background) = under_load(ctx, &fleet, || series(&mut flood, "l"))?;
+    drop(flood);
 
-    let count = ctx.count(300);
-    let budget = ctx.secs(10.0);
-    let timeout = Duration::from_secs(2);
-    let idle = time_updates(&mut flood, "f", &farthest, count, budget, timeout)?;
     let mut idle_row = times_row(
         format!("idle, {origin} -> {far_label}"),
         &idle,
         1_000_000,
         "p99 <= 1 ms",
     );
-
-    let origin_pid = match &herd {
-        Some(herd) => herd.pid(0),
-        None => pid_listening_on(addrs[0]),
-    };
-    let spec = LoadSpec::new(addrs[0], 50, 1, ctx.secs(3.0)).server(origin_pid);
-    let in_herd = run_load(&spec, &mut IamatLoad::cycling(&ctx.names, 50))?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let background = {
-        let mut spec = LoadSpec::new(addrs[0], 50, 1, Duration::from_secs(120));
-        spec.stop = Some(stop.clone());
-        let mut work = IamatLoad::cycling(&ctx.names, 50);
-        thread::spawn(move || run_load(&spec, &mut work))
-    };
-    thread::sleep(Duration::from_millis(500));
-    let loaded = time_updates(&mut flood, "l", &farthest, count, budget, timeout);
-    stop.store(true, Ordering::Relaxed);
-    let background = background
-        .join()
-        .map_err(|_| "the background load panicked".to_string())?;
-    let loaded = loaded?;
-    let background = background?;
     let mut loaded_row = times_row(
         format!("under C=50 P=1 IAMAT load at {origin}"),
         &loaded,
@@ -207,40 +109,66 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
         "p99 <= 5 ms",
     );
     loaded_row.result += &format!("  load {}", fmt_rate(background.rate()));
-    drop(flood);
-
     // The same updates by the servers' own clocks (complete once every server has flushed).
-    if let Some(herd) = herd.as_mut() {
-        herd.terminate();
-    }
-    let log_dir = match (&herd, &ctx.target) {
-        (Some(herd), _) => Some(herd.dir.path().to_path_buf()),
-        (None, Some(Target::Herd(t))) => t.log_dir.clone(),
-        _ => None,
+    fleet.terminate();
+    add_log_clocks(&fleet, [(&mut idle_row, &idle), (&mut loaded_row, &loaded)]);
+    section.rows.extend([idle_row, loaded_row]);
+    drop(fleet);
+    herd_vs_alone(ctx, section, &in_herd, &origin, &directives)
+}
+
+/// Runs `timed` while a C=50 P=1 IAMAT load runs at the origin on another thread: what
+/// `timed` returned, and the load's report.
+fn under_load(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    timed: impl FnOnce() -> Result<FloodTimes, String>,
+) -> Result<(FloodTimes, LoadReport), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let mut spec = LoadSpec::new(fleet.addrs[0], LOAD.0, LOAD.1, Duration::from_secs(120));
+        spec.stop = Some(stop.clone());
+        let mut work = IamatLoad::cycling(&ctx.names, LOAD.0);
+        thread::spawn(move || run_load(&spec, &mut work))
     };
-    if let Some(scan) = log_dir.and_then(|dir| {
-        scan_logs(
-            &dir,
-            &names,
-            0,
-            &[idle.clients.clone(), loaded.clients.clone()].concat(),
-        )
-        .ok()
-    }) {
-        for (row, times) in [(&mut idle_row, &idle), (&mut loaded_row, &loaded)] {
-            let spreads = scan.spreads(&times.clients);
-            if spreads.count() > 0 {
-                let stats = fmt_stats(&spreads, &[Stat::P50, Stat::P99], " ");
-                row.result += &format!("  [log clocks: {stats}]");
-                row.add_latency("log_all_", &spreads);
-            }
+    thread::sleep(Duration::from_millis(500));
+    let times = timed();
+    stop.store(true, Ordering::Relaxed);
+    let background = background
+        .join()
+        .map_err(|_| "the background load panicked".to_string())?;
+    Ok((times?, background?))
+}
+
+/// Beside each row, the same updates timed by the servers' own log clocks, when the logs can
+/// be read.
+fn add_log_clocks(fleet: &Fleet, rows: [(&mut Row, &FloodTimes); 2]) {
+    let clients: Vec<String> = rows.iter().flat_map(|(_, t)| t.clients.clone()).collect();
+    let Some(scan) =
+        (fleet.log_dir.as_ref()).and_then(|dir| scan_logs(dir, &fleet.names, 0, &clients).ok())
+    else {
+        return;
+    };
+    for (row, times) in rows {
+        let spreads = scan.spreads(&times.clients);
+        if spreads.count() > 0 {
+            let stats = fmt_stats(&spreads, &[Stat::P50, Stat::P99], " ");
+            row.result += &format!("  [log clocks: {stats}]");
+            row.add_latency("log_all_", &spreads);
         }
     }
-    section.rows.push(idle_row);
-    section.rows.push(loaded_row);
-    drop(herd);
+}
 
-    let herd_row = load_row(format!("IAMAT C=50 P=1 at {origin}, in the herd"), &in_herd);
+/// The IAMAT rate at the origin inside the herd, against one server with no links (not with
+/// `--target`).
+fn herd_vs_alone(
+    ctx: &Ctx,
+    section: &mut Section,
+    in_herd: &LoadReport,
+    origin: &str,
+    directives: &[String],
+) -> Result<(), String> {
+    let herd_row = load_row(format!("IAMAT C=50 P=1 at {origin}, in the herd"), in_herd);
     if ctx.target.is_some() {
         section.rows.push(herd_row);
         section
@@ -248,8 +176,13 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
             .push("with --target the rate alone is not measured".into());
         return Ok(());
     }
-    let alone = alone_rate(ctx, &directives)?;
-    let ratio = in_herd.rate() / alone.0.rate().max(1.0);
+    let mut config = HerdConfig::single("Bailey")?;
+    for d in directives {
+        config = config.with(d);
+    }
+    let alone = Subject::Own(Herd::start(&ctx.bin, config, "alone")?);
+    let load = iamat_load(ctx, alone.server(), LOAD, 3.0, None)?;
+    let ratio = in_herd.rate() / load.rate().max(1.0);
     section.rows.push(
         herd_row
             .figure("ratio_to_alone", (ratio * 1000.0).round() / 1000.0)
@@ -258,19 +191,8 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
                 ratio >= 0.5,
             ),
     );
-    section.rows.push(alone.1);
+    section
+        .rows
+        .push(load_row("IAMAT C=50 P=1, one server alone", &load));
     Ok(())
-}
-
-/// The same load against one server with no links, for comparison.
-fn alone_rate(ctx: &Ctx, directives: &[String]) -> Result<(LoadReport, Row), String> {
-    let mut config = HerdConfig::single("Bailey")?;
-    for d in directives {
-        config = config.with(d);
-    }
-    let herd = Herd::start(&ctx.bin, config, "alone")?;
-    let spec = LoadSpec::new(herd.config.addrs[0], 50, 1, ctx.secs(3.0)).server(herd.pid(0));
-    let load = run_load(&spec, &mut IamatLoad::cycling(&ctx.names, 50))?;
-    let row = load_row("IAMAT C=50 P=1, one server alone", &load);
-    Ok((load, row))
 }

@@ -16,8 +16,8 @@ use herd_test_support::fake_places::FakePlaces;
 
 use crate::commands::{whatsat, IamatLoad, WhatsatLoad};
 use crate::load::{run_load, run_load_each, LoadReport, LoadSpec};
-use crate::report::{fmt_ns, fmt_rate, Section};
-use crate::scenarios::{load_row, Ctx, Subject};
+use crate::report::{fmt_duration, fmt_rate, Row, Section};
+use crate::scenarios::{iamat_load, load_row, p99_ratio, Ctx, Subject};
 use crate::seed::{seed, Locations};
 
 const WAITING: usize = 200;
@@ -71,24 +71,11 @@ fn measure(ctx: &Ctx, delay: Duration, section: &mut Section) -> Result<(), Stri
     let label = if ctx.target.is_some() {
         "target's Places".to_string()
     } else {
-        format!("Places {}", fmt_ns(delay.as_nanos() as u64))
+        format!("Places {}", fmt_duration(delay))
     };
-
-    // WHATSAT throughput: 50 connections, each asking about a client of its own. No warm-up:
-    // with a 2 s Places the first replies come only after 2 s.
-    let subject = Subject::start(ctx, "places", &[&places])?;
-    let clients: Vec<String> = (0..50).map(|i| ctx.names.client("p", i)).collect();
-    seed(&ctx.names, subject.addr(), &clients, Locations::Same)?;
-    let window = ctx.secs(4.0).max(delay * 3 + Duration::from_millis(300));
-    let mut spec = LoadSpec::new(subject.addr(), 50, 1, window).server(subject.pid());
-    spec.warmup = Duration::ZERO;
-    spec.drain = Duration::from_millis(200);
-    let load = run_load(&spec, &mut WhatsatLoad::new(&clients))?;
-    let row = load_row(format!("WHATSAT C=50 P=1, {label}"), &load);
     section
         .rows
-        .push(row.figure("places_delay_ms", delay.as_millis() as u64));
-    drop(subject);
+        .push(whatsat_throughput(ctx, &places, delay, &label)?);
 
     // IAMAT latency on a server with no WHATSAT waiting and on one with 200 waiting on other
     // connections. Saturated first, measured in alternation so that a disturbance from outside
@@ -103,13 +90,72 @@ fn measure(ctx: &Ctx, delay: Duration, section: &mut Section) -> Result<(), Stri
     let twins = busy.is_some();
     let rounds = if twins { 3 } else { 1 };
     let judged = delay >= Duration::from_secs(2) || !twins;
-    let mut without = iamat_load(ctx, &quiet, None)?;
+    let mut without = iamat(ctx, &quiet, None)?;
     let mut paced_without = None;
     if judged && !twins {
         let rate = paced_rate(&without);
-        paced_without = Some((rate, iamat_load(ctx, &quiet, Some(rate))?));
+        paced_without = Some((rate, iamat(ctx, &quiet, Some(rate))?));
     }
     let busy = busy.as_ref().unwrap_or(&quiet);
+    let mut waiting = make_waiting(ctx, busy, &fake)?;
+    let mut with = iamat(ctx, busy, None)?;
+    for _ in 1..rounds {
+        without.absorb(iamat(ctx, &quiet, None)?);
+        with.absorb(iamat(ctx, busy, None)?);
+    }
+    let answered = answered_count(&mut waiting);
+    let saturated_ratio = p99_ratio(&with, &without);
+    section.rows.push(load_row(
+        format!("IAMAT C=50 P=1, {label}, no WHATSAT waiting"),
+        &without,
+    ));
+    let mut row = load_row(
+        format!("IAMAT C=50 P=1, {label}, {WAITING} WHATSATs waiting"),
+        &with,
+    )
+    .figure("whatsats_answered_meanwhile", answered)
+    .figure("p99_ratio", saturated_ratio);
+    row.result += &format!(
+        "  p99 {saturated_ratio:.2}x without  ({answered} of {WAITING} answered meanwhile)"
+    );
+    section.rows.push(row);
+    if !judged {
+        return Ok(());
+    }
+    let (rate, first_without) = match paced_without {
+        Some((rate, run)) => (rate, Some(run)),
+        None => (paced_rate(&without), None),
+    };
+    let paced = paced_runs(ctx, (&quiet, busy), rate, first_without)?;
+    let answered = answered_count(&mut waiting);
+    drop(waiting);
+    paced_rows(section, &label, &paced, (answered, saturated_ratio));
+    Ok(())
+}
+
+/// WHATSAT throughput: 50 connections, each asking about a client of its own, on a fresh
+/// server. No warm-up: with a 2 s Places the first replies come only after 2 s.
+fn whatsat_throughput(
+    ctx: &Ctx,
+    places: &str,
+    delay: Duration,
+    label: &str,
+) -> Result<Row, String> {
+    let subject = Subject::start(ctx, "places", &[places])?;
+    let clients: Vec<String> = (0..50).map(|i| ctx.names.client("p", i)).collect();
+    seed(&ctx.names, subject.addr(), &clients, Locations::Same)?;
+    let window = ctx.secs(4.0).max(delay * 3 + Duration::from_millis(300));
+    let mut spec = LoadSpec::new(subject.addr(), 50, 1, window).server(subject.pid());
+    spec.warmup = Duration::ZERO;
+    spec.drain = Duration::from_millis(200);
+    let load = run_load(&spec, &mut WhatsatLoad::new(&clients))?;
+    let row = load_row(format!("WHATSAT C=50 P=1, {label}"), &load);
+    Ok(row.figure("places_delay_ms", delay.as_millis() as u64))
+}
+
+/// `WAITING` connections to `busy`, each with a WHATSAT written that waits on Places (a
+/// client of their own made known first); returns once the fake has seen a request.
+fn make_waiting(ctx: &Ctx, busy: &Subject, fake: &FakePlaces) -> Result<Vec<TcpStream>, String> {
     let client = ctx.names.client("q", 0);
     seed(
         &ctx.names,
@@ -129,101 +175,102 @@ fn measure(ctx: &Ctx, delay: Duration, section: &mut Section) -> Result<(), Stri
         return Err("the server sent no request to the fake Places".into());
     }
     thread::sleep(Duration::from_millis(50));
-    let mut with = iamat_load(ctx, busy, None)?;
-    for _ in 1..rounds {
-        without.absorb(iamat_load(ctx, &quiet, None)?);
-        with.absorb(iamat_load(ctx, busy, None)?);
-    }
-    let answered = answered_count(&mut waiting);
+    Ok(waiting)
+}
 
-    let saturated_ratio = p99_ratio(&with, &without);
-    section.rows.push(load_row(
-        format!("IAMAT C=50 P=1, {label}, no WHATSAT waiting"),
-        &without,
-    ));
-    let mut row = load_row(
-        format!("IAMAT C=50 P=1, {label}, {WAITING} WHATSATs waiting"),
-        &with,
-    )
-    .figure("whatsats_answered_meanwhile", answered)
-    .figure("p99_ratio", saturated_ratio);
-    row.result += &format!(
-        "  p99 {saturated_ratio:.2}x without  ({answered} of {WAITING} answered meanwhile)"
-    );
-    section.rows.push(row);
-    if !judged {
-        return Ok(());
-    }
+/// The paced comparison: reports without and with over every counted round, each round's
+/// p99 ratio, and the rate.
+struct Paced {
+    without: LoadReport,
+    with: LoadReport,
+    by_round: Vec<f64>,
+    rate: f64,
+    twins: bool,
+}
 
-    // The paced pair, at the same rate on both. With twins, each round drives both servers in
-    // one run, their connections dealt out in turn so that their commands alternate in time:
-    // a disturbance from outside (another process, the host's scheduling) then falls on both
-    // alike, where runs one after the other each get their own. Which server's connection
-    // goes first alternates from round to round. With --target the run without was made
-    // before the WHATSATs were sent.
-    let (rate, mut first_without) = match paced_without {
-        Some((rate, run)) => (rate, Some(run)),
-        None => (paced_rate(&without), None),
-    };
+/// The paced pair, at the same rate on both. With twins, each round drives both servers in
+/// one run, their connections dealt out in turn so that their commands alternate in time: a
+/// disturbance from outside (another process, the host's scheduling) then falls on both
+/// alike, where runs one after the other each get their own. Which server's connection goes
+/// first alternates from round to round. With --target (one server, no twins) the run
+/// without was made before the WHATSATs were sent: `first_without`.
+fn paced_runs(
+    ctx: &Ctx,
+    (quiet, busy): (&Subject, &Subject),
+    rate: f64,
+    mut first_without: Option<LoadReport>,
+) -> Result<Paced, String> {
+    let twins = first_without.is_none();
     let rounds = if twins { PACED_ROUNDS } else { 1 };
     if twins {
         // A round not counted: the first one after the saturated runs came out worse for the
         // busy server (the last to run saturated) more often than not.
-        paced_pair(ctx, &quiet, busy, rate, true)?;
+        paced_pair(ctx, quiet, busy, rate, true)?;
     }
-    let mut paced_without = LoadReport::default();
-    let mut paced_with = LoadReport::default();
-    let mut by_round = Vec::with_capacity(rounds);
+    let mut paced = Paced {
+        without: LoadReport::default(),
+        with: LoadReport::default(),
+        by_round: Vec::with_capacity(rounds),
+        rate,
+        twins,
+    };
     for round in 0..rounds {
         let (quiet_run, busy_run) = match first_without.take() {
-            Some(run) => (run, iamat_load(ctx, busy, Some(rate))?),
-            None => paced_pair(ctx, &quiet, busy, rate, round % 2 == 1)?,
+            Some(run) => (run, iamat(ctx, busy, Some(rate))?),
+            None => paced_pair(ctx, quiet, busy, rate, round % 2 == 1)?,
         };
-        by_round.push(p99_ratio(&busy_run, &quiet_run));
-        paced_without.absorb(quiet_run);
-        paced_with.absorb(busy_run);
+        paced.by_round.push(p99_ratio(&busy_run, &quiet_run));
+        paced.without.absorb(quiet_run);
+        paced.with.absorb(busy_run);
     }
-    let answered = answered_count(&mut waiting);
-    drop(waiting);
+    Ok(paced)
+}
 
-    let ratio = p99_ratio(&paced_with, &paced_without);
+fn paced_rows(
+    section: &mut Section,
+    label: &str,
+    paced: &Paced,
+    (answered, saturated): (usize, f64),
+) {
+    let ratio = p99_ratio(&paced.with, &paced.without);
     let shape = format!(
         "IAMAT C=50 P=1 paced {} ({:.0}% of saturated without{})",
-        fmt_rate(rate),
+        fmt_rate(paced.rate),
         PACED_SHARE * 100.0,
-        if twins { ", both servers at once" } else { "" }
+        if paced.twins {
+            ", both servers at once"
+        } else {
+            ""
+        }
     );
     section.rows.push(
         load_row(
             format!("{shape}, {label}, no WHATSAT waiting"),
-            &paced_without,
+            &paced.without,
         )
         .figure("paced_share", PACED_SHARE),
     );
-    let (low, high) = by_round
-        .iter()
-        .fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    let (low, high) =
+        (paced.by_round.iter()).fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
     let mut row = load_row(
         format!("{shape}, {label}, {WAITING} WHATSATs waiting"),
-        &paced_with,
+        &paced.with,
     )
     .figure("paced_share", PACED_SHARE)
     .figure("whatsats_answered_by_end", answered)
     .figure("p99_ratio", ratio)
-    .figure("p99_ratio_by_round", by_round)
-    .figure("saturated_p99_ratio", saturated_ratio);
+    .figure("p99_ratio_by_round", paced.by_round.clone())
+    .figure("saturated_p99_ratio", saturated);
     row.result += &format!("  p99 {ratio:.2}x without");
-    if rounds > 1 {
-        row.result += &format!(" ({rounds} rounds {low:.2}-{high:.2}x)");
+    if paced.by_round.len() > 1 {
+        row.result += &format!(" ({} rounds {low:.2}-{high:.2}x)", paced.by_round.len());
     }
-    row.result += &format!(
-        ", saturated {saturated_ratio:.2}x  ({answered} of {WAITING} answered by the end)"
-    );
+    row.result +=
+        &format!(", saturated {saturated:.2}x  ({answered} of {WAITING} answered by the end)");
     section.rows.push(row.check(
         format!("paced p99 <= 1.2x without (is {ratio:.2}x)"),
         ratio <= 1.2,
     ));
-    Ok(())
 }
 
 /// One paced round over both servers at once, C=50 P=1 on each: the reports (without, with).
@@ -255,13 +302,6 @@ fn paced_pair(
     })
 }
 
-/// p99 with over p99 without, to three decimals.
-fn p99_ratio(with: &LoadReport, without: &LoadReport) -> f64 {
-    let ratio =
-        with.latency.percentile(0.99) as f64 / without.latency.percentile(0.99).max(1) as f64;
-    (ratio * 1000.0).round() / 1000.0
-}
-
 /// `PACED_SHARE` of the saturated rate, to two significant digits (at least 1/s).
 fn paced_rate(saturated: &LoadReport) -> f64 {
     let raw = saturated.rate() * PACED_SHARE;
@@ -273,12 +313,8 @@ fn paced_rate(saturated: &LoadReport) -> f64 {
 }
 
 /// IAMAT at C=50 P=1 for 2 s: closed loop, or paced at `rate` commands per second.
-fn iamat_load(ctx: &Ctx, subject: &Subject, rate: Option<f64>) -> Result<LoadReport, String> {
-    let mut spec = LoadSpec::new(subject.addr(), 50, 1, ctx.secs(2.0)).server(subject.pid());
-    if let Some(rate) = rate {
-        spec = spec.paced(rate);
-    }
-    run_load(&spec, &mut IamatLoad::cycling(&ctx.names, 50))
+fn iamat(ctx: &Ctx, subject: &Subject, rate: Option<f64>) -> Result<LoadReport, String> {
+    iamat_load(ctx, subject.server(), (50, 1), 2.0, rate)
 }
 
 /// How many of the waiting connections have received anything (nonblocking peek).

@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 
 use crate::commands::Names;
 use crate::cpu::{CpuMark, CpuShares};
-use crate::herd::{pid_listening_on, refused_places_url, rss_bytes, Herd, HerdConfig};
+use crate::herd::refused_places_url;
 use crate::load::{run_load, Expect, LoadReport, LoadSpec, Workload};
 use crate::report::{fmt_count, fmt_ns, fmt_rate, fmt_share, Row, Section};
-use crate::scenarios::flood::first_update;
-use crate::scenarios::{five_servers, round3, Ctx, Target};
+use crate::scenarios::{five_servers, round3, Ctx, Fleet};
 use crate::survey::Survey;
-use crate::watch::Flood;
+use crate::watch::{first_update, Flood};
 
 const ORIGIN: &str = "Campbell";
 const CONNECTIONS: usize = 50;
@@ -132,64 +131,7 @@ impl Workload for Tracked {
     }
 }
 
-/// The servers measured: names, addresses, pids (when known), the origin's index, and the herd
-/// when the bench started it (dropped at the end of the row, killing it).
-struct Servers {
-    names: Vec<String>,
-    addrs: Vec<SocketAddr>,
-    pids: Vec<Option<u32>>,
-    origin: usize,
-    _herd: Option<Herd>,
-}
-
-impl Servers {
-    fn start(ctx: &Ctx, directives: &[String]) -> Result<Servers, String> {
-        match &ctx.target {
-            Some(Target::Addr(_)) => {
-                Err("--target for staleness needs a comma-separated list or a herd.conf".into())
-            }
-            Some(Target::Herd(t)) => Ok(Servers {
-                names: t.names.clone(),
-                addrs: t.addrs.clone(),
-                pids: t.addrs.iter().map(|&a| pid_listening_on(a)).collect(),
-                origin: t.names.iter().position(|n| n == ORIGIN).unwrap_or(0),
-                _herd: None,
-            }),
-            None => {
-                let (names, links) = five_servers();
-                let mut config = HerdConfig::new(&names, &links)?;
-                for d in directives {
-                    config = config.with(d);
-                }
-                let herd = Herd::start(&ctx.bin, config, "staleness")?;
-                Ok(Servers {
-                    origin: names.iter().position(|n| n == ORIGIN).unwrap_or(0),
-                    pids: (0..names.len()).map(|i| herd.pid(i)).collect(),
-                    names,
-                    addrs: herd.addrs(),
-                    _herd: Some(herd),
-                })
-            }
-        }
-    }
-
-    /// Every server but the origin, by index.
-    fn others(&self) -> Vec<usize> {
-        (0..self.names.len())
-            .filter(|&i| i != self.origin)
-            .collect()
-    }
-
-    fn rss(&self) -> Vec<Option<u64>> {
-        self.pids.iter().map(|p| p.and_then(rss_bytes)).collect()
-    }
-
-    fn cpu(&self) -> CpuMark {
-        CpuMark::take(&self.pids)
-    }
-}
-
-/// How the catch-up went, per polled server (in `Servers::others` order).
+/// How the catch-up went, per polled server (in `Fleet::others` order).
 struct CatchUp {
     /// Since the last acknowledgement, when the round that found the server current ended.
     caught: Vec<Option<Duration>>,
@@ -347,11 +289,12 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
         "places queue 1".to_string(),
     ];
     directives.extend(extra.iter().map(|d| d.to_string()));
-    let servers = Servers::start(ctx, &directives)?;
-    let others = servers.others();
-    let other_addrs: Vec<SocketAddr> = others.iter().map(|&i| servers.addrs[i]).collect();
-    let other_names: Vec<String> = others.iter().map(|&i| servers.names[i].clone()).collect();
-    let origin_addr = servers.addrs[servers.origin];
+    let fleet = Fleet::start(ctx, "staleness", five_servers(), &directives)?;
+    let origin = fleet.names.iter().position(|n| n == ORIGIN).unwrap_or(0);
+    let others = fleet.others(origin);
+    let other_addrs: Vec<SocketAddr> = others.iter().map(|&i| fleet.addrs[i]).collect();
+    let other_names: Vec<String> = others.iter().map(|&i| fleet.names[i].clone()).collect();
+    let origin_addr = fleet.addrs[origin];
 
     // Links come up after start: wait until an update reaches every server.
     let mut flood = Flood::new(
@@ -362,7 +305,7 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
     )?;
     first_update(&mut flood, &other_names, Duration::from_secs(10))?;
     drop(flood);
-    let rss_before = servers.rss();
+    let rss_before = fleet.rss();
 
     let ids: Vec<String> = (0..clients.count() as u64)
         .map(|n| ctx.names.client("client", n))
@@ -370,9 +313,9 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
     // Opened before the load, so polling starts the moment it ends.
     let mut survey = Survey::connect(&other_addrs, POLL_CONNECTIONS, &ids)?;
     let mut work = Tracked::new(&ctx.names, &ids, clients);
-    let cpu_before = servers.cpu();
-    let load = run_load(&load_spec(ctx, clients, origin_addr, &servers), &mut work)?;
-    let cpu = cpu_before.shares(&servers.cpu());
+    let cpu_before = CpuMark::take(&fleet.pids);
+    let load = run_load(&load_spec(ctx, clients, fleet.server(origin)), &mut work)?;
+    let cpu = cpu_before.shares(&CpuMark::take(&fleet.pids));
     let since = load.last_reply.ok_or("no IAMAT was answered")?;
 
     let expected: Vec<Option<u128>> = work
@@ -394,7 +337,7 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
     // Let the polling connections' buffers go before reading RSS.
     drop(survey);
     thread::sleep(Duration::from_millis(200));
-    let rss_after = servers.rss();
+    let rss_after = fleet.rss();
 
     let swept = match clients {
         Clients::Own => None,
@@ -409,24 +352,23 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
         &other_names,
         &load,
     )];
-    let origin = &servers.names[servers.origin];
+    let origin_name = &fleet.names[origin];
     rows.push(load_rss_row(
-        format!("  load at {origin} (C={CONNECTIONS} P={IN_FLIGHT}), RSS"),
+        format!("  load at {origin_name} (C={CONNECTIONS} P={IN_FLIGHT}), RSS"),
         &load,
         (acked.len(), polled.len()),
-        &servers.names,
+        &fleet.names,
         (&rss_before, &rss_after),
     ));
-    rows.push(cpu_row(&servers.names, &cpu));
+    rows.push(cpu_row(&fleet.names, &cpu));
     if let Some(swept) = &swept {
         rows.push(sweep_row(swept, others.len() * acked.len()));
     }
     Ok(rows)
 }
 
-fn load_spec(ctx: &Ctx, clients: Clients, origin: SocketAddr, servers: &Servers) -> LoadSpec {
-    let mut spec = LoadSpec::new(origin, CONNECTIONS, IN_FLIGHT, ctx.secs(10.0))
-        .server(servers.pids[servers.origin]);
+fn load_spec(ctx: &Ctx, clients: Clients, (addr, pid): (SocketAddr, Option<u32>)) -> LoadSpec {
+    let mut spec = LoadSpec::new(addr, CONNECTIONS, IN_FLIGHT, ctx.secs(10.0)).server(pid);
     if clients != Clients::Own {
         // Every update counts: the rate is over all of them, up to the last reply.
         spec.warmup = Duration::ZERO;

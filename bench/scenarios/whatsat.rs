@@ -20,7 +20,7 @@ use crate::herd::{rss_bytes, thread_count};
 use crate::load::{run_load, LoadReport, LoadSpec};
 use crate::report::{fmt_bytes, fmt_count, fmt_ns, Row, Section};
 use crate::sample::sample_until;
-use crate::scenarios::{load_row, round3, Ctx, Subject};
+use crate::scenarios::{load_row, p99_ratio, round3, Ctx, Subject};
 use crate::seed::{seed, Locations};
 
 const DELAYS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(200)];
@@ -349,7 +349,7 @@ fn judge(row: Row, delay: Duration, lookups: Lookups, m: &Measured) -> Row {
 }
 
 fn push_iamat_rows(section: &mut Section, delay: Duration, idle: &LoadReport, busy: &LoadReport) {
-    let ratio = busy.latency.percentile(0.99) as f64 / idle.latency.percentile(0.99).max(1) as f64;
+    let ratio = p99_ratio(busy, idle);
     section.rows.push(
         load_row("IAMAT C=1 P=1, idle server (same clients known)", idle)
             .figure("places_delay_ms", delay.as_millis() as u64),
