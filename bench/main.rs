@@ -165,6 +165,36 @@ fn default_out_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"))
 }
 
+/// The command line as the user would type it (cargo's own `--bench` left out).
+fn shown_command(argv: &[String]) -> String {
+    let shown: Vec<&str> = argv
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    if shown.is_empty() {
+        "cargo bench --bench load".to_string()
+    } else {
+        format!("cargo bench --bench load -- {}", shown.join(" "))
+    }
+}
+
+/// Runs the chosen scenarios one after another, saying on stderr when each starts.
+fn run_scenarios(ctx: &Ctx, chosen: &[usize]) -> Vec<Section> {
+    let started = Instant::now();
+    let mut sections = Vec::new();
+    for &i in chosen {
+        let (name, scenario) = SCENARIOS[i];
+        eprintln!("[{:6.1} s] {name} ...", started.elapsed().as_secs_f64());
+        // Server guards are dropped while the panic unwinds, so nothing is left running.
+        let section = panic::catch_unwind(AssertUnwindSafe(|| scenario(ctx)))
+            .unwrap_or_else(|_| Section::new("?", name).unavailable("the scenario panicked"));
+        sections.push(section);
+    }
+    eprintln!("[{:6.1} s] done", started.elapsed().as_secs_f64());
+    sections
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse_args(&argv) {
@@ -193,16 +223,6 @@ fn main() -> ExitCode {
         raise_nofile_or_continue(&argv);
     }
 
-    let shown: Vec<&str> = argv
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "--bench")
-        .collect();
-    let command = if shown.is_empty() {
-        "cargo bench --bench load".to_string()
-    } else {
-        format!("cargo bench --bench load -- {}", shown.join(" "))
-    };
     let ctx = Ctx {
         bin: herd_bin(),
         target,
@@ -210,28 +230,17 @@ fn main() -> ExitCode {
         shapes: args.shapes.clone(),
         names: Names::new(),
     };
-    let mut report = Report {
+    let report = Report {
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        command,
+        command: shown_command(&argv),
         argv: std::env::args().collect::<Vec<_>>().join(" "),
         binary: ctx.bin.display().to_string(),
         target: args.target.clone(),
-        sections: Vec::new(),
+        sections: run_scenarios(&ctx, &args.scenarios),
     };
-
-    let started = Instant::now();
-    for &i in &args.scenarios {
-        let (name, scenario) = SCENARIOS[i];
-        eprintln!("[{:6.1} s] {name} ...", started.elapsed().as_secs_f64());
-        // Server guards are dropped while the panic unwinds, so nothing is left running.
-        let section = panic::catch_unwind(AssertUnwindSafe(|| scenario(&ctx)))
-            .unwrap_or_else(|_| Section::new("?", name).unavailable("the scenario panicked"));
-        report.sections.push(section);
-    }
-    eprintln!("[{:6.1} s] done", started.elapsed().as_secs_f64());
 
     println!("{}", report.table());
     let out = args.out.unwrap_or_else(default_out_dir);

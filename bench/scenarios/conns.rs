@@ -4,23 +4,67 @@
 //! more connection beside them.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::commands::IamatLoad;
 use crate::herd::{fd_count, need_open_files, rss_bytes};
-use crate::load::{run_load, LoadSpec};
 use crate::report::{fmt_bytes, fmt_count, Row, Section};
-use crate::scenarios::{load_row, Ctx, Subject};
+use crate::scenarios::{iamat_load, load_row, Ctx, Subject};
 
 const IDLE: usize = 10_000;
 
 pub fn run(ctx: &Ctx) -> Section {
-    let mut section = Section::new("4 conns", "10,000 idle connections");
-    match measure(ctx, &mut section) {
-        Ok(()) => section,
-        Err(why) => section.unavailable(why),
+    Section::new("4 conns", "10,000 idle connections").measured(|section| measure(ctx, section))
+}
+
+/// The idle connections opened, how long that took, and the connects that failed.
+struct Idle {
+    streams: Vec<TcpStream>,
+    took: Duration,
+    failures: usize,
+    first_failure: Option<String>,
+}
+
+/// Opens up to `IDLE` connections in at most 60 s, giving up after 100 failed connects.
+fn open_idle(addr: SocketAddr) -> Idle {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let mut idle = Idle {
+        streams: Vec::with_capacity(IDLE),
+        took: Duration::ZERO,
+        failures: 0,
+        first_failure: None,
+    };
+    while idle.streams.len() < IDLE && Instant::now() < deadline {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(stream) => idle.streams.push(stream),
+            Err(e) => {
+                idle.failures += 1;
+                let after = idle.streams.len();
+                idle.first_failure
+                    .get_or_insert_with(|| format!("after {after}: {e}"));
+            }
+        }
+        if idle.failures > 100 {
+            break;
+        }
+    }
+    idle.took = started.elapsed();
+    idle
+}
+
+/// How many of `connected` connections the server holds a descriptor for, beyond the
+/// `before` it held (waiting at most 10 s while it catches up); `None` without its pid.
+fn accepted(pid: Option<u32>, before: Option<usize>, connected: usize) -> Option<usize> {
+    let pid = pid?;
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = fd_count(pid)?.saturating_sub(before?);
+        if held >= connected || Instant::now() >= wait_until {
+            return Some(held.min(connected));
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -32,42 +76,19 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let rss_before = pid.and_then(rss_bytes);
     let fds_before = pid.and_then(fd_count);
 
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(60);
-    let mut idle = Vec::with_capacity(IDLE);
-    let mut failures = 0;
-    let mut first_failure = None;
-    while idle.len() < IDLE && Instant::now() < deadline {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-            Ok(stream) => idle.push(stream),
-            Err(e) => {
-                failures += 1;
-                first_failure.get_or_insert_with(|| format!("after {}: {e}", idle.len()));
-            }
-        }
-        if failures > 100 {
-            break;
-        }
-    }
+    let Idle {
+        streams: mut idle,
+        took: connecting,
+        failures,
+        first_failure,
+    } = open_idle(addr);
     let connected = idle.len();
-    let connecting = started.elapsed();
-
-    // Accepted: the server holds a descriptor for each (bounded wait while it catches up).
-    let accepted = pid.and_then(|pid| {
-        let wait_until = Instant::now() + Duration::from_secs(10);
-        loop {
-            let held = fd_count(pid)?.saturating_sub(fds_before?);
-            if held >= connected || Instant::now() >= wait_until {
-                return Some(held.min(connected));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    });
+    // Accepted: the server holds a descriptor for each.
+    let accepted = accepted(pid, fds_before, connected);
     thread::sleep(Duration::from_millis(200));
     let rss_after = pid.and_then(rss_bytes);
 
-    let spec = LoadSpec::new(addr, 1, 1, ctx.secs(2.0)).server(pid);
-    let beside = run_load(&spec, &mut IamatLoad::cycling(&ctx.names, 1))?;
+    let beside = iamat_load(ctx, subject.server(), (1, 1), 2.0, None)?;
 
     let answered = probe_all(&mut idle);
     drop(idle);

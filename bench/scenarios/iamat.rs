@@ -3,10 +3,8 @@
 //! command is a real update (a client of the connection's own, at a newer time). A fresh
 //! server per configuration, so no run inherits another's log file or client table.
 
-use crate::commands::IamatLoad;
-use crate::load::{run_load, LoadSpec};
 use crate::report::Section;
-use crate::scenarios::{load_row, Ctx, Subject};
+use crate::scenarios::{iamat_load, load_row, Ctx, Subject};
 
 const SHAPES: [(usize, usize); 6] = [(1, 1), (1, 16), (50, 1), (50, 16), (500, 1), (500, 16)];
 
@@ -27,10 +25,8 @@ pub fn run(ctx: &Ctx) -> Section {
                 Ok(subject) => subject,
                 Err(why) => return section.unavailable(why),
             };
-            let spec = LoadSpec::new(subject.addr(), connections, in_flight, ctx.secs(4.0))
-                .server(subject.pid());
-            let mut work = IamatLoad::cycling(&ctx.names, connections);
-            let load = match run_load(&spec, &mut work) {
+            let load = match iamat_load(ctx, subject.server(), (connections, in_flight), 4.0, None)
+            {
                 Ok(load) => load,
                 Err(why) => return section.unavailable(format!("{config}: {why}")),
             };

@@ -13,11 +13,7 @@ use crate::scenarios::{Ctx, Subject};
 const CLIENTS: u64 = 1_000_000;
 
 pub fn run(ctx: &Ctx) -> Section {
-    let mut section = Section::new("5 memory", "1,000,000 clients");
-    match measure(ctx, &mut section) {
-        Ok(()) => section,
-        Err(why) => section.unavailable(why),
-    }
+    Section::new("5 memory", "1,000,000 clients").measured(|section| measure(ctx, section))
 }
 
 fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {

@@ -100,6 +100,27 @@ impl Tracked {
     }
 }
 
+impl Tracked {
+    /// Per client, the client time (ns since the epoch) of its last acknowledged update; the
+    /// clients acknowledged at all; and those the catch-up polls (see `POLL_TAIL`).
+    fn acknowledged(&self) -> (Vec<Option<u128>>, Vec<u32>, Vec<u32>) {
+        let expected: Vec<Option<u128>> = (self.acked.iter())
+            .map(|t| t.map(|tick| self.names.time_ns(tick)))
+            .collect();
+        let acked: Vec<u32> = (0..self.ids.len() as u32)
+            .filter(|&c| expected[c as usize].is_some())
+            .collect();
+        let polled = match self.clients {
+            Clients::Own => acked.clone(),
+            Clients::Distinct(_) => {
+                let order = &self.ack_order;
+                order[order.len().saturating_sub(POLL_TAIL)..].to_vec()
+            }
+        };
+        (expected, acked, polled)
+    }
+}
+
 impl Workload for Tracked {
     fn next_command(&mut self, conn: usize, out: &mut Vec<u8>) -> Option<Expect> {
         let client = match self.clients {
@@ -318,21 +339,7 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
     let cpu = cpu_before.shares(&CpuMark::take(&fleet.pids));
     let since = load.last_reply.ok_or("no IAMAT was answered")?;
 
-    let expected: Vec<Option<u128>> = work
-        .acked
-        .iter()
-        .map(|t| t.map(|tick| ctx.names.time_ns(tick)))
-        .collect();
-    let acked: Vec<u32> = (0..ids.len() as u32)
-        .filter(|&c| expected[c as usize].is_some())
-        .collect();
-    let polled: Vec<u32> = match clients {
-        Clients::Own => acked.clone(),
-        Clients::Distinct(_) => {
-            let order = &work.ack_order;
-            order[order.len().saturating_sub(POLL_TAIL)..].to_vec()
-        }
-    };
+    let (expected, acked, polled) = work.acknowledged();
     let caught = catch_up(&mut survey, others.len(), &polled, &expected, since)?;
     // Let the polling connections' buffers go before reading RSS.
     drop(survey);

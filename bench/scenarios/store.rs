@@ -21,7 +21,7 @@ use crate::commands::IamatLoad;
 use crate::herd::{Herd, HerdConfig};
 use crate::load::{run_load, LoadReport, LoadSpec};
 use crate::report::{fmt_bytes, fmt_rate, Row, Section};
-use crate::scenarios::{load_row, Ctx, Subject};
+use crate::scenarios::{iamat_load, load_row, Ctx, Subject};
 
 const SHAPES: [(usize, usize); 2] = [(50, 1), (50, 16)];
 const MODES: [(&str, &[&str]); 3] = [
@@ -38,66 +38,10 @@ pub fn run(ctx: &Ctx) -> Section {
     if ctx.target.is_some() {
         return section.unavailable("measures servers of its own; --target does not apply");
     }
-    for (connections, in_flight) in SHAPES {
-        // Rounds of all three modes, the order rotating, and the median of each: on a shared
-        // 2-core machine one run of a few seconds can be 30% off the next.
-        let mut runs: Vec<Vec<LoadReport>> = MODES.iter().map(|_| Vec::new()).collect();
-        for round in 0..ROUNDS {
-            for turn in 0..MODES.len() {
-                let m = (turn + round) % MODES.len();
-                let (mode, directives) = MODES[m];
-                let config = format!("C={connections} P={in_flight} {mode}");
-                let subject = match Subject::start(ctx, "store", directives) {
-                    Ok(subject) => subject,
-                    Err(why) => return section.unavailable(why),
-                };
-                let spec = LoadSpec::new(subject.addr(), connections, in_flight, ctx.secs(3.0))
-                    .server(subject.pid());
-                let mut work = IamatLoad::cycling(&ctx.names, connections);
-                match run_load(&spec, &mut work) {
-                    Ok(load) => runs[m].push(load),
-                    Err(why) => return section.unavailable(format!("{config}: {why}")),
-                }
-            }
-        }
-        let medians: Vec<(Vec<f64>, LoadReport)> = runs
-            .into_iter()
-            .map(|mut loads| {
-                loads.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-                let rates: Vec<f64> = loads.iter().map(LoadReport::rate).collect();
-                let median = loads.swap_remove(loads.len() / 2);
-                (rates, median)
-            })
-            .collect();
-        let unset = medians[0].1.rate();
-        for ((mode, _), (rates, load)) in MODES.iter().zip(&medians) {
-            let config = format!("C={connections} P={in_flight} {mode}");
-            let all: Vec<String> = rates.iter().map(|r| fmt_rate(*r)).collect();
-            let mut row = load_row(&config, load)
-                .figure("connections", connections)
-                .figure("in_flight", in_flight)
-                .figure("store", *mode)
-                .figure(
-                    "rates_per_s",
-                    rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
-                );
-            row.result = format!("{}  (median of {})", row.result, all.join(", "));
-            let ratio = load.rate() / unset;
-            match *mode {
-                "everysec" => {
-                    row = row
-                        .figure("ratio_to_no_store", (ratio * 1000.0).round() / 1000.0)
-                        .check(
-                            format!(">= 90% of no store ({:.0}%)", ratio * 100.0),
-                            ratio >= 0.9,
-                        );
-                }
-                "always" => {
-                    row = row.figure("ratio_to_no_store", (ratio * 1000.0).round() / 1000.0);
-                }
-                _ => {}
-            }
-            section.rows.push(row);
+    for shape in SHAPES {
+        match throughput(ctx, shape) {
+            Ok(rows) => section.rows.extend(rows),
+            Err(why) => return section.unavailable(why),
         }
     }
     for lines_per_client in [1, 2] {
@@ -115,6 +59,61 @@ pub fn run(ctx: &Ctx) -> Section {
             .push(Row::new("compaction").result(format!("unavailable: {why}"))),
     }
     section
+}
+
+/// The three modes at one C x P: rounds of all three, the order rotating, and a row per mode
+/// with the median of its runs. On a shared 2-core machine one run of a few seconds can be 30%
+/// off the next.
+fn throughput(ctx: &Ctx, (connections, in_flight): (usize, usize)) -> Result<Vec<Row>, String> {
+    let mut runs: Vec<Vec<LoadReport>> = MODES.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for turn in 0..MODES.len() {
+            let m = (turn + round) % MODES.len();
+            let (mode, directives) = MODES[m];
+            let subject = Subject::start(ctx, "store", directives)?;
+            let load = iamat_load(ctx, subject.server(), (connections, in_flight), 3.0, None)
+                .map_err(|why| format!("C={connections} P={in_flight} {mode}: {why}"))?;
+            runs[m].push(load);
+        }
+    }
+    let medians: Vec<(Vec<f64>, LoadReport)> = runs
+        .into_iter()
+        .map(|mut loads| {
+            loads.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            let rates: Vec<f64> = loads.iter().map(LoadReport::rate).collect();
+            let median = loads.swap_remove(loads.len() / 2);
+            (rates, median)
+        })
+        .collect();
+    let unset = medians[0].1.rate();
+    let rows = MODES
+        .iter()
+        .zip(&medians)
+        .map(|((mode, _), (rates, load))| {
+            let config = format!("C={connections} P={in_flight} {mode}");
+            let all: Vec<String> = rates.iter().map(|r| fmt_rate(*r)).collect();
+            let mut row = load_row(&config, load)
+                .figure("connections", connections)
+                .figure("in_flight", in_flight)
+                .figure("store", *mode)
+                .figure(
+                    "rates_per_s",
+                    rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                );
+            row.result = format!("{}  (median of {})", row.result, all.join(", "));
+            let ratio = load.rate() / unset;
+            if *mode != "no store" {
+                row = row.figure("ratio_to_no_store", (ratio * 1000.0).round() / 1000.0);
+            }
+            if *mode == "everysec" {
+                row = row.check(
+                    format!(">= 90% of no store ({:.0}%)", ratio * 100.0),
+                    ratio >= 0.9,
+                );
+            }
+            row
+        });
+    Ok(rows.collect())
 }
 
 /// An AT line as a server makes it, for client `n` at second `secs`.

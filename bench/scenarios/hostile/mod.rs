@@ -56,17 +56,17 @@ const TARGET_P99: u64 = 10_000_000;
 const PAGE: u64 = 4096;
 
 pub fn run(ctx: &Ctx) -> Section {
-    let mut section = Section::new("9 hostile", "non-reading WHATSAT pipeliners");
+    let section = Section::new("9 hostile", "non-reading WHATSAT pipeliners");
     if ctx.target.is_some() {
         return section.unavailable(
             "needs a server of its own: the fake Places' delay and call count are the measurement",
         );
     }
-    if let Err(why) = measure(ctx, &mut section) {
-        return section.unavailable(why);
-    }
-    rows::add_notes(&mut section);
-    section
+    section.measured(|section| {
+        measure(ctx, section)?;
+        rows::add_notes(section);
+        Ok(())
+    })
 }
 
 fn in_flight_limit() -> usize {
