@@ -5,49 +5,33 @@ use std::time::Duration;
 
 use crate::hist::Histogram;
 
-/// One figure of a latency histogram: a percentile, or the largest value.
+/// One figure of a latency histogram: its quantile (1.0: the largest value, exact rather than
+/// a bucket's middle), its name in the table, and its key in the JSON (after a row's prefix).
 #[derive(Clone, Copy)]
-pub enum Stat {
-    P50,
-    P99,
-    P999,
-    Max,
+pub struct Stat(f64, &'static str, &'static str);
+
+impl Stat {
+    pub const P50: Stat = Stat(0.50, "p50", "p50_ns");
+    pub const P99: Stat = Stat(0.99, "p99", "p99_ns");
+    pub const P999: Stat = Stat(0.999, "p99.9", "p999_ns");
+    pub const MAX: Stat = Stat(1.0, "max", "max_ns");
+
+    pub fn key(self) -> &'static str {
+        self.2
+    }
+
+    /// Its value in `hist`, in nanoseconds.
+    pub fn of(self, hist: &Histogram) -> u64 {
+        if self.0 >= 1.0 {
+            hist.max()
+        } else {
+            hist.percentile(self.0)
+        }
+    }
 }
 
 /// The columns of every latency the bench prints: `p50 .. p99 .. p99.9 .. max ..`.
-pub const LATENCY: [Stat; 4] = [Stat::P50, Stat::P99, Stat::P999, Stat::Max];
-
-impl Stat {
-    /// Its name in the table.
-    pub fn label(self) -> &'static str {
-        match self {
-            Stat::P50 => "p50",
-            Stat::P99 => "p99",
-            Stat::P999 => "p99.9",
-            Stat::Max => "max",
-        }
-    }
-
-    /// Its key in the JSON (after the row's prefix).
-    pub fn key(self) -> &'static str {
-        match self {
-            Stat::P50 => "p50_ns",
-            Stat::P99 => "p99_ns",
-            Stat::P999 => "p999_ns",
-            Stat::Max => "max_ns",
-        }
-    }
-
-    /// Its value in `hist`, in nanoseconds (the max exact, not a bucket's middle).
-    pub fn of(self, hist: &Histogram) -> u64 {
-        match self {
-            Stat::P50 => hist.percentile(0.50),
-            Stat::P99 => hist.percentile(0.99),
-            Stat::P999 => hist.percentile(0.999),
-            Stat::Max => hist.max(),
-        }
-    }
-}
+pub const LATENCY: [Stat; 4] = [Stat::P50, Stat::P99, Stat::P999, Stat::MAX];
 
 /// Three significant digits: `812 ns`, `77.3 µs`, `1.20 ms`, `2.01 s`.
 pub fn fmt_ns(ns: u64) -> String {
@@ -107,7 +91,7 @@ pub fn fmt_share(share: Option<f64>) -> String {
 pub fn fmt_stats(hist: &Histogram, stats: &[Stat], sep: &str) -> String {
     let cells: Vec<String> = stats
         .iter()
-        .map(|s| format!("{} {}", s.label(), fmt_ns(s.of(hist))))
+        .map(|s| format!("{} {}", s.1, fmt_ns(s.of(hist))))
         .collect();
     cells.join(sep)
 }

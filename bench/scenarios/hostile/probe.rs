@@ -234,7 +234,7 @@ pub fn probe_row(label: String, p: &Probe) -> Row {
     }
     result += ")";
     if p.unsent > 0 || p.round_trip.percentile(0.99) >= TARGET_P99 {
-        let stats = fmt_stats(&p.round_trip, &[Stat::P50, Stat::P99, Stat::Max], " ");
+        let stats = fmt_stats(&p.round_trip, &[Stat::P50, Stat::P99, Stat::MAX], " ");
         result += &format!("  write to reply: {stats}");
     }
     if p.unsent > 0 {
@@ -244,7 +244,7 @@ pub fn probe_row(label: String, p: &Probe) -> Row {
         );
     }
     if p.write_time.max() >= 1_000_000 {
-        let stats = fmt_stats(&p.write_time, &[Stat::P99, Stat::Max], " ");
+        let stats = fmt_stats(&p.write_time, &[Stat::P99, Stat::MAX], " ");
         result += &format!("  probe writes: {stats}");
     }
     let worst_second = p.p99_by_second.iter().copied().max().unwrap_or(0);
@@ -266,8 +266,8 @@ pub fn probe_row(label: String, p: &Probe) -> Row {
         .stats(
             "round_trip_",
             &p.round_trip,
-            &[Stat::P50, Stat::P99, Stat::Max],
+            &[Stat::P50, Stat::P99, Stat::MAX],
         )
-        .stats("write_", &p.write_time, &[Stat::P99, Stat::Max])
+        .stats("write_", &p.write_time, &[Stat::P99, Stat::MAX])
         .latency("", &p.latency)
 }
