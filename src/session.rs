@@ -16,8 +16,9 @@ use crate::table::RecordIndex;
 /// What a line asks of the world beyond its connection; the loop carries it out.
 #[derive(Debug, PartialEq)]
 pub enum Effect {
-    /// The record was stored: every link owes it now (but the one toward its source).
-    Flood(RecordIndex),
+    /// The record was stored in the table: it goes to the store (when there is one) and every
+    /// link owes it now (but the one toward its source).
+    StoreAndFlood(RecordIndex),
     /// The connection is a neighbour's link from now on (its hello was accepted).
     Peered,
     /// Ask Places; the reply goes into the slot `seq` reserved on the connection, and starts
@@ -70,7 +71,7 @@ pub fn handle_line(
         }
         ClientOutcome::Stored { reply, record } => {
             conn.deliver(reply);
-            Some(Effect::Flood(record))
+            Some(Effect::StoreAndFlood(record))
         }
         ClientOutcome::Challenged {
             link,
@@ -117,7 +118,7 @@ fn handle_peer_line(
     };
     conn.received(line);
     match app.handle_peer_line(line, peer.link, now) {
-        PeerOutcome::Stored(record) => Some(Effect::Flood(record)),
+        PeerOutcome::Stored(record) => Some(Effect::StoreAndFlood(record)),
         PeerOutcome::Stale => None,
         PeerOutcome::Ping(pong) => {
             conn.deliver(pong.to_vec());
@@ -215,7 +216,7 @@ mod tests {
             &mut app,
             b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\r\n",
         );
-        assert_eq!(effects, [Effect::Flood(0)]);
+        assert_eq!(effects, [Effect::StoreAndFlood(0)]);
         assert_eq!(
             output(&conn),
             "AT Campbell +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503\n"
@@ -257,7 +258,7 @@ mod tests {
         let mut input = long.to_vec();
         input.extend_from_slice(b"\nIAMAT c +1+1 1\n");
         let effects = feed(&mut conn, &mut app, &input);
-        assert_eq!(effects, [Effect::Flood(0)]);
+        assert_eq!(effects, [Effect::StoreAndFlood(0)]);
         let out = output(&conn);
         let first = out.lines().next().unwrap();
         assert_eq!(first, format!("? {}", "x".repeat(MAX_LINE)));
@@ -338,7 +339,7 @@ mod tests {
             &mut app,
             b"AT Clark +0.100000000 kiwi +1+1 1621464000\nHERD-PING\n",
         );
-        assert_eq!(effects, [Effect::Flood(0)]);
+        assert_eq!(effects, [Effect::StoreAndFlood(0)]);
         assert!(output(&conn).ends_with("HERD-PONG\n"));
         assert_eq!(app.clients().source_at(0), Source::Neighbour(1));
     }

@@ -18,7 +18,6 @@ mod places;
 mod reload;
 
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,12 +28,11 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use crate::app::App;
 use crate::config::Config;
 use crate::conn::{Connection, Reply};
-use crate::logging::{self, Escaped};
+use crate::logging;
 use crate::metrics::page::{self, Snapshot};
 use crate::metrics::{process, Counters};
 use crate::peer_wire::PeerAuth;
 use crate::places::Waiter;
-use crate::reload::Plan;
 use crate::secret::Secret;
 use crate::session::Effect;
 use crate::store::{self, Store};
@@ -44,7 +42,7 @@ use clients::{Clients, Dispatch, LISTENER};
 use links::Links;
 use metrics::MetricsServer;
 use places::PlacesFront;
-use reload::{Prepared, Running};
+use reload::Running;
 
 pub use links::MAX_LINKS;
 
@@ -151,7 +149,7 @@ impl Dispatch for Others<'_> {
         table: &ClientTable,
     ) {
         match effect {
-            Effect::Flood(record) => {
+            Effect::StoreAndFlood(record) => {
                 if let (Some(store), Some(line)) = (self.store.as_mut(), table.line_at(record)) {
                     store.record(line);
                 }
@@ -452,93 +450,39 @@ impl EventLoop {
         self.reload();
     }
 
-    /// Reads the config again and applies what changed, all or nothing: everything that can
-    /// fail is done first ([`reload::prepare`]); a refusal changes nothing, and the config
-    /// running stays the one the next SIGHUP is compared with.
+    /// Reads the config again and applies what changed, all or nothing (see [`reload`]).
     fn reload(&mut self) {
-        let identity = &self.identity;
-        let running = Running {
-            name: &identity.name,
-            config: &identity.config,
-            config_path: &identity.config_path,
-            connections_fit: identity.connections_fit,
-            links_made: self.links.count(),
+        let EventLoop {
+            poll,
+            app,
+            clients,
+            links,
+            places,
+            metrics,
+            identity,
+            ..
+        } = self;
+        let parts = reload::Parts {
+            registry: poll.registry(),
+            app,
+            clients,
+            links,
+            places,
+            metrics,
         };
-        let prepared = reload::read_plan(&running)
-            .and_then(|plan| Ok((reload::prepare(&running, &plan, &self.places)?, plan)));
-        let (prepared, plan) = match prepared {
-            Ok(ready) => ready,
-            Err(refusal) => return warn!("{refusal}"),
-        };
-        let path = Escaped(self.identity.config_path.as_os_str().as_bytes()).to_string();
-        let summary = plan.summary();
-        self.apply(plan, prepared);
-        info!("reload {path}: {summary}");
+        if let Some(config) = reload::reload(identity.running(), parts) {
+            identity.config = config;
+        }
     }
+}
 
-    /// Carries out a reload's plan with what was prepared for it; nothing here can fail.
-    fn apply(&mut self, plan: Plan, prepared: Prepared) {
-        let now = Instant::now();
-        let new = &plan.config;
-        let registry = self.poll.registry();
-        for name in plan
-            .links_removed
-            .iter()
-            .chain(plan.links_moved.iter().map(|m| &m.name))
-        {
-            if let Some(link) = self.links.remove(name, registry) {
-                self.app.remove_neighbour(link);
-                self.clients.close_neighbour(link);
-            }
-        }
-        for neighbour in plan.links_added.iter().chain(&plan.links_moved) {
-            let id = self.app.add_neighbour(&neighbour.name);
-            debug_assert_eq!(id, self.links.count());
-            self.links
-                .add(&neighbour.name, neighbour.addr, &new.peer, now);
-        }
-        if plan.peer_timing_changed {
-            self.links.set_timing(&new.peer);
-        }
-        if plan.servers_changed || plan.limits_changed {
-            let servers = new.servers.iter().map(|s| s.name.clone()).collect();
-            self.app.set_herd(servers, new.limits.max_future_secs);
-        }
-        if plan.limits_changed {
-            self.clients.set_limits(&new.limits);
-            if let Some(metrics) = &mut self.metrics {
-                metrics.set_limits(&new.limits);
-            }
-        }
-        if plan.metrics_changed {
-            self.move_metrics(prepared.metrics, &new.limits);
-        }
-        if let Some(pool) = prepared.places {
-            self.places.replace_pool(pool, &new.places, now);
-        }
-        if plan.log_changed {
-            logging::reconfigure(new.log.level, new.log.lines, new.log.rotation);
-        }
-        self.identity.config = plan.config;
-    }
-
-    /// Serves the metrics page on `listener` from now on (or no longer, for `None`).
-    fn move_metrics(&mut self, listener: Option<TcpListener>, limits: &crate::config::Limits) {
-        let Some(listener) = listener else {
-            if self.metrics.take().is_some() {
-                info!("metrics listener closed");
-            }
-            return;
-        };
-        let registry = self.poll.registry();
-        let result = match &mut self.metrics {
-            Some(metrics) => metrics.replace_listener(listener, registry),
-            None => MetricsServer::new(listener, registry, limits)
-                .map(|server| self.metrics = Some(server)),
-        };
-        if let Err(e) = result {
-            // Registering a bound socket fails only when the kernel is out of memory.
-            warn!("reload: cannot serve metrics: {e}");
+impl Identity {
+    fn running(&self) -> Running<'_> {
+        Running {
+            name: &self.name,
+            config: &self.config,
+            config_path: &self.config_path,
+            connections_fit: self.connections_fit,
         }
     }
 }

@@ -1,21 +1,28 @@
-//! SIGHUP's first half: the config read again and checked whole against the one running (what
-//! may change is decided in [`crate::reload`]), then everything that can fail made before
-//! anything changes (the new metrics listener, the new Places workers). Either half failing
-//! refuses the reload as a whole, with a reason for the `reload refused: FILE...` line; the
-//! conductor then carries out the plan with what was prepared, which cannot fail.
+//! SIGHUP: the config read again and checked whole against the one running (what may change
+//! is decided in [`crate::reload`]), then everything that can fail made before anything
+//! changes (the new metrics listener, the new Places workers), then the plan carried out on
+//! the parts with what was prepared, which cannot fail. A reload is all or nothing: a
+//! refusal at any step changes nothing, is logged (and said on stderr, for whoever sent the
+//! SIGHUP), and the config running stays the one the next SIGHUP is compared with.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::time::Instant;
 
+use log::{info, warn};
 use mio::net::TcpListener;
+use mio::Registry;
 
-use crate::config::{self, Config};
-use crate::logging::Escaped;
+use crate::app::App;
+use crate::config::{self, Config, Limits};
+use crate::logging::{self, Escaped};
 use crate::net;
 use crate::places::PlacesPool;
 use crate::reload::{self, Plan};
 
-use super::links::MAX_LINKS;
+use super::clients::Clients;
+use super::links::{Links, MAX_LINKS};
+use super::metrics::MetricsServer;
 use super::places::PlacesFront;
 
 /// What the running server is, as a reload checks a new config against it.
@@ -25,21 +32,51 @@ pub struct Running<'a> {
     pub config_path: &'a std::path::Path,
     /// The most connections the open-file limit leaves room for.
     pub connections_fit: usize,
-    /// Links made so far this run (ids are never reused).
-    pub links_made: usize,
+}
+
+/// The parts a reload changes, lent by the conductor.
+pub struct Parts<'a> {
+    pub registry: &'a Registry,
+    pub app: &'a mut App,
+    pub clients: &'a mut Clients,
+    pub links: &'a mut Links,
+    pub places: &'a mut PlacesFront,
+    pub metrics: &'a mut Option<MetricsServer>,
+}
+
+/// Reads, checks, prepares and applies a reload; returns the config to run from now on, or
+/// `None` when the reload was refused (logged, and said on stderr).
+pub fn reload(running: Running, parts: Parts) -> Option<Config> {
+    let links_made = parts.links.count();
+    let ready = read_plan(&running, links_made)
+        .and_then(|plan| Ok((prepare(&running, &plan, parts.places)?, plan)));
+    let (prepared, plan) = match ready {
+        Ok(ready) => ready,
+        Err(refusal) => {
+            eprintln!("{refusal}");
+            warn!("{refusal}");
+            return None;
+        }
+    };
+    let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
+    let summary = plan.summary();
+    let config = apply(plan, prepared, parts);
+    eprintln!("reload {path}: {summary}");
+    info!("reload {path}: {summary}");
+    Some(config)
 }
 
 /// What a reload made before it changed anything.
-pub struct Prepared {
+struct Prepared {
     /// The listener at the new metrics address (`None`: unchanged, or no longer served).
-    pub metrics: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     /// The pool for the new Places settings, when they changed.
-    pub places: Option<PlacesPool>,
+    places: Option<PlacesPool>,
 }
 
 /// The config file, read and checked against the running one: the plan, or the whole line
 /// the refusal is logged as.
-pub fn read_plan(running: &Running) -> Result<Plan, String> {
+fn read_plan(running: &Running, links_made: usize) -> Result<Plan, String> {
     let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
     let bytes =
         fs::read(running.config_path).map_err(|e| format!("reload refused: {path}: {e}"))?;
@@ -55,7 +92,7 @@ pub fn read_plan(running: &Running) -> Result<Plan, String> {
                 None => format!("reload refused: {path}: {}", refusal.problem),
             },
         )?;
-    let links = running.links_made + plan.links_added.len() + plan.links_moved.len();
+    let links = links_made + plan.links_added.len() + plan.links_moved.len();
     if links > MAX_LINKS {
         return Err(format!(
             "reload refused: {path}: more than {MAX_LINKS} links over this run; restart"
@@ -66,7 +103,7 @@ pub fn read_plan(running: &Running) -> Result<Plan, String> {
 
 /// Binds the new metrics listener and starts the new Places pool, when the plan needs them;
 /// either failing refuses the reload as a whole.
-pub fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepared, String> {
+fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepared, String> {
     let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
     let new = &plan.config;
     let metrics = match new
@@ -87,4 +124,82 @@ pub fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<P
         false => None,
     };
     Ok(Prepared { metrics, places })
+}
+
+/// Carries out a reload's plan on the parts with what was prepared for it; nothing here can
+/// fail. Returns the config to run from now on.
+fn apply(plan: Plan, prepared: Prepared, parts: Parts) -> Config {
+    let now = Instant::now();
+    let new = &plan.config;
+    let Parts {
+        registry,
+        app,
+        clients,
+        links,
+        places,
+        metrics,
+    } = parts;
+    for name in plan
+        .links_removed
+        .iter()
+        .chain(plan.links_moved.iter().map(|m| &m.name))
+    {
+        if let Some(link) = links.remove(name, registry) {
+            app.remove_neighbour(link);
+            clients.close_neighbour(link);
+        }
+    }
+    for neighbour in plan.links_added.iter().chain(&plan.links_moved) {
+        let id = app.add_neighbour(&neighbour.name);
+        debug_assert_eq!(id, links.count());
+        links.add(&neighbour.name, neighbour.addr, &new.peer, now);
+    }
+    if plan.peer_timing_changed {
+        links.set_timing(&new.peer);
+    }
+    if plan.servers_changed || plan.limits_changed {
+        let servers = new.servers.iter().map(|s| s.name.clone()).collect();
+        app.set_herd(servers, new.limits.max_future_secs);
+    }
+    if plan.limits_changed {
+        clients.set_limits(&new.limits);
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.set_limits(&new.limits);
+        }
+    }
+    if plan.metrics_changed {
+        move_metrics(metrics, prepared.metrics, registry, &new.limits);
+    }
+    if let Some(pool) = prepared.places {
+        places.replace_pool(pool, &new.places, now);
+    }
+    if plan.log_changed {
+        logging::reconfigure(new.log.level, new.log.lines, new.log.rotation);
+    }
+    plan.config
+}
+
+/// Serves the metrics page on `listener` from now on (or no longer, for `None`).
+fn move_metrics(
+    metrics: &mut Option<MetricsServer>,
+    listener: Option<TcpListener>,
+    registry: &Registry,
+    limits: &Limits,
+) {
+    let Some(listener) = listener else {
+        if metrics.take().is_some() {
+            info!("metrics listener closed");
+        }
+        return;
+    };
+    let result = match metrics {
+        Some(server) => server.replace_listener(listener, registry),
+        None => {
+            MetricsServer::new(listener, registry, limits).map(|server| *metrics = Some(server))
+        }
+    };
+    if let Err(e) = result {
+        // Registering a bound socket fails only when the kernel is out of memory.
+        warn!("reload: cannot serve metrics: {e}");
+    }
 }

@@ -369,27 +369,17 @@ impl Clients {
         let is_client = conn.peer.is_none();
         // Lines are handled until the connection has as much outstanding as it may; the
         // rest waits in the reader, and is handled first when the connection goes on.
-        let lines_received = &mut traffic.lines_received;
-        let mut handle = |line: Line<'_>| {
-            *lines_received += 1;
-            if probation_until.is_some() && !may_be_a_neighbour(conn, &line) {
-                warn!(
-                    "limit connections: conn={} is past the limit and not a neighbour, closing",
-                    conn.id
-                );
-                conn.state = ConnState::Closed("limit connections");
-                return false;
-            }
-            effects.extend(session::handle_line(conn, app, line, now));
-            if conn.peer.is_some() {
-                *probation_until = None; // a neighbour: admitted
-            }
-            // A neighbour's updates are not capped: a relay must keep up with its herd.
-            if is_client {
-                *commands_left = commands_left.saturating_sub(1);
-            }
-            *commands_left > 0 && !conn.is_saturated(soft_output, in_flight)
+        let mut lines = LineHandler {
+            conn,
+            probation_until,
+            app,
+            effects,
+            lines_received: &mut traffic.lines_received,
+            commands_left,
+            saturation: (soft_output, in_flight),
+            now,
         };
+        let mut handle = |line: Line<'_>| lines.handle(line);
         if reader.has_held() {
             reader.resume(&mut handle);
             return false;
@@ -400,8 +390,8 @@ impl Clients {
             reader.finish(|line| {
                 handle(line);
             });
-            if conn.state == ConnState::Open {
-                conn.state = ConnState::Draining;
+            if lines.conn.state == ConnState::Open {
+                lines.conn.state = ConnState::Draining;
             }
             return false;
         }
@@ -425,8 +415,8 @@ impl Clients {
                 false
             }
             ReadOutcome::Failed(e) => {
-                info!("conn={} read error: {e}", conn.id);
-                conn.state = ConnState::Closed("read error");
+                info!("conn={} read error: {e}", lines.conn.id);
+                lines.conn.state = ConnState::Closed("read error");
                 false
             }
         }
@@ -662,6 +652,48 @@ impl Clients {
 
 /// The listener's token.
 pub const LISTENER: Token = Token(0);
+
+/// What handles the lines of one read of one connection.
+struct LineHandler<'a> {
+    conn: &'a mut Connection,
+    probation_until: &'a mut Option<Instant>,
+    app: &'a mut App,
+    effects: &'a mut Vec<Effect>,
+    lines_received: &'a mut u64,
+    commands_left: &'a mut usize,
+    /// The soft output limit and the in-flight cap.
+    saturation: (usize, usize),
+    now: ClientTime,
+}
+
+impl LineHandler<'_> {
+    /// Handles one line; returns whether the next may be handled in this turn (the
+    /// connection's command quota is not spent, and it is not saturated).
+    fn handle(&mut self, line: Line<'_>) -> bool {
+        let conn = &mut *self.conn;
+        *self.lines_received += 1;
+        if self.probation_until.is_some() && !may_be_a_neighbour(conn, &line) {
+            warn!(
+                "limit connections: conn={} is past the limit and not a neighbour, closing",
+                conn.id
+            );
+            conn.state = ConnState::Closed("limit connections");
+            return false;
+        }
+        let is_client = conn.peer.is_none();
+        self.effects
+            .extend(session::handle_line(conn, self.app, line, self.now));
+        if conn.peer.is_some() {
+            *self.probation_until = None; // a neighbour: admitted
+        }
+        // A neighbour's updates are not capped: a relay must keep up with its herd.
+        if is_client {
+            *self.commands_left = self.commands_left.saturating_sub(1);
+        }
+        let (soft_output, in_flight) = self.saturation;
+        *self.commands_left > 0 && !conn.is_saturated(soft_output, in_flight)
+    }
+}
 
 /// Whether a line on a connection on probation (accepted past `limit connections`) may come
 /// from a neighbour: a neighbour's link says a hello first, then its proof.
