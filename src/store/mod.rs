@@ -120,58 +120,8 @@ impl Store {
             );
         }
         let started = Instant::now();
-        let mut skips = 0;
-        let (replayed, clients) = match File::open(&path) {
-            Ok(file) => {
-                // An index for every line the file can hold (about 80 bytes each): one
-                // allocation instead of a re-hash of every client at each doubling.
-                let lines = file.metadata().map_or(0, |m| m.len() / 80);
-                let mut clients = ClientTable::with_capacity(lines.min(1 << 26) as usize);
-                let replayed = replay(file, known_server, &mut clients, |line, why, text| {
-                    skips += 1;
-                    if skips <= SKIPS_LOGGED {
-                        let why = match why {
-                            Skip::Corrupt => "not a valid AT line",
-                            Skip::UnknownServer => "names a server not in the config",
-                            Skip::Truncated => "cut short (the last write before a crash)",
-                        };
-                        warn!(
-                            "store {}:{line}: skipped, {why}: {}",
-                            shown(&path),
-                            Escaped(text)
-                        );
-                    }
-                })
-                .map_err(|e| format!("store {}: {e}", shown(&path)))?;
-                (replayed, clients)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (Replayed::default(), ClientTable::new())
-            }
-            Err(e) => return Err(format!("store {}: {e}", shown(&path))),
-        };
-        if replayed.skipped > SKIPS_LOGGED {
-            warn!(
-                "store {}: {} lines skipped in all",
-                shown(&path),
-                replayed.skipped
-            );
-        }
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("store {}: {e}", shown(&path)))?;
-        let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if on_disk > replayed.complete_bytes {
-            // A torn last record: cut it off, or the next append would run into it.
-            file.set_len(replayed.complete_bytes)
-                .map_err(|e| format!("store {}: cannot cut its torn end: {e}", shown(&path)))?;
-        }
-        if !existed {
-            compact::sync_dir(&path).map_err(|e| format!("store {}: {e}", shown(&path)))?;
-        }
+        let (replayed, clients) = read_back(&path, known_server)?;
+        let file = open_for_append(&path, replayed.complete_bytes)?;
         let syncer = match settings.fsync {
             FsyncPolicy::EverySec => Some(
                 file.try_clone()
@@ -450,6 +400,70 @@ impl Store {
             compactions: self.compactions,
         }
     }
+}
+
+/// The records of the store file at `path` (none when there is no file yet), with what the
+/// replay found: each skipped line logged (the first [`SKIPS_LOGGED`]), then a count.
+fn read_back(
+    path: &Path,
+    known_server: impl Fn(&[u8]) -> bool + Sync,
+) -> Result<(Replayed, ClientTable), String> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok((Replayed::default(), ClientTable::new()));
+        }
+        Err(e) => return Err(format!("store {}: {e}", shown(path))),
+    };
+    // An index for every line the file can hold (about 80 bytes each): one allocation
+    // instead of a re-hash of every client at each doubling.
+    let lines = file.metadata().map_or(0, |m| m.len() / 80);
+    let mut clients = ClientTable::with_capacity(lines.min(1 << 26) as usize);
+    let mut skips = 0;
+    let replayed = replay(file, known_server, &mut clients, |line, why, text| {
+        skips += 1;
+        if skips <= SKIPS_LOGGED {
+            let why = match why {
+                Skip::Corrupt => "not a valid AT line",
+                Skip::UnknownServer => "names a server not in the config",
+                Skip::Truncated => "cut short (the last write before a crash)",
+            };
+            warn!(
+                "store {}:{line}: skipped, {why}: {}",
+                shown(path),
+                Escaped(text)
+            );
+        }
+    })
+    .map_err(|e| format!("store {}: {e}", shown(path)))?;
+    if replayed.skipped > SKIPS_LOGGED {
+        warn!(
+            "store {}: {} lines skipped in all",
+            shown(path),
+            replayed.skipped
+        );
+    }
+    Ok((replayed, clients))
+}
+
+/// The store file opened for appending (made, and its directory synced, when new), cut back
+/// to its `complete_bytes`: a torn last record would otherwise run into the next append.
+fn open_for_append(path: &Path, complete_bytes: u64) -> Result<File, String> {
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("store {}: {e}", shown(path)))?;
+    let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if on_disk > complete_bytes {
+        file.set_len(complete_bytes)
+            .map_err(|e| format!("store {}: cannot cut its torn end: {e}", shown(path)))?;
+    }
+    if !existed {
+        compact::sync_dir(path).map_err(|e| format!("store {}: {e}", shown(path)))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

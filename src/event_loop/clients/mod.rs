@@ -379,29 +379,16 @@ impl Clients {
             saturation: (soft_output, in_flight),
             now,
         };
+        if *eof_seen && !reader.has_held() {
+            lines.finish(reader);
+            return false;
+        }
         let mut handle = |line: Line<'_>| lines.handle(line);
         if reader.has_held() {
             reader.resume(&mut handle);
             return false;
         }
-        if *eof_seen {
-            // SPEC section 2: what follows the last `\n` is one last line; after all the
-            // input before it.
-            reader.finish(|line| {
-                handle(line);
-            });
-            if lines.conn.state == ConnState::Open {
-                lines.conn.state = ConnState::Draining;
-            }
-            return false;
-        }
-        // A client's read is smaller than a neighbour's: what a read brings beyond the
-        // commands its turn takes is held in the server, per connection.
-        let chunk = if is_client {
-            CLIENT_READ_CHUNK
-        } else {
-            READ_CHUNK
-        };
+        let chunk = read_chunk(is_client);
         match net::read_some(stream, &mut scratch[..chunk]) {
             ReadOutcome::Data(n) => {
                 traffic.bytes_received += n as u64;
@@ -653,6 +640,16 @@ impl Clients {
 /// The listener's token.
 pub const LISTENER: Token = Token(0);
 
+/// Bytes one `read` takes. A client's read is smaller than a neighbour's: what a read brings
+/// beyond the commands its turn takes is held in the server, per connection.
+fn read_chunk(is_client: bool) -> usize {
+    if is_client {
+        CLIENT_READ_CHUNK
+    } else {
+        READ_CHUNK
+    }
+}
+
 /// What handles the lines of one read of one connection.
 struct LineHandler<'a> {
     conn: &'a mut Connection,
@@ -667,6 +664,17 @@ struct LineHandler<'a> {
 }
 
 impl LineHandler<'_> {
+    /// The input ended: what follows the last `\n` is one last line (SPEC section 2), after
+    /// all the input before it; then the connection drains its replies.
+    fn finish(&mut self, reader: &mut LineReader) {
+        reader.finish(|line| {
+            self.handle(line);
+        });
+        if self.conn.state == ConnState::Open {
+            self.conn.state = ConnState::Draining;
+        }
+    }
+
     /// Handles one line; returns whether the next may be handled in this turn (the
     /// connection's command quota is not spent, and it is not saturated).
     fn handle(&mut self, line: Line<'_>) -> bool {
