@@ -224,6 +224,11 @@ pub struct PeerSettings {
     /// A link whose socket takes nothing for this long while output waits is dropped (and
     /// resynced when it returns), so one stuck neighbour cannot hold the server back.
     pub stall_limit: Duration,
+    /// How long in all a link that keeps falling behind may hold client commands back before
+    /// it lags instead (its neighbour catches up, conflated) and clients are served, so one
+    /// thin link cannot cap the whole server at its bandwidth; counted since it last owed
+    /// nothing.
+    pub hold_limit: Duration,
 }
 
 /// Where the secret that links prove comes from (SPEC section 3: secure by default).
@@ -260,6 +265,7 @@ impl Default for PeerSettings {
             ping_interval: Duration::from_millis(1000),
             max_owed: 1_000,
             stall_limit: Duration::from_millis(2000),
+            hold_limit: Duration::from_millis(1000),
         }
     }
 }
@@ -623,6 +629,7 @@ fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(),
         "ping-ms" => peer.ping_interval = millis(setting, value)?,
         "max-owed" => peer.max_owed = number_in(setting, value, 1, 1 << 30)?,
         "stall-ms" => peer.stall_limit = millis(setting, value)?,
+        "hold-ms" => peer.hold_limit = millis(setting, value)?,
         "queue-bytes" => {
             return Err(
                 "peer queue-bytes is gone: a link now owes records, not bytes \

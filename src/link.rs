@@ -43,6 +43,9 @@ pub struct LinkTiming {
     pub max_owed: usize,
     /// A link whose socket took nothing for this long, with output waiting, is dropped.
     pub stall_limit: Duration,
+    /// Longest a link behind holds client commands back in one episode; past it the link
+    /// lags instead (see [`Pace`]).
+    pub hold_limit: Duration,
 }
 
 impl LinkTiming {
@@ -52,6 +55,7 @@ impl LinkTiming {
             silence_limit: peer.silence_limit(),
             max_owed: peer.max_owed,
             stall_limit: peer.stall_limit,
+            hold_limit: peer.hold_limit,
         }
     }
 }
@@ -76,9 +80,47 @@ pub enum LinkState<S> {
         last_heard: Instant,
         ping_due: Instant,
         last_progress: Instant,
+        pace: Pace,
     },
     /// A reload unlinked the neighbour: never tried again (its id is not reused).
     Removed,
+}
+
+/// How an up link keeps up with what it owes, across turns ([`Link::observe_pace`]).
+///
+/// A server must not run far ahead of its herd, so a link that owes more than `peer
+/// max-owed` live updates holds client commands back while it catches up. But a link that
+/// keeps falling behind is thinner than the load (a WAN link to another site), and holding
+/// every client back for it would cap the whole server at that link's bandwidth. So once a
+/// link has held clients back for `peer hold-ms` in all since it last owed nothing, it lags
+/// instead: clients are served, and the neighbour gets each client's newest record as the
+/// link can carry it (what a link owes is a set of records, each sent at most once, in its
+/// newest version), so what it owes is bounded by the number of clients, not of updates. It
+/// holds again only after it has caught up (owes nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Owed nothing, or never more than `max-owed`, since it last owed nothing.
+    Keeping,
+    /// Has owed more than `max-owed` since it last owed nothing, and held clients back for
+    /// `held` in all; `observed` is when that was last brought up to date, and `holding`
+    /// whether it owed more than `max-owed` then (so the time since counts as held).
+    Behind {
+        held: Duration,
+        observed: Instant,
+        holding: bool,
+    },
+    /// Held clients back for the hold limit, since `since`: clients are not held back for it
+    /// until it owes nothing.
+    Lagging { since: Instant },
+}
+
+/// A change of pace worth a log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PaceChange {
+    /// Behind for longer than the hold limit: the link lags from now on; it owes this many.
+    StartedLagging { owed: usize },
+    /// A lagging link owes nothing again, after lagging this long.
+    CaughtUp { after: Duration },
 }
 
 /// What a link's timers call for now.
@@ -109,6 +151,9 @@ pub enum Backlog {
     Fine,
     /// Owes more than `max_owed` and is making progress: hold back new client commands.
     Behind,
+    /// Owes more than `max_owed`, but has held clients back for the hold limit since it last
+    /// owed nothing: clients are served, the neighbour lags (see [`Pace`]).
+    Lagging,
     /// Output has waited for the socket longer than `stall_limit`: drop the link.
     Stalled,
 }
@@ -126,6 +171,8 @@ pub struct LinkHistory {
     pub last_heard: Option<Instant>,
     /// Lines the neighbour sent on it.
     pub lines_received: u64,
+    /// Times it started lagging (see [`Pace`]).
+    pub lag_episodes: u64,
 }
 
 pub struct Link<S> {
@@ -204,6 +251,10 @@ impl<S> Link<S> {
 
     pub fn stall_limit(&self) -> Duration {
         self.timing.stall_limit
+    }
+
+    pub fn hold_limit(&self) -> Duration {
+        self.timing.hold_limit
     }
 
     /// The socket and the bytes waiting for it, while there is a socket.
@@ -384,6 +435,7 @@ impl<S> Link<S> {
                 last_heard: now,
                 ping_due: now + self.timing.ping_interval,
                 last_progress: now,
+                pace: Pace::Keeping,
             };
         }
     }
@@ -433,11 +485,13 @@ impl<S> Link<S> {
     }
 
     /// How the link stands against what it owes. A server must not run ahead of its herd, but
-    /// one stuck neighbour must not stall it either (SPEC section 3: links survive faults).
+    /// one stuck neighbour must not stall it either (SPEC section 3: links survive faults),
+    /// nor one thin link slow every client (see [`Pace`]).
     pub fn backlog(&self, table: &ClientTable, now: Instant) -> Backlog {
         let LinkState::Up {
             owed,
             last_progress,
+            pace,
             ..
         } = &self.state
         else {
@@ -445,11 +499,83 @@ impl<S> Link<S> {
         };
         if !self.out.is_empty() && now.duration_since(*last_progress) >= self.timing.stall_limit {
             Backlog::Stalled
-        } else if owed.live_count(table) > self.timing.max_owed {
-            Backlog::Behind
-        } else {
+        } else if owed.live_count(table) <= self.timing.max_owed {
             Backlog::Fine
+        } else if matches!(pace, Pace::Lagging { .. }) {
+            Backlog::Lagging
+        } else {
+            Backlog::Behind
         }
+    }
+
+    /// Once a turn: moves the link's [`Pace`] on by what it owes now; returns a change worth
+    /// a log line.
+    pub fn observe_pace(&mut self, table: &ClientTable, now: Instant) -> Option<PaceChange> {
+        let (hold_limit, max_owed) = (self.timing.hold_limit, self.timing.max_owed);
+        let LinkState::Up { owed, pace, .. } = &mut self.state else {
+            return None;
+        };
+        let owing = owed.live_count(table);
+        let (next, change) = match *pace {
+            Pace::Keeping if owing > max_owed => (
+                Pace::Behind {
+                    held: Duration::ZERO,
+                    observed: now,
+                    holding: true,
+                },
+                None,
+            ),
+            Pace::Keeping => (Pace::Keeping, None),
+            Pace::Behind { .. } if owing == 0 => (Pace::Keeping, None),
+            Pace::Behind {
+                held,
+                observed,
+                holding,
+            } => {
+                // Clients were held back since the last look if it owed too much then.
+                let held = match holding {
+                    true => held + now.duration_since(observed),
+                    false => held,
+                };
+                match held >= hold_limit {
+                    true => (
+                        Pace::Lagging { since: now },
+                        Some(PaceChange::StartedLagging { owed: owing }),
+                    ),
+                    false => (
+                        Pace::Behind {
+                            held,
+                            observed: now,
+                            holding: owing > max_owed,
+                        },
+                        None,
+                    ),
+                }
+            }
+            Pace::Lagging { since } if owing == 0 => (
+                Pace::Keeping,
+                Some(PaceChange::CaughtUp {
+                    after: now.duration_since(since),
+                }),
+            ),
+            Pace::Lagging { since } => (Pace::Lagging { since }, None),
+        };
+        *pace = next;
+        if matches!(change, Some(PaceChange::StartedLagging { .. })) {
+            self.history.lag_episodes += 1;
+        }
+        change
+    }
+
+    /// Whether the link lags (see [`Pace`]).
+    pub fn is_lagging(&self) -> bool {
+        matches!(
+            self.state,
+            LinkState::Up {
+                pace: Pace::Lagging { .. },
+                ..
+            }
+        )
     }
 
     pub fn wanted_interest(&self) -> Interest {
@@ -530,6 +656,7 @@ mod tests {
     const PING: Duration = Duration::from_millis(1000);
     const SILENCE: Duration = Duration::from_millis(5000);
     const STALL: Duration = Duration::from_millis(2000);
+    const HOLD: Duration = Duration::from_millis(500);
 
     /// Stands in for a socket: the link only carries it from state to state.
     #[derive(Debug, PartialEq)]
@@ -547,6 +674,7 @@ mod tests {
             silence_limit: SILENCE,
             max_owed: 2,
             stall_limit: STALL,
+            hold_limit: HOLD,
         };
         Link::new(
             1,
@@ -730,6 +858,93 @@ mod tests {
         assert_eq!(l.backlog(&table, now), Backlog::Behind);
         l.fill(&table);
         assert_eq!(l.backlog(&table, now), Backlog::Fine);
+    }
+
+    /// Records owed by `l`, one per name, each a new client.
+    fn owe_new(l: &mut Link<FakeSocket>, table: &mut ClientTable, names: &[&str]) {
+        for name in names {
+            let record = store(table, name, 1, Source::Client);
+            l.owe(record, table);
+        }
+    }
+
+    /// A link that keeps falling behind holds clients back for the hold limit in all, then
+    /// lags (clients are served) until it owes nothing; then it may hold again.
+    #[test]
+    fn a_link_that_held_clients_for_the_hold_limit_lags_until_it_owes_nothing() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut table = ClientTable::new();
+        let mut l = link_up(&table, start);
+        l.fill(&table);
+        owe_new(&mut l, &mut table, &["a", "b", "c"]);
+        assert_eq!(l.observe_pace(&table, at(0)), None);
+        assert_eq!(l.backlog(&table, at(0)), Backlog::Behind);
+        assert_eq!(l.observe_pace(&table, at(300)), None, "held 300 ms");
+        // It drains to under the bound but not to nothing: not holding, not caught up either.
+        l.fill(&table);
+        owe_new(&mut l, &mut table, &["d"]);
+        assert_eq!(l.backlog(&table, at(310)), Backlog::Fine);
+        assert_eq!(l.observe_pace(&table, at(310)), None, "held 310 ms");
+        assert_eq!(
+            l.observe_pace(&table, at(900)),
+            None,
+            "no hold since: 310 ms"
+        );
+        owe_new(&mut l, &mut table, &["e", "f"]);
+        assert_eq!(
+            l.observe_pace(&table, at(1000)),
+            None,
+            "holding again, 310 ms"
+        );
+        assert_eq!(l.backlog(&table, at(1000)), Backlog::Behind);
+        assert_eq!(l.observe_pace(&table, at(1100)), None, "held 410 ms");
+        assert_eq!(
+            l.observe_pace(&table, at(1200)),
+            Some(PaceChange::StartedLagging { owed: 3 }),
+            "held 510 ms in all"
+        );
+        assert!(l.is_lagging());
+        assert_eq!(
+            l.backlog(&table, at(1200)),
+            Backlog::Lagging,
+            "clients served"
+        );
+        owe_new(&mut l, &mut table, &["g"]);
+        assert_eq!(l.observe_pace(&table, at(1500)), None, "still lagging");
+        l.fill(&table);
+        assert_eq!(
+            l.observe_pace(&table, at(1600)),
+            Some(PaceChange::CaughtUp {
+                after: Duration::from_millis(400)
+            })
+        );
+        assert_eq!(l.history().lag_episodes, 1);
+        // Behind again: held again, from a new episode.
+        owe_new(&mut l, &mut table, &["h", "i", "j"]);
+        assert_eq!(l.observe_pace(&table, at(1700)), None);
+        assert_eq!(l.backlog(&table, at(1700)), Backlog::Behind);
+    }
+
+    #[test]
+    fn a_link_behind_for_a_moment_only_holds_and_never_lags() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut table = ClientTable::new();
+        let mut l = link_up(&table, start);
+        l.fill(&table);
+        for round in 0..10 {
+            let names: Vec<String> = (0..3).map(|n| format!("r{round}c{n}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            owe_new(&mut l, &mut table, &names);
+            assert_eq!(l.observe_pace(&table, at(round * 1000)), None);
+            // Caught up (owes nothing) 100 ms later: each episode holds 100 ms at most.
+            assert_eq!(l.observe_pace(&table, at(round * 1000 + 100)), None);
+            l.fill(&table);
+            assert_eq!(l.observe_pace(&table, at(round * 1000 + 150)), None);
+        }
+        assert!(!l.is_lagging());
+        assert_eq!(l.history().lag_episodes, 0);
     }
 
     #[test]

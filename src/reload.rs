@@ -165,12 +165,14 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
             a.ping_interval,
             a.max_owed,
             a.stall_limit,
+            a.hold_limit,
         ) != (
             b.backoff_min,
             b.backoff_max,
             b.ping_interval,
             b.max_owed,
             b.stall_limit,
+            b.hold_limit,
         )
     };
     Ok(Plan {

@@ -14,7 +14,7 @@ use mio::{Interest, Registry, Token};
 use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{Config, PeerSettings};
-use crate::link::{Backlog, Heard, Link, LinkState, LinkTiming, TimerAction};
+use crate::link::{Backlog, Heard, Link, LinkState, LinkTiming, PaceChange, TimerAction};
 use crate::metrics::page::LinkFigures;
 use crate::net::{self, ReadOutcome, Socket};
 use crate::table::{ClientTable, LinkId, RecordIndex};
@@ -125,9 +125,32 @@ impl Links {
             .any(|l| l.backlog(table, now) == Backlog::Behind)
     }
 
-    /// Notes, once a turn, whether clients are held back (for the summary line).
-    pub fn observe_hold_back(&mut self, holding: bool, now: Instant) {
+    /// Once a turn, before anything is read: each link's pace moves on (a link behind for
+    /// longer than `peer hold-ms` lags instead of holding clients back; logged once per
+    /// episode), and whether clients are held back is noted for the summary line. Returns
+    /// whether they are.
+    pub fn observe_pace(&mut self, table: &ClientTable, now: Instant) -> bool {
+        for link in &mut self.links {
+            match link.observe_pace(table, now) {
+                None => {}
+                Some(PaceChange::StartedLagging { owed }) => warn!(
+                    "link lagging {}: {owed} updates owed after holding clients back for {} ms; \
+                     clients are served, {} gets each client's newest record as the link \
+                     carries it",
+                    link.name,
+                    link.hold_limit().as_millis(),
+                    link.name
+                ),
+                Some(PaceChange::CaughtUp { after }) => info!(
+                    "link caught up {} after {} ms lagging",
+                    link.name,
+                    after.as_millis()
+                ),
+            }
+        }
+        let holding = self.holding_back_clients(table, now);
         self.hold_backs.observe(holding, now);
+        holding
     }
 
     /// The once-a-second summary of held-back client input, when there is one.
@@ -276,6 +299,8 @@ impl Links {
                     resyncs: history.resyncs,
                     records_owed: link.records_owed(table),
                     last_heard_unix: history.last_heard.map_or(0.0, &unix_at),
+                    lagging: link.is_lagging(),
+                    lag_episodes: history.lag_episodes,
                 }
             })
             .collect()

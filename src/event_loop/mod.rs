@@ -277,8 +277,7 @@ impl EventLoop {
     /// answers, records a link may send, the store's work), else until the earliest deadline.
     fn poll_timeout(&mut self, now: Instant, next_flush: Instant) -> Duration {
         let table = self.app.clients();
-        let holding = self.links.holding_back_clients(table, now);
-        self.links.observe_hold_back(holding, now);
+        let holding = self.links.observe_pace(table, now);
         let busy = self.clients.input_waits(holding)
             || self.places.has_results()
             || self.links.have_unsent(table)

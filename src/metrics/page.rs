@@ -49,6 +49,10 @@ pub struct LinkFigures {
     pub records_owed: usize,
     /// When the neighbour last sent anything on it, in Unix seconds; 0: never.
     pub last_heard_unix: f64,
+    /// It owes more than `peer max-owed` for longer than `peer hold-ms`: clients are served
+    /// and its neighbour lags.
+    pub lagging: bool,
+    pub lag_episodes: u64,
 }
 
 /// The states a link's `herd_link_state` family has a sample for.
@@ -190,6 +194,20 @@ fn render_links(page: &mut Exposition, links: &[LinkFigures]) {
         help,
         links,
         |l| l.records_owed.into(),
+    );
+    let help = "1 while the link lags: it has owed more than 'peer max-owed' updates for \
+                longer than 'peer hold-ms', and clients are no longer held back for it.";
+    link_family(page, "herd_link_lagging", Kind::Gauge, help, links, |l| {
+        l.lagging.into()
+    });
+    let help = "Times the link started lagging.";
+    link_family(
+        page,
+        "herd_link_lag_episodes_total",
+        Kind::Counter,
+        help,
+        links,
+        |l| l.lag_episodes.into(),
     );
     let help = "When the neighbour last sent anything on the link, in seconds since the Unix \
                 epoch (0: never).";
@@ -376,6 +394,8 @@ mod tests {
                     resyncs: 2,
                     records_owed: 7,
                     last_heard_unix: 1_800_000_002.0,
+                    lagging: true,
+                    lag_episodes: 3,
                 },
                 LinkFigures {
                     name: "Clark".into(),
@@ -453,6 +473,9 @@ mod tests {
         assert!(page.contains("herd_link_records_owed{link=\"Bona\"} 7\n"));
         assert!(page.contains("herd_link_up_since_seconds{link=\"Clark\"} 0\n"));
         assert!(page.contains("herd_link_flaps_total{link=\"Bona\"} 1\n"));
+        assert!(page.contains("herd_link_lagging{link=\"Bona\"} 1\n"));
+        assert!(page.contains("herd_link_lagging{link=\"Clark\"} 0\n"));
+        assert!(page.contains("herd_link_lag_episodes_total{link=\"Bona\"} 3\n"));
     }
 
     #[test]
