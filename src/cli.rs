@@ -24,7 +24,55 @@ usage:
 options:
   --log-level LEVEL       off, error, warn, info, debug or trace (overrides 'log level')
   --watch                 with status: redraw the table every second until Ctrl-C
+
+'herd --all --help' and 'herd status --help' say more about each.
 ";
+
+/// `herd --all --help`.
+pub const ALL_USAGE: &str = "\
+herd --all: every server of a herd, each as its own process, from one terminal
+
+usage:
+  herd --all CONFIG [--restart] [--log-level LEVEL]
+
+Starts 'herd NAME CONFIG' for every server line of CONFIG, shows each one's stderr behind its
+name (a line every server says as it starts is said once, behind 'herd: all N servers:'), and
+says 'herd: started N servers' once every one is listening. A server that cannot start stops
+the others: what became of each server is said once, and the exit status is 1.
+
+options:
+  --restart               start a server that dies again (after 1 s, then twice as long each
+                          time, at most 30 s)
+  --log-level LEVEL       off, error, warn, info, debug or trace, for every server (overrides
+                          'log level')
+
+signals:
+  Ctrl-C, SIGTERM         stop every server (SIGKILL to any still running 5 s later), say each
+                          one that stopped, then 'herd: stopped N servers'
+  SIGHUP                  passed on: each server reloads CONFIG and says how it went, one line
+                          each
+";
+
+/// `herd status --help`.
+pub const STATUS_USAGE: &str = "\
+herd status: one table of every server of a herd, read from their metrics addresses
+
+usage:
+  herd status CONFIG [--watch]
+
+Reads the metrics page of every server of CONFIG twice, a second apart, and prints one line
+per server: its state, uptime, clients, connections, IAMATs and WHATSATs per second, links up,
+records owed, and Places latency and errors. The exit status is 0 when every server answered
+and every link is up, 1 otherwise, and 2 for a config it cannot use.
+
+options:
+  --watch                 redraw the table every second until Ctrl-C
+";
+
+/// The one line said when `--all` comes without its config file.
+const ALL_NEEDS_CONFIG: &str =
+    "--all needs a config file: herd --all CONFIG [--restart] [--log-level LEVEL] \
+     (see herd --all --help)";
 
 #[derive(Debug, PartialEq)]
 pub enum Invocation {
@@ -43,16 +91,17 @@ pub enum Invocation {
         config: PathBuf,
         watch: bool,
     },
-    Help,
+    /// `--help`: the text to print, for the command it came with.
+    Help(&'static str),
     Version,
 }
 
 /// Parses the arguments after the program name. The error is one line for stderr.
 pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
-    let mut args = pico_args::Arguments::from_vec(args);
-    if args.contains(["-h", "--help"]) {
-        return Ok(Invocation::Help);
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Invocation::Help(help_for(&args)));
     }
+    let mut args = pico_args::Arguments::from_vec(args);
     if args.contains(["-V", "--version"]) {
         return Ok(Invocation::Version);
     }
@@ -61,9 +110,15 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
     let log_level = args
         .opt_value_from_fn("--log-level", parse_level)
         .map_err(|e| e.to_string())?;
-    let all: Option<PathBuf> = args
-        .opt_value_from_os_str("--all", |s| Ok::<_, String>(PathBuf::from(s)))
-        .map_err(|e| e.to_string())?;
+    let all: Option<PathBuf> =
+        match args.opt_value_from_os_str("--all", |s| Ok::<_, String>(PathBuf::from(s))) {
+            Err(pico_args::Error::OptionWithoutAValue(_)) => return Err(ALL_NEEDS_CONFIG.into()),
+            // `herd --all --frobnicate`: an option where the config file should be.
+            Ok(Some(path)) if path.as_os_str().as_encoded_bytes().starts_with(b"-") => {
+                return Err(ALL_NEEDS_CONFIG.into())
+            }
+            other => other.map_err(|e| e.to_string())?,
+        };
     let rest: Vec<String> = args
         .finish()
         .into_iter()
@@ -84,7 +139,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
             watch,
         }),
         (None, [command, ..]) if command == "status" => {
-            Err("expected 'herd status CONFIG [--watch]' (see herd --help)".into())
+            Err("expected 'herd status CONFIG [--watch]' (see herd status --help)".into())
         }
         (Some(config), []) => Ok(Invocation::All {
             config,
@@ -100,6 +155,18 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
         (None, _) => {
             Err("expected NAME and CONFIG, e.g. 'herd Campbell herd.conf' (see herd --help)".into())
         }
+    }
+}
+
+/// The help for the command `--help` came with: `herd --all --help`, `herd status --help`, or
+/// the general one.
+fn help_for(args: &[OsString]) -> &'static str {
+    if args.iter().any(|a| a == "--all") {
+        ALL_USAGE
+    } else if args.first().is_some_and(|a| a == "status") {
+        STATUS_USAGE
+    } else {
+        USAGE
     }
 }
 
@@ -171,8 +238,34 @@ mod tests {
 
     #[test]
     fn help_and_version() {
-        assert_eq!(parse(&["--help"]), Ok(Invocation::Help));
+        assert_eq!(parse(&["--help"]), Ok(Invocation::Help(USAGE)));
         assert_eq!(parse(&["-V"]), Ok(Invocation::Version));
+    }
+
+    #[test]
+    fn help_of_a_command_is_its_own() {
+        assert_eq!(
+            parse(&["status", "--help"]),
+            Ok(Invocation::Help(STATUS_USAGE))
+        );
+        assert_eq!(parse(&["status", "-h"]), Ok(Invocation::Help(STATUS_USAGE)));
+        assert_eq!(parse(&["--all", "--help"]), Ok(Invocation::Help(ALL_USAGE)));
+        assert_eq!(
+            parse(&["--all", "herd.conf", "--help"]),
+            Ok(Invocation::Help(ALL_USAGE))
+        );
+    }
+
+    #[test]
+    fn all_without_a_config_says_how_to_give_one() {
+        for args in [
+            &["--all"][..],
+            &["--all", "--restart"],
+            &["--log-level", "debug", "--all"],
+            &["--all", "--frobnicate"],
+        ] {
+            assert_eq!(parse(args), Err(ALL_NEEDS_CONFIG.to_string()), "{args:?}");
+        }
     }
 
     #[test]

@@ -30,8 +30,8 @@ fn main() -> ExitCode {
         Err(problem) => return fail(BAD_INPUT, &format!("herd: {problem}")),
     };
     match invocation {
-        Invocation::Help => {
-            print!("{}", cli::USAGE);
+        Invocation::Help(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Invocation::Version => {

@@ -170,6 +170,50 @@ fn all_prefixes_each_servers_stderr_with_its_name() {
 }
 
 #[test]
+fn all_without_a_config_says_how_to_give_one() {
+    let dir = TempDir::new("cli").unwrap();
+    for args in [&["--all"][..], &["--all", "--restart"]] {
+        let run = run_herd(args, dir.path());
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {:?}", run.stderr);
+        assert_eq!(
+            run.stderr_lines(),
+            ["herd: --all needs a config file: herd --all CONFIG [--restart] [--log-level LEVEL] \
+              (see herd --all --help)"],
+            "{args:?}: one line with the usage of --all"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {:?}", run.stdout);
+    }
+}
+
+#[test]
+fn status_help_and_all_help_are_their_own() {
+    let dir = TempDir::new("cli").unwrap();
+    let general = run_herd(&["--help"], dir.path());
+    for (args, usage) in [
+        (&["status", "--help"][..], "herd status CONFIG [--watch]"),
+        (
+            &["--all", "--help"],
+            "herd --all CONFIG [--restart] [--log-level LEVEL]",
+        ),
+    ] {
+        let run = run_herd(args, dir.path());
+        assert_eq!(run.status.code(), Some(0), "{args:?}: {:?}", run.stderr);
+        assert!(run.stderr.is_empty(), "{args:?}: {:?}", run.stderr);
+        assert!(
+            run.stdout.contains(usage),
+            "{args:?} shows {usage:?}: {:?}",
+            run.stdout
+        );
+        assert_ne!(run.stdout, general.stdout, "{args:?}: not the general help");
+        assert!(
+            !run.stdout.contains("herd NAME CONFIG "),
+            "{args:?}: about the command only: {:?}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
 fn sigterm_stops_a_single_server() {
     let mut server = Server::builder("Alpha").start();
     let addr = ([127, 0, 0, 1], server.port).into();
