@@ -7,7 +7,7 @@ use herd_test_support::{
     run::run_herd,
     server::Server,
 };
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 #[test]
@@ -151,22 +151,19 @@ fn all_runs_every_server_and_sigterm_stops_them_all() {
 #[test]
 fn all_prefixes_each_servers_stderr_with_its_name() {
     let dir = TempDir::new("cli").unwrap();
-    // Beta's port is taken, so Beta has to say so on stderr.
-    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let beta = taken.local_addr().expect("addr");
-    let alpha = free_ports(1).unwrap()[0];
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
     let config = two_server_config(&dir, alpha, beta);
-    let supervisor = Server::start_all(dir, &config, vec![]);
-    let stderr = supervisor.wait_for_stderr(&beta.port().to_string(), Duration::from_secs(10));
-    let line = stderr
-        .lines()
-        .find(|line| line.contains(&beta.port().to_string()))
-        .expect("a line naming the port");
-    assert!(
-        line.trim_start_matches('[').starts_with("Beta"),
-        "Beta's error line is prefixed with its name: {line:?} (all stderr: {stderr:?})"
-    );
-    drop(taken);
+    let supervisor = Server::start_all(dir, &config, vec![alpha.port(), beta.port()]);
+    let stderr = supervisor.wait_for_stderr("herd: started 2 servers", Duration::from_secs(10));
+    for (name, addr) in [("Alpha", alpha), ("Beta", beta)] {
+        let line = format!("{name}: {name} listening on {addr}, log ");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&line)),
+            "{name}'s own line is prefixed with its name: {line:?} in:\n{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! status 1, a server that dies makes the final status 1, a clean SIGTERM exits 0 after every
 //! server stopped, and the servers die with the supervisor even when it is SIGKILLed. With
 //! `--restart`, a server that dies is started again and serves.
+//!
+//! And it says what its servers did (docs/operations.md, `herd --all`), each thing once: one
+//! reload line per server after a SIGHUP, each server that stopped and a last line at the stop,
+//! a problem every server has once for all, and every server's fate when a start fails.
 
 use herd_test_support::{
     client::{time_from_now, Client},
@@ -19,15 +23,33 @@ const STARTED: &str = "herd: started ";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn config_text(dir: &TempDir, servers: &[(&str, SocketAddr)]) -> String {
+    config_text_with(dir, servers, KEY_ENV)
+}
+
+/// A config whose Places key is read from `key_env`.
+fn config_text_with(dir: &TempDir, servers: &[(&str, SocketAddr)], key_env: &str) -> String {
     let mut text = String::new();
     for (name, addr) in servers {
         text += &format!("server {name} {addr}\n");
     }
     text + &format!(
-        "{}\nplaces key-env {KEY_ENV}\nlog dir {}\n",
+        "{}\nplaces key-env {key_env}\nlog dir {}\n",
         refused_places_url().unwrap(),
         dir.path().display()
     )
+}
+
+/// The lines of `stderr` that are exactly `line`.
+fn count_lines(stderr: &str, line: &str) -> usize {
+    stderr.lines().filter(|l| *l == line).count()
+}
+
+/// The lines of `stderr` that mention `name` (behind its name, or in a line of the supervisor).
+fn lines_about<'a>(stderr: &'a str, name: &str) -> Vec<&'a str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}: ")) || l.starts_with(&format!("herd: {name} ")))
+        .collect()
 }
 
 /// A `herd --all` supervisor, SIGKILLed on drop, and the servers it started (found by their
@@ -48,7 +70,14 @@ impl Supervisor {
     /// [`start`](Supervisor::start) with more arguments (`--restart`).
     fn start_with(servers: &[(&str, SocketAddr)], args: &[&str]) -> Supervisor {
         let dir = TempDir::new("supervisor").unwrap();
-        let process = spawn_all_with(&dir, &config_text(&dir, servers), args).unwrap();
+        let text = config_text(&dir, servers);
+        Supervisor::start_in(dir, &text, servers.len(), args)
+    }
+
+    /// Starts `herd --all` on the config `text` (of `servers` servers) in `dir`, and waits
+    /// until it says "started".
+    fn start_in(dir: TempDir, text: &str, servers: usize, args: &[&str]) -> Supervisor {
+        let process = spawn_all_with(&dir, text, args).unwrap();
         let mut supervisor = Supervisor {
             children: Vec::new(),
             process,
@@ -58,7 +87,7 @@ impl Supervisor {
         supervisor.children = children_of(supervisor.process.pid());
         assert_eq!(
             supervisor.children.len(),
-            servers.len(),
+            servers,
             "one child per server: {:?}",
             supervisor.children
         );
@@ -100,8 +129,17 @@ impl Supervisor {
     /// SIGTERM, then its exit code once it exited (None: it did not within `TIMEOUT`, or died
     /// of a signal).
     fn stop(&mut self) -> Option<i32> {
-        self.process.signal("TERM").unwrap();
+        self.stop_with("TERM")
+    }
+
+    /// [`stop`](Supervisor::stop) with the signal `name` (`INT`: Ctrl-C).
+    fn stop_with(&mut self, name: &str) -> Option<i32> {
+        self.process.signal(name).unwrap();
         self.process.wait_exit(TIMEOUT).and_then(|s| s.code())
+    }
+
+    fn config_path(&self) -> String {
+        self.dir.path().join("herd.conf").display().to_string()
     }
 
     fn child_pids(&self) -> Vec<u32> {
@@ -166,11 +204,11 @@ fn answers_as(port: u16, name: &str) {
 }
 
 #[test]
-fn a_second_herd_on_the_same_ports_fails_with_the_servers_own_error_and_the_first_serves_on() {
-    let [alpha, beta] = free_ports(2).unwrap()[..] else {
-        unreachable!()
-    };
-    let mut first = Supervisor::start(&[("Alpha", alpha), ("Beta", beta)]);
+fn a_second_herd_on_the_same_ports_says_each_servers_own_error_once_and_the_first_serves_on() {
+    let addrs = free_ports(3).unwrap();
+    let servers: Vec<(&str, SocketAddr)> =
+        ["Alpha", "Beta", "Gamma"].into_iter().zip(addrs).collect();
+    let mut first = Supervisor::start(&servers);
 
     let second = run_herd(&["--all", "herd.conf"], first.dir.path());
     assert_eq!(
@@ -184,20 +222,34 @@ fn a_second_herd_on_the_same_ports_fails_with_the_servers_own_error_and_the_firs
         "the second herd does not claim it started:\n{}",
         second.stderr
     );
-    let report = second
-        .stderr_lines()
-        .into_iter()
-        .find(|line| line.starts_with("herd: ") && line.contains("failed to start"))
-        .unwrap_or_else(|| panic!("a `failed to start` line in:\n{}", second.stderr));
-    let own_line = format!("herd Alpha: cannot listen on {alpha}: Address already in use");
-    let own_line_beta = format!("herd Beta: cannot listen on {beta}: Address already in use");
-    assert!(
-        report.contains(&own_line) || report.contains(&own_line_beta),
-        "the report carries the server's own error line: {report:?}"
+    for (name, addr) in &servers {
+        let own_line = format!("herd {name}: cannot listen on {addr}: Address already in use");
+        assert_eq!(
+            second.stderr.matches(&own_line).count(),
+            1,
+            "{name}'s own error line, once:\n{}",
+            second.stderr
+        );
+        let about = lines_about(&second.stderr, name);
+        assert_eq!(about.len(), 1, "{name} is said once:\n{}", second.stderr);
+        assert!(
+            about[0].starts_with(&format!(
+                "herd: {name} failed to start (exit status: 1): {own_line}"
+            )),
+            "{name}'s report carries its own error line: {:?}",
+            about[0]
+        );
+    }
+    assert_eq!(
+        second.stderr_lines().last().copied(),
+        Some("herd: stopped 0 of 3 servers; Alpha, Beta and Gamma failed to start"),
+        "the last line covers every server:\n{}",
+        second.stderr
     );
 
-    answers_as(alpha.port(), "Alpha");
-    answers_as(beta.port(), "Beta");
+    for (name, addr) in &servers {
+        answers_as(addr.port(), name);
+    }
     assert!(first.process.is_running(), "the first herd runs on");
     assert!(
         first.child_pids().into_iter().all(alive),
@@ -234,6 +286,25 @@ fn a_server_that_cannot_listen_stops_the_others_and_fails_the_herd() {
     );
     // run_herd returned: the supervisor has exited, and it reaps its children before that.
     assert!(!accepts(alpha), "Alpha was stopped:\n{}", run.stderr);
+    // Each server's fate said once: Beta failed, Alpha (listening, or nearly) was stopped.
+    let beta_said: Vec<&str> = lines_about(&run.stderr, "Beta");
+    assert_eq!(beta_said.len(), 1, "Beta is said once:\n{}", run.stderr);
+    let alpha_said: Vec<&str> = run
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("herd: Alpha "))
+        .collect();
+    assert_eq!(alpha_said.len(), 1, "Alpha is said once:\n{}", run.stderr);
+    assert!(
+        alpha_said[0].starts_with("herd: Alpha stopped"),
+        "{alpha_said:?}"
+    );
+    assert_eq!(
+        run.stderr_lines().last().copied(),
+        Some("herd: stopped 1 of 2 servers; Beta failed to start"),
+        "stderr:\n{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -276,12 +347,30 @@ fn a_server_killed_while_the_herd_runs_is_reported_and_fails_the_exit_status() {
     assert!(supervisor.process.is_running(), "the supervisor runs on");
     answers_as(alpha.port(), "Alpha");
 
+    // A SIGHUP now: Alpha reloads, and the supervisor says for Beta why it does not.
+    supervisor.process.signal("HUP").unwrap();
+    let path = supervisor.config_path();
+    supervisor.wait_for_stderr(&format!("Alpha: reload {path}: nothing changed"));
+    supervisor.wait_for_stderr("herd: Beta not reloaded: it has exited");
+
     assert_eq!(
         supervisor.stop(),
         Some(1),
         "a server died, so the herd exits 1 even after a clean SIGTERM:\n{stderr}"
     );
     assert!(!alive(supervisor.pid_of("Alpha")), "Alpha was stopped");
+    let stderr = supervisor.stderr();
+    assert_eq!(
+        stderr.matches("herd: Beta exited").count(),
+        1,
+        "Beta's death is said once:\n{stderr}"
+    );
+    assert_eq!(count_lines(&stderr, "herd: Alpha stopped"), 1, "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("herd: stopped 1 of 2 servers; Beta had exited"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -344,4 +433,110 @@ fn sigterm_exits_0_once_every_server_has_stopped() {
         "every server stopped before the supervisor exited"
     );
     assert!(!accepts(alpha) && !accepts(beta), "their ports are closed");
+    let stderr = supervisor.stderr();
+    for name in ["Alpha", "Beta"] {
+        assert_eq!(
+            count_lines(&stderr, &format!("herd: {name} stopped")),
+            1,
+            "{name}'s stop is said once:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        stderr.lines().last(),
+        Some("herd: stopped 2 servers"),
+        "the last line says it stopped them all:\n{stderr}"
+    );
+}
+
+#[test]
+fn sighup_gets_one_reload_line_from_each_server_applied_then_refused_with_the_reason() {
+    let [alpha, beta] = free_ports(2).unwrap()[..] else {
+        unreachable!()
+    };
+    let mut supervisor = Supervisor::start(&[("Alpha", alpha), ("Beta", beta)]);
+    let path = supervisor.config_path();
+    let mut text = fs::read_to_string(&path).unwrap();
+
+    text += "link Alpha Beta\n";
+    fs::write(&path, &text).unwrap();
+    supervisor.process.signal("HUP").unwrap();
+    let applied = [
+        format!("Alpha: reload {path}: links added: Beta"),
+        format!("Beta: reload {path}: links added: Alpha"),
+    ];
+    for line in &applied {
+        supervisor.wait_for_stderr(line);
+    }
+
+    text += "lnk Alpha Beta\n";
+    let bad_line = text.lines().count();
+    fs::write(&path, &text).unwrap();
+    supervisor.process.signal("HUP").unwrap();
+    let refused = ["Alpha", "Beta"]
+        .map(|name| format!("{name}: reload refused: {path}:{bad_line}: unknown directive 'lnk'"));
+    for line in &refused {
+        supervisor.wait_for_stderr(line);
+    }
+
+    assert_eq!(
+        supervisor.stop_with("INT"),
+        Some(0),
+        "{}",
+        supervisor.stderr()
+    );
+    let stderr = supervisor.stderr();
+    for (i, name) in ["Alpha", "Beta"].into_iter().enumerate() {
+        let reloads: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}: reload")))
+            .collect();
+        assert_eq!(
+            reloads,
+            [applied[i].as_str(), refused[i].as_str()],
+            "one reload line from {name} per SIGHUP:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        stderr.lines().last(),
+        Some("herd: stopped 2 servers"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_problem_every_server_has_is_said_once_for_all_of_them() {
+    let addrs = free_ports(3).unwrap();
+    let servers: Vec<(&str, SocketAddr)> =
+        ["Alpha", "Beta", "Gamma"].into_iter().zip(addrs).collect();
+    let dir = TempDir::new("supervisor").unwrap();
+    let unset = "HERD_TEST_PLACES_KEY_NOBODY_SETS";
+    let text = config_text_with(&dir, &servers, unset) + "peer secret none\n";
+    let mut supervisor = Supervisor::start_in(dir, &text, servers.len(), &["--restart"]);
+    let stderr = supervisor.stderr();
+    let started_at = stderr.find(STARTED).unwrap();
+
+    let no_key = format!("{unset} is not set: Places lookups go out without a key");
+    let no_secret = "peer secret none: links are not authenticated";
+    for problem in [no_key.as_str(), no_secret] {
+        let said = format!("herd: all 3 servers: {problem}");
+        let at = stderr
+            .find(&said)
+            .unwrap_or_else(|| panic!("{said:?} in:\n{stderr}"));
+        assert!(at < started_at, "said before `started`:\n{stderr}");
+        assert_eq!(
+            stderr.matches(problem).count(),
+            1,
+            "said once, not once per server:\n{stderr}"
+        );
+    }
+    for (name, addr) in &servers {
+        let listening = format!("{name}: {name} listening on {addr}");
+        assert!(stderr.contains(&listening), "{listening:?} in:\n{stderr}");
+    }
+
+    // A restarted server says it again as it starts: not said again.
+    kill(supervisor.pid_of("Beta"), "KILL");
+    supervisor.wait_for_stderr_count("Beta: Beta listening on ", 2);
+    let stderr = supervisor.stderr();
+    assert_eq!(stderr.matches(&no_key).count(), 1, "{stderr}");
 }
