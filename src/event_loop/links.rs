@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 
 use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
@@ -19,11 +19,7 @@ use crate::metrics::page::LinkFigures;
 use crate::net::{self, ReadOutcome, Socket};
 use crate::table::{ClientTable, LinkId, RecordIndex};
 
-/// Link `i` has token `FIRST_LINK + i`. Links are never renumbered (a reload adds at the end
-/// and leaves a removed link in its place), so there is room for [`MAX_LINKS`] of them over a
-/// run; connection tokens start after them.
-pub const FIRST_LINK: usize = 4;
-pub const MAX_LINKS: usize = 4096;
+use super::tokens;
 
 /// Most bytes one link may write per loop turn, so a million-record resync shares the loop
 /// with everything else.
@@ -80,13 +76,6 @@ impl Links {
     /// Links made this run (removed ones keep their id).
     pub fn count(&self) -> usize {
         self.links.len()
-    }
-
-    /// Whether an event's token is a link's; its link id.
-    pub fn link_of(token: Token) -> Option<LinkId> {
-        (FIRST_LINK..FIRST_LINK + MAX_LINKS)
-            .contains(&token.0)
-            .then(|| token.0 - FIRST_LINK)
     }
 
     /// When the loop must look at a link again, whatever the sockets do.
@@ -313,7 +302,7 @@ impl Links {
             Ok(stream) => stream,
             Err(e) => return self.down(index, &format!("connect: {e}"), registry),
         };
-        let token = Token(FIRST_LINK + index);
+        let token = tokens::link(index);
         if let Err(e) = registry.register(&mut stream, token, Interest::WRITABLE) {
             return self.down(index, &format!("register: {e}"), registry);
         }
@@ -371,7 +360,7 @@ impl Links {
             return;
         };
         if socket.registered != wanted {
-            let token = Token(FIRST_LINK + index);
+            let token = tokens::link(index);
             if let Err(e) = registry.reregister(&mut socket.stream, token, wanted) {
                 return self.down(index, &format!("reregister: {e}"), registry);
             }
@@ -492,13 +481,5 @@ mod tests {
             "{second}"
         );
         assert_eq!(holds.report(at(2100), 10), None, "quiet since");
-    }
-
-    #[test]
-    fn link_tokens_are_recognised_and_others_are_not() {
-        assert_eq!(Links::link_of(Token(FIRST_LINK)), Some(0));
-        assert_eq!(Links::link_of(Token(FIRST_LINK + 7)), Some(7));
-        assert_eq!(Links::link_of(Token(FIRST_LINK - 1)), None);
-        assert_eq!(Links::link_of(Token(FIRST_LINK + MAX_LINKS)), None);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 use slab::Slab;
 
 use crate::buffer::OutBuffer;
@@ -21,10 +21,7 @@ use crate::config::Limits;
 use crate::metrics::http::{self, Decision, Page, Status};
 use crate::net::{self, ReadOutcome};
 
-/// The metrics listener's token; its connection `key` has `FIRST_METRICS_CONN + key`. Far
-/// above every client token (`first_conn + slab key`), so the two ranges never meet.
-const METRICS_LISTENER: Token = Token(1 << 40);
-const FIRST_METRICS_CONN: usize = (1 << 40) + 1;
+use super::tokens::{self, Owner};
 
 /// After its response, a connection waits this long at most for the client to close (closing
 /// first, with the client's unread bytes in our socket, would reset the connection and could
@@ -71,7 +68,7 @@ impl MetricsServer {
         registry: &Registry,
         limits: &Limits,
     ) -> std::io::Result<MetricsServer> {
-        registry.register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
+        registry.register(&mut listener, tokens::METRICS_LISTENER, Interest::READABLE)?;
         let addr = listener.local_addr()?;
         info!("metrics listen {addr}");
         Ok(MetricsServer {
@@ -91,7 +88,7 @@ impl MetricsServer {
         mut listener: TcpListener,
         registry: &Registry,
     ) -> std::io::Result<()> {
-        registry.register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
+        registry.register(&mut listener, tokens::METRICS_LISTENER, Interest::READABLE)?;
         let mut old = std::mem::replace(&mut self.listener, listener);
         let _ = registry.deregister(&mut old);
         if let Ok(addr) = self.listener.local_addr() {
@@ -112,24 +109,20 @@ impl MetricsServer {
         self.conns.iter().map(|(_, c)| c.deadline).min()
     }
 
-    /// Whether an event's token is the listener's or one of its connections'.
-    pub fn owns(token: Token) -> bool {
-        token.0 >= METRICS_LISTENER.0
-    }
-
     /// An event for the listener or one of its connections; `page` renders the metrics
     /// page, called only when a request asks for it.
     pub fn on_event(
         &mut self,
-        token: Token,
+        owner: Owner,
         event: &mio::event::Event,
         registry: &Registry,
         page: impl FnOnce() -> String,
     ) {
-        if token == METRICS_LISTENER {
-            return self.accept(registry);
-        }
-        let key = token.0 - FIRST_METRICS_CONN;
+        let key = match owner {
+            Owner::MetricsListener => return self.accept(registry),
+            Owner::MetricsConn(key) => key,
+            _ => return,
+        };
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.read_request(key, registry, page);
         }
@@ -160,7 +153,7 @@ impl MetricsServer {
                 continue;
             }
             let entry = self.conns.vacant_entry();
-            let token = Token(FIRST_METRICS_CONN + entry.key());
+            let token = tokens::metrics_conn(entry.key());
             if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
                 warn!("metrics accept from {remote}: cannot register: {e}");
                 continue;
@@ -256,7 +249,7 @@ impl MetricsServer {
             Interest::READABLE | Interest::WRITABLE
         };
         if wanted != conn.registered {
-            let token = Token(FIRST_METRICS_CONN + key);
+            let token = tokens::metrics_conn(key);
             if registry
                 .reregister(&mut conn.stream, token, wanted)
                 .is_err()

@@ -16,6 +16,7 @@ mod links;
 mod metrics;
 mod places;
 mod reload;
+mod tokens;
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use mio::net::{TcpListener, UnixStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Waker};
 
 use crate::app::App;
 use crate::config::Config;
@@ -38,17 +39,15 @@ use crate::session::Effect;
 use crate::store::{self, Store};
 use crate::table::ClientTable;
 
-use clients::{Clients, Dispatch, LISTENER};
+use clients::{Clients, Dispatch};
 use links::Links;
 use metrics::MetricsServer;
 use places::PlacesFront;
 use reload::Running;
 
-pub use links::MAX_LINKS;
+use tokens::{Owner, HANGUPS, SIGNALS, WAKER};
 
-const WAKER: Token = Token(1);
-const SIGNALS: Token = Token(2);
-const HANGUPS: Token = Token(3);
+pub use tokens::MAX_LINKS;
 
 /// Readiness events taken per `poll` call; more simply wait for the next call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -299,25 +298,25 @@ impl EventLoop {
     /// Hands one event to the part whose token it is. Spurious events for unknown tokens
     /// happen; each part ignores those.
     fn dispatch(&mut self, event: &mio::event::Event) {
-        let token = event.token();
-        match token {
-            LISTENER => {
+        match tokens::owner(event.token()) {
+            Owner::Listener => {
                 let reserved = 2 * self.links.count();
                 self.clients.accept_all(self.poll.registry(), reserved);
             }
             // Taken after the sockets' events (the Places front bounds them per turn).
-            WAKER => self.places.woken(),
-            SIGNALS => self.stopping = true,
-            HANGUPS => self.on_hangup(),
-            _ if MetricsServer::owns(token) => self.on_metrics_event(token, event),
-            _ => {
-                if let Some(link) = Links::link_of(token) {
-                    self.links
-                        .on_event(link, event, self.poll.registry(), &mut self.app);
-                } else if let Some(key) = Clients::conn_of(token) {
-                    let (registry, app, clients, mut others) = self.split();
-                    clients.on_event(key, event, registry, app, &mut others);
-                }
+            Owner::Waker => self.places.woken(),
+            Owner::Signals => self.stopping = true,
+            Owner::Hangups => self.on_hangup(),
+            owner @ (Owner::MetricsListener | Owner::MetricsConn(_)) => {
+                self.on_metrics_event(owner, event)
+            }
+            Owner::Link(link) => {
+                self.links
+                    .on_event(link, event, self.poll.registry(), &mut self.app)
+            }
+            Owner::Conn(key) => {
+                let (registry, app, clients, mut others) = self.split();
+                clients.on_event(key, event, registry, app, &mut others);
             }
         }
     }
@@ -415,7 +414,7 @@ impl EventLoop {
         (poll.registry(), app, clients, others)
     }
 
-    fn on_metrics_event(&mut self, token: Token, event: &mio::event::Event) {
+    fn on_metrics_event(&mut self, owner: Owner, event: &mio::event::Event) {
         let EventLoop {
             poll,
             app,
@@ -434,7 +433,7 @@ impl EventLoop {
             let snapshot = snapshot(identity, app, clients, links, places, store.as_ref());
             page::render(&snapshot)
         };
-        metrics.on_event(token, event, poll.registry(), page);
+        metrics.on_event(owner, event, poll.registry(), page);
     }
 
     /// SIGHUP (once or more since the last event): the log is reopened at its path, so after

@@ -21,9 +21,10 @@ use crate::places::PlacesPool;
 use crate::reload::{self, Plan};
 
 use super::clients::Clients;
-use super::links::{Links, MAX_LINKS};
+use super::links::Links;
 use super::metrics::MetricsServer;
 use super::places::PlacesFront;
+use super::tokens::MAX_LINKS;
 
 /// What the running server is, as a reload checks a new config against it.
 pub struct Running<'a> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 use slab::Slab;
 
 use crate::app::App;
@@ -32,10 +32,7 @@ use crate::table::ClientTable;
 
 use schedule::{Lines, ReadState, Wait};
 
-use super::links::{FIRST_LINK, MAX_LINKS};
-
-/// Connection tokens follow the links': `FIRST_CONN + slab key`.
-const FIRST_CONN: usize = FIRST_LINK + MAX_LINKS;
+use super::tokens;
 /// Bytes read per `read` call from a neighbour's connection (its floods).
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read per `read` call from a client: with thousands of clients pipelining, the part
@@ -132,7 +129,7 @@ impl Clients {
         registry: &Registry,
         limits: &Limits,
     ) -> std::io::Result<Clients> {
-        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        registry.register(&mut listener, tokens::LISTENER, Interest::READABLE)?;
         Ok(Clients {
             listener,
             conns: Slab::new(),
@@ -147,11 +144,6 @@ impl Clients {
             last_accept_warning: None,
             traffic: ClientTraffic::default(),
         })
-    }
-
-    /// The connection an event's token names, by slab key.
-    pub fn conn_of(token: Token) -> Option<usize> {
-        token.0.checked_sub(FIRST_CONN)
     }
 
     /// Open connections (clients and neighbours' links).
@@ -204,7 +196,7 @@ impl Clients {
             let probation_until = (self.conns.len() >= self.limits.max_connections)
                 .then(|| Instant::now() + NEIGHBOUR_HELLO_WAIT);
             let entry = self.conns.vacant_entry();
-            let token = Token(FIRST_CONN + entry.key());
+            let token = tokens::conn(entry.key());
             if let Err(e) = registry.register(&mut stream, token, Interest::READABLE) {
                 warn!("accept from {remote}: cannot register: {e}");
                 continue;
@@ -515,7 +507,7 @@ impl Clients {
         }
         let wanted = conn.wanted_interest();
         if wanted != entry.registered {
-            let token = Token(FIRST_CONN + key);
+            let token = tokens::conn(key);
             if let Err(e) = registry.reregister(&mut entry.stream, token, wanted) {
                 warn!("conn={} reregister failed: {e}", conn.id);
                 return self.close(key, "reregister failed");
@@ -636,9 +628,6 @@ impl Clients {
         }
     }
 }
-
-/// The listener's token.
-pub const LISTENER: Token = Token(0);
 
 /// Bytes one `read` takes. A client's read is smaller than a neighbour's: what a read brings
 /// beyond the commands its turn takes is held in the server, per connection.
