@@ -133,6 +133,62 @@ fn render_server(page: &mut Exposition, s: &Snapshot) {
     );
 }
 
+/// The families with one sample per link: name, kind, help, and the link's value.
+type LinkFamily = (&'static str, Kind, &'static str, fn(&LinkFigures) -> Value);
+
+const LINK_FAMILIES: [LinkFamily; 8] = [
+    (
+        "herd_link_up",
+        Kind::Gauge,
+        "1 while the outbound link is up.",
+        |l| (l.state == "up").into(),
+    ),
+    (
+        "herd_link_up_since_seconds",
+        Kind::Gauge,
+        "When the link last came up, in seconds since the Unix epoch (0 while down).",
+        |l| l.up_since_unix.into(),
+    ),
+    (
+        "herd_link_flaps_total",
+        Kind::Counter,
+        "Times the link went down after it was up.",
+        |l| l.flaps.into(),
+    ),
+    (
+        "herd_link_resyncs_total",
+        Kind::Counter,
+        "Times the link came up and started a resync of the whole table.",
+        |l| l.resyncs.into(),
+    ),
+    (
+        "herd_link_records_owed",
+        Kind::Gauge,
+        "Client records the link still owes its neighbour (resync and live updates).",
+        |l| l.records_owed.into(),
+    ),
+    (
+        "herd_link_lagging",
+        Kind::Gauge,
+        "1 while the link lags: it has held clients back for 'peer hold-ms' since it last \
+         owed nothing, and clients are no longer held back for it.",
+        |l| l.lagging.into(),
+    ),
+    (
+        "herd_link_lag_episodes_total",
+        Kind::Counter,
+        "Times the link started lagging.",
+        |l| l.lag_episodes.into(),
+    ),
+    (
+        "herd_link_last_heard_seconds",
+        Kind::Gauge,
+        "When the neighbour last sent anything on the link, in seconds since the Unix epoch \
+         (0: never).",
+        |l| l.last_heard_unix.into(),
+    ),
+];
+
 fn render_links(page: &mut Exposition, links: &[LinkFigures]) {
     page.gauge(
         "herd_links_configured",
@@ -142,10 +198,12 @@ fn render_links(page: &mut Exposition, links: &[LinkFigures]) {
     if links.is_empty() {
         return; // a family without samples says nothing
     }
-    let help = "1 while the outbound link is up.";
-    link_family(page, "herd_link_up", Kind::Gauge, help, links, |l| {
-        (l.state == "up").into()
-    });
+    for (name, kind, help, value) in LINK_FAMILIES {
+        let mut family = page.family(name, kind, help);
+        for link in links {
+            family.sample(&[("link", &link.name)], value(link));
+        }
+    }
     let mut family = page.family(
         "herd_link_state",
         Kind::Gauge,
@@ -158,81 +216,6 @@ fn render_links(page: &mut Exposition, links: &[LinkFigures]) {
                 link.state == state,
             );
         }
-    }
-    let help = "When the link last came up, in seconds since the Unix epoch (0 while down).";
-    link_family(
-        page,
-        "herd_link_up_since_seconds",
-        Kind::Gauge,
-        help,
-        links,
-        |l| l.up_since_unix.into(),
-    );
-    let help = "Times the link went down after it was up.";
-    link_family(
-        page,
-        "herd_link_flaps_total",
-        Kind::Counter,
-        help,
-        links,
-        |l| l.flaps.into(),
-    );
-    let help = "Times the link came up and started a resync of the whole table.";
-    link_family(
-        page,
-        "herd_link_resyncs_total",
-        Kind::Counter,
-        help,
-        links,
-        |l| l.resyncs.into(),
-    );
-    let help = "Client records the link still owes its neighbour (resync and live updates).";
-    link_family(
-        page,
-        "herd_link_records_owed",
-        Kind::Gauge,
-        help,
-        links,
-        |l| l.records_owed.into(),
-    );
-    let help = "1 while the link lags: it has owed more than 'peer max-owed' updates for \
-                longer than 'peer hold-ms', and clients are no longer held back for it.";
-    link_family(page, "herd_link_lagging", Kind::Gauge, help, links, |l| {
-        l.lagging.into()
-    });
-    let help = "Times the link started lagging.";
-    link_family(
-        page,
-        "herd_link_lag_episodes_total",
-        Kind::Counter,
-        help,
-        links,
-        |l| l.lag_episodes.into(),
-    );
-    let help = "When the neighbour last sent anything on the link, in seconds since the Unix \
-                epoch (0: never).";
-    link_family(
-        page,
-        "herd_link_last_heard_seconds",
-        Kind::Gauge,
-        help,
-        links,
-        |l| l.last_heard_unix.into(),
-    );
-}
-
-/// A family with one sample per link, labelled with its name.
-fn link_family(
-    page: &mut Exposition,
-    name: &str,
-    kind: Kind,
-    help: &str,
-    links: &[LinkFigures],
-    value: impl Fn(&LinkFigures) -> Value,
-) {
-    let mut family = page.family(name, kind, help);
-    for link in links {
-        family.sample(&[("link", &link.name)], value(link));
     }
 }
 
