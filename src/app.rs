@@ -198,7 +198,7 @@ impl App {
         }
         match protocol::parse_request(line) {
             Parsed::Blank => ClientOutcome::Silent,
-            Parsed::Invalid => ClientOutcome::Reply(protocol::format_invalid(line)),
+            Parsed::Invalid(_) => ClientOutcome::Reply(protocol::format_invalid(line)),
             Parsed::Request(Request::IAmAt { client_time, .. })
                 if self.is_too_far_ahead(client_time, now) =>
             {

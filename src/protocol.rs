@@ -1,11 +1,18 @@
 //! The client protocol of SPEC section 2: splitting a line into fields, parsing IAMAT and
-//! WHATSAT, exact client times, and formatting AT and `? ` replies.
+//! WHATSAT, exact client times, and formatting AT and `? ` replies. A line that is not a valid
+//! command is [`Parsed::Invalid`] with the reason ([`Invalid`]): which field, what is wrong
+//! with it, what is allowed. The reply does not carry it (`? ` + the line, nothing more); the
+//! log does.
 //!
 //! Pure: no sockets, no clock. Lines are bytes (not necessarily UTF-8); every field handed back
-//! borrows from the line, so parsing allocates nothing.
+//! borrows from the line, so parsing allocates nothing, valid or not.
 
 use std::cmp::Ordering;
+use std::fmt;
 use std::ops::Range;
+
+use crate::logging::Escaped;
+use crate::peer_wire;
 
 /// The six bytes that separate fields (SPEC section 2). Anything else, U+00A0 included, belongs
 /// to a field.
@@ -21,14 +28,19 @@ pub fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Splits a line into exactly `N` fields, or `None` when it has another count.
 fn exact_fields<const N: usize>(line: &[u8]) -> Option<[&[u8]; N]> {
+    counted_fields(line).ok()
+}
+
+/// Splits a line into exactly `N` fields, or says how many it has.
+fn counted_fields<const N: usize>(line: &[u8]) -> Result<[&[u8]; N], usize> {
     let mut out: [&[u8]; N] = [&[]; N];
     let mut iter = fields(line);
-    for slot in out.iter_mut() {
-        *slot = iter.next()?;
+    for (count, slot) in out.iter_mut().enumerate() {
+        *slot = iter.next().ok_or(count)?;
     }
     match iter.next() {
-        Some(_) => None,
-        None => Some(out),
+        Some(_) => Err(N + 1 + iter.count()),
+        None => Ok(out),
     }
 }
 
@@ -42,18 +54,23 @@ pub struct ClientTime {
 impl ClientTime {
     /// Digits, then optionally `.` and 1 to 9 digits. No sign, no exponent, no `nan`/`inf`.
     pub fn parse(field: &[u8]) -> Option<ClientTime> {
-        let (whole, fraction) = split_decimal(field)?;
+        ClientTime::check(field).ok()
+    }
+
+    /// [`ClientTime::parse`], saying what is wrong with a field that is not a time.
+    pub fn check(field: &[u8]) -> Result<ClientTime, TimeFault> {
+        let (whole, fraction) = split_decimal(field).ok_or(TimeFault::Malformed)?;
         if fraction.is_some_and(|f| f.len() > 9) {
-            return None;
+            return Err(TimeFault::Malformed);
         }
-        let secs = parse_digits_i64(whole)?;
+        let secs = parse_digits_i64(whole).ok_or(TimeFault::TooLarge)?;
         let mut nanos = 0u32;
         let fraction = fraction.unwrap_or(&[]);
         for i in 0..9 {
             let digit = fraction.get(i).map_or(0, |d| u32::from(d - b'0'));
             nanos = nanos * 10 + digit;
         }
-        Some(ClientTime { secs, nanos })
+        Ok(ClientTime { secs, nanos })
     }
 
     pub fn as_nanos(self) -> i128 {
@@ -115,7 +132,7 @@ pub struct Location {
 impl Location {
     /// Two signed decimals, latitude then longitude, each within its range (checked exactly).
     pub fn parse(field: &[u8]) -> Option<Location> {
-        let (latitude, longitude) = split_location(field)?;
+        let (latitude, longitude) = split_location(field).ok()?;
         Some(Location {
             latitude: to_f64(latitude)?,
             longitude: to_f64(longitude)?,
@@ -126,30 +143,40 @@ impl Location {
     /// updates only validate a location and copy it as written, and float parsing was a fifth
     /// of the work of an IAMAT.
     pub fn is_valid(field: &[u8]) -> bool {
-        split_location(field).is_some()
+        split_location(field).is_ok()
+    }
+
+    /// [`Location::is_valid`], saying what is wrong with a field that is not a location.
+    pub fn check(field: &[u8]) -> Result<(), LocationFault<'_>> {
+        split_location(field).map(|_| ())
     }
 }
 
-/// Splits a valid location into its signed latitude and longitude texts.
-fn split_location(field: &[u8]) -> Option<(&[u8], &[u8])> {
-    let split = 1 + field
-        .get(1..)?
-        .iter()
-        .position(|&b| b == b'+' || b == b'-')?;
-    let (latitude, longitude) = field.split_at(split);
-    (signed_degrees_within(latitude, 90) && signed_degrees_within(longitude, 180))
-        .then_some((latitude, longitude))
+/// Splits a valid location into its signed latitude and longitude texts: the latitude runs
+/// from the first byte to the next sign.
+fn split_location(field: &[u8]) -> Result<(&[u8], &[u8]), LocationFault<'_>> {
+    let split = field
+        .get(1..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'+' || b == b'-'))
+        .ok_or(LocationFault::NotTwoParts)?;
+    let (latitude, longitude) = field.split_at(1 + split);
+    signed_degrees_within(latitude, 90)
+        .map_err(|fault| LocationFault::Latitude(latitude, fault))?;
+    signed_degrees_within(longitude, 180)
+        .map_err(|fault| LocationFault::Longitude(longitude, fault))?;
+    Ok((latitude, longitude))
 }
 
-fn signed_degrees_within(field: &[u8], limit: u32) -> bool {
-    let Some((&sign, magnitude)) = field.split_first() else {
-        return false;
+fn signed_degrees_within(field: &[u8], limit: u32) -> Result<(), NumberFault> {
+    let Some((&(b'+' | b'-'), magnitude)) = field.split_first() else {
+        return Err(NumberFault::Malformed);
     };
-    if sign != b'+' && sign != b'-' {
-        return false;
+    let (whole, fraction) = split_decimal(magnitude).ok_or(NumberFault::Malformed)?;
+    if decimal_at_most(whole, fraction, limit) {
+        Ok(())
+    } else {
+        Err(NumberFault::OutOfRange)
     }
-    split_decimal(magnitude)
-        .is_some_and(|(whole, fraction)| decimal_at_most(whole, fraction, limit))
 }
 
 fn to_f64(signed_decimal: &[u8]) -> Option<f64> {
@@ -166,9 +193,14 @@ impl Radius {
     pub const MAX_KM: u32 = 50;
 
     pub fn parse(field: &[u8]) -> Option<Radius> {
-        let (whole, fraction) = split_decimal(field)?;
+        Radius::check(field).ok()
+    }
+
+    /// [`Radius::parse`], saying what is wrong with a field that is not a radius.
+    pub fn check(field: &[u8]) -> Result<Radius, NumberFault> {
+        let (whole, fraction) = split_decimal(field).ok_or(NumberFault::Malformed)?;
         if decimal_is_zero(whole, fraction) || !decimal_at_most(whole, fraction, Self::MAX_KM) {
-            return None;
+            return Err(NumberFault::OutOfRange);
         }
         // km -> m by moving the decimal point three places, so 1.1 km is exactly 1100 m
         // rather than 1100.0000000000002 through a float multiplication.
@@ -182,23 +214,23 @@ impl Radius {
             metres.push('.');
             metres.extend(fraction[3..].iter().map(|&d| char::from(d)));
         }
-        Some(Radius {
-            metres: metres.parse().ok()?,
-        })
+        // Digits with at most one `.`: always a valid float.
+        let metres = metres.parse().map_err(|_| NumberFault::Malformed)?;
+        Ok(Radius { metres })
     }
 }
 
 /// The most results a WHATSAT may ask for.
 pub const MAX_BOUND: u8 = 20;
 
-fn parse_bound(field: &[u8]) -> Option<u8> {
+fn parse_bound(field: &[u8]) -> Result<u8, NumberFault> {
     if field.is_empty() || !field.iter().all(u8::is_ascii_digit) {
-        return None;
+        return Err(NumberFault::Malformed);
     }
-    let value = parse_digits_i64(field)?;
-    (1..=i64::from(MAX_BOUND))
-        .contains(&value)
-        .then_some(value as u8)
+    match parse_digits_i64(field) {
+        Some(value) if (1..=i64::from(MAX_BOUND)).contains(&value) => Ok(value as u8),
+        _ => Err(NumberFault::OutOfRange),
+    }
 }
 
 /// A valid client command. Fields borrow from the line.
@@ -223,8 +255,8 @@ pub enum Parsed<'a> {
     /// Nothing but white space: no reply (SPEC section 2).
     Blank,
     Request(Request<'a>),
-    /// Anything else: answered `? ` + the line.
-    Invalid,
+    /// Anything else: answered `? ` + the line; the reason goes to the log.
+    Invalid(Invalid<'a>),
 }
 
 /// Parses one client line (without its terminator).
@@ -235,18 +267,33 @@ pub fn parse_request(line: &[u8]) -> Parsed<'_> {
     let request = match command {
         b"IAMAT" => parse_iamat(line),
         b"WHATSAT" => parse_whatsat(line),
-        _ => None,
+        _ if is_server_word(command) => Err(Invalid::ServerLine(command)),
+        _ => Err(Invalid::UnknownCommand(command)),
     };
-    request.map_or(Parsed::Invalid, Parsed::Request)
+    match request {
+        Ok(request) => Parsed::Request(request),
+        Err(why) => Parsed::Invalid(why),
+    }
 }
 
-fn parse_iamat(line: &[u8]) -> Option<Request<'_>> {
-    let [_, client, location, time] = exact_fields::<4>(line)?;
-    if !Location::is_valid(location) {
-        return None;
-    }
-    let client_time = ClientTime::parse(time)?;
-    Some(Request::IAmAt {
+/// The first words of the lines servers exchange on a link (`peer_wire`).
+fn is_server_word(word: &[u8]) -> bool {
+    use peer_wire::{CHALLENGE, HELLO, PING_LINE, PONG_LINE, PROOF, WELCOME};
+    [
+        b"AT", HELLO, CHALLENGE, PROOF, WELCOME, PING_LINE, PONG_LINE,
+    ]
+    .contains(&word)
+}
+
+fn parse_iamat(line: &[u8]) -> Result<Request<'_>, Invalid<'_>> {
+    let [_, client, location, time] =
+        counted_fields::<4>(line).map_err(|fields| Invalid::FieldCount {
+            command: Command::IAmAt,
+            fields,
+        })?;
+    Location::check(location).map_err(|fault| Invalid::Location(location, fault))?;
+    let client_time = ClientTime::check(time).map_err(|fault| Invalid::Time(time, fault))?;
+    Ok(Request::IAmAt {
         client,
         location,
         time,
@@ -254,13 +301,183 @@ fn parse_iamat(line: &[u8]) -> Option<Request<'_>> {
     })
 }
 
-fn parse_whatsat(line: &[u8]) -> Option<Request<'_>> {
-    let [_, client, radius, bound] = exact_fields::<4>(line)?;
-    Some(Request::WhatsAt {
+fn parse_whatsat(line: &[u8]) -> Result<Request<'_>, Invalid<'_>> {
+    let [_, client, radius, bound] =
+        counted_fields::<4>(line).map_err(|fields| Invalid::FieldCount {
+            command: Command::WhatsAt,
+            fields,
+        })?;
+    Ok(Request::WhatsAt {
         client,
-        radius: Radius::parse(radius)?,
-        bound: parse_bound(bound)?,
+        radius: Radius::check(radius).map_err(|fault| Invalid::Radius(radius, fault))?,
+        bound: parse_bound(bound).map_err(|fault| Invalid::Bound(bound, fault))?,
     })
+}
+
+/// A client command, as a reason names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    IAmAt,
+    WhatsAt,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Command::IAmAt => "IAMAT",
+            Command::WhatsAt => "WHATSAT",
+        }
+    }
+
+    /// The command's form, as a reason shows what is allowed.
+    fn form(self) -> &'static str {
+        match self {
+            Command::IAmAt => "IAMAT CLIENT LOCATION TIME",
+            Command::WhatsAt => "WHATSAT CLIENT RADIUS BOUND",
+        }
+    }
+}
+
+/// What is wrong with a number: not written as the protocol writes it, or outside its range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumberFault {
+    Malformed,
+    OutOfRange,
+}
+
+/// What is wrong with a time field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeFault {
+    /// Not digits with an optional `.` and 1 to 9 digits.
+    Malformed,
+    /// Written right, but more seconds than a time holds (`i64`).
+    TooLarge,
+}
+
+/// What is wrong with a location field; a part is named by its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationFault<'a> {
+    /// No second sign after the first byte: not a latitude and a longitude.
+    NotTwoParts,
+    Latitude(&'a [u8], NumberFault),
+    Longitude(&'a [u8], NumberFault),
+}
+
+/// Why a client line is not a valid command: the reason the log gives for its `? ` (the
+/// protocol's "Anything else"). Fields borrow from the line, so making one allocates nothing;
+/// its [`Display`](fmt::Display) names the field, says what is wrong and what is allowed, and
+/// shows every byte of the line escaped as the log escapes network bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid<'a> {
+    /// The first field is not a command (`iamat` included: commands are upper case).
+    UnknownCommand(&'a [u8]),
+    /// The first word of a line servers exchange on a link (`AT`, `HERD-PROOF`, ...), sent
+    /// by a client or out of its turn.
+    ServerLine(&'a [u8]),
+    /// A command with another number of fields than its form has (`fields` counts them all,
+    /// the command's own included).
+    FieldCount {
+        command: Command,
+        fields: usize,
+    },
+    Location(&'a [u8], LocationFault<'a>),
+    Time(&'a [u8], TimeFault),
+    Radius(&'a [u8], NumberFault),
+    Bound(&'a [u8], NumberFault),
+}
+
+impl fmt::Display for Invalid<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use NumberFault::{Malformed, OutOfRange};
+        const SIGNED: &str = "a sign, digits, optionally . and digits";
+        match *self {
+            Invalid::UnknownCommand(word) => write!(
+                f,
+                "unknown command '{}' (IAMAT or WHATSAT, upper case)",
+                Escaped(word)
+            ),
+            Invalid::ServerLine(word) if word == peer_wire::PROOF => write!(
+                f,
+                "{} out of turn: it answers a challenge, and this connection has none pending",
+                Escaped(word)
+            ),
+            Invalid::ServerLine(word) => write!(
+                f,
+                "{} from a client: a line servers exchange on a link, not a client command \
+                 (IAMAT or WHATSAT)",
+                Escaped(word)
+            ),
+            Invalid::FieldCount { command, fields } => write!(
+                f,
+                "invalid {}: {fields} field{}, {} takes 4 ({})",
+                command.name(),
+                if fields == 1 { "" } else { "s" },
+                command.name(),
+                command.form()
+            ),
+            Invalid::Location(location, LocationFault::NotTwoParts) => write!(
+                f,
+                "invalid IAMAT: location {} is not a latitude and a longitude \
+                 (ISO 6709, each signed: +34.068930-118.445127)",
+                Escaped(location)
+            ),
+            Invalid::Location(_, LocationFault::Latitude(part, Malformed)) => write!(
+                f,
+                "invalid IAMAT: latitude {} is not a signed decimal ({SIGNED})",
+                Escaped(part)
+            ),
+            Invalid::Location(_, LocationFault::Latitude(part, OutOfRange)) => write!(
+                f,
+                "invalid IAMAT: latitude {} is out of range (-90 to +90)",
+                Escaped(part)
+            ),
+            Invalid::Location(_, LocationFault::Longitude(part, Malformed)) => write!(
+                f,
+                "invalid IAMAT: longitude {} is not a signed decimal ({SIGNED}; \
+                 nothing after it)",
+                Escaped(part)
+            ),
+            Invalid::Location(_, LocationFault::Longitude(part, OutOfRange)) => write!(
+                f,
+                "invalid IAMAT: longitude {} is out of range (-180 to +180)",
+                Escaped(part)
+            ),
+            Invalid::Time(time, TimeFault::Malformed) => write!(
+                f,
+                "invalid IAMAT: time {} is not POSIX seconds \
+                 (digits, optionally . and 1 to 9 digits)",
+                Escaped(time)
+            ),
+            Invalid::Time(time, TimeFault::TooLarge) => write!(
+                f,
+                "invalid IAMAT: time {} is too large (at most {} seconds)",
+                Escaped(time),
+                i64::MAX
+            ),
+            Invalid::Radius(radius, Malformed) => write!(
+                f,
+                "invalid WHATSAT: radius {} is not a number of km \
+                 (digits, optionally . and digits)",
+                Escaped(radius)
+            ),
+            Invalid::Radius(radius, OutOfRange) => write!(
+                f,
+                "invalid WHATSAT: radius {} is out of range (0 < km <= {})",
+                Escaped(radius),
+                Radius::MAX_KM
+            ),
+            Invalid::Bound(bound, Malformed) => write!(
+                f,
+                "invalid WHATSAT: bound {} is not a whole number (1 to {MAX_BOUND})",
+                Escaped(bound)
+            ),
+            Invalid::Bound(bound, OutOfRange) => write!(
+                f,
+                "invalid WHATSAT: bound {} is out of range (1 to {MAX_BOUND})",
+                Escaped(bound)
+            ),
+        }
+    }
 }
 
 /// `? ` + the line as received (without a terminator, like every line handed to be sent).
@@ -453,7 +670,15 @@ mod tests {
     }
 
     fn invalid(line: &str) -> bool {
-        parse_request(line.as_bytes()) == Parsed::Invalid
+        matches!(parse_request(line.as_bytes()), Parsed::Invalid(_))
+    }
+
+    /// The reason the log gives for `line`'s `? `.
+    fn why(line: &[u8]) -> String {
+        match parse_request(line) {
+            Parsed::Invalid(why) => why.to_string(),
+            other => panic!("{line:?} parsed as {other:?}"),
+        }
     }
 
     #[test]
@@ -726,6 +951,169 @@ mod tests {
         assert_eq!(rank(a, b), Ordering::Greater);
         // a repeat changes nothing
         assert_eq!(rank(a, a), Ordering::Equal);
+    }
+
+    #[test]
+    fn unknown_commands_say_which_and_what_is_allowed() {
+        assert_eq!(
+            why(b"iamat kiwi +34-118 1"),
+            "unknown command 'iamat' (IAMAT or WHATSAT, upper case)"
+        );
+        assert_eq!(
+            why(b"  HELLO there"),
+            "unknown command 'HELLO' (IAMAT or WHATSAT, upper case)"
+        );
+        assert_eq!(
+            why(b"IAMAT\xc2\xa0kiwi +1+1 1"),
+            "unknown command 'IAMAT\\xc2\\xa0kiwi' (IAMAT or WHATSAT, upper case)",
+            "a non-breaking space belongs to the field, and is escaped"
+        );
+        assert_eq!(
+            why(b"\x1b[2J x"),
+            "unknown command '\\x1b[2J' (IAMAT or WHATSAT, upper case)"
+        );
+    }
+
+    #[test]
+    fn field_counts_count_every_field() {
+        assert_eq!(
+            why(b"IAMAT kiwi +34.068930 -118.445127 T"),
+            "invalid IAMAT: 5 fields, IAMAT takes 4 (IAMAT CLIENT LOCATION TIME)"
+        );
+        assert_eq!(
+            why(b"IAMAT"),
+            "invalid IAMAT: 1 field, IAMAT takes 4 (IAMAT CLIENT LOCATION TIME)"
+        );
+        assert_eq!(
+            why(b"WHATSAT kiwi 10"),
+            "invalid WHATSAT: 3 fields, WHATSAT takes 4 (WHATSAT CLIENT RADIUS BOUND)"
+        );
+        assert_eq!(
+            why(b"WHATSAT kiwi 10 5 5 5 5"),
+            "invalid WHATSAT: 7 fields, WHATSAT takes 4 (WHATSAT CLIENT RADIUS BOUND)"
+        );
+    }
+
+    #[test]
+    fn location_reasons_name_the_part_at_fault() {
+        let at = |location: &str| why(format!("IAMAT kiwi {location} 1").as_bytes());
+        assert_eq!(
+            at("+99-118"),
+            "invalid IAMAT: latitude +99 is out of range (-90 to +90)"
+        );
+        assert_eq!(
+            at("-90.0000001+0"),
+            "invalid IAMAT: latitude -90.0000001 is out of range (-90 to +90)"
+        );
+        assert_eq!(
+            at("+34-180.1"),
+            "invalid IAMAT: longitude -180.1 is out of range (-180 to +180)"
+        );
+        assert_eq!(
+            at("+34.068930"),
+            "invalid IAMAT: location +34.068930 is not a latitude and a longitude \
+             (ISO 6709, each signed: +34.068930-118.445127)"
+        );
+        assert_eq!(
+            at("34-118"),
+            "invalid IAMAT: latitude 34 is not a signed decimal \
+             (a sign, digits, optionally . and digits)"
+        );
+        assert_eq!(
+            at("+3a-118"),
+            "invalid IAMAT: latitude +3a is not a signed decimal \
+             (a sign, digits, optionally . and digits)"
+        );
+        assert_eq!(
+            at("+34-118/"),
+            "invalid IAMAT: longitude -118/ is not a signed decimal \
+             (a sign, digits, optionally . and digits; nothing after it)"
+        );
+        assert_eq!(
+            at("+34-118+10"),
+            "invalid IAMAT: longitude -118+10 is not a signed decimal \
+             (a sign, digits, optionally . and digits; nothing after it)"
+        );
+    }
+
+    #[test]
+    fn time_reasons_say_what_a_time_is() {
+        for bad in ["T", "-5", "1e9", "nan", "1.", ".5", "1.0000000001", "１"] {
+            assert_eq!(
+                why(format!("IAMAT kiwi +1+1 {bad}").as_bytes()),
+                format!(
+                    "invalid IAMAT: time {} is not POSIX seconds \
+                     (digits, optionally . and 1 to 9 digits)",
+                    Escaped(bad.as_bytes())
+                )
+            );
+        }
+        assert_eq!(
+            why(b"IAMAT kiwi +1+1 99999999999999999999"),
+            "invalid IAMAT: time 99999999999999999999 is too large \
+             (at most 9223372036854775807 seconds)"
+        );
+        // The location is checked first: one reason, the first field at fault.
+        assert_eq!(
+            why(b"IAMAT kiwi +91+0 T"),
+            "invalid IAMAT: latitude +91 is out of range (-90 to +90)"
+        );
+    }
+
+    #[test]
+    fn whatsat_reasons_name_the_number_and_its_range() {
+        let w =
+            |radius: &str, bound: &str| why(format!("WHATSAT kiwi {radius} {bound}").as_bytes());
+        assert_eq!(
+            w("60", "5"),
+            "invalid WHATSAT: radius 60 is out of range (0 < km <= 50)"
+        );
+        assert_eq!(
+            w("0.000", "5"),
+            "invalid WHATSAT: radius 0.000 is out of range (0 < km <= 50)"
+        );
+        assert_eq!(
+            w("-1", "5"),
+            "invalid WHATSAT: radius -1 is not a number of km (digits, optionally . and digits)"
+        );
+        assert_eq!(
+            w("10", "21"),
+            "invalid WHATSAT: bound 21 is out of range (1 to 20)"
+        );
+        assert_eq!(
+            w("10", "99999999999999999999999"),
+            "invalid WHATSAT: bound 99999999999999999999999 is out of range (1 to 20)"
+        );
+        assert_eq!(
+            w("10", "1.5"),
+            "invalid WHATSAT: bound 1.5 is not a whole number (1 to 20)"
+        );
+        assert_eq!(
+            w("60", "21"),
+            "invalid WHATSAT: radius 60 is out of range (0 < km <= 50)",
+            "the radius is checked first"
+        );
+    }
+
+    #[test]
+    fn server_lines_from_a_client_say_so() {
+        assert_eq!(
+            why(b"AT Bona +0.000000000 c +1+1 1"),
+            "AT from a client: a line servers exchange on a link, not a client command \
+             (IAMAT or WHATSAT)"
+        );
+        assert_eq!(
+            why(b"HERD-PING"),
+            "HERD-PING from a client: a line servers exchange on a link, not a client command \
+             (IAMAT or WHATSAT)"
+        );
+        let proof = b"HERD-PROOF 0123456789abcdef";
+        let shown = why(proof);
+        assert_eq!(
+            shown,
+            "HERD-PROOF out of turn: it answers a challenge, and this connection has none pending"
+        );
+        assert!(!shown.contains("0123456789abcdef"), "no proof in a reason");
     }
 
     #[test]

@@ -27,7 +27,8 @@ use herd::peer_wire::{
 };
 use herd::protocol::{
     fields, format_at_line, format_invalid, format_time_diff, is_field_separator, parse_request,
-    parse_time_diff, AtLine, AtRecord, ClientTime, Location, Parsed, Radius, Request,
+    parse_time_diff, AtLine, AtRecord, ClientTime, Command, Invalid, Location, LocationFault,
+    NumberFault, Parsed, Radius, Request, TimeFault,
 };
 use herd::secret::Secret;
 use proptest::collection::vec;
@@ -159,27 +160,121 @@ enum Kind<'a> {
     Blank,
     IAmAt(&'a [u8], &'a [u8], ClientTime),
     WhatsAt(&'a [u8], f64, u8),
-    Invalid,
+    /// With the reason the log gives: which field (the first at fault, in the order of the
+    /// line) and what is wrong with it.
+    Invalid(Invalid<'a>),
 }
 
+/// The first words of the lines servers exchange on a link.
+const SERVER_WORDS: [&[u8]; 7] = [
+    b"AT",
+    b"HERD-HELLO",
+    b"HERD-CHALLENGE",
+    b"HERD-PROOF",
+    b"HERD-WELCOME",
+    b"HERD-PING",
+    b"HERD-PONG",
+];
+
 fn ref_request(line: &[u8]) -> Kind<'_> {
-    match ref_fields(line)[..] {
+    let fields = ref_fields(line);
+    let fault = |command| {
+        Kind::Invalid(Invalid::FieldCount {
+            command,
+            fields: fields.len(),
+        })
+    };
+    match fields[..] {
         [] => Kind::Blank,
-        [b"IAMAT", client, location, time] if ref_location(location) => {
-            ref_client_time(time).map_or(Kind::Invalid, |t| Kind::IAmAt(client, location, t))
-        }
+        [b"IAMAT", client, location, time] => match (
+            ref_location_fault(location),
+            ref_client_time(time),
+            ref_time_fault(time),
+        ) {
+            (Some(fault), _, _) => Kind::Invalid(Invalid::Location(location, fault)),
+            (None, Some(t), _) => Kind::IAmAt(client, location, t),
+            (None, None, fault) => Kind::Invalid(Invalid::Time(time, fault)),
+        },
         [b"WHATSAT", client, radius, bound] => match (ref_radius(radius), ref_bound(bound)) {
             (Some(r), Some(b)) => Kind::WhatsAt(client, r, b),
-            _ => Kind::Invalid,
+            (None, _) => Kind::Invalid(Invalid::Radius(radius, ref_radius_fault(radius))),
+            (Some(_), None) => Kind::Invalid(Invalid::Bound(bound, ref_bound_fault(bound))),
         },
-        _ => Kind::Invalid,
+        [b"IAMAT", ..] => fault(Command::IAmAt),
+        [b"WHATSAT", ..] => fault(Command::WhatsAt),
+        [word, ..] if SERVER_WORDS.contains(&word) => Kind::Invalid(Invalid::ServerLine(word)),
+        [word, ..] => Kind::Invalid(Invalid::UnknownCommand(word)),
     }
+}
+
+/// What is wrong with a location: the latitude runs to the first sign after the first byte,
+/// the longitude from there to the end.
+fn ref_location_fault(field: &[u8]) -> Option<LocationFault<'_>> {
+    let Some(second) = (1..field.len()).find(|&i| field[i] == b'+' || field[i] == b'-') else {
+        return Some(LocationFault::NotTwoParts);
+    };
+    let (latitude, longitude) = field.split_at(second);
+    let part_fault = |part: &[u8], limit| {
+        if !matches!(part.first(), Some(b'+' | b'-')) {
+            return Some(NumberFault::Malformed);
+        }
+        match ref_decimal(&part[1..]) {
+            None => Some(NumberFault::Malformed),
+            Some((w, f)) if ref_cmp(w, f, limit) == Ordering::Greater => {
+                Some(NumberFault::OutOfRange)
+            }
+            Some(_) => None,
+        }
+    };
+    let found = part_fault(latitude, 90)
+        .map(|fault| LocationFault::Latitude(latitude, fault))
+        .or_else(|| part_fault(longitude, 180).map(|f| LocationFault::Longitude(longitude, f)));
+    assert_eq!(found.is_none(), ref_location(field), "{field:?}");
+    found
+}
+
+/// What is wrong with a time that is not one (`ref_client_time` gives `None`).
+fn ref_time_fault(field: &[u8]) -> TimeFault {
+    match ref_decimal(field) {
+        Some((_, fraction)) if fraction.len() <= 9 => TimeFault::TooLarge,
+        _ => TimeFault::Malformed,
+    }
+}
+
+/// What is wrong with a radius that is not one.
+fn ref_radius_fault(field: &[u8]) -> NumberFault {
+    match ref_decimal(field) {
+        Some(_) => NumberFault::OutOfRange,
+        None => NumberFault::Malformed,
+    }
+}
+
+/// What is wrong with a bound that is not one.
+fn ref_bound_fault(field: &[u8]) -> NumberFault {
+    match ref_decimal(field) {
+        Some(_) if !field.contains(&b'.') => NumberFault::OutOfRange,
+        _ => NumberFault::Malformed,
+    }
+}
+
+/// A reason as the log shows it: something to read, and nothing but printable ASCII (every
+/// byte of the line in it escaped).
+fn check_reason(why: &Invalid<'_>) -> Result<(), TestCaseError> {
+    let text = why.to_string();
+    prop_assert!(text.len() > 10, "{:?}: {:?}", why, text);
+    prop_assert!(
+        text.bytes().all(|b| (b' '..=b'~').contains(&b)),
+        "{:?}: {:?}",
+        why,
+        text
+    );
+    Ok(())
 }
 
 fn kind_of<'a>(parsed: &Parsed<'a>) -> Kind<'a> {
     match parsed {
         Parsed::Blank => Kind::Blank,
-        Parsed::Invalid => Kind::Invalid,
+        Parsed::Invalid(why) => Kind::Invalid(*why),
         Parsed::Request(Request::IAmAt {
             client,
             location,
@@ -476,18 +571,23 @@ proptest! {
     #![proptest_config(runs(4000))]
 
     /// Any line: fields split on the six separators only, and the parser agrees with the
-    /// reference (Blank, IAMAT, WHATSAT or Invalid); `? ` replies echo the line.
+    /// reference (Blank, IAMAT, WHATSAT, or Invalid with the same reason); every refusal has
+    /// a reason to log; `? ` replies echo the line.
     #[test]
     fn any_client_line_is_classified_as_the_spec_says(line in any_line()) {
         prop_assert_eq!(fields(&line).collect::<Vec<_>>(), ref_fields(&line));
         let parsed = parse_request(&line);
         let (got, want) = (kind_of(&parsed), ref_request(&line));
         prop_assert!(same_kind(&got, &want), "{:?}: got {:?}, want {:?}", line, got, want);
+        if let Parsed::Invalid(why) = &parsed {
+            check_reason(why)?;
+        }
         prop_assert_eq!(format_invalid(&line), [&b"? "[..], &line].concat());
     }
 
     /// IAMAT with fields anywhere from valid to out of range or malformed, any separator runs:
-    /// IAmAt with the same fields exactly when each field is valid, Invalid otherwise.
+    /// IAmAt with the same fields exactly when each field is valid, Invalid otherwise, with
+    /// the reason naming the first field at fault.
     #[test]
     fn iamat_fields_are_checked_exactly((line, client, location, time) in iamat_line()) {
         let want_location = ref_location(&location);
@@ -502,7 +602,11 @@ proptest! {
                 prop_assert_eq!(t, &time[..]);
                 prop_assert_eq!(client_time, want);
             }
-            (Parsed::Invalid, false, _) | (Parsed::Invalid, _, None) => {}
+            // The reference says which (an empty field makes it a line of three fields).
+            (Parsed::Invalid(why), false, _) | (Parsed::Invalid(why), _, None) => {
+                prop_assert_eq!(Kind::Invalid(why), ref_request(&line));
+                check_reason(&why)?;
+            }
             (other, _, _) => prop_assert!(false, "{:?} parsed as {:?}", line, other),
         }
     }
@@ -521,7 +625,8 @@ proptest! {
         prop_assert!(parsed.latitude.abs() <= 90.0 && parsed.longitude.abs() <= 180.0);
     }
 
-    /// WHATSAT: valid exactly when 0 < radius <= 50 and 1 <= bound <= 20.
+    /// WHATSAT: valid exactly when 0 < radius <= 50 and 1 <= bound <= 20; otherwise the
+    /// reason names the radius if it is at fault, else the bound.
     #[test]
     fn whatsat_fields_are_checked_exactly(
         (client, radius, bound) in (field(), radius_field(), bound_field()),
@@ -532,13 +637,17 @@ proptest! {
         let want = ref_request(&line);
         prop_assert!(same_kind(&got, &want), "{:?}: got {:?}, want {:?}", line, got, want);
         prop_assert_eq!(Radius::parse(&radius).is_some(), ref_radius(&radius).is_some());
-        if let Kind::WhatsAt(_, metres, bound) = got {
-            prop_assert!(metres > 0.0 && metres <= 50_000.0);
-            prop_assert!((1..=20).contains(&bound));
+        match got {
+            Kind::WhatsAt(_, metres, bound) => {
+                prop_assert!(metres > 0.0 && metres <= 50_000.0);
+                prop_assert!((1..=20).contains(&bound));
+            }
+            Kind::Invalid(why) => check_reason(&why)?,
+            other => prop_assert!(false, "{:?} parsed as {:?}", line, other),
         }
     }
 
-    /// One field too few or too many, or a command in another case: Invalid.
+    /// One field too few or too many, or a command in another case: Invalid, saying which.
     #[test]
     fn wrong_field_counts_and_commands_are_invalid(
         client in field(),
@@ -556,7 +665,21 @@ proptest! {
         }
         let exact = shape == 2 && command == b"IAMAT";
         let line = parts.join(&b' ');
-        prop_assert_eq!(matches!(parse_request(&line), Parsed::Request(_)), exact, "{:?}", line);
+        let fields = parts.len();
+        match parse_request(&line) {
+            Parsed::Request(_) => prop_assert!(exact, "{:?}", line),
+            Parsed::Invalid(why) => {
+                prop_assert!(!exact, "{:?}", line);
+                let want = if command == b"IAMAT" {
+                    Invalid::FieldCount { command: Command::IAmAt, fields }
+                } else {
+                    Invalid::UnknownCommand(command)
+                };
+                prop_assert_eq!(why, want);
+                check_reason(&why)?;
+            }
+            Parsed::Blank => prop_assert!(false, "{:?} is not blank", line),
+        }
     }
 
     /// A time difference formats as `±S.NNNNNNNNN` and parses back to the same nanoseconds.
