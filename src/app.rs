@@ -1,22 +1,27 @@
 //! What the server does with a command, given the client table and the time: the reply, the
-//! update to flood, or the lookup to make (SPEC sections 2 and 3).
+//! update to flood, or the lookup to make (SPEC sections 2 and 3); or the reason a line is
+//! refused, which the log gives beside its `? `.
 //!
 //! Pure: no sockets, no clock (the loop passes `now` in), no threads. The event loop carries
 //! out what these functions decide.
 
+use std::fmt;
+
+use crate::logging::Escaped;
 use crate::peer_wire::{self, Challenge, Greeting, HelloCheck, PeerAuth};
 use crate::places::PlacesQuery;
-use crate::protocol::{self, AtLine, AtRecord, ClientTime, Location, Parsed, Request};
+use crate::protocol::{self, AtLine, AtRecord, ClientTime, Invalid, Location, Parsed, Request};
 use crate::table::{Applied, ClientTable, LinkId, RecordIndex, Source};
 
-/// What one client line comes to.
+/// What one client line comes to. Borrows from the line (a refusal's reason names its fields).
 #[derive(Debug, PartialEq)]
-pub enum ClientOutcome {
+pub enum ClientOutcome<'a> {
     /// A blank line: no reply.
     Silent,
-    /// A reply that is ready now (an AT line for a stale IAMAT, or `? ` + the line), without
-    /// its terminator.
+    /// A reply that is ready now (the AT line of a stale IAMAT), without its terminator.
     Reply(Vec<u8>),
+    /// Not a command this server takes: answered `? ` + the line; the reason goes to the log.
+    Refused(Refusal<'a>),
     /// An IAMAT that updated the table: reply, and flood the record to the neighbours.
     Stored { reply: Vec<u8>, record: RecordIndex },
     /// A WHATSAT for a known client: ask Places; the reply starts with `at_line`.
@@ -40,6 +45,146 @@ pub enum ClientOutcome {
     },
 }
 
+/// Why a line on a client connection is answered `? ` (the protocol's "Anything else"): what
+/// the parser found ([`Invalid`]), or what this server's state or limits say of a line that
+/// parsed. The reply is `? ` + the line whatever the reason; the reason is for the log, and
+/// its [`Display`](fmt::Display) shows every byte from the network escaped and never a proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal<'a> {
+    Invalid(Invalid<'a>),
+    /// A WHATSAT for a client no IAMAT has told this server of.
+    UnknownClient(&'a [u8]),
+    /// An IAMAT whose time is further ahead of our clock than `limit future-seconds`.
+    TooFarAhead {
+        time: &'a [u8],
+        ahead_nanos: i128,
+        max_future_nanos: i128,
+    },
+    /// A hello this server does not take.
+    Hello(HelloFault<'a>),
+    /// A proof that does not make the connection a neighbour's link; `from` is the neighbour
+    /// the hello claimed to be.
+    Proof {
+        from: &'a str,
+        fault: ProofFault,
+    },
+    /// A line over `limit line-bytes`: the reply echoes its first `max_line_bytes`.
+    TooLong {
+        max_line_bytes: usize,
+    },
+}
+
+/// Why a hello is refused. Only the hello's name is shown: a word after it may be a proof.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelloFault<'a> {
+    /// Another number of fields than the hello's form here (`secret`: it has a nonce).
+    Form { fields: usize, secret: bool },
+    /// The name is not one of this server's neighbours in the config.
+    NotNeighbour(&'a [u8]),
+    /// Links here prove a secret, and the hello has no nonce to prove it over.
+    NoNonce(&'a [u8]),
+    /// The nonce is not 32 hex digits.
+    BadNonce(&'a [u8]),
+    /// `peer secret none`, and the hello carries a nonce (a herd with a secret).
+    UnwantedNonce(&'a [u8]),
+}
+
+/// Why a proof is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProofFault {
+    /// It does not answer the challenge this connection was sent.
+    Wrong,
+    /// A reload unlinked the neighbour between the challenge and the proof.
+    Unlinked,
+}
+
+impl fmt::Display for Refusal<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Refusal::Invalid(why) => why.fmt(f),
+            Refusal::UnknownClient(client) => write!(
+                f,
+                "invalid WHATSAT: unknown client {} (no IAMAT for it has reached this server)",
+                Escaped(client)
+            ),
+            Refusal::TooFarAhead {
+                time,
+                ahead_nanos,
+                max_future_nanos,
+            } => write!(
+                f,
+                "invalid IAMAT: time {} is {}.{:09} s ahead of this server's clock \
+                 (at most {} s: limit future-seconds)",
+                Escaped(time),
+                ahead_nanos / 1_000_000_000,
+                ahead_nanos % 1_000_000_000,
+                max_future_nanos / 1_000_000_000
+            ),
+            Refusal::Hello(fault) => fault.fmt(f),
+            Refusal::Proof {
+                from,
+                fault: ProofFault::Wrong,
+            } => write!(
+                f,
+                "proof refused: it does not answer the challenge sent to {}",
+                Escaped(from.as_bytes())
+            ),
+            Refusal::Proof {
+                from,
+                fault: ProofFault::Unlinked,
+            } => write!(
+                f,
+                "proof refused: {} is no longer a neighbour (a reload removed its link)",
+                Escaped(from.as_bytes())
+            ),
+            Refusal::TooLong { max_line_bytes } => write!(
+                f,
+                "line over limit line-bytes: more than {max_line_bytes} bytes \
+                 (the reply echoes the first {max_line_bytes})"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for HelloFault<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            HelloFault::Form { fields, secret } => write!(
+                f,
+                "hello refused: {fields} field{}, a hello here is {}",
+                if fields == 1 { "" } else { "s" },
+                if secret {
+                    "HERD-HELLO NAME NONCE"
+                } else {
+                    "HERD-HELLO NAME"
+                }
+            ),
+            HelloFault::NotNeighbour(from) => write!(
+                f,
+                "hello refused: {} is not a neighbour of this server (no link to it in the config)",
+                Escaped(from)
+            ),
+            HelloFault::NoNonce(from) => write!(
+                f,
+                "hello refused: {} sent no nonce, and links here prove a shared secret \
+                 (HERD-HELLO NAME NONCE)",
+                Escaped(from)
+            ),
+            HelloFault::BadNonce(from) => write!(
+                f,
+                "hello refused: the nonce of {} is not 32 hex digits (HERD-HELLO NAME NONCE)",
+                Escaped(from)
+            ),
+            HelloFault::UnwantedNonce(from) => write!(
+                f,
+                "hello refused: {} sent a nonce, and this server has no secret \
+                 (peer secret none: HERD-HELLO NAME)",
+                Escaped(from)
+            ),
+        }
+    }
+}
+
 /// What one line from a neighbour comes to.
 #[derive(Debug, PartialEq)]
 pub enum PeerOutcome {
@@ -58,9 +203,9 @@ pub enum PeerOutcome {
 }
 
 /// Client commands by what they came to (`herd_commands_total{kind}`): an IAMAT or a WHATSAT
-/// answered with an AT line, or a line answered with `? ` (not a command, a time too far
-/// ahead, a WHATSAT for an unknown client, a refused hello, a line over the limit). Blank
-/// lines and accepted hellos are none of these.
+/// answered with an AT line, or a line answered with `? ` (every [`Refusal`]: not a command,
+/// a time too far ahead, a WHATSAT for an unknown client, a refused hello or proof, a line
+/// over the limit). Blank lines and accepted hellos are none of these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommandCounts {
     pub iamat: u64,
@@ -176,7 +321,7 @@ impl App {
     }
 
     /// Handles one line (without terminator) from a client connection, received at `now`.
-    pub fn handle_client_line(&mut self, line: &[u8], now: ClientTime) -> ClientOutcome {
+    pub fn handle_client_line<'a>(&mut self, line: &'a [u8], now: ClientTime) -> ClientOutcome<'a> {
         let outcome = self.decide_client_line(line, now);
         let counts = &mut self.commands;
         match &outcome {
@@ -185,24 +330,28 @@ impl App {
             | ClientOutcome::PeerAccepted { .. } => {}
             ClientOutcome::Stored { .. } => counts.iamat += 1,
             ClientOutcome::Lookup { .. } => counts.whatsat += 1,
-            ClientOutcome::Reply(reply) if reply.starts_with(b"? ") => counts.invalid += 1,
-            // The AT line of a stale IAMAT (the only other ready reply).
+            ClientOutcome::Refused(_) => counts.invalid += 1,
+            // The AT line of a stale IAMAT (the only ready reply that is not a refusal).
             ClientOutcome::Reply(_) => counts.iamat += 1,
         }
         outcome
     }
 
-    fn decide_client_line(&mut self, line: &[u8], now: ClientTime) -> ClientOutcome {
+    fn decide_client_line<'a>(&mut self, line: &'a [u8], now: ClientTime) -> ClientOutcome<'a> {
         if peer_wire::is_hello(line) {
             return self.handle_hello(line);
         }
         match protocol::parse_request(line) {
             Parsed::Blank => ClientOutcome::Silent,
-            Parsed::Invalid(_) => ClientOutcome::Reply(protocol::format_invalid(line)),
-            Parsed::Request(Request::IAmAt { client_time, .. })
-                if self.is_too_far_ahead(client_time, now) =>
-            {
-                ClientOutcome::Reply(protocol::format_invalid(line))
+            Parsed::Invalid(why) => ClientOutcome::Refused(Refusal::Invalid(why)),
+            Parsed::Request(Request::IAmAt {
+                time, client_time, ..
+            }) if self.is_too_far_ahead(client_time, now) => {
+                ClientOutcome::Refused(Refusal::TooFarAhead {
+                    time,
+                    ahead_nanos: client_time.as_nanos() - now.as_nanos(),
+                    max_future_nanos: self.max_future_nanos,
+                })
             }
             Parsed::Request(Request::IAmAt {
                 client,
@@ -245,7 +394,7 @@ impl App {
                             bound,
                         },
                     },
-                    None => ClientOutcome::Reply(protocol::format_invalid(line)),
+                    None => ClientOutcome::Refused(Refusal::UnknownClient(client)),
                 }
             }
         }
@@ -255,42 +404,63 @@ impl App {
 impl App {
     /// SPEC section 3: only a neighbour the config names (proving the secret, when one is set)
     /// may inject updates; any other hello is an invalid command.
-    fn handle_hello(&mut self, line: &[u8]) -> ClientOutcome {
+    fn handle_hello<'a>(&mut self, line: &'a [u8]) -> ClientOutcome<'a> {
         let neighbours = &self.neighbours;
         let checked = peer_wire::check_hello(line, &self.name, self.peer_auth.as_mut(), |name| {
             neighbours.iter().flatten().any(|n| n == name)
         });
-        match checked {
-            HelloCheck::Welcome(name) => match self.link_to(name) {
-                Some(link) => ClientOutcome::PeerAccepted {
-                    link,
-                    name: name.to_string(),
-                    reply: peer_wire::format_welcome(&self.name),
-                },
-                None => ClientOutcome::Reply(protocol::format_invalid(line)),
+        let link = match &checked {
+            HelloCheck::Welcome(name) => self.link_to(name),
+            HelloCheck::Challenge { challenge, .. } => self.link_to(challenge.from()),
+            HelloCheck::Refused => None,
+        };
+        match (checked, link) {
+            (HelloCheck::Welcome(name), Some(link)) => ClientOutcome::PeerAccepted {
+                link,
+                name: name.to_string(),
+                reply: peer_wire::format_welcome(&self.name),
             },
-            HelloCheck::Challenge { challenge, reply } => match self.link_to(challenge.from()) {
-                Some(link) => ClientOutcome::Challenged {
-                    link,
-                    challenge,
-                    reply,
-                },
-                None => ClientOutcome::Reply(protocol::format_invalid(line)),
+            (HelloCheck::Challenge { challenge, reply }, Some(link)) => ClientOutcome::Challenged {
+                link,
+                challenge,
+                reply,
             },
-            HelloCheck::Refused => ClientOutcome::Reply(protocol::format_invalid(line)),
+            _ => ClientOutcome::Refused(Refusal::Hello(self.hello_fault(line))),
         }
+    }
+
+    /// Why `check_hello` refused a hello, told from its words: its name is checked against
+    /// the neighbours first, then its nonce against whether this server has a secret. No word
+    /// after the name is kept: one may be a proof (an older hello's form).
+    fn hello_fault<'a>(&self, line: &'a [u8]) -> HelloFault<'a> {
+        let secret = self.peer_auth.is_some();
+        let mut words = protocol::fields(line).skip(1);
+        match (words.next(), words.next(), words.next()) {
+            (Some(from), _, None) if !self.is_neighbour(from) => HelloFault::NotNeighbour(from),
+            (Some(from), None, None) if secret => HelloFault::NoNonce(from),
+            (Some(from), Some(_), None) if secret => HelloFault::BadNonce(from),
+            (Some(from), Some(_), None) => HelloFault::UnwantedNonce(from),
+            _ => HelloFault::Form {
+                fields: protocol::fields(line).count(),
+                secret,
+            },
+        }
+    }
+
+    fn is_neighbour(&self, name: &[u8]) -> bool {
+        std::str::from_utf8(name).is_ok_and(|name| self.link_to(name).is_some())
     }
 
     /// The line that follows a challenge this server sent. A proof that answers it makes the
     /// connection the neighbour's link; a wrong one is an invalid command (the challenge is
     /// spent either way, so a proof cannot be guessed twice); any other line is `None`: an
     /// ordinary client line, to be handled as one.
-    pub fn handle_proof(
+    pub fn handle_proof<'a>(
         &mut self,
-        line: &[u8],
+        line: &'a [u8],
         link: LinkId,
-        challenge: &Challenge,
-    ) -> Option<ClientOutcome> {
+        challenge: &'a Challenge,
+    ) -> Option<ClientOutcome<'a>> {
         if !peer_wire::is_proof(line) {
             return None;
         }
@@ -300,16 +470,22 @@ impl App {
             .is_some_and(|auth| peer_wire::check_proof(line, &self.name, auth, challenge));
         // The neighbour may have been unlinked by a reload since the challenge.
         let still_linked = self.link_to(challenge.from()) == Some(link);
-        Some(if proved && still_linked {
-            ClientOutcome::PeerAccepted {
-                link,
-                name: challenge.from().to_string(),
-                reply: peer_wire::format_welcome(&self.name),
+        let fault = match (proved, still_linked) {
+            (true, true) => {
+                return Some(ClientOutcome::PeerAccepted {
+                    link,
+                    name: challenge.from().to_string(),
+                    reply: peer_wire::format_welcome(&self.name),
+                })
             }
-        } else {
-            self.commands.invalid += 1;
-            ClientOutcome::Reply(protocol::format_invalid(line))
-        })
+            (false, _) => ProofFault::Wrong,
+            (true, false) => ProofFault::Unlinked,
+        };
+        self.commands.invalid += 1;
+        Some(ClientOutcome::Refused(Refusal::Proof {
+            from: challenge.from(),
+            fault,
+        }))
     }
 
     /// Our link to the neighbour `name`, while the config links it.
@@ -344,6 +520,14 @@ mod tests {
 
     fn at(secs: i64, nanos: u32) -> ClientTime {
         ClientTime { secs, nanos }
+    }
+
+    /// The reason the log gives for a refused line.
+    fn why(outcome: &ClientOutcome) -> String {
+        match outcome {
+            ClientOutcome::Refused(why) => why.to_string(),
+            other => panic!("not refused: {other:?}"),
+        }
     }
 
     fn text(outcome: &ClientOutcome) -> String {
@@ -427,7 +611,21 @@ mod tests {
     fn whatsat_for_an_unknown_client_is_invalid() {
         let mut app = app("Clark");
         let outcome = app.handle_client_line(b"WHATSAT nobody.example 10 5", at(3, 0));
-        assert_eq!(text(&outcome), "? WHATSAT nobody.example 10 5");
+        assert_eq!(
+            outcome,
+            ClientOutcome::Refused(Refusal::UnknownClient(b"nobody.example"))
+        );
+        assert_eq!(
+            why(&outcome),
+            "invalid WHATSAT: unknown client nobody.example \
+             (no IAMAT for it has reached this server)"
+        );
+        // Known, but the radius is out of range: the parser's reason.
+        app.handle_client_line(b"IAMAT kiwi +1+1 1", at(3, 0));
+        assert_eq!(
+            why(&app.handle_client_line(b"WHATSAT kiwi 60 5", at(3, 0))),
+            "invalid WHATSAT: radius 60 is out of range (0 < km <= 50)"
+        );
     }
 
     #[test]
@@ -435,8 +633,9 @@ mod tests {
         let mut app = app("Clark");
         let line = b"AT Bona +0.000000000 c +1+1 1";
         assert_eq!(
-            text(&app.handle_client_line(line, at(3, 0))),
-            "? AT Bona +0.000000000 c +1+1 1"
+            why(&app.handle_client_line(line, at(3, 0))),
+            "AT from a client: a line servers exchange on a link, not a client command \
+             (IAMAT or WHATSAT)"
         );
         assert!(app.clients().is_empty());
     }
@@ -466,8 +665,17 @@ mod tests {
             ClientOutcome::PeerAccepted { link: 1, .. }
         ));
         assert_eq!(
-            text(&app.handle_client_line(b"HERD-HELLO Clark", at(1, 0))),
-            "? HERD-HELLO Clark"
+            why(&app.handle_client_line(b"HERD-HELLO Clark", at(1, 0))),
+            "hello refused: Clark is not a neighbour of this server (no link to it in the config)"
+        );
+        assert_eq!(
+            why(&app.handle_client_line(b"HERD-HELLO Bona 00ff", at(1, 0))),
+            "hello refused: Bona sent a nonce, and this server has no secret \
+             (peer secret none: HERD-HELLO NAME)"
+        );
+        assert_eq!(
+            why(&app.handle_client_line(b"HERD-HELLO", at(1, 0))),
+            "hello refused: 1 field, a hello here is HERD-HELLO NAME"
         );
     }
 
@@ -483,8 +691,20 @@ mod tests {
         let mut bona = with_secret("Bona", "Campbell", 2);
         let now = at(1, 0);
         assert_eq!(
-            text(&campbell.handle_client_line(b"HERD-HELLO Bona", now)),
-            "? HERD-HELLO Bona"
+            why(&campbell.handle_client_line(b"HERD-HELLO Bona", now)),
+            "hello refused: Bona sent no nonce, and links here prove a shared secret \
+             (HERD-HELLO NAME NONCE)"
+        );
+        assert_eq!(
+            why(&campbell.handle_client_line(b"HERD-HELLO Bona xyz", now)),
+            "hello refused: the nonce of Bona is not 32 hex digits (HERD-HELLO NAME NONCE)"
+        );
+        // A hello of an older form, with a proof after its nonce: the proof is never shown.
+        let old = format!("HERD-HELLO Bona 1800000000 {}", "ab".repeat(32));
+        let shown = why(&campbell.handle_client_line(old.as_bytes(), now));
+        assert_eq!(
+            shown,
+            "hello refused: 4 fields, a hello here is HERD-HELLO NAME NONCE"
         );
         let mut greeting = bona.greeting_to("Campbell");
         let ClientOutcome::Challenged {
@@ -504,12 +724,12 @@ mod tests {
             None
         );
         let wrong = b"HERD-PROOF 00";
-        let refused = campbell.handle_proof(wrong, link, &challenge);
+        let refused = campbell.handle_proof(wrong, link, &challenge).unwrap();
         assert_eq!(
-            refused,
-            Some(ClientOutcome::Reply(b"? HERD-PROOF 00".to_vec()))
+            why(&refused),
+            "proof refused: it does not answer the challenge sent to Bona"
         );
-        assert_eq!(campbell.commands().invalid, 2);
+        assert_eq!(campbell.commands().invalid, 4);
         assert_eq!(
             campbell.handle_proof(&proof, link, &challenge),
             Some(ClientOutcome::PeerAccepted {
@@ -520,10 +740,19 @@ mod tests {
         );
         // Unlinked by a reload between the challenge and the proof: refused.
         campbell.remove_neighbour(link);
-        assert!(matches!(
-            campbell.handle_proof(&proof, link, &challenge),
-            Some(ClientOutcome::Reply(_))
-        ));
+        let unlinked = campbell.handle_proof(&proof, link, &challenge).unwrap();
+        assert_eq!(
+            why(&unlinked),
+            "proof refused: Bona is no longer a neighbour (a reload removed its link)"
+        );
+        let proof_hex = &proof[b"HERD-PROOF ".len()..];
+        for refused in [refused, unlinked] {
+            let shown = why(&refused);
+            assert!(
+                !shown.contains(std::str::from_utf8(proof_hex).unwrap()),
+                "{shown}"
+            );
+        }
     }
 
     #[test]
@@ -571,13 +800,15 @@ mod tests {
         ));
         let beyond = b"IAMAT c +3+3 1086400.000000001";
         assert_eq!(
-            text(&app.handle_client_line(beyond, now)),
-            "? IAMAT c +3+3 1086400.000000001"
+            why(&app.handle_client_line(beyond, now)),
+            "invalid IAMAT: time 1086400.000000001 is 86400.000000001 s ahead of this \
+             server's clock (at most 86400 s: limit future-seconds)"
         );
         let year_9999 = b"IAMAT c +4+4 253402300799";
         assert_eq!(
-            app.handle_client_line(year_9999, now),
-            ClientOutcome::Reply(b"? IAMAT c +4+4 253402300799".to_vec())
+            why(&app.handle_client_line(year_9999, now)),
+            "invalid IAMAT: time 253402300799 is 253401300799.000000000 s ahead of this \
+             server's clock (at most 86400 s: limit future-seconds)"
         );
         assert_eq!(
             app.clients().line_of(b"c").unwrap(),

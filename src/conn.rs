@@ -6,6 +6,7 @@
 //! decides what each line does to it. Every line it sends goes through `wire`.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::Arc;
 
 use mio::Interest;
@@ -13,6 +14,7 @@ use mio::Interest;
 use crate::buffer::OutBuffer;
 use crate::logging::Party;
 use crate::peer_wire::Challenge;
+use crate::protocol;
 use crate::table::LinkId;
 use crate::wire;
 
@@ -41,6 +43,9 @@ pub struct Peer {
 pub enum Reply {
     /// Its lines, without the final terminator, as `wire` takes them.
     Lines(Vec<u8>),
+    /// `? ` + a refused line, and the reason its log record gives (already shown as the log
+    /// shows it: it is the reason's text, made when the reply had to wait).
+    Refused { reply: Vec<u8>, why: Box<str> },
     /// A WHATSAT's answer: the AT line and the JSON shared by every WHATSAT that waited on the
     /// same Places call (kept apart, so a reply is not a copy of a few KiB of JSON of its own).
     Whatsat { at_line: Box<[u8]>, json: Arc<[u8]> },
@@ -50,7 +55,7 @@ impl Reply {
     /// Bytes it will take in the output (what the output limits count).
     fn bytes(&self) -> usize {
         match self {
-            Reply::Lines(lines) => lines.len() + 1,
+            Reply::Lines(lines) | Reply::Refused { reply: lines, .. } => lines.len() + 1,
             Reply::Whatsat { at_line, json } => at_line.len() + json.len() + 3,
         }
     }
@@ -169,6 +174,19 @@ impl Connection {
         }
     }
 
+    /// Answers a refused line: `? ` + the line, now or behind the replies still waiting on
+    /// Places; `why` follows the reply's record in the log whenever it is sent. Its text is
+    /// made only if the reply has to wait (a refusal's reason borrows from the line).
+    pub fn refuse(&mut self, line: &[u8], why: &dyn fmt::Display) {
+        let reply = protocol::format_invalid(line);
+        if self.replies.is_empty() {
+            wire::send_refusal(&mut self.out, party(self.id, &self.peer), &reply, why);
+        } else {
+            let why = why.to_string().into_boxed_str();
+            self.replies.push_ready(Reply::Refused { reply, why });
+        }
+    }
+
     /// Holds the place of a reply that is not ready yet (a WHATSAT); returns its number.
     pub fn reserve_reply(&mut self) -> u64 {
         self.replies.reserve()
@@ -181,6 +199,9 @@ impl Connection {
             let party = party(self.id, &self.peer);
             match reply {
                 Reply::Lines(lines) => wire::send_lines(&mut self.out, party, &lines),
+                Reply::Refused { reply, why } => {
+                    wire::send_refusal(&mut self.out, party, &reply, &why);
+                }
                 Reply::Whatsat { at_line, json } => {
                     wire::send_whatsat(&mut self.out, party, &at_line, &json);
                 }
@@ -304,6 +325,26 @@ mod tests {
         assert_eq!(sent, sent_bytes(Reply::Lines(lines)));
         assert_eq!(sent.len(), counted);
         assert!(sent.ends_with(b"]\n}\n\n"), "the JSON, then the empty line");
+    }
+
+    #[test]
+    fn a_refusal_behind_a_lookup_waits_with_its_reason() {
+        let mut conn = Connection::new(7);
+        conn.refuse(b"HELLO", &"unknown command 'HELLO'");
+        assert_eq!(conn.out.pending(), b"? HELLO\n", "sent at once");
+        let seq = conn.reserve_reply();
+        conn.refuse(b"iamat x", &"unknown command 'iamat'");
+        let Some(Some(Reply::Refused { reply, why })) = conn.replies.slots.back() else {
+            panic!("the refusal waits in its slot: {:?}", conn.replies);
+        };
+        assert_eq!(
+            (&reply[..], &why[..]),
+            (&b"? iamat x"[..], "unknown command 'iamat'")
+        );
+        assert_eq!(conn.unread_bytes(), 8 + 10);
+        conn.fill_reply(seq, b"AT x\n{}\n".to_vec().into());
+        assert_eq!(conn.out.pending(), b"? HELLO\nAT x\n{}\n\n? iamat x\n");
+        assert_eq!(conn.out.take_lines(), 5);
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! What one line read on an accepted connection does: a client's command is answered in order
-//! or becomes a lookup; a neighbour's update is applied and becomes a flood. [`handle_line`]
+//! or becomes a lookup, a line it refuses is answered `? ` with the reason for the log beside
+//! the reply; a neighbour's update is applied and becomes a flood. [`handle_line`]
 //! changes only the connection and the server's state and returns what the loop must carry
 //! out ([`Effect`]), so every rule here is tested without a socket or a thread.
 
 use log::{info, warn};
 
-use crate::app::{App, ClientOutcome, PeerOutcome};
+use crate::app::{App, ClientOutcome, PeerOutcome, Refusal};
 use crate::buffer::Line;
 use crate::conn::{ConnState, Connection, Peer};
 use crate::logging::Escaped;
 use crate::places::PlacesQuery;
-use crate::protocol::{self, ClientTime};
+use crate::protocol::ClientTime;
 use crate::table::RecordIndex;
 
 /// What a line asks of the world beyond its connection; the loop carries it out.
@@ -53,20 +54,27 @@ pub fn handle_line(
                 conn.id,
                 cut.len()
             );
-            conn.deliver(protocol::format_invalid(cut));
+            let why = Refusal::TooLong {
+                max_line_bytes: cut.len(),
+            };
+            conn.refuse(cut, &why);
             return None;
         }
     };
     conn.received(line);
     // A challenge is answered by the line that follows it, or not at all.
-    let proved = conn
-        .challenged
-        .take()
-        .and_then(|(link, challenge)| app.handle_proof(line, link, &challenge));
+    let challenged = conn.challenged.take();
+    let proved = challenged
+        .as_ref()
+        .and_then(|(link, challenge)| app.handle_proof(line, *link, challenge));
     match proved.unwrap_or_else(|| app.handle_client_line(line, now)) {
         ClientOutcome::Silent => None,
         ClientOutcome::Reply(reply) => {
             conn.deliver(reply);
+            None
+        }
+        ClientOutcome::Refused(why) => {
+            conn.refuse(line, &why);
             None
         }
         ClientOutcome::Stored { reply, record } => {

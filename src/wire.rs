@@ -12,10 +12,17 @@
 //! A hello's proof is logged as `<redacted>` whichever way it goes (our own hello, one we
 //! received, and the `? ` echo of a refused one): a proof replayed to its server within the
 //! allowed clock skew would be accepted, so a log reader must not find one.
+//!
+//! A `? ` reply is followed in the log by the reason the line was refused ([`send_refusal`]):
+//! `why conn=7 invalid WHATSAT: radius 60 is out of range (0 < km <= 50)`. The reason belongs
+//! with the per-line records: written exactly when the reply's record is (`log lines on`, a
+//! `log level` of info or more), so a flood of garbage does not flood the log when lines are
+//! off.
 
 use std::borrow::Cow;
+use std::fmt;
 
-use log::Level;
+use log::{info, Level};
 
 use crate::buffer::OutBuffer;
 use crate::logging::{traffic, traffic_lines, Direction, Party};
@@ -39,6 +46,44 @@ pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
     out.push(lines);
     out.push(b"\n");
     out.count_lines(line_count(lines));
+}
+
+/// Queues a `? ` reply (one line, given without its terminator) and logs it, then `why` on
+/// the record right after it, `why conn=ID REASON`. `why` must show network bytes as the log
+/// does (a refusal's reasons pass every field through `Escaped`, and never show a proof).
+pub fn send_refusal(out: &mut OutBuffer, party: Party<'_>, reply: &[u8], why: &dyn fmt::Display) {
+    // The traffic log takes a record's lines only when it writes them: whether it took the
+    // reply's is whether the reason is wanted. The reason is an event record at info, so
+    // `log level` holds it back exactly as it holds the reply's record.
+    let mut recorded = false;
+    let record = (level_of(party, reply), redact_proofs(reply));
+    traffic_lines(
+        Direction::Send,
+        party,
+        std::iter::once(record).inspect(|_| recorded = true),
+    );
+    if recorded {
+        info!("why {} {why}", Shown(party));
+    }
+    out.push(reply);
+    out.push(b"\n");
+    out.count_lines(1);
+}
+
+/// A party as traffic records name it: `conn=7`, `conn=9 peer=Bona`, `link=Bona`.
+struct Shown<'a>(Party<'a>);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Party::Conn { id, peer: None } => write!(f, "conn={id}"),
+            Party::Conn {
+                id,
+                peer: Some(peer),
+            } => write!(f, "conn={id} peer={peer}"),
+            Party::Link(name) => write!(f, "link={name}"),
+        }
+    }
 }
 
 /// Queues a WHATSAT reply (SPEC section 2): `at_line`, the shaped JSON, then the empty line
@@ -154,8 +199,27 @@ mod tests {
         let mut out = OutBuffer::default();
         send_line(&mut out, PARTY, b"AT Campbell +0.1 kiwi +1+1 1");
         send_lines(&mut out, PARTY, b"AT x\n{}\n");
-        assert_eq!(out.pending(), b"AT Campbell +0.1 kiwi +1+1 1\nAT x\n{}\n\n");
-        assert_eq!(out.take_lines(), 4, "as many lines as terminators");
+        send_refusal(&mut out, PARTY, b"? HELLO", &"unknown command 'HELLO'");
+        assert_eq!(
+            out.pending(),
+            b"AT Campbell +0.1 kiwi +1+1 1\nAT x\n{}\n\n? HELLO\n",
+            "a refusal's reason is for the log only"
+        );
+        assert_eq!(out.take_lines(), 5, "as many lines as terminators");
         assert_eq!(out.take_lines(), 0);
+    }
+
+    #[test]
+    fn a_reason_names_its_party_as_traffic_records_do() {
+        let shown = |party| Shown(party).to_string();
+        assert_eq!(shown(Party::Conn { id: 7, peer: None }), "conn=7");
+        assert_eq!(
+            shown(Party::Conn {
+                id: 9,
+                peer: Some("Bona")
+            }),
+            "conn=9 peer=Bona"
+        );
+        assert_eq!(shown(Party::Link("Bona")), "link=Bona");
     }
 }
