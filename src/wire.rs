@@ -52,9 +52,12 @@ pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
 /// the record right after it, `why conn=ID REASON`. `why` must show network bytes as the log
 /// does (a refusal's reasons pass every field through `Escaped`, and never show a proof).
 pub fn send_refusal(out: &mut OutBuffer, party: Party<'_>, reply: &[u8], why: &dyn fmt::Display) {
-    // The traffic log takes a record's lines only when it writes them: whether it took the
-    // reply's is whether the reason is wanted. The reason is an event record at info, so
-    // `log level` holds it back exactly as it holds the reply's record.
+    // `traffic_lines` returns at once with `log lines off`, before it reads a line, so whether
+    // it read the reply's is whether the per-line records are on, and with them the reason.
+    // The reason is an event record at info, so `log level` holds it back exactly as it
+    // holds the reply's record. It is written once the traffic record's lock is released:
+    // another thread's record (the store's, a Places worker's warning) may rarely come
+    // between the two.
     let mut recorded = false;
     let record = (level_of(party, reply), redact_proofs(reply));
     traffic_lines(
