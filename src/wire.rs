@@ -22,10 +22,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use log::{info, Level};
+use log::Level;
 
 use crate::buffer::OutBuffer;
-use crate::logging::{traffic, traffic_lines, Direction, Party};
+use crate::logging::{traffic, traffic_lines, traffic_refusal, Direction, Party};
 use crate::peer_wire::{is_keepalive, redact_proofs};
 
 /// Queues `line` and its `\n` on `out`, and logs it.
@@ -52,41 +52,10 @@ pub fn send_lines(out: &mut OutBuffer, party: Party<'_>, lines: &[u8]) {
 /// the record right after it, `why conn=ID REASON`. `why` must show network bytes as the log
 /// does (a refusal's reasons pass every field through `Escaped`, and never show a proof).
 pub fn send_refusal(out: &mut OutBuffer, party: Party<'_>, reply: &[u8], why: &dyn fmt::Display) {
-    // `traffic_lines` returns at once with `log lines off`, before it reads a line, so whether
-    // it read the reply's is whether the per-line records are on, and with them the reason.
-    // The reason is an event record at info, so `log level` holds it back exactly as it
-    // holds the reply's record. It is written once the traffic record's lock is released:
-    // another thread's record (the store's, a Places worker's warning) may rarely come
-    // between the two.
-    let mut recorded = false;
-    let record = (level_of(party, reply), redact_proofs(reply));
-    traffic_lines(
-        Direction::Send,
-        party,
-        std::iter::once(record).inspect(|_| recorded = true),
-    );
-    if recorded {
-        info!("why {} {why}", Shown(party));
-    }
+    traffic_refusal(level_of(party, reply), party, &redact_proofs(reply), why);
     out.push(reply);
     out.push(b"\n");
     out.count_lines(1);
-}
-
-/// A party as traffic records name it: `conn=7`, `conn=9 peer=Bona`, `link=Bona`.
-struct Shown<'a>(Party<'a>);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Party::Conn { id, peer: None } => write!(f, "conn={id}"),
-            Party::Conn {
-                id,
-                peer: Some(peer),
-            } => write!(f, "conn={id} peer={peer}"),
-            Party::Link(name) => write!(f, "link={name}"),
-        }
-    }
 }
 
 /// Queues a WHATSAT reply (SPEC section 2): `at_line`, the shaped JSON, then the empty line
@@ -210,19 +179,5 @@ mod tests {
         );
         assert_eq!(out.take_lines(), 5, "as many lines as terminators");
         assert_eq!(out.take_lines(), 0);
-    }
-
-    #[test]
-    fn a_reason_names_its_party_as_traffic_records_do() {
-        let shown = |party| Shown(party).to_string();
-        assert_eq!(shown(Party::Conn { id: 7, peer: None }), "conn=7");
-        assert_eq!(
-            shown(Party::Conn {
-                id: 9,
-                peer: Some("Bona")
-            }),
-            "conn=9 peer=Bona"
-        );
-        assert_eq!(shown(Party::Link("Bona")), "link=Bona");
     }
 }

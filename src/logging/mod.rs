@@ -41,7 +41,7 @@ pub use escape::Escaped;
 pub use level::{level_for, OTHERS_MAX_LEVEL};
 pub use rotation::Rotation;
 pub use sink::{Sink, BUFFER_BYTES};
-pub use traffic::{traffic, traffic_lines, Direction, Party};
+pub use traffic::{traffic, traffic_lines, traffic_refusal, Direction, Party};
 
 use file::LogFile;
 use level::CappedLogger;

@@ -3,6 +3,8 @@
 //! per-record machinery; it never writes to the file and never sees a record of any other kind.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::Level;
@@ -83,27 +85,45 @@ pub fn traffic_lines<'l>(
     }
 }
 
-/// Appends one traffic record, `STAMP [LEVEL] recv conn=7 peer=Bona LINE\n`, to `out`.
-fn write_record(
-    out: &mut Vec<u8>,
-    stamp: &Stamp,
-    level: Level,
-    direction: Direction,
-    party: Party<'_>,
-    line: &[u8],
-) {
-    out.extend_from_slice(stamp);
-    out.extend_from_slice(match level {
+/// Logs a `? ` reply as [`traffic`] does and, right after it, under the same lock and time
+/// stamp (so no other record can come between them), why it was refused: `why conn=7 REASON`.
+/// The reason is text the caller made fit for the log (network bytes passed through
+/// `Escaped`, no proof shown), written as it is. Both records follow `log lines` and `log
+/// level` as every traffic record does.
+pub fn traffic_refusal(level: Level, party: Party<'_>, line: &[u8], why: &dyn fmt::Display) {
+    if !TRAFFIC_ON.load(Ordering::Relaxed) || level > log::max_level() {
+        return;
+    }
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let Ok(mut sink) = sink.lock() else {
+        return;
+    };
+    let stamp = sink.stamp_now();
+    sink.push(|out| write_record(out, &stamp, level, Direction::Send, party, line));
+    sink.push(|out| {
+        out.extend_from_slice(&stamp);
+        out.extend_from_slice(level_tag(level));
+        out.extend_from_slice(b"why ");
+        write_party(out, party);
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(out, " {why}");
+    });
+}
+
+fn level_tag(level: Level) -> &'static [u8] {
+    match level {
         Level::Info => b"[INFO] ",
         Level::Debug => b"[DEBUG] ",
         Level::Trace => b"[TRACE] ",
         Level::Warn => b"[WARN] ",
         Level::Error => b"[ERROR] ",
-    });
-    out.extend_from_slice(match direction {
-        Direction::Recv => b"recv ",
-        Direction::Send => b"send ",
-    });
+    }
+}
+
+/// `conn=7`, `conn=9 peer=Bona` or `link=Bona`: how every traffic record names its party.
+fn write_party(out: &mut Vec<u8>, party: Party<'_>) {
     match party {
         Party::Conn { id, peer } => {
             out.extend_from_slice(b"conn=");
@@ -119,6 +139,24 @@ fn write_record(
             out.extend_from_slice(name.as_bytes());
         }
     }
+}
+
+/// Appends one traffic record, `STAMP [LEVEL] recv conn=7 peer=Bona LINE\n`, to `out`.
+fn write_record(
+    out: &mut Vec<u8>,
+    stamp: &Stamp,
+    level: Level,
+    direction: Direction,
+    party: Party<'_>,
+    line: &[u8],
+) {
+    out.extend_from_slice(stamp);
+    out.extend_from_slice(level_tag(level));
+    out.extend_from_slice(match direction {
+        Direction::Recv => b"recv ",
+        Direction::Send => b"send ",
+    });
+    write_party(out, party);
     out.push(b' ');
     // Writing into a Vec cannot fail.
     let _ = write_escaped(out, line);
