@@ -20,6 +20,7 @@ pub mod allocator;
 pub mod app;
 pub mod backoff;
 pub mod buffer;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod conn;
