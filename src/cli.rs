@@ -19,6 +19,9 @@ usage:
                           then twice as long each time, at most 30 s)
   herd status CONFIG      one table of every server of CONFIG, read from their metrics
                           addresses; exit status 0 when every server and link is up
+  herd certs CONFIG [DIR]
+                          keys and certificates for a herd across machines (see
+                          herd certs --help)
   herd --help | --version
 
 options:
@@ -69,6 +72,26 @@ options:
   --watch                 redraw the table every second until Ctrl-C
 ";
 
+/// `herd certs --help`.
+pub const CERTS_USAGE: &str = "\
+herd certs: keys and certificates for a herd across machines
+
+usage:
+  herd certs CONFIG [DIR]
+
+Makes in DIR (default: tls beside CONFIG) a certificate authority for the herd, ca.pem and
+ca.key, and for every server of CONFIG a key and a certificate signed by it that names the
+server, NAME.key and NAME.pem. Keys are ECDSA P-256 and readable by their owner only. The
+authority is valid for 10 years, a server's certificate for 1 year.
+
+It never overwrites a file: run it again after adding a server, and only that server's files
+are made. To renew a certificate, move its .pem away and run it again: it makes a new one for
+the same key.
+
+Each server's machine needs its own NAME.pem and NAME.key, and ca.pem. ca.key signs new
+certificates: keep it off the servers. (Links do not use these files yet.)
+";
+
 /// The one line said when `--all` comes without its config file.
 const ALL_NEEDS_CONFIG: &str =
     "--all needs a config file: herd --all CONFIG [--restart] [--log-level LEVEL] \
@@ -92,6 +115,11 @@ pub enum Invocation {
         watch: bool,
     },
     /// `--help`: the text to print, for the command it came with.
+    /// `herd certs CONFIG [DIR]`: the herd's TLS files, in DIR or `tls` beside CONFIG.
+    Certs {
+        config: PathBuf,
+        dir: Option<PathBuf>,
+    },
     Help(&'static str),
     Version,
 }
@@ -100,6 +128,9 @@ pub enum Invocation {
 pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         return Ok(Invocation::Help(help_for(&args)));
+    }
+    if args.first().is_some_and(|a| a == "certs") {
+        return parse_certs(&args[1..]);
     }
     let mut args = pico_args::Arguments::from_vec(args);
     if args.contains(["-V", "--version"]) {
@@ -161,12 +192,33 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, String> {
 /// The help for the command `--help` came with: `herd --all --help`, `herd status --help`, or
 /// the general one.
 fn help_for(args: &[OsString]) -> &'static str {
-    if args.iter().any(|a| a == "--all") {
+    if args.first().is_some_and(|a| a == "certs") {
+        CERTS_USAGE
+    } else if args.iter().any(|a| a == "--all") {
         ALL_USAGE
     } else if args.first().is_some_and(|a| a == "status") {
         STATUS_USAGE
     } else {
         USAGE
+    }
+}
+
+/// The arguments after `herd certs`.
+fn parse_certs(args: &[OsString]) -> Result<Invocation, String> {
+    if let Some(flag) = args.iter().find(|a| a.as_encoded_bytes().starts_with(b"-")) {
+        let flag = flag.to_string_lossy();
+        return Err(format!("unknown option '{flag}' (see herd certs --help)"));
+    }
+    match args {
+        [config] => Ok(Invocation::Certs {
+            config: PathBuf::from(config),
+            dir: None,
+        }),
+        [config, dir] => Ok(Invocation::Certs {
+            config: PathBuf::from(config),
+            dir: Some(PathBuf::from(dir)),
+        }),
+        _ => Err("expected 'herd certs CONFIG [DIR]' (see herd certs --help)".into()),
     }
 }
 
@@ -234,6 +286,35 @@ mod tests {
         assert!(parse(&["status"]).is_err());
         assert!(parse(&["status", "a", "b"]).is_err());
         assert!(parse(&["--watch", "Campbell", "herd.conf"]).is_err());
+    }
+
+    #[test]
+    fn certs_with_and_without_a_dir() {
+        assert_eq!(
+            parse(&["certs", "herd.conf"]),
+            Ok(Invocation::Certs {
+                config: "herd.conf".into(),
+                dir: None
+            })
+        );
+        assert_eq!(
+            parse(&["certs", "herd.conf", "/etc/herd/tls"]),
+            Ok(Invocation::Certs {
+                config: "herd.conf".into(),
+                dir: Some("/etc/herd/tls".into())
+            })
+        );
+        assert_eq!(
+            parse(&["certs", "--help"]),
+            Ok(Invocation::Help(CERTS_USAGE))
+        );
+        assert_eq!(
+            parse(&["certs", "herd.conf", "-h"]),
+            Ok(Invocation::Help(CERTS_USAGE))
+        );
+        assert!(parse(&["certs"]).is_err());
+        assert!(parse(&["certs", "a", "b", "c"]).is_err());
+        assert!(parse(&["certs", "--watch", "herd.conf"]).is_err());
     }
 
     #[test]

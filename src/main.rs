@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             println!("herd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Invocation::Certs { config, dir } => match load_config(&config) {
+            Ok(parsed) => ExitCode::from(herd::certs::run(&config, &parsed, dir.as_deref())),
+            Err(problem) => fail(BAD_INPUT, &problem),
+        },
         Invocation::Status { config, watch } => match load_config(&config) {
             Ok(parsed) => ExitCode::from(herd::status::run(&parsed, watch)),
             Err(problem) => fail(BAD_INPUT, &problem),
