@@ -13,7 +13,9 @@
 //! - [`raw_peer`]: a raw connection that plays a neighbour by hand;
 //! - [`run`]: `herd` runs expected to exit by themselves;
 //! - [`fake_places`]: a fake Google Places HTTP server (the bench uses it too);
-//! - [`tmpfs`]: a tiny file system, for the tests of a full disk.
+//! - [`tmpfs`]: a tiny file system, for the tests of a full disk;
+//! - [`wan`]: a WAN on loopback (relays with delay, jitter, a bandwidth cap, cuts, blackholes);
+//! - [`nemesis`]: a nemesis run with a checker (clients, seeded faults, the final verdict).
 
 pub mod checks;
 pub mod client;
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod fake_places;
 pub mod harness;
 pub mod metrics;
+pub mod nemesis;
 pub mod raw_peer;
 pub mod run;
 pub mod server;
