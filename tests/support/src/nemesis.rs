@@ -107,6 +107,8 @@ const MAX_OPS: usize = 10_000_000;
 /// How long a client waits for a connection, and for a reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the checker waits for a WHATSAT reply (a server read is never retried mid-check).
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a server gets to exit after SIGTERM, and to say it reloaded after SIGHUP.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -561,7 +563,7 @@ impl LineConn {
 /// What `addr` holds for each of `clients` (the AT line that starts its WHATSAT reply, or None
 /// when it does not know the client), read over one connection, a batch at a time.
 pub fn read_records(addr: SocketAddr, clients: &[String]) -> Result<Vec<Option<String>>, String> {
-    let mut conn = LineConn::connect(addr, REPLY_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let mut conn = LineConn::connect(addr, READ_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     let mut records = Vec::with_capacity(clients.len());
     for batch in clients.chunks(READ_BATCH) {
         let commands: String = batch
@@ -1130,7 +1132,7 @@ impl Cluster {
                     "link {} removed from the config",
                     self.link_name(l)
                 ));
-                self.reload();
+                self.reload(l, "links removed");
             }
         }
     }
@@ -1164,7 +1166,7 @@ impl Cluster {
                 self.herd.config.links.push(self.links[l]);
                 self.counts.relinks += 1;
                 self.event(format!("link {} restored in the config", self.link_name(l)));
-                self.reload();
+                self.reload(l, "links added");
             }
         }
     }
@@ -1230,7 +1232,7 @@ impl Cluster {
         match read_records(self.herd.config.addrs[s], &clients) {
             Err(why) => self.problem(format!("{name} restarted, but reading it failed: {why}")),
             Ok(records) => {
-                let mut lost = 0;
+                let mut lost = Vec::new();
                 for (client, record) in clients.iter().zip(&records) {
                     let want = acked[client.as_str()];
                     let kept = record
@@ -1238,27 +1240,35 @@ impl Cluster {
                         .and_then(At::parse)
                         .is_some_and(|at| at.precedence(want) != Ordering::Less);
                     if !kept {
-                        lost += 1;
-                        self.problem(format!(
-                            "{name} restarted from its store holds {record:?} for {client}, \
-                             but acknowledged {:?} before it went down",
+                        lost.push(format!(
+                            "{client}: holds {record:?}, acknowledged {:?}",
                             want.line
                         ));
                     }
                 }
+                let held = clients.len() - lost.len();
                 self.event(format!(
-                    "restart {name}: read at once, it holds what it acknowledged for {} of {} \
-                     clients",
-                    clients.len() - lost,
+                    "restart {name}: read at once, it holds what it acknowledged for {held} of \
+                     {} clients",
                     clients.len()
                 ));
+                if !lost.is_empty() {
+                    self.problem(format!(
+                        "{name} restarted from its store lost what it acknowledged before it \
+                         went down, for {} clients:\n    {}",
+                        lost.len(),
+                        lost.join("\n    ")
+                    ));
+                }
             }
         }
     }
 
-    /// Writes every server's config (links as they are now) and sends SIGHUP to every server
-    /// running; each must say on stderr that it reloaded.
-    fn reload(&mut self) {
+    /// Writes every server's config (links as they are now, link `l` just `change`d: `links
+    /// removed` or `links added`) and sends SIGHUP to every server running; each must say on
+    /// stderr that it reloaded: the ends of `l` with that change and the other end's name, the
+    /// others that nothing changed.
+    fn reload(&mut self, l: usize, change: &str) {
         let dir = self.herd.dir.path().to_path_buf();
         for s in 0..self.names.len() {
             let text = self.herd.config.text(s, &dir);
@@ -1280,15 +1290,27 @@ impl Cluster {
                 }
             }
         }
+        let (a, b) = self.links[l];
         let mut said = Vec::new();
         for (s, before) in signalled {
             let path = self.herd.stderr_path(s);
+            let expected = match s {
+                _ if s == a => format!("{change}: {}", self.names[b]),
+                _ if s == b => format!("{change}: {}", self.names[a]),
+                _ => "nothing changed".to_string(),
+            };
             match poll(RELOAD_TIMEOUT, || {
                 let stderr = read_lossy(&path);
                 let lines = reloads(&stderr);
                 (lines.len() > before.len()).then(|| lines[before.len()].clone())
             }) {
-                Ok(line) => said.push(format!("{}: {line}", self.names[s])),
+                Ok(line) if line.ends_with(&format!(".conf: {expected}")) => {
+                    said.push(format!("{}: {expected}", self.names[s]))
+                }
+                Ok(line) => self.problem(format!(
+                    "{} said {line:?} after SIGHUP, not {expected:?}",
+                    self.names[s]
+                )),
                 Err(e) => self.problem(format!(
                     "{} did not say it reloaded after SIGHUP: {e}; stderr:\n{}",
                     self.names[s],
@@ -1528,8 +1550,19 @@ pub fn run(options: &Options) -> Result<Report, String> {
     );
     if !problems.is_empty() {
         let _ = writeln!(text, "problems seen during the run:");
-        for problem in &problems {
-            let _ = writeln!(text, "  {problem}");
+        for problem in problems.iter().take(10) {
+            let mut lines = problem.lines();
+            let _ = writeln!(text, "  {}", lines.next().unwrap_or_default());
+            let rest: Vec<&str> = lines.collect();
+            for line in rest.iter().take(10) {
+                let _ = writeln!(text, "  {line}");
+            }
+            if rest.len() > 10 {
+                let _ = writeln!(text, "      ... {} more lines", rest.len() - 10);
+            }
+        }
+        if problems.len() > 10 {
+            let _ = writeln!(text, "  ... and {} more problems", problems.len() - 10);
         }
     }
     let concerned: Vec<String> = match &verdict {
@@ -1553,10 +1586,11 @@ pub fn run(options: &Options) -> Result<Report, String> {
             Vec::new()
         }
     };
-    let _ = writeln!(text, "the nemesis's history:");
+    let _ = writeln!(text, "the nemesis's history (a problem's first line):");
     for entry in &entries {
         if matches!(entry.event, Event::Nemesis(_) | Event::Problem(_)) {
-            let _ = writeln!(text, "{entry}");
+            let entry = entry.to_string();
+            let _ = writeln!(text, "{}", entry.lines().next().unwrap_or_default());
         }
     }
     for client in concerned.iter().take(5) {
@@ -1568,7 +1602,8 @@ pub fn run(options: &Options) -> Result<Report, String> {
                 Event::Nemesis(_) | Event::Problem(_) => true,
             };
             if about {
-                let _ = writeln!(text, "{entry}");
+                let entry = entry.to_string();
+                let _ = writeln!(text, "{}", entry.lines().next().unwrap_or_default());
             }
         }
     }
