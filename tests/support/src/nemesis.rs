@@ -11,7 +11,8 @@
 //! nemesis can cut, blackhole or slow down. Every server keeps a store (`store dir`, compacted
 //! often: `store compact-bytes 4096`), pings every 200 ms, retries within 50..400 ms, and its
 //! Places URL is a closed port under a rate limit of one call a second, so a WHATSAT answers at
-//! once with the stored AT line, an error JSON and a blank line.
+//! once with the stored AT line, an error JSON and a blank line. Logs record every line, and
+//! rotate at 16 MiB keeping two old files, so a long run stays within a few hundred MB.
 //!
 //! # Clients
 //!
@@ -42,8 +43,9 @@
 //!   went down (read at once, before the herd has caught it up);
 //! - a link cut (both relays close every connection) or blackholed (they forward nothing),
 //!   then healed; a delay of 20..250 ms with jitter added to a link, then removed;
-//! - a SIGHUP to every running server with the link removed from the config, then a SIGHUP with
-//!   it restored (each server must log its reload on stderr: `reload PATH: ...`).
+//! - a SIGHUP to every running server with a link removed from the config, then a SIGHUP with
+//!   it restored; each server must say on stderr that it reloaded (`reload PATH: SUMMARY`): the
+//!   link's ends `links removed: OTHER` (then `links added: OTHER`), the rest `nothing changed`.
 //!
 //! The nemesis's choices depend on the seed alone, so a seed replays the same faults in the same
 //! order; the clients' timing, and so their interleaving with the faults, differs run to run.
@@ -116,6 +118,10 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const LINKS_TIMEOUT: Duration = Duration::from_secs(30);
 /// WHATSATs written at once before their replies are read.
 const READ_BATCH: usize = 64;
+/// Each server's log rotates at 16 MiB and keeps two old files: a long run stays within
+/// 250 MB of logs.
+const LOG_MAX_BYTES: u64 = 16 << 20;
+const LOG_KEEP: usize = 2;
 /// The ping interval of the herd: a blackholed link goes down after a second of silence.
 const PING_MS: u64 = 200;
 
@@ -361,6 +367,11 @@ impl History {
 
     pub fn entries(&self) -> Vec<Entry> {
         self.lock().clone()
+    }
+
+    /// `look` at the entries so far, without copying them (a long run holds many).
+    pub fn read<T>(&self, look: impl FnOnce(&[Entry]) -> T) -> T {
+        look(&self.lock())
     }
 
     fn problems(&self) -> Vec<String> {
@@ -974,7 +985,9 @@ impl Cluster {
             .with(&refused_places_url()?)
             .with("places max-per-second 1")
             .with("store compact-bytes 4096")
-            .with("log lines on");
+            .with("log lines on")
+            .with(&format!("log max-bytes {LOG_MAX_BYTES}"))
+            .with(&format!("log keep {LOG_KEEP}"));
         let sites: Vec<[&str; 1]> = SPEC_SERVERS.iter().map(|name| [*name]).collect();
         let sites: Vec<&[&str]> = sites.iter().map(|site| &site[..]).collect();
         let wan = Wan::lay_out(&mut config, &sites, LinkShape::default())?;
@@ -1211,18 +1224,24 @@ impl Cluster {
             return;
         }
         self.counts.restarts += 1;
-        let history = self.history.entries();
-        let mut acked: HashMap<&str, &At> = HashMap::new();
-        for entry in &history {
-            if let Event::Ack { server, at, .. } = &entry.event {
-                if *server == name {
-                    let best = acked.entry(&at.client).or_insert(at);
-                    if at.precedence(best) == Ordering::Greater {
-                        *best = at;
+        // What it acknowledged, newest first by the rule (copied out: the workers go on).
+        let acked: HashMap<String, At> = self.history.read(|entries| {
+            let mut acked: HashMap<&str, &At> = HashMap::new();
+            for entry in entries {
+                if let Event::Ack { server, at, .. } = &entry.event {
+                    if *server == name {
+                        let best = acked.entry(&at.client).or_insert(at);
+                        if at.precedence(best) == Ordering::Greater {
+                            *best = at;
+                        }
                     }
                 }
             }
-        }
+            acked
+                .into_iter()
+                .map(|(client, at)| (client.to_string(), at.clone()))
+                .collect()
+        });
         let clients: Vec<String> = self
             .clients
             .iter()
@@ -1234,7 +1253,7 @@ impl Cluster {
             Ok(records) => {
                 let mut lost = Vec::new();
                 for (client, record) in clients.iter().zip(&records) {
-                    let want = acked[client.as_str()];
+                    let want = &acked[client.as_str()];
                     let kept = record
                         .as_deref()
                         .and_then(At::parse)
@@ -1389,11 +1408,19 @@ impl Cluster {
         }
     }
 
-    /// Every server's log so far.
+    /// Every server's log so far, the rotated files (`NAME.log.K`) included.
     fn logs(&self) -> Vec<String> {
-        (0..self.names.len())
-            .map(|s| read_lossy(&self.herd.log_path(s)))
-            .collect()
+        let mut logs = Vec::new();
+        for s in 0..self.names.len() {
+            let path = self.herd.log_path(s);
+            logs.push(read_lossy(&path));
+            for k in 1..=LOG_KEEP {
+                let mut rotated = path.clone().into_os_string();
+                rotated.push(format!(".{k}"));
+                logs.push(read_lossy(&PathBuf::from(rotated)));
+            }
+        }
+        logs
     }
 
     /// Keeps the history and the servers' logs in a directory that outlives the run.
@@ -1502,7 +1529,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
     let converged = poll_every(Duration::from_millis(250), options.converge_timeout, || {
         let verdict = cluster
             .read_all()
-            .map(|held| check(&history.entries(), &cluster.names, &clients, &held));
+            .map(|held| history.read(|entries| check(entries, &cluster.names, &clients, &held)));
         let clean = matches!(&verdict, Ok(v) if v.is_clean());
         last = verdict;
         clean
