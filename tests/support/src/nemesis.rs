@@ -42,10 +42,12 @@
 //!   restart the server must hold, for every client, at least what it acknowledged before it
 //!   went down (read at once, before the herd has caught it up);
 //! - a link cut (both relays close every connection) or blackholed (they forward nothing),
-//!   then healed; a delay of 20..250 ms with jitter added to a link, then removed;
+//!   then healed; a delay of 20..250 ms with jitter added to a link, then removed (one of
+//!   these at a time on a link);
 //! - a SIGHUP to every running server with a link removed from the config, then a SIGHUP with
 //!   it restored; each server must say on stderr that it reloaded (`reload PATH: SUMMARY`): the
 //!   link's ends `links removed: OTHER` (then `links added: OTHER`), the rest `nothing changed`.
+//!   A link may be cut, blackholed or slowed while it is out of the config.
 //!
 //! The nemesis's choices depend on the seed alone, so a seed replays the same faults in the same
 //! order; the clients' timing, and so their interleaving with the faults, differs run to run.
@@ -824,9 +826,10 @@ impl Fault {
         }
     }
 
-    fn link(self) -> Option<usize> {
+    /// The link whose relays it changes (a cut, a blackhole, a delay).
+    fn relays(self) -> Option<usize> {
         match self {
-            Fault::Cut(l) | Fault::Blackhole(l) | Fault::Delay(l) | Fault::Unlink(l) => Some(l),
+            Fault::Cut(l) | Fault::Blackhole(l) | Fault::Delay(l) => Some(l),
             _ => None,
         }
     }
@@ -1046,12 +1049,17 @@ impl Cluster {
     /// A fault to start now, drawn from those the state allows; None if none is.
     fn pick(&self, rng: &mut Rng) -> Option<Fault> {
         let down = self.down();
-        let faulted: Vec<usize> = self.active.iter().filter_map(|f| f.link()).collect();
         let up: Vec<usize> = (0..self.names.len())
             .filter(|s| !down.contains(s))
             .collect();
+        // A link's relays take one fault at a time, and its removal from the config is
+        // another, which may overlap it.
+        let shaped: Vec<usize> = self.active.iter().filter_map(|f| f.relays()).collect();
         let free: Vec<usize> = (0..self.links.len())
-            .filter(|l| !faulted.contains(l))
+            .filter(|l| !shaped.contains(l))
+            .collect();
+        let linked: Vec<usize> = (0..self.links.len())
+            .filter(|&l| !self.active.contains(&Fault::Unlink(l)))
             .collect();
         // Kinds 0..=5 alike; a crash of the whole herd one pick in 25.
         let first = if rng.chance(1, 25) { 6 } else { rng.below(6) };
@@ -1064,7 +1072,7 @@ impl Cluster {
                 2 if !free.is_empty() => Fault::Cut(free[rng.below(free.len())]),
                 3 if !free.is_empty() => Fault::Blackhole(free[rng.below(free.len())]),
                 4 if !free.is_empty() => Fault::Delay(free[rng.below(free.len())]),
-                5 if !free.is_empty() => Fault::Unlink(free[rng.below(free.len())]),
+                5 if !linked.is_empty() => Fault::Unlink(linked[rng.below(linked.len())]),
                 6 if down.is_empty() && k == 0 => Fault::KillAll,
                 _ => continue,
             };
