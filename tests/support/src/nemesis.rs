@@ -18,9 +18,10 @@
 //!
 //! [`Options::workers`] threads, each with a generator seeded from the run's seed, send IAMATs
 //! for [`Options::clients`] client ids at random servers, with client times from the wall
-//! clock (so a later update is newer). One operation in eight is a pair: the same client, the
-//! same client time and two locations, sent at once to two servers (the equal-time rule: the
-//! smaller time difference wins, then the server name sorting first, then the smaller AT line).
+//! clock (so a later update is newer). One operation in eight is a pair of equal-time updates
+//! of one client sent at once: two locations at two servers, one IAMAT at two servers, or one
+//! IAMAT twice at one server (the equal-time rule: the smaller time difference wins, then the
+//! server name sorting first, then the smaller AT line; so a repeat changes nothing).
 //! Each reply is checked to be the AT line of that server for that IAMAT; each outcome goes into
 //! the history:
 //!
@@ -700,16 +701,24 @@ struct Worker {
 }
 
 impl Worker {
-    /// One operation: an IAMAT at one server, or (one time in eight) an equal-time pair at two.
+    /// One operation: an IAMAT at one server, or (one time in eight) an equal-time pair: at
+    /// two servers with two locations (half the pairs), the same IAMAT at two servers (a
+    /// quarter), or the same IAMAT twice at one server (a quarter: the repeat changes nothing).
     fn operate(&mut self) {
         let client = client_id(self.rng.below(self.clients));
         let (secs, nanos) = now();
         let time = format!("{secs}.{nanos:09}");
-        let first = self.rng.below(self.targets.len());
-        let mut sends = vec![(first, self.update(&client, &time))];
+        let n = self.targets.len();
+        let first = self.rng.below(n);
+        let update = self.update(&client, &time);
+        let mut sends = vec![(first, update.clone())];
         if self.rng.chance(1, 8) {
-            let second = (first + 1 + self.rng.below(self.targets.len() - 1)) % self.targets.len();
-            sends.push((second, self.update(&client, &time)));
+            let other = (first + 1 + self.rng.below(n - 1)) % n;
+            sends.push(match self.rng.below(4) {
+                0 | 1 => (other, self.update(&client, &time)),
+                2 => (other, update),
+                _ => (first, update),
+            });
             self.counts.pairs.fetch_add(1, AtomicOrdering::Relaxed);
         }
         self.exchange(&sends);
@@ -744,6 +753,12 @@ impl Worker {
         }
         for (s, update) in sent {
             let Some(conn) = self.conns[s].as_mut() else {
+                // An earlier reply on this connection failed: this one is lost with it.
+                self.unknown(
+                    s,
+                    update,
+                    "the connection failed before its reply".to_string(),
+                );
                 continue;
             };
             match conn.read_line() {
