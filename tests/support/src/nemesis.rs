@@ -1466,9 +1466,11 @@ impl Cluster {
     }
 }
 
-/// The reload results in a server's stderr.
+/// The reload results in a server's stderr, each a whole line: a line being written is left
+/// out (stderr is unbuffered, and a line can reach the file in pieces).
 fn reloads(stderr: &str) -> Vec<String> {
-    stderr
+    let whole = &stderr[..stderr.rfind('\n').map_or(0, |end| end + 1)];
+    whole
         .lines()
         .filter(|line| line.starts_with("reload "))
         .map(str::to_string)
