@@ -6,6 +6,7 @@
 //! SIGHUP), and the config running stays the one the next SIGHUP is compared with.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
@@ -54,7 +55,7 @@ pub fn reload(running: Running, parts: Parts) -> Option<Config> {
     let (prepared, plan) = match ready {
         Ok(ready) => ready,
         Err(refusal) => {
-            eprintln!("{refusal}");
+            say(&refusal);
             warn!("{refusal}");
             return None;
         }
@@ -62,7 +63,7 @@ pub fn reload(running: Running, parts: Parts) -> Option<Config> {
     let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
     let summary = plan.summary();
     let config = apply(plan, prepared, parts);
-    eprintln!("reload {path}: {summary}");
+    say(&format!("reload {path}: {summary}"));
     info!("reload {path}: {summary}");
     Some(config)
 }
@@ -125,6 +126,14 @@ fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepa
         false => None,
     };
     Ok(Prepared { metrics, places })
+}
+
+/// Says a reload's result on stderr as one line in one write, for whoever sent the SIGHUP
+/// (`herd --all` prefixes it with the server's name): stderr is unbuffered, and `eprintln!`
+/// may write a line in pieces that a reader could see apart. A failed write is ignored: the
+/// log has the same line.
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// Carries out a reload's plan on the parts with what was prepared for it; nothing here can
