@@ -250,6 +250,16 @@ fn render_places(page: &mut Exposition, stats: &PlacesStats) {
         "Calls skipped because every WHATSAT waiting for them had left.",
         stats.cancelled,
     );
+    page.counter(
+        "herd_places_local_total",
+        "WHATSATs answered from the places file (places api local): no call, nothing billed.",
+        stats.local_answers,
+    );
+    page.counter(
+        "herd_places_local_seconds_total",
+        "Time spent searching the places file for those WHATSATs.",
+        stats.local_time.as_secs_f64(),
+    );
     page.family(
         "herd_places_errors_total",
         Kind::Counter,
@@ -519,5 +529,26 @@ mod tests {
         assert!(page.contains("herd_places_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(page.contains("herd_places_latency_seconds_sum 11.15\n"));
         assert!(page.contains("herd_places_latency_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn local_answers_are_their_own_counters() {
+        let mut places = PlacesStats::default();
+        places.answered_locally(Duration::from_micros(250));
+        places.answered_locally(Duration::from_micros(250));
+        let page = render(&Snapshot {
+            places,
+            ..Snapshot::default()
+        });
+        assert!(page.contains("herd_places_local_total 2\n"), "{page}");
+        assert!(
+            page.contains("herd_places_local_seconds_total 0.0005\n"),
+            "{page}"
+        );
+        assert!(page.contains("herd_places_calls_total 0\n"), "{page}");
+        assert!(
+            page.contains("herd_places_latency_seconds_count 0\n"),
+            "{page}"
+        );
     }
 }
