@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
@@ -82,23 +83,13 @@ fn main() -> ExitCode {
                     ),
                 );
             }
-            if parsed.places.api == PlacesApi::Local {
-                // The places file is read before any port opens, and a broken one refused like
-                // a config error; the loop does not answer from it yet.
-                if let Some(path) = parsed.places.file_path(&config) {
-                    if let Err(e) = places::LocalPlaces::load(&path) {
-                        return fail(BAD_INPUT, &e.to_string());
-                    }
-                }
-                return fail(
-                    BAD_INPUT,
-                    &format!(
-                        "{}: places api local is not served yet (use places api new or legacy)",
-                        config.display()
-                    ),
-                );
-            }
-            match serve(&name, &config, parsed, log_level) {
+            // The places file is read before any port opens, and a broken one refused like a
+            // config error.
+            let local_places = match load_local_places(&parsed, &config) {
+                Ok(loaded) => loaded,
+                Err(problem) => return fail(BAD_INPUT, &problem),
+            };
+            match serve(&name, &config, parsed, log_level, local_places) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(problem) => {
                     logging::flush();
@@ -147,6 +138,24 @@ fn fit_connections_to_open_files(name: &str, config: &mut Config) -> usize {
     usize::try_from(fits).unwrap_or(usize::MAX)
 }
 
+/// With `places api local`, the places file (found beside the config) read and indexed, and
+/// how long that took; the error names the file and the line or feature.
+fn load_local_places(
+    config: &Config,
+    config_path: &Path,
+) -> Result<Option<(places::LocalPlaces, Duration)>, String> {
+    if config.places.api != PlacesApi::Local {
+        return Ok(None);
+    }
+    // The config parser refuses `places api local` without a `places file` line.
+    let Some(path) = config.places.file_path(config_path) else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let loaded = places::LocalPlaces::load(&path).map_err(|e| e.to_string())?;
+    Ok(Some((loaded, started.elapsed())))
+}
+
 fn fail(code: u8, line: &str) -> ExitCode {
     eprintln!("{line}");
     ExitCode::from(code)
@@ -164,6 +173,7 @@ fn serve(
     config_path: &Path,
     mut config: Config,
     log_level: Option<log::LevelFilter>,
+    local_places: Option<(places::LocalPlaces, Duration)>,
 ) -> Result<(), String> {
     if let Some(level) = log_level {
         config.log.level = level;
@@ -212,12 +222,24 @@ fn serve(
         .map_err(signal_error)?;
     let hangups = signals::pipe(&[signal_hook::consts::SIGHUP]).map_err(signal_error)?;
     signals::ignore_user_signals().map_err(signal_error)?;
-    let places_key = places::key_from_env(&config.places.key_env)
-        .map_err(|warning| {
-            warn!("{warning}");
-            eprintln!("{warning}");
-        })
-        .ok();
+    // `places api local` makes no call: it needs no key, and warns of none.
+    let places_key = match config.places.api {
+        PlacesApi::Local => None,
+        _ => places::key_from_env(&config.places.key_env)
+            .map_err(|warning| {
+                warn!("{warning}");
+                eprintln!("{warning}");
+            })
+            .ok(),
+    };
+    let local_places = local_places.map(|(loaded, took)| {
+        info!(
+            "places file {} read in {} ms",
+            loaded.summary(),
+            took.as_millis()
+        );
+        loaded
+    });
     if let Some(warning) = &peer_secret.warning {
         warn!("{warning}");
         eprintln!("{warning}");
@@ -233,6 +255,7 @@ fn serve(
         listener,
         config,
         places_key,
+        local_places,
         peer_auth: peer_secret.auth,
         signals: stop_signals,
         hangups,

@@ -4,7 +4,8 @@
 //!
 //! Changed at run time: the links (added, removed, a neighbour's address), the other servers
 //! of the herd, Places settings, limits, peer timing, `log level`, `log lines`, rotation and
-//! the server's metrics address. Not: the server's own name and listen address (the socket
+//! the server's metrics address; with `places api local`, the places file is read again at
+//! every reload, changed or not (SPEC section 10). Not: the server's own name and listen address (the socket
 //! is bound, and its neighbours know it), the store, the peer secret and `log dir` — a change
 //! to one of those is refused, and the server keeps its old config.
 
@@ -20,6 +21,9 @@ pub struct Plan {
     /// Neighbours still linked whose address changed: reconnect there.
     pub links_moved: Vec<ServerEntry>,
     pub places_changed: bool,
+    /// `places api local` in the new config: its places file is read again (it may have
+    /// changed even where the config did not).
+    pub places_file_reread: bool,
     pub limits_changed: bool,
     pub peer_timing_changed: bool,
     pub log_changed: bool,
@@ -36,6 +40,7 @@ impl Plan {
             && self.links_removed.is_empty()
             && self.links_moved.is_empty()
             && !self.places_changed
+            && !self.places_file_reread
             && !self.limits_changed
             && !self.peer_timing_changed
             && !self.log_changed
@@ -65,6 +70,7 @@ impl Plan {
         for (changed, what) in [
             (self.servers_changed, "servers"),
             (self.places_changed, "places"),
+            (self.places_file_reread, "places file re-read"),
             (self.limits_changed, "limits"),
             (self.peer_timing_changed, "peer timing"),
             (self.log_changed, "log"),
@@ -130,12 +136,6 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
             "log dir cannot change at run time; restart the server".to_string(),
         ));
     }
-    if new.places.api == PlacesApi::Local {
-        return Err(at(
-            &["places", "api"],
-            "places api local is not served yet".to_string(),
-        ));
-    }
     let old_neighbours = running.neighbours(name);
     let new_neighbours = new.neighbours(name);
     let links_added: Vec<ServerEntry> = new_neighbours
@@ -180,6 +180,7 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
         links_removed,
         links_moved,
         places_changed: new.places != running.places,
+        places_file_reread: new.places.api == PlacesApi::Local,
         limits_changed: new.limits != running.limits,
         peer_timing_changed,
         log_changed: new.log != running.log,
@@ -265,6 +266,22 @@ mod tests {
     }
 
     #[test]
+    fn with_places_api_local_the_file_is_read_again_at_every_reload() {
+        let local = format!("{BASE}places api local\nplaces file p.csv\n");
+        let to_local = plan_for(&local).unwrap();
+        assert!(to_local.places_changed && to_local.places_file_reread);
+        assert_eq!(to_local.summary(), "places; places file re-read");
+        let running = parse_config(&local).unwrap();
+        let again = plan("A", &running, parse_config(&local).unwrap(), &local).unwrap();
+        assert!(!again.places_changed && again.places_file_reread);
+        assert!(!again.changes_nothing());
+        assert_eq!(again.summary(), "places file re-read");
+        // Back to Google: no file to read.
+        let to_google = plan("A", &running, parse_config(BASE).unwrap(), BASE).unwrap();
+        assert!(to_google.places_changed && !to_google.places_file_reread);
+    }
+
+    #[test]
     fn our_own_metrics_address_may_move() {
         let plan = plan_for(&format!("{BASE}metrics A 127.0.0.1:9100\n")).unwrap();
         assert!(plan.metrics_changed);
@@ -292,11 +309,6 @@ mod tests {
         assert!(e.starts_with("5: the peer secret cannot change"), "{e}");
         let e = plan_for(&format!("{BASE}log dir /tmp\n")).unwrap_err();
         assert!(e.starts_with("5: log dir cannot change"), "{e}");
-        let e = plan_for(&format!("{BASE}places api local\nplaces file p.csv\n")).unwrap_err();
-        assert!(
-            e.starts_with("5: places api local is not served yet"),
-            "{e}"
-        );
         let gone = "server B 127.0.0.1:2\n";
         let e = plan_for(gone).unwrap_err();
         assert!(e.contains("server A is no longer in the config"), "{e}");

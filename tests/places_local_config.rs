@@ -1,7 +1,7 @@
 //! `places api local` at start: the places file is found beside the config, and a missing
 //! `places file` line, an unreadable file or a broken one is refused like a config error (one
-//! stderr line naming the file and the line or feature, exit status 2, no port opened). The
-//! loop does not answer from the file yet, so a good file stops there too, saying so.
+//! stderr line naming the file and the line or feature, exit status 2, no port opened). What
+//! a good file answers is in tests/places_local.rs.
 
 use std::io::Write;
 
@@ -85,17 +85,5 @@ fn a_missing_places_file_is_named() {
     assert!(
         line.starts_with("conf/nowhere.csv: cannot read: "),
         "{line}"
-    );
-}
-
-#[test]
-fn a_good_places_file_is_read_but_not_served_yet() {
-    let line = start_error(
-        "places api local\nplaces file places.csv\n",
-        &[("places.csv", b"name,lat,lon\nGood,1,1\n".to_vec())],
-    );
-    assert_eq!(
-        line,
-        "conf/herd.conf: places api local is not served yet (use places api new or legacy)"
     );
 }

@@ -33,7 +33,7 @@ use crate::logging;
 use crate::metrics::page::{self, Snapshot};
 use crate::metrics::{process, Counters};
 use crate::peer_wire::PeerAuth;
-use crate::places::Waiter;
+use crate::places::{LocalPlaces, Waiter};
 use crate::secret::Secret;
 use crate::session::Effect;
 use crate::store::{self, Store};
@@ -61,6 +61,8 @@ pub struct ServerSetup {
     pub listener: TcpListener,
     pub config: Config,
     pub places_key: Option<Secret>,
+    /// The places file, read before the port opened, with `places api local`.
+    pub local_places: Option<LocalPlaces>,
     /// The herd's secret and the seed of handshake nonces; `None` with `peer secret none`.
     pub peer_auth: Option<PeerAuth>,
     /// Read end of the pipe that SIGTERM and SIGINT write to.
@@ -200,7 +202,13 @@ impl EventLoop {
         let waker = Arc::new(Waker::new(registry, WAKER)?);
         let config = setup.config;
         let now = Instant::now();
-        let places = PlacesFront::start(&config.places, setup.places_key, waker, now)?;
+        let places = PlacesFront::start(
+            &config.places,
+            setup.places_key,
+            setup.local_places,
+            waker,
+            now,
+        )?;
         let seed = unix_now().to_bits() ^ u64::from(std::process::id()) << 32;
         let links = Links::new(&setup.name, &config, seed, now);
         // The app numbers neighbours as the links are numbered: by position, config order.

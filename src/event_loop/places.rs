@@ -1,8 +1,13 @@
 //! The Places front: every WHATSAT's lookup goes through here, and every answer comes back
 //! through here. It owns the pool of workers (and the pools a reload replaced, until their
-//! calls in flight have answered), the lookups' cache, coalescing and rate limit, and the
-//! shaped JSON of refusals. It knows nothing of connections: a lookup comes with its
-//! [`Waiter`], and answers go back as (waiter, JSON) pairs for the conductor to deliver.
+//! calls in flight have answered), the lookups' cache, coalescing and rate limit, the shaped
+//! JSON of refusals, and with `places api local` the places file. It knows nothing of
+//! connections: a lookup comes with its [`Waiter`], and answers go back as (waiter, JSON)
+//! pairs for the conductor to deliver.
+//!
+//! With `places api local` a lookup is a search of the file in memory, tens of microseconds,
+//! answered at once on the loop: no worker, no cache, no coalescing, no rate limit (they
+//! exist to save Google calls, and there are none).
 //!
 //! Answers are delivered a few per turn ([`RESULTS_PER_TURN`], [`RESULTS_TIME`]); the waker
 //! coalesces wakes, so when a turn stops early the rest are taken next turn without one.
@@ -17,7 +22,8 @@ use mio::Waker;
 use crate::config::{PlacesApi, PlacesSettings};
 use crate::places::stats::PlacesStats;
 use crate::places::{
-    self, Begun, LookupDone, LookupJob, Lookups, PlacesPool, PlacesQuery, Refusals, Waiter,
+    self, Begun, LocalPlaces, LookupDone, LookupJob, Lookups, PlacesPool, PlacesQuery, Refusals,
+    Waiter,
 };
 
 /// Finished lookups delivered per loop turn. Places answers come back in bursts (a turn that
@@ -47,12 +53,17 @@ pub struct PlacesFront {
     /// took its share.
     results_pending: bool,
     waker: Arc<Waker>,
+    /// With `places api local`: the places file, searched on the loop. `Some` exactly when
+    /// `api` is `Local`.
+    local: Option<LocalPlaces>,
 }
 
 impl PlacesFront {
+    /// `local` is the places file, loaded already, when `settings.api` is `Local`.
     pub fn start(
         settings: &PlacesSettings,
         key: Option<crate::secret::Secret>,
+        local: Option<LocalPlaces>,
         waker: Arc<Waker>,
         now: Instant,
     ) -> io::Result<PlacesFront> {
@@ -69,15 +80,20 @@ impl PlacesFront {
             refusals: Refusals::new(),
             results_pending: false,
             waker,
+            local: local.filter(|_| settings.api == PlacesApi::Local),
         })
     }
 
     /// The workers for new Places settings, started before a reload changes anything (the
     /// reload is refused if they cannot be).
     pub fn start_pool(&self, settings: &PlacesSettings) -> Result<PlacesPool, String> {
-        let key = places::key_from_env(&settings.key_env)
-            .map_err(|warning| warn!("{warning}"))
-            .ok();
+        let key = match settings.api {
+            // No call is made: no key needed, and no warning that there is none.
+            PlacesApi::Local => None,
+            _ => places::key_from_env(&settings.key_env)
+                .map_err(|warning| warn!("{warning}"))
+                .ok(),
+        };
         PlacesPool::start(settings, key, Arc::clone(&self.waker))
             .map_err(|e| format!("cannot start the new Places workers: {e}"))
     }
@@ -97,10 +113,29 @@ impl PlacesFront {
         );
     }
 
+    /// The places file to answer from after a reload: the one just read when the new
+    /// settings say `places api local` (set after [`PlacesFront::replace_pool`]), else none.
+    pub fn replace_local(&mut self, local: Option<LocalPlaces>) {
+        self.local = local.filter(|_| self.api == PlacesApi::Local);
+    }
+
     /// Starts the lookup of one WHATSAT: returns its answer when it is ready now (from the
-    /// cache, or a refusal when the queue is full or the rate limit reached), `None` while a
-    /// call runs for it.
+    /// places file, from the cache, or a refusal when the queue is full or the rate limit
+    /// reached), `None` while a call runs for it.
     pub fn begin(&mut self, query: PlacesQuery, waiter: Waiter, now: Instant) -> Option<Answer> {
+        if let Some(local) = &self.local {
+            let started = Instant::now();
+            let json = local.search(&query);
+            let elapsed = started.elapsed();
+            self.lookups.stats.answered_locally(elapsed);
+            info!(
+                "places conn={} local {} in {:.3} ms",
+                waiter.conn_id,
+                json.summary,
+                elapsed.as_secs_f64() * 1000.0
+            );
+            return Some((waiter, json.text));
+        }
         let key = query.key();
         let pool = &self.pool;
         let begun = self.lookups.begin(key, waiter, now, |cancel| {

@@ -1,14 +1,15 @@
 //! SIGHUP: the config read again and checked whole against the one running (what may change
 //! is decided in [`crate::reload`]), then everything that can fail made before anything
-//! changes (the new metrics listener, the new Places workers), then the plan carried out on
-//! the parts with what was prepared, which cannot fail. A reload is all or nothing: a
-//! refusal at any step changes nothing, is logged (and said on stderr, for whoever sent the
-//! SIGHUP), and the config running stays the one the next SIGHUP is compared with.
+//! changes (the new metrics listener, the new Places workers, the places file of `places api
+//! local` read and indexed), then the plan carried out on the parts with what was prepared,
+//! which cannot fail. A reload is all or nothing: a refusal at any step changes nothing, is
+//! logged (and said on stderr, for whoever sent the SIGHUP), and the config running stays
+//! the one the next SIGHUP is compared with.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::net::TcpListener;
@@ -18,7 +19,7 @@ use crate::app::App;
 use crate::config::{self, Config, Limits};
 use crate::logging::{self, Escaped};
 use crate::net;
-use crate::places::PlacesPool;
+use crate::places::{LocalPlaces, PlacesPool};
 use crate::reload::{self, Plan};
 
 use super::clients::Clients;
@@ -74,6 +75,8 @@ struct Prepared {
     metrics: Option<TcpListener>,
     /// The pool for the new Places settings, when they changed.
     places: Option<PlacesPool>,
+    /// With `places api local`: the places file, read again, and how long that took.
+    local: Option<(LocalPlaces, Duration)>,
 }
 
 /// The config file, read and checked against the running one: the plan, or the whole line
@@ -103,8 +106,9 @@ fn read_plan(running: &Running, links_made: usize) -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// Binds the new metrics listener and starts the new Places pool, when the plan needs them;
-/// either failing refuses the reload as a whole.
+/// Binds the new metrics listener, starts the new Places pool and reads the places file, when
+/// the plan needs them; any of them failing refuses the reload as a whole (a broken places
+/// file included: the places answered from stay the old ones).
 fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepared, String> {
     let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
     let new = &plan.config;
@@ -125,7 +129,20 @@ fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepa
         ),
         false => None,
     };
-    Ok(Prepared { metrics, places })
+    let local = match new.places.file_path(running.config_path) {
+        Some(file) if plan.places_file_reread => {
+            // On the loop, like the rest of a reload: a world file takes a few hundred ms.
+            let started = Instant::now();
+            let loaded = LocalPlaces::load(&file).map_err(|e| format!("reload refused: {e}"))?;
+            Some((loaded, started.elapsed()))
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        metrics,
+        places,
+        local,
+    })
 }
 
 /// Says a reload's result on stderr as one line in one write, for whoever sent the SIGHUP
@@ -183,6 +200,14 @@ fn apply(plan: Plan, prepared: Prepared, parts: Parts) -> Config {
     if let Some(pool) = prepared.places {
         places.replace_pool(pool, &new.places, now);
     }
+    if let Some((loaded, took)) = &prepared.local {
+        info!(
+            "places file {} read in {} ms",
+            loaded.summary(),
+            took.as_millis()
+        );
+    }
+    places.replace_local(prepared.local.map(|(loaded, _)| loaded));
     if plan.log_changed {
         logging::reconfigure(new.log.level, new.log.lines, new.log.rotation);
     }

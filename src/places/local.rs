@@ -171,6 +171,16 @@ impl LocalPlaces {
             + self.text.capacity()
     }
 
+    /// What was read, for the log: `PATH: N places, M MiB`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} places, {:.1} MiB",
+            Escaped(self.path.as_os_str().as_bytes()),
+            self.places.len(),
+            self.heap_bytes() as f64 / (1024.0 * 1024.0)
+        )
+    }
+
     /// The answer to a WHATSAT: the places within `query.radius_metres` of the query's point by
     /// great-circle distance, nearest first, at most `query.bound`, as `{"places": [...]}` in
     /// the shape of the Places API (New); `{}` when there are none. Shaped as a Places answer
