@@ -4,8 +4,8 @@
 //!
 //! Changed at run time: the links (added, removed, a neighbour's address), the other servers
 //! of the herd, Places settings, limits, peer timing, `log level`, `log lines`, rotation and
-//! the server's metrics address; with `places api local`, the places file is read again at
-//! every reload, changed or not (SPEC section 10). Not: the server's own name and listen address (the socket
+//! the server's metrics address; with `places api local`, the places file is read again
+//! (SPEC section 10) when it changed since it was read, whether the config did or not. Not: the server's own name and listen address (the socket
 //! is bound, and its neighbours know it), the store, the peer secret and `log dir` — a change
 //! to one of those is refused, and the server keeps its old config.
 
@@ -21,9 +21,10 @@ pub struct Plan {
     /// Neighbours still linked whose address changed: reconnect there.
     pub links_moved: Vec<ServerEntry>,
     pub places_changed: bool,
-    /// `places api local` in the new config: its places file is read again (it may have
-    /// changed even where the config did not).
-    pub places_file_reread: bool,
+    /// `places api local` in the new config: its places file is read again if it changed
+    /// since it was read (it may have where the config did not). What that finds is the
+    /// loop's to say: this plan cannot know.
+    pub check_places_file: bool,
     pub limits_changed: bool,
     pub peer_timing_changed: bool,
     pub log_changed: bool,
@@ -40,7 +41,6 @@ impl Plan {
             && self.links_removed.is_empty()
             && self.links_moved.is_empty()
             && !self.places_changed
-            && !self.places_file_reread
             && !self.limits_changed
             && !self.peer_timing_changed
             && !self.log_changed
@@ -70,7 +70,6 @@ impl Plan {
         for (changed, what) in [
             (self.servers_changed, "servers"),
             (self.places_changed, "places"),
-            (self.places_file_reread, "places file re-read"),
             (self.limits_changed, "limits"),
             (self.peer_timing_changed, "peer timing"),
             (self.log_changed, "log"),
@@ -180,7 +179,7 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
         links_removed,
         links_moved,
         places_changed: new.places != running.places,
-        places_file_reread: new.places.api == PlacesApi::Local,
+        check_places_file: new.places.api == PlacesApi::Local,
         limits_changed: new.limits != running.limits,
         peer_timing_changed,
         log_changed: new.log != running.log,
@@ -266,19 +265,18 @@ mod tests {
     }
 
     #[test]
-    fn with_places_api_local_the_file_is_read_again_at_every_reload() {
+    fn with_places_api_local_the_file_is_checked_at_every_reload() {
         let local = format!("{BASE}places api local\nplaces file p.csv\n");
         let to_local = plan_for(&local).unwrap();
-        assert!(to_local.places_changed && to_local.places_file_reread);
-        assert_eq!(to_local.summary(), "places; places file re-read");
+        assert!(to_local.places_changed && to_local.check_places_file);
+        assert_eq!(to_local.summary(), "places");
         let running = parse_config(&local).unwrap();
         let again = plan("A", &running, parse_config(&local).unwrap(), &local).unwrap();
-        assert!(!again.places_changed && again.places_file_reread);
-        assert!(!again.changes_nothing());
-        assert_eq!(again.summary(), "places file re-read");
+        assert!(!again.places_changed && again.check_places_file);
+        assert!(again.changes_nothing(), "{}", again.summary());
         // Back to Google: no file to read.
         let to_google = plan("A", &running, parse_config(BASE).unwrap(), BASE).unwrap();
-        assert!(to_google.places_changed && !to_google.places_file_reread);
+        assert!(to_google.places_changed && !to_google.check_places_file);
     }
 
     #[test]

@@ -299,7 +299,15 @@ fn a_reload_reads_a_new_file_and_refuses_a_broken_one_keeping_the_old() {
     );
     herd.write_config("places api local\nplaces file other.csv\n");
     herd.hangup("Alpha");
-    herd.wait_log("Alpha", "places file re-read", 1);
+    herd.wait_log("Alpha", "reload herd.conf: places; places file read", 1);
+    assert_eq!(
+        names(&herd.whatsat("Alpha", &at, "1", 5)),
+        ["Pauley Pavilion"]
+    );
+
+    // Nothing changed (logrotate's SIGHUP): the file is not read again.
+    herd.hangup("Alpha");
+    herd.wait_log("Alpha", "reload herd.conf: places file unchanged", 1);
     assert_eq!(
         names(&herd.whatsat("Alpha", &at, "1", 5)),
         ["Pauley Pavilion"]
@@ -311,7 +319,7 @@ fn a_reload_reads_a_new_file_and_refuses_a_broken_one_keeping_the_old() {
         b"name,lat,lon\nAckerman Union,34.0705,-118.4441\n",
     );
     herd.hangup("Alpha");
-    herd.wait_log("Alpha", "places file re-read", 2);
+    herd.wait_log("Alpha", "reload herd.conf: places file read", 1);
     assert_eq!(
         names(&herd.whatsat("Alpha", &at, "1", 5)),
         ["Ackerman Union"]
@@ -368,7 +376,7 @@ fn a_reload_switches_to_google_and_back() {
 
     herd.write_config(LOCAL_CSV);
     herd.hangup("Alpha");
-    herd.wait_log("Alpha", "places file re-read", 1);
+    herd.wait_log("Alpha", "reload herd.conf: places; places file read", 1);
     assert_eq!(
         names(&herd.whatsat("Alpha", &at, "1", 5)),
         ["Royce Hall", "Westwood Village, Los Angeles"]

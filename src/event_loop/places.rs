@@ -113,6 +113,11 @@ impl PlacesFront {
         );
     }
 
+    /// The places file answered from (`places api local`).
+    pub fn local(&self) -> Option<&LocalPlaces> {
+        self.local.as_ref()
+    }
+
     /// The places file to answer from after a reload: the one just read when the new
     /// settings say `places api local` (set after [`PlacesFront::replace_pool`]), else none.
     pub fn replace_local(&mut self, local: Option<LocalPlaces>) {

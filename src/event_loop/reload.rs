@@ -1,7 +1,7 @@
 //! SIGHUP: the config read again and checked whole against the one running (what may change
 //! is decided in [`crate::reload`]), then everything that can fail made before anything
 //! changes (the new metrics listener, the new Places workers, the places file of `places api
-//! local` read and indexed), then the plan carried out on the parts with what was prepared,
+//! local` read and indexed when it changed), then the plan carried out on the parts with what was prepared,
 //! which cannot fail. A reload is all or nothing: a refusal at any step changes nothing, is
 //! logged (and said on stderr, for whoever sent the SIGHUP), and the config running stays
 //! the one the next SIGHUP is compared with.
@@ -62,7 +62,11 @@ pub fn reload(running: Running, parts: Parts) -> Option<Config> {
         }
     };
     let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
-    let summary = plan.summary();
+    let summary = match (&prepared.local, plan.changes_nothing()) {
+        (Some(file), true) => file.summary().to_string(),
+        (Some(file), false) => format!("{}; {}", plan.summary(), file.summary()),
+        (None, _) => plan.summary(),
+    };
     let config = apply(plan, prepared, parts);
     say(&format!("reload {path}: {summary}"));
     info!("reload {path}: {summary}");
@@ -75,8 +79,26 @@ struct Prepared {
     metrics: Option<TcpListener>,
     /// The pool for the new Places settings, when they changed.
     places: Option<PlacesPool>,
-    /// With `places api local`: the places file, read again, and how long that took.
-    local: Option<(LocalPlaces, Duration)>,
+    /// With `places api local`: the places file, read again or found unchanged.
+    local: Option<PlacesFile>,
+}
+
+/// What a reload found of the places file of `places api local`.
+enum PlacesFile {
+    /// Read (again), in this long.
+    Read(LocalPlaces, Duration),
+    /// The file answered from already, unchanged since it was read: kept, not read again (a
+    /// world file takes a few hundred ms, and logrotate's SIGHUP comes daily).
+    Unchanged,
+}
+
+impl PlacesFile {
+    fn summary(&self) -> &'static str {
+        match self {
+            PlacesFile::Read(..) => "places file read",
+            PlacesFile::Unchanged => "places file unchanged",
+        }
+    }
 }
 
 /// The config file, read and checked against the running one: the plan, or the whole line
@@ -121,7 +143,7 @@ fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepa
         })?),
         None => None,
     };
-    let places = match plan.places_changed {
+    let pool = match plan.places_changed {
         true => Some(
             places
                 .start_pool(&new.places)
@@ -130,17 +152,22 @@ fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepa
         false => None,
     };
     let local = match new.places.file_path(running.config_path) {
-        Some(file) if plan.places_file_reread => {
-            // On the loop, like the rest of a reload: a world file takes a few hundred ms.
-            let started = Instant::now();
-            let loaded = LocalPlaces::load(&file).map_err(|e| format!("reload refused: {e}"))?;
-            Some((loaded, started.elapsed()))
+        Some(file) if plan.check_places_file => {
+            if places.local().is_some_and(|old| old.is_unchanged(&file)) {
+                Some(PlacesFile::Unchanged)
+            } else {
+                // On the loop, like the rest of a reload: the world file takes a few hundred ms.
+                let started = Instant::now();
+                let loaded =
+                    LocalPlaces::load(&file).map_err(|e| format!("reload refused: {e}"))?;
+                Some(PlacesFile::Read(loaded, started.elapsed()))
+            }
         }
         _ => None,
     };
     Ok(Prepared {
         metrics,
-        places,
+        places: pool,
         local,
     })
 }
@@ -200,14 +227,18 @@ fn apply(plan: Plan, prepared: Prepared, parts: Parts) -> Config {
     if let Some(pool) = prepared.places {
         places.replace_pool(pool, &new.places, now);
     }
-    if let Some((loaded, took)) = &prepared.local {
-        info!(
-            "places file {} read in {} ms",
-            loaded.summary(),
-            took.as_millis()
-        );
+    match prepared.local {
+        Some(PlacesFile::Read(loaded, took)) => {
+            info!(
+                "places file {} read in {} ms",
+                loaded.summary(),
+                took.as_millis()
+            );
+            places.replace_local(Some(loaded));
+        }
+        Some(PlacesFile::Unchanged) => {}
+        None => places.replace_local(None),
     }
-    places.replace_local(prepared.local.map(|(loaded, _)| loaded));
     if plan.log_changed {
         logging::reconfigure(new.log.level, new.log.lines, new.log.rotation);
     }

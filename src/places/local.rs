@@ -32,6 +32,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
@@ -63,12 +64,39 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 #[derive(Debug)]
 pub struct LocalPlaces {
     path: PathBuf,
+    /// The file as it was when it was opened (`None`: read from something else).
+    stamp: Option<FileStamp>,
     /// Sorted by band, then longitude, then file order.
     places: Vec<Place>,
     /// The places of band `b` are `places[band_start[b]..band_start[b + 1]]`.
     band_start: Vec<u32>,
     /// Every place's id, name and rest, one after another in file order.
     text: String,
+}
+
+/// What tells a file that changed from one that did not, without reading it: which file it
+/// is and its size, modification and change times. The change time (ctime) moves with any
+/// write or rename into place and cannot be set back by a user, so an edit that keeps the
+/// size and resets the modification time still shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    bytes: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(metadata: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            bytes: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
 }
 
 /// One place: its position, and where its words are in [`LocalPlaces::text`]: `id..name` is
@@ -133,12 +161,25 @@ enum Format {
 impl LocalPlaces {
     /// Reads the file at `path` (see the module's comment for what it may hold).
     pub fn load(path: &Path) -> Result<LocalPlaces, LocalPlacesError> {
-        let file = File::open(path).map_err(|e| LocalPlacesError {
+        let cannot_read = |e: io::Error| LocalPlacesError {
             path: path.to_path_buf(),
             at: None,
             problem: format!("cannot read: {e}"),
-        })?;
-        LocalPlaces::read(path, BufReader::with_capacity(64 * 1024, file))
+        };
+        let file = File::open(path).map_err(cannot_read)?;
+        // Taken before reading: a change made while the file is read shows at the next check.
+        let stamp = FileStamp::of(&file.metadata().map_err(cannot_read)?);
+        let mut places = LocalPlaces::read(path, BufReader::with_capacity(64 * 1024, file))?;
+        places.stamp = Some(stamp);
+        Ok(places)
+    }
+
+    /// True when `path` is the file these places were loaded from and it has not changed
+    /// since (same file, size, modification and change times), so reading it again would
+    /// give the same places: a SIGHUP sent to rotate the log need not read a world file again.
+    pub fn is_unchanged(&self, path: &Path) -> bool {
+        let now = std::fs::metadata(path).ok().map(|m| FileStamp::of(&m));
+        path == self.path && now.is_some() && now == self.stamp
     }
 
     /// Reads places from `input`, called `path` in errors; the format comes from the path's
@@ -443,6 +484,7 @@ impl Builder {
         self.text.shrink_to_fit();
         LocalPlaces {
             path: path.to_path_buf(),
+            stamp: None,
             places: self.places,
             band_start,
             text: self.text,
@@ -1471,6 +1513,14 @@ mod tests {
         let places = LocalPlaces::load(&packed).unwrap();
         assert_eq!(places.path(), packed.as_path());
         assert_eq!(names(&places, &query(3.0, 3.0, 10.0, 1)), ["C"]);
+        // Unchanged until it is written again.
+        let loaded = LocalPlaces::load(&plain).unwrap();
+        assert!(loaded.is_unchanged(&plain));
+        assert!(!loaded.is_unchanged(&packed), "another file");
+        std::fs::write(&plain, "name,lat,lon\nC,1,1\nD,2,2\nE,3,3\n").unwrap();
+        assert!(!loaded.is_unchanged(&plain), "written again");
+        let read = LocalPlaces::read(&plain, "name,lat,lon\n".as_bytes()).unwrap();
+        assert!(!read.is_unchanged(&plain), "not loaded from a file");
         let missing = dir.join("nowhere.csv");
         let e = LocalPlaces::load(&missing).unwrap_err();
         assert_eq!(e.at, None);
