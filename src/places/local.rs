@@ -3,8 +3,8 @@
 //! answered in the shape of the Places API (New) so that a WHATSAT reply looks like Google's.
 //!
 //! Pure apart from reading the file at load: no sockets, no threads, no clock. A search is fast
-//! enough for the event loop to answer on the spot (tens of microseconds for a world file of
-//! 150,000 places and a 50 km radius); nothing here waits.
+//! enough for the event loop to answer on the spot (a few microseconds, answer written, for
+//! the world file herd ships and a 10 km radius); nothing here waits.
 //!
 //! What a file may be:
 //!
@@ -34,13 +34,14 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::bufread::MultiGzDecoder;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::request::PlacesQuery;
-use super::response::{shape_value, OutcomeKind, ShapedJson};
+use super::response::{OutcomeKind, ShapedJson};
 use crate::logging::Escaped;
 
 /// The Earth's mean radius (IUGG), for great-circle distances.
@@ -55,12 +56,17 @@ const BANDS: usize = 1800;
 /// missed by a rounding of the range's bounds; the exact distance decides.
 const RANGE_SLACK_DEGREES: f64 = 1e-9;
 
+/// How far west of a search's range its binary search over the `f32` longitude keys starts:
+/// more than an `f32`'s rounding of a longitude (at most 180 x 2^-24, 1.1e-5 degrees).
+const KEY_SLACK: f64 = 1e-4;
+
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Places read from a file, ready for searches.
 ///
-/// Memory: 32 bytes a place plus its text (id, name, and the rest as compact JSON) in one
-/// string, and 7 KB for the bands; a world file of 150,000 places takes about 15 MiB.
+/// Memory: 36 bytes a place (its position and offsets, and an `f32` key) plus its text (id,
+/// name, and the rest as an answer prints it) in one string, and 7 KB for the bands; the
+/// world file herd ships (171,075 places) takes about 26 MiB.
 #[derive(Debug)]
 pub struct LocalPlaces {
     path: PathBuf,
@@ -70,7 +76,14 @@ pub struct LocalPlaces {
     places: Vec<Place>,
     /// The places of band `b` are `places[band_start[b]..band_start[b + 1]]`.
     band_start: Vec<u32>,
-    /// Every place's id, name and rest, one after another in file order.
+    /// Each place's longitude as an `f32`, in the order of `places`: what a search's binary
+    /// search probes. A fifth of the bytes of `places`, so that its probes mostly hit the
+    /// cache where those into `places` missed it (they were a third of a search's time).
+    longitude_keys: Vec<f32>,
+    /// Every place's id, name and rest, one after another in the order of `places`, so
+    /// that the places a search finds, which are near each other in `places`, have their
+    /// words near each other too (fetching them from memory was half a search's time when
+    /// they lay in file order, all over the world file).
     text: String,
 }
 
@@ -99,8 +112,10 @@ impl FileStamp {
     }
 }
 
-/// One place: its position, and where its words are in [`LocalPlaces::text`]: `id..name` is
-/// its id, `name..rest` its name, `rest..end` a JSON object of its types and other fields.
+/// One place: its position, where it is in the file, and where its words are in
+/// [`LocalPlaces::text`]: `id..name` is its id, `name..rest` its name, and `rest` up to the
+/// next place's `id` (or the end of the text) its types and other fields, printed as an
+/// answer prints them.
 #[derive(Clone, Copy, Debug)]
 struct Place {
     latitude: f64,
@@ -108,7 +123,8 @@ struct Place {
     id: u32,
     name: u32,
     rest: u32,
-    end: u32,
+    /// Its place in the file, from 0: equal distances are answered in file order.
+    order: u32,
 }
 
 /// Why a file of places could not be read, and where in it.
@@ -209,6 +225,7 @@ impl LocalPlaces {
     pub fn heap_bytes(&self) -> usize {
         self.places.capacity() * std::mem::size_of::<Place>()
             + self.band_start.capacity() * std::mem::size_of::<u32>()
+            + self.longitude_keys.capacity() * std::mem::size_of::<f32>()
             + self.text.capacity()
     }
 
@@ -226,6 +243,10 @@ impl LocalPlaces {
     /// great-circle distance, nearest first, at most `query.bound`, as `{"places": [...]}` in
     /// the shape of the Places API (New); `{}` when there are none. Shaped as a Places answer
     /// is, so the loop hands it to the waiting WHATSATs the same way.
+    ///
+    /// Written out directly, byte for byte what `serde_json::to_string_pretty` prints for the
+    /// same JSON (a test holds it to that): building a `Value` for each place and printing it
+    /// took most of a WHATSAT's time on the loop.
     pub fn search(&self, query: &PlacesQuery) -> ShapedJson {
         let found = self.nearest(
             query.latitude,
@@ -233,17 +254,24 @@ impl LocalPlaces {
             query.radius_metres,
             usize::from(query.bound),
         );
-        let json = if found.is_empty() {
-            json!({})
+        let mut out = Vec::with_capacity(64 + found.len() * 384);
+        if found.is_empty() {
+            out.extend_from_slice(b"{}");
         } else {
-            let places: Vec<Value> = found.iter().map(|f| self.place_json(f.place)).collect();
-            json!({ "places": places })
-        };
-        shape_value(
-            &json,
-            format!("ok results={}", found.len()),
-            OutcomeKind::Ok,
-        )
+            out.extend_from_slice(b"{\n  \"places\": [\n");
+            for (i, found) in found.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b",\n");
+                }
+                self.write_place(found.index, &mut out);
+            }
+            out.extend_from_slice(b"\n  ]\n}");
+        }
+        ShapedJson {
+            text: Arc::from(out),
+            summary: format!("ok results={}", found.len()),
+            kind: OutcomeKind::Ok,
+        }
     }
 
     /// The places within `radius_metres` of the point, nearest first (equal distances in file
@@ -254,7 +282,7 @@ impl LocalPlaces {
         longitude: f64,
         radius_metres: f64,
         bound: usize,
-    ) -> Vec<Found<'_>> {
+    ) -> Vec<Found> {
         let nowhere = !latitude.is_finite() || !longitude.is_finite();
         if nowhere || radius_metres.is_nan() || radius_metres <= 0.0 || bound == 0 {
             return Vec::new();
@@ -265,20 +293,32 @@ impl LocalPlaces {
         let longitudes = longitude_ranges(latitude, longitude, reach_degrees);
         let mut found = Vec::new();
         for band in band_of(lowest)..=band_of(highest) {
-            let in_band =
-                &self.places[self.band_start[band] as usize..self.band_start[band + 1] as usize];
+            let (start, end) = (
+                self.band_start[band] as usize,
+                self.band_start[band + 1] as usize,
+            );
+            let keys = &self.longitude_keys[start..end];
             for &(west, east) in longitudes.iter().flatten() {
-                let first = in_band.partition_point(|p| p.longitude < west);
-                let past = in_band.partition_point(|p| p.longitude <= east);
-                for place in &in_band[first..past] {
-                    if place.latitude < lowest || place.latitude > highest {
+                // The key is the longitude rounded to an f32 (off by at most 1.1e-5 degrees),
+                // so the first candidate is found a little to the west; the exact longitude
+                // decides, and the band is sorted by it, so the scan stops past `east`.
+                let first = start + keys.partition_point(|&k| f64::from(k) < west - KEY_SLACK);
+                for (index, place) in self.places[first..end].iter().enumerate() {
+                    if place.longitude > east {
+                        break;
+                    }
+                    let outside = place.longitude < west
+                        || place.latitude < lowest
+                        || place.latitude > highest;
+                    if outside {
                         continue;
                     }
                     let distance =
                         distance_metres(latitude, longitude, place.latitude, place.longitude);
                     if distance <= radius_metres {
                         found.push(Found {
-                            place,
+                            index: first + index,
+                            order: place.order,
                             distance_metres: distance,
                         });
                     }
@@ -288,7 +328,7 @@ impl LocalPlaces {
         let nearer = |a: &Found, b: &Found| {
             a.distance_metres
                 .total_cmp(&b.distance_metres)
-                .then(a.place.id.cmp(&b.place.id))
+                .then(a.order.cmp(&b.order))
         };
         if found.len() > bound {
             found.select_nth_unstable_by(bound - 1, nearer);
@@ -298,32 +338,65 @@ impl LocalPlaces {
         found
     }
 
-    /// One place in the shape of the new API: `id`, `displayName.text`, `location`, then its
-    /// types and other fields as the file gave them.
-    fn place_json(&self, place: &Place) -> Value {
+    /// Where the words of `places[index]` end in `text`.
+    fn end_of(&self, index: usize) -> u32 {
+        self.places
+            .get(index + 1)
+            .map_or(self.text.len() as u32, |next| next.id)
+    }
+
+    /// One place of an answer's `places` list, printed as `to_string_pretty` prints it there
+    /// (four spaces in): `id`, `displayName.text`, `location`, then its types and other fields
+    /// as the file gave them, which [`Builder::add`] printed already.
+    fn write_place(&self, index: usize, out: &mut Vec<u8>) {
+        let place = &self.places[index];
+        let text = |from: u32, to: u32| &self.text[from as usize..to as usize];
+        out.extend_from_slice(b"    {\n      \"id\": ");
+        write_json(out, text(place.id, place.name));
+        out.extend_from_slice(b",\n      \"displayName\": {\n        \"text\": ");
+        write_json(out, text(place.name, place.rest));
+        out.extend_from_slice(b"\n      },\n      \"location\": {\n        \"latitude\": ");
+        write_json(out, &place.latitude);
+        out.extend_from_slice(b",\n        \"longitude\": ");
+        write_json(out, &place.longitude);
+        out.extend_from_slice(b"\n      }");
+        let rest = text(place.rest, self.end_of(index));
+        if !rest.is_empty() {
+            out.extend_from_slice(b",\n");
+            out.extend_from_slice(rest.as_bytes());
+        }
+        out.extend_from_slice(b"\n    }");
+    }
+
+    /// One place as a JSON value: what [`LocalPlaces::write_place`] must print (see the tests).
+    #[cfg(test)]
+    fn place_json(&self, index: usize) -> Value {
+        let place = &self.places[index];
         let text = |from: u32, to: u32| &self.text[from as usize..to as usize];
         let mut object = Map::new();
         object.insert("id".into(), text(place.id, place.name).into());
         object.insert(
             "displayName".into(),
-            json!({ "text": text(place.name, place.rest) }),
+            serde_json::json!({ "text": text(place.name, place.rest) }),
         );
         object.insert(
             "location".into(),
-            json!({ "latitude": place.latitude, "longitude": place.longitude }),
+            serde_json::json!({ "latitude": place.latitude, "longitude": place.longitude }),
         );
-        // Written by `Builder::add` from a JSON object, so it parses; an empty object if not.
-        if let Ok(Value::Object(rest)) = serde_json::from_str(text(place.rest, place.end)) {
+        // Written by `Builder::add` as the fields of an object, so it parses.
+        let rest = format!("{{\n{}\n}}", text(place.rest, self.end_of(index)));
+        if let Ok(Value::Object(rest)) = serde_json::from_str(&rest) {
             object.extend(rest);
         }
         Value::Object(object)
     }
 }
 
-/// A place a search found.
+/// A place a search found: where it is in `places`, and its place in the file.
 #[derive(Debug)]
-struct Found<'a> {
-    place: &'a Place,
+struct Found {
+    index: usize,
+    order: u32,
     distance_metres: f64,
 }
 
@@ -451,28 +524,48 @@ impl Builder {
         let name = offset(&self.text)?;
         self.text.push_str(entry.name);
         let rest = offset(&self.text)?;
-        // A Map of Values always serializes.
-        self.text
-            .push_str(&serde_json::to_string(&entry.rest).unwrap_or_else(|_| "{}".into()));
-        let end = offset(&self.text)?;
+        push_fields(&mut self.text, &entry.rest);
+        // Checked here, so that every offset of the text fits in a u32 when it is laid out
+        // again in `finish`.
+        offset(&self.text)?;
+        let order = u32::try_from(self.places.len())
+            .map_err(|_| "the file holds more than 2^32 places".to_string())?;
         self.places.push(Place {
             latitude: entry.latitude,
             longitude: entry.longitude,
             id,
             name,
             rest,
-            end,
+            order,
         });
         Ok(())
     }
 
     fn finish(mut self, path: &Path) -> LocalPlaces {
+        // Each place's words end where the next place's begin, in file order.
+        let ends: Vec<u32> = self
+            .places
+            .iter()
+            .skip(1)
+            .map(|p| p.id)
+            .chain([self.text.len() as u32])
+            .collect();
         self.places.sort_unstable_by(|a, b| {
             band_of(a.latitude)
                 .cmp(&band_of(b.latitude))
                 .then(a.longitude.total_cmp(&b.longitude))
-                .then(a.id.cmp(&b.id))
+                .then(a.order.cmp(&b.order))
         });
+        // The words laid out again in the order of the places.
+        let mut text = String::with_capacity(self.text.len());
+        for place in &mut self.places {
+            let (from, to) = (place.id as usize, ends[place.order as usize] as usize);
+            let moved_to = text.len() as u32;
+            text.push_str(&self.text[from..to]);
+            let shift = |offset: u32| offset - place.id + moved_to;
+            (place.name, place.rest) = (shift(place.name), shift(place.rest));
+            place.id = moved_to;
+        }
         let mut band_start = Vec::with_capacity(BANDS + 1);
         let mut next = 0;
         for band in 0..BANDS {
@@ -481,15 +574,46 @@ impl Builder {
         }
         band_start.push(next as u32);
         self.places.shrink_to_fit();
-        self.text.shrink_to_fit();
+        let longitude_keys = self.places.iter().map(|p| p.longitude as f32).collect();
         LocalPlaces {
             path: path.to_path_buf(),
             stamp: None,
             places: self.places,
             band_start,
-            text: self.text,
+            longitude_keys,
+            text,
         }
     }
+}
+
+/// Appends the fields of `object` as `to_string_pretty` prints them inside a place of an
+/// answer's `places` list: each line six spaces further in, without the object's braces, so
+/// that a search copies them as they are. Nothing for an empty object.
+fn push_fields(text: &mut String, object: &Map<String, Value>) {
+    if object.is_empty() {
+        return;
+    }
+    // A map of values always prints. Its lines are split at newlines, which only the printer
+    // writes: a newline in a string is written `\n`.
+    let printed = serde_json::to_string_pretty(object).unwrap_or_default();
+    let lines: Vec<&str> = printed.lines().collect();
+    if lines.len() < 3 {
+        return;
+    }
+    for (i, line) in lines[1..lines.len() - 1].iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        text.push_str("    ");
+        text.push_str(line);
+    }
+}
+
+/// Appends `value` as serde_json writes it (a string quoted and escaped, a number as `Value`
+/// prints it).
+fn write_json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    // Writing a string or a number to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// 32-bit FNV-1a: a stable hash for made-up ids (std's hashers may change between releases).
@@ -1036,6 +1160,7 @@ mod tests {
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use proptest::prelude::*;
+    use serde_json::json;
     use std::io::Write;
 
     fn csv(text: &str) -> Result<LocalPlaces, LocalPlacesError> {
@@ -1532,6 +1657,91 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    // ---- Answers ----
+
+    /// What `search` must print for `q`: the places it finds, as `Value`s, printed by
+    /// serde_json (as every Places answer is printed, see `response::shape_value`).
+    fn printed_by_serde(places: &LocalPlaces, q: &PlacesQuery) -> String {
+        let found = places.nearest(q.latitude, q.longitude, q.radius_metres, q.bound.into());
+        let json = if found.is_empty() {
+            json!({})
+        } else {
+            let list: Vec<Value> = found.iter().map(|f| places.place_json(f.index)).collect();
+            json!({ "places": list })
+        };
+        serde_json::to_string_pretty(&json).unwrap()
+    }
+
+    #[track_caller]
+    fn assert_printed_as_serde_would(places: &LocalPlaces, q: &PlacesQuery) {
+        let shaped = places.search(q);
+        let written = String::from_utf8(shaped.text.to_vec()).unwrap();
+        assert_eq!(written, printed_by_serde(places, q));
+        let found = places.nearest(q.latitude, q.longitude, q.radius_metres, q.bound.into());
+        assert_eq!(shaped.summary, format!("ok results={}", found.len()));
+        assert_eq!(shaped.kind, OutcomeKind::Ok);
+    }
+
+    #[test]
+    fn answers_are_printed_as_serde_json_prints_them() {
+        let text = "id,name,lat,lon,types,country,note\n\
+                    a1,\"Caf\u{e9}, \"\"Le Z\u{e8}bre\"\"\",1,1,cafe;food,FR,\"two\nlines\"\n\
+                    ,Tab\there \\ back\u{1}slash,1.001,1.0,,,\n\
+                    x,Plain,1.002,0.999,  ,US,\"\"\n";
+        let places = csv(text).unwrap();
+        assert_eq!(places.len(), 3);
+        for bound in [1, 2, 3, 20] {
+            assert_printed_as_serde_would(&places, &query(1.0, 1.0, 50_000.0, bound));
+        }
+        assert_printed_as_serde_would(&places, &query(-40.0, 1.0, 50_000.0, 5));
+
+        let features = [
+            json!({"type": "Feature", "id": 7,
+                   "geometry": {"type": "Point", "coordinates": [2.0, 2.0, 100.0]},
+                   "properties": {"name": "Nested", "types": [], "empty": {}, "list": [],
+                                  "deep": {"a": [1, {"b": null}], "c": true}, "n": -0.5e-7,
+                                  "big": 12345678901234567890u64, "s": "\u{2028}\"/"}}),
+            json!({"type": "Feature",
+                   "geometry": {"type": "Point", "coordinates": [2.0001, 2.0]},
+                   "properties": {"name": "\u{1F600} emoji", "type": "park", "id": "given"}}),
+        ];
+        let places = geojson(&collection(&features)).unwrap();
+        for bound in [1, 2] {
+            assert_printed_as_serde_would(&places, &query(2.0, 2.0, 1_000.0, bound));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_names_and_fields_print_as_serde_json_prints_them(
+            rows in prop::collection::vec(
+                ("[^\r\n]{0,12}", "[^\r\n]{1,12}", -0.01..0.01f64, -0.01..0.01f64,
+                 "[a-z;_ ]{0,12}", "[^\r\n]{0,8}"),
+                1..8,
+            ),
+        ) {
+            let quote = |field: &str| format!("\"{}\"", field.replace('"', "\"\""));
+            let mut text = "id,name,lat,lon,types,extra\n".to_string();
+            for (id, name, lat, lon, types, extra) in &rows {
+                if name.trim().is_empty() {
+                    continue;
+                }
+                text.push_str(&format!(
+                    "{},{},{lat},{lon},{},{}\n",
+                    quote(id), quote(name), quote(types), quote(extra)
+                ));
+            }
+            let places = csv(&text).unwrap();
+            for bound in [1, 3, 20] {
+                let q = query(0.0, 0.0, 5_000.0, bound);
+                let written = String::from_utf8(places.search(&q).text.to_vec()).unwrap();
+                prop_assert_eq!(written, printed_by_serde(&places, &q));
+            }
+        }
+    }
+
     // ---- Searches ----
 
     /// Places due north of (0, 0) at these distances in metres, named by the distance.
@@ -1687,7 +1897,7 @@ mod tests {
             .iter()
             .map(|p| {
                 (
-                    p.id,
+                    p.order,
                     distance_metres(latitude, longitude, p.latitude, p.longitude),
                 )
             })
@@ -1746,7 +1956,7 @@ mod tests {
                 let got: Vec<(u32, f64)> = places
                     .nearest(lat, lon, radius, bound)
                     .iter()
-                    .map(|f| (f.place.id, f.distance_metres))
+                    .map(|f| (f.order, f.distance_metres))
                     .collect();
                 prop_assert_eq!(got, want, "query {} {} radius {} bound {}", lat, lon, radius, bound);
             }
@@ -1756,7 +1966,7 @@ mod tests {
                 let got: Vec<(u32, f64)> = places
                     .nearest(lat, lon, 50_000.0, 20)
                     .iter()
-                    .map(|f| (f.place.id, f.distance_metres))
+                    .map(|f| (f.order, f.distance_metres))
                     .collect();
                 prop_assert_eq!(got, want);
             }
