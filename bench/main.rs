@@ -33,7 +33,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 10] = [
+const SCENARIOS: [(&str, Scenario); 11] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -44,6 +44,7 @@ const SCENARIOS: [(&str, Scenario); 10] = [
     ("whatsat", scenarios::whatsat::run),
     ("hostile", scenarios::hostile::run),
     ("store", scenarios::store::run),
+    ("local", scenarios::local::run),
 ];
 
 const USAGE: &str = "\
@@ -64,6 +65,8 @@ scenarios (default: all, in this order):
            CPU, Places calls, log growth; a paced IAMAT probe beside; recovery after close
   store    IAMAT rate with no store, fsync everysec and always; start-up with 1,000,000
            clients in the store; store size against live records after compaction
+  local    WHATSAT answered from the shipped world places (places api local), C=50 x P=16
+           and P=1, log lines off and on; the memory the places take
 
 options:
   --target HOST:PORT   measure a running server instead of starting one

@@ -27,6 +27,23 @@ pub fn seed(
     clients: &[String],
     locations: Locations,
 ) -> Result<(), String> {
+    let placed: Vec<(&str, String)> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let location = match locations {
+                Locations::Same => LOCATION.to_string(),
+                Locations::Distinct => distinct_location(i),
+            };
+            (client.as_str(), location)
+        })
+        .collect();
+    seed_at(names, addr, &placed)
+}
+
+/// Makes each client known to the server at `addr` at its location (ISO 6709, as an IAMAT
+/// gives it), one IAMAT each.
+pub fn seed_at(names: &Names, addr: SocketAddr, clients: &[(&str, String)]) -> Result<(), String> {
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect to {addr}: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))
@@ -34,17 +51,13 @@ pub fn seed(
     let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
     let tick = names.now_tick();
     let mut line = String::new();
-    for (batch_no, batch) in clients.chunks(BATCH).enumerate() {
+    for batch in clients.chunks(BATCH) {
         let mut bytes = Vec::with_capacity(batch.len() * 96);
-        for (i, client) in batch.iter().enumerate() {
-            let location = match locations {
-                Locations::Same => LOCATION.to_string(),
-                Locations::Distinct => distinct_location(batch_no * BATCH + i),
-            };
-            bytes.extend_from_slice(&names.iamat_at(client, &location, tick));
+        for (client, location) in batch {
+            bytes.extend_from_slice(&names.iamat_at(client, location, tick));
         }
         conn.write_all(&bytes).map_err(|e| format!("write: {e}"))?;
-        for client in batch {
+        for (client, _) in batch {
             line.clear();
             reader
                 .read_line(&mut line)

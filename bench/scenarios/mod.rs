@@ -7,6 +7,7 @@ pub mod conns;
 pub mod flood;
 pub mod hostile;
 pub mod iamat;
+pub mod local;
 pub mod memory;
 pub mod places;
 pub mod staleness;
