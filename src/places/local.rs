@@ -28,6 +28,7 @@
 //! The answer's own fields (`id`, `displayName`, `location`, `types`) win over properties of
 //! the same name, which are left out.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -492,12 +493,34 @@ struct Entry<'a> {
     latitude: f64,
     longitude: f64,
     /// `None`: made from `index` and the name.
-    id: Option<String>,
+    id: Option<Cow<'a, str>>,
     name: &'a str,
     /// The line (CSV) or feature index (GeoJSON): what the made-up id is made from.
     index: usize,
     /// The types, then the other fields to keep, in order.
-    rest: Map<String, Value>,
+    rest: Rest<'a>,
+}
+
+/// A place's types and other fields, as its file gave them.
+enum Rest<'a> {
+    /// A GeoJSON feature's: `types` first, then the properties kept.
+    Object(Map<String, Value>),
+    /// A CSV row's, read straight from its fields: no map of values is built for each of
+    /// the world file's places (that was a third of its load time).
+    Row {
+        columns: &'a Columns,
+        fields: &'a [String],
+    },
+}
+
+impl Rest<'_> {
+    /// Appends the fields as an answer prints them (see [`push_fields`]).
+    fn push_to(&self, text: &mut String) {
+        match self {
+            Rest::Object(object) => push_fields(text, object),
+            Rest::Row { columns, fields } => push_row_fields(text, columns, fields),
+        }
+    }
 }
 
 /// Collects the places of a file as they are read.
@@ -514,8 +537,8 @@ impl Builder {
                 .map_err(|_| "the file holds more than 4 GiB of place text".to_string())
         };
         let id = offset(&self.text)?;
-        match entry.id {
-            Some(given) => self.text.push_str(&given),
+        match &entry.id {
+            Some(given) => self.text.push_str(given),
             None => {
                 let made = format!("local-{}-{:08x}", entry.index, fnv1a(entry.name));
                 self.text.push_str(&made);
@@ -524,7 +547,7 @@ impl Builder {
         let name = offset(&self.text)?;
         self.text.push_str(entry.name);
         let rest = offset(&self.text)?;
-        push_fields(&mut self.text, &entry.rest);
+        entry.rest.push_to(&mut self.text);
         // Checked here, so that every offset of the text fits in a u32 when it is laid out
         // again in `finish`.
         offset(&self.text)?;
@@ -550,12 +573,20 @@ impl Builder {
             .map(|p| p.id)
             .chain([self.text.len() as u32])
             .collect();
-        self.places.sort_unstable_by(|a, b| {
-            band_of(a.latitude)
-                .cmp(&band_of(b.latitude))
+        // Each place's band worked out once, not at every comparison (the sort was a tenth
+        // of the load).
+        let mut keyed: Vec<(usize, Place)> = self
+            .places
+            .iter()
+            .map(|p| (band_of(p.latitude), *p))
+            .collect();
+        keyed.sort_unstable_by(|(band_a, a), (band_b, b)| {
+            band_a
+                .cmp(band_b)
                 .then(a.longitude.total_cmp(&b.longitude))
                 .then(a.order.cmp(&b.order))
         });
+        self.places = keyed.into_iter().map(|(_, place)| place).collect();
         // The words laid out again in the order of the places.
         let mut text = String::with_capacity(self.text.len());
         for place in &mut self.places {
@@ -665,15 +696,16 @@ struct Columns {
 
 fn read_csv(input: impl BufRead, builder: &mut Builder) -> Result<(), Problem> {
     let mut records = CsvRecords::new(input);
-    let Some((header_line, header)) = records.next_record()? else {
+    let Some(header_line) = records.next_record()? else {
         return Err((
             None,
             "the file is empty (a CSV file needs a header row)".into(),
         ));
     };
-    let columns = columns(&header).map_err(|problem| at_line(header_line, problem))?;
-    while let Some((line, fields)) = records.next_record()? {
-        csv_place(&columns, line, &fields, builder).map_err(|problem| at_line(line, problem))?;
+    let columns = columns(records.fields()).map_err(|problem| at_line(header_line, problem))?;
+    while let Some(line) = records.next_record()? {
+        csv_place(&columns, line, records.fields(), builder)
+            .map_err(|problem| at_line(line, problem))?;
     }
     Ok(())
 }
@@ -756,35 +788,90 @@ fn csv_place(
     }
     let latitude = coordinate("latitude", &fields[columns.latitude], 90.0)?;
     let longitude = coordinate("longitude", &fields[columns.longitude], 180.0)?;
-    let mut rest = Map::new();
-    let types: Vec<Value> = columns.types.map_or_else(Vec::new, |index| {
-        fields[index]
-            .split(';')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(Value::from)
-            .collect()
-    });
-    rest.insert("types".into(), Value::Array(types));
-    for (index, title) in &columns.others {
-        let value = fields[*index].trim();
-        if !value.is_empty() && !is_answer_field(title) {
-            rest.insert(title.clone(), value.into());
-        }
-    }
     let id = columns
         .id
         .map(|index| fields[index].trim())
         .filter(|id| !id.is_empty())
-        .map(str::to_string);
+        .map(Cow::Borrowed);
     builder.add(Entry {
         latitude,
         longitude,
         id,
         name,
         index: line,
-        rest,
+        rest: Rest::Row { columns, fields },
     })
+}
+
+/// The types of a CSV row (its `types` cell split at `;`, each trimmed, empty ones left out)
+/// and every other column with a value (trimmed), in column order: the fields [`push_fields`]
+/// prints for a row.
+fn row_types<'a>(columns: &Columns, fields: &'a [String]) -> impl Iterator<Item = &'a str> {
+    let cell = columns.types.map_or("", |index| fields[index].as_str());
+    cell.split(';').map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn row_others<'a>(
+    columns: &'a Columns,
+    fields: &'a [String],
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    columns
+        .others
+        .iter()
+        .map(|(index, title)| (title.as_str(), fields[*index].trim()))
+        .filter(|(title, value)| !value.is_empty() && !is_answer_field(title))
+}
+
+/// What [`push_fields`] prints for a CSV row's map of types and other columns, written
+/// straight from the row.
+fn push_row_fields(text: &mut String, columns: &Columns, fields: &[String]) {
+    text.push_str("      \"types\": [");
+    let mut types = row_types(columns, fields).peekable();
+    if types.peek().is_some() {
+        for (i, kind) in types.enumerate() {
+            text.push_str(if i == 0 { "\n        " } else { ",\n        " });
+            push_json_string(text, kind);
+        }
+        text.push_str("\n      ");
+    }
+    text.push(']');
+    for (title, value) in row_others(columns, fields) {
+        text.push_str(",\n      ");
+        push_json_string(text, title);
+        text.push_str(": ");
+        push_json_string(text, value);
+    }
+}
+
+/// Appends `value` as a JSON string, escaped as serde_json escapes it.
+fn push_json_string(text: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    text.push('"');
+    let mut plain = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        text.push_str(&value[plain..at]);
+        plain = at + 1;
+        if escape.is_empty() {
+            text.push_str("\\u00");
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            text.push_str(escape);
+        }
+    }
+    text.push_str(&value[plain..]);
+    text.push('"');
 }
 
 /// The fields the answer makes itself; a property of the same name is left out.
@@ -801,6 +888,10 @@ struct CsvRecords<R> {
     /// Lines read so far.
     line: usize,
     raw: Vec<u8>,
+    /// The last record's fields are `fields[..count]`; the strings are kept from record to
+    /// record and written over, so that a file's fields are not each a new allocation.
+    fields: Vec<String>,
+    count: usize,
 }
 
 /// Where the parser is within a record.
@@ -822,12 +913,40 @@ impl<R: BufRead> CsvRecords<R> {
             input,
             line: 0,
             raw: Vec::new(),
+            fields: Vec::new(),
+            count: 0,
         }
     }
 
-    /// The next record and its first line, `None` at the end of the text.
-    fn next_record(&mut self) -> Result<Option<(usize, Vec<String>)>, Problem> {
-        let mut fields = Vec::new();
+    /// The fields of the record [`CsvRecords::next_record`] read last.
+    fn fields(&self) -> &[String] {
+        &self.fields[..self.count]
+    }
+
+    /// Keeps one finished field of the record being read.
+    fn push_field(
+        &mut self,
+        field: &mut Vec<u8>,
+        state: FieldState,
+        line: usize,
+    ) -> Result<(), Problem> {
+        let text = finish_field(field, state, line)?;
+        match self.fields.get_mut(self.count) {
+            Some(kept) => {
+                kept.clear();
+                kept.push_str(text);
+            }
+            None => self.fields.push(text.to_string()),
+        }
+        self.count += 1;
+        field.clear();
+        Ok(())
+    }
+
+    /// Reads the next record (its fields are then [`CsvRecords::fields`]); returns the line
+    /// it starts on, `None` at the end of the text.
+    fn next_record(&mut self) -> Result<Option<usize>, Problem> {
+        self.count = 0;
         let mut field = Vec::new();
         let mut state = FieldState::Start;
         let mut first_line = 0;
@@ -847,14 +966,17 @@ impl<R: BufRead> CsvRecords<R> {
                 return Ok(None);
             }
             self.line += 1;
-            let mut bytes = self.raw.as_slice();
+            // Taken out for the record's fields to be written while its bytes are read.
+            let raw = std::mem::take(&mut self.raw);
+            let mut bytes = raw.as_slice();
             if self.line == 1 {
                 bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
             }
             bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
             bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-            if state == FieldState::Start && fields.is_empty() {
+            if state == FieldState::Start && self.count == 0 {
                 if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                    self.raw = raw;
                     continue;
                 }
                 first_line = self.line;
@@ -865,7 +987,7 @@ impl<R: BufRead> CsvRecords<R> {
                     (FieldState::Start, b'"') => FieldState::Quoted,
                     (FieldState::Start | FieldState::Unquoted, b',')
                     | (FieldState::QuoteInQuoted | FieldState::AfterQuoted, b',') => {
-                        fields.push(finish_field(&mut field, state, first_line)?);
+                        self.push_field(&mut field, state, first_line)?;
                         FieldState::Start
                     }
                     (FieldState::Start | FieldState::Unquoted, _) => {
@@ -890,35 +1012,39 @@ impl<R: BufRead> CsvRecords<R> {
                             format!(
                                 "field {} has text after its closing quote (a quote inside \
                                  a quoted field is written \"\")",
-                                fields.len() + 1
+                                self.count + 1
                             ),
                         ))
                     }
                 };
             }
+            self.raw = raw;
             if state == FieldState::Quoted {
                 // The line break is part of the quoted field; the record goes on.
                 field.push(b'\n');
                 continue;
             }
-            fields.push(finish_field(&mut field, state, first_line)?);
-            return Ok(Some((first_line, fields)));
+            self.push_field(&mut field, state, first_line)?;
+            return Ok(Some(first_line));
         }
     }
 }
 
 /// A field's text: unquoted fields lose their trailing spaces (leading ones were skipped).
-fn finish_field(field: &mut Vec<u8>, state: FieldState, line: usize) -> Result<String, Problem> {
+/// A field's text: unquoted, without the spaces after it; checked to be UTF-8.
+fn finish_field(field: &mut Vec<u8>, state: FieldState, line: usize) -> Result<&str, Problem> {
     if state == FieldState::Unquoted {
         while field.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
             field.pop();
         }
     }
-    let bytes = std::mem::take(field);
-    String::from_utf8(bytes).map_err(|e| {
-        let bytes = e.into_bytes();
-        at_line(line, format!("not UTF-8 text in '{}'", Escaped(&bytes)))
-    })
+    match std::str::from_utf8(field) {
+        Ok(text) => Ok(text),
+        Err(_) => Err(at_line(
+            line,
+            format!("not UTF-8 text in '{}'", Escaped(field)),
+        )),
+    }
 }
 
 // ---- GeoJSON ----
@@ -1097,8 +1223,8 @@ fn geojson_place(index: usize, feature: Value, builder: &mut Builder) -> Result<
     };
     let id = match id {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) => Some(id),
-        Some(Value::Number(id)) => Some(id.to_string()),
+        Some(Value::String(id)) => Some(Cow::Owned(id)),
+        Some(Value::Number(id)) => Some(Cow::Owned(id.to_string())),
         Some(other) => return Err(format!("id is {}, not a string or number", shown(&other))),
     };
     let mut rest = Map::new();
@@ -1114,7 +1240,7 @@ fn geojson_place(index: usize, feature: Value, builder: &mut Builder) -> Result<
         id,
         name: name.trim(),
         index,
-        rest,
+        rest: Rest::Object(rest),
     })
 }
 
@@ -1739,6 +1865,53 @@ mod tests {
                 let written = String::from_utf8(places.search(&q).text.to_vec()).unwrap();
                 prop_assert_eq!(written, printed_by_serde(&places, &q));
             }
+        }
+    }
+
+    /// The map of a CSV row's types and other columns, as it was built before rows were
+    /// printed straight from their fields.
+    fn row_map(columns: &Columns, fields: &[String]) -> Map<String, Value> {
+        let mut map = Map::new();
+        let types: Vec<Value> = row_types(columns, fields).map(Value::from).collect();
+        map.insert("types".into(), Value::Array(types));
+        for (title, value) in row_others(columns, fields) {
+            map.insert(title.to_string(), value.into());
+        }
+        map
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(value in any::<String>()) {
+            let mut text = String::new();
+            push_json_string(&mut text, &value);
+            prop_assert_eq!(text, serde_json::to_string(&value).unwrap());
+        }
+
+        #[test]
+        fn rows_print_their_fields_as_their_map_prints(
+            types in "[a-z; \u{1}\"\\\\]{0,16}",
+            others in prop::collection::vec(("[a-zA-Z\u{e9}\"]{1,6}", "[^,]{0,8}"), 0..4),
+        ) {
+            let mut header = vec!["name".to_string(), "lat".into(), "lon".into(), "types".into()];
+            let mut fields = vec!["X".to_string(), "1".into(), "2".into(), types];
+            for (title, value) in others {
+                if header.iter().any(|h| h.eq_ignore_ascii_case(&title)) {
+                    continue;
+                }
+                header.push(title);
+                fields.push(value);
+            }
+            let Ok(columns) = columns(&header) else {
+                return Ok(());
+            };
+            let mut direct = String::new();
+            push_row_fields(&mut direct, &columns, &fields);
+            let mut printed = String::new();
+            push_fields(&mut printed, &row_map(&columns, &fields));
+            prop_assert_eq!(direct, printed);
         }
     }
 
