@@ -14,6 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
+use herd_test_support::harness::poll;
 
 use crate::commands::WhatsatLoad;
 use crate::herd::rss_bytes;
@@ -170,15 +171,19 @@ fn memory_row(ctx: &Ctx) -> Result<Row, String> {
         ))
 }
 
-/// The `read in N ms` of the server's `places file` log line.
+/// The `read in N ms` of the server's `places file` log line, once the log has it (the
+/// server flushes its log every 250 ms; at most 2 s).
 fn logged_load_ms(subject: &Subject) -> Option<u64> {
     let Subject::Own(herd) = subject else {
         return None;
     };
-    let log = std::fs::read_to_string(herd.log_path(0)).ok()?;
-    let line = log.lines().find(|l| l.contains("places file "))?;
-    let (_, after) = line.rsplit_once(" read in ")?;
-    after.strip_suffix(" ms")?.parse().ok()
+    let read = || {
+        let log = std::fs::read_to_string(herd.log_path(0)).ok()?;
+        let line = log.lines().find(|l| l.contains("places file "))?;
+        let (_, after) = line.rsplit_once(" read in ")?;
+        after.strip_suffix(" ms")?.parse().ok()
+    };
+    poll(Duration::from_secs(2), read).ok()
 }
 
 /// How many places of the file lie between two clients' places.
