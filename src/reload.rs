@@ -9,7 +9,7 @@
 //! is bound, and its neighbours know it), the store, the peer secret and `log dir` — a change
 //! to one of those is refused, and the server keeps its old config.
 
-use crate::config::{Config, PlacesApi, ServerEntry};
+use crate::config::{Config, PeerSettings, PlacesApi, ServerEntry};
 
 /// What a reload changes, for the loop to carry out.
 #[derive(Debug)]
@@ -96,9 +96,36 @@ pub struct Refusal {
 
 /// Checks `new` (parsed from `text`) against the `running` config of server `name`.
 pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Plan, Refusal> {
-    let at = |directive: &[&str], problem: String| Refusal {
-        line: line_of(text, directive),
-        problem,
+    refuse_fixed_changes(name, running, &new, text)?;
+    let (links_added, links_removed, links_moved) = link_changes(name, running, &new);
+    Ok(Plan {
+        links_added,
+        links_removed,
+        links_moved,
+        places_changed: new.places != running.places,
+        check_places_file: new.places.api == PlacesApi::Local,
+        limits_changed: new.limits != running.limits,
+        peer_timing_changed: peer_timing(&running.peer) != peer_timing(&new.peer),
+        log_changed: new.log != running.log,
+        servers_changed: new.servers != running.servers,
+        metrics_changed: new.metrics_addr(name) != running.metrics_addr(name),
+        config: new,
+    })
+}
+
+/// What cannot change at run time: the server's own name and address, the store, the peer
+/// secret and the log's directory. A change to any is refused, naming its line.
+fn refuse_fixed_changes(
+    name: &str,
+    running: &Config,
+    new: &Config,
+    text: &str,
+) -> Result<(), Refusal> {
+    let at = |directive: &[&str], problem: String| {
+        Err(Refusal {
+            line: line_of(text, directive),
+            problem,
+        })
     };
     let Some(own) = new.server(name) else {
         return Err(Refusal {
@@ -108,46 +135,56 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
     };
     let old_own = running.server(name).map(|s| s.addr);
     if old_own != Some(own.addr) {
-        return Err(at(
+        return at(
             &["server", name],
             format!(
                 "the listen address of {name} cannot change at run time ({} -> {}); restart it",
                 old_own.map_or("none".to_string(), |a| a.to_string()),
                 own.addr
             ),
-        ));
+        );
     }
     if new.store != running.store {
-        return Err(at(
+        return at(
             &["store"],
             "store settings cannot change at run time; restart the server".to_string(),
-        ));
+        );
     }
     if new.peer.secret != running.peer.secret {
-        return Err(at(
+        return at(
             &["peer"],
             "the peer secret cannot change at run time; restart the herd".to_string(),
-        ));
+        );
     }
     if new.log.dir != running.log.dir {
-        return Err(at(
+        return at(
             &["log", "dir"],
             "log dir cannot change at run time; restart the server".to_string(),
-        ));
+        );
     }
+    Ok(())
+}
+
+/// The neighbours of `name` linked now that were not, no longer linked, and still linked at a
+/// new address.
+fn link_changes(
+    name: &str,
+    running: &Config,
+    new: &Config,
+) -> (Vec<ServerEntry>, Vec<String>, Vec<ServerEntry>) {
     let old_neighbours = running.neighbours(name);
     let new_neighbours = new.neighbours(name);
-    let links_added: Vec<ServerEntry> = new_neighbours
+    let added = new_neighbours
         .iter()
         .filter(|n| !old_neighbours.iter().any(|o| o.name == n.name))
         .map(|n| (*n).clone())
         .collect();
-    let links_removed: Vec<String> = old_neighbours
+    let removed = old_neighbours
         .iter()
         .filter(|o| !new_neighbours.iter().any(|n| n.name == o.name))
         .map(|o| o.name.clone())
         .collect();
-    let links_moved: Vec<ServerEntry> = new_neighbours
+    let moved = new_neighbours
         .iter()
         .filter(|n| {
             old_neighbours
@@ -156,37 +193,19 @@ pub fn plan(name: &str, running: &Config, new: Config, text: &str) -> Result<Pla
         })
         .map(|n| (*n).clone())
         .collect();
-    let peer_timing_changed = {
-        let (a, b) = (&running.peer, &new.peer);
-        (
-            a.backoff_min,
-            a.backoff_max,
-            a.ping_interval,
-            a.max_owed,
-            a.stall_limit,
-            a.hold_limit,
-        ) != (
-            b.backoff_min,
-            b.backoff_max,
-            b.ping_interval,
-            b.max_owed,
-            b.stall_limit,
-            b.hold_limit,
-        )
-    };
-    Ok(Plan {
-        links_added,
-        links_removed,
-        links_moved,
-        places_changed: new.places != running.places,
-        check_places_file: new.places.api == PlacesApi::Local,
-        limits_changed: new.limits != running.limits,
-        peer_timing_changed,
-        log_changed: new.log != running.log,
-        servers_changed: new.servers != running.servers,
-        metrics_changed: new.metrics_addr(name) != running.metrics_addr(name),
-        config: new,
-    })
+    (added, removed, moved)
+}
+
+/// The peer settings every link's timing comes from (the secret is checked apart).
+fn peer_timing(peer: &PeerSettings) -> impl PartialEq {
+    (
+        peer.backoff_min,
+        peer.backoff_max,
+        peer.ping_interval,
+        peer.max_owed,
+        peer.stall_limit,
+        peer.hold_limit,
+    )
 }
 
 /// The 1-based line of the first directive whose fields start with `prefix`.
