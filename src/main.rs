@@ -61,42 +61,79 @@ fn main() -> ExitCode {
             name,
             config,
             log_level,
-        } => {
-            let parsed = match load_config(&config) {
-                Ok(parsed) => parsed,
-                Err(problem) => return fail(BAD_INPUT, &problem),
-            };
-            if parsed.server(&name).is_none() {
-                // Names from the file (and the argument) shown escaped, like a config error.
-                let known: Vec<String> = parsed
-                    .servers
-                    .iter()
-                    .map(|s| Escaped(s.name.as_bytes()).to_string())
-                    .collect();
-                return fail(
-                    BAD_INPUT,
-                    &format!(
-                        "{}: no server named '{}' (servers: {})",
-                        config.display(),
-                        Escaped(name.as_bytes()),
-                        known.join(", ")
-                    ),
-                );
-            }
-            // The places file is read before any port opens, and a broken one refused like a
-            // config error.
-            let local_places = match load_local_places(&parsed, &config) {
-                Ok(loaded) => loaded,
-                Err(problem) => return fail(BAD_INPUT, &problem),
-            };
-            match serve(&name, &config, parsed, log_level, local_places) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(problem) => {
-                    logging::flush();
-                    fail(FAILED, &format!("herd {name}: {problem}"))
-                }
-            }
+        } => serve_one(&name, &config, log_level),
+    }
+}
+
+/// `herd NAME CONFIG`: the config, the server's name in it, and its places file are checked
+/// before any port opens (exit 2, as a config error), then the server runs.
+fn serve_one(name: &str, config: &Path, log_level: Option<log::LevelFilter>) -> ExitCode {
+    let parsed = match load_config(config) {
+        Ok(parsed) => parsed,
+        Err(problem) => return fail(BAD_INPUT, &problem),
+    };
+    if parsed.server(name).is_none() {
+        // Names from the file (and the argument) shown escaped, like a config error.
+        let known: Vec<String> = parsed
+            .servers
+            .iter()
+            .map(|s| Escaped(s.name.as_bytes()).to_string())
+            .collect();
+        return fail(
+            BAD_INPUT,
+            &format!(
+                "{}: no server named '{}' (servers: {})",
+                config.display(),
+                Escaped(name.as_bytes()),
+                known.join(", ")
+            ),
+        );
+    }
+    let local_places = match load_local_places(&parsed, config) {
+        Ok(loaded) => loaded,
+        Err(problem) => return fail(BAD_INPUT, &problem),
+    };
+    match serve(name, config, parsed, log_level, local_places) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            logging::flush();
+            fail(FAILED, &format!("herd {name}: {problem}"))
         }
+    }
+}
+
+/// A listening socket at `addr` (`what`: "" or " for metrics"); a failure is logged and is
+/// the server's one line on stderr.
+fn listen(addr: std::net::SocketAddr, what: &str) -> Result<mio::net::TcpListener, String> {
+    net::listen(addr).map_err(|e| {
+        let line = format!("cannot listen{what} on {addr}: {e}");
+        error!("{line}");
+        line
+    })
+}
+
+/// The pipes SIGTERM and SIGINT (stop) and SIGHUP (reload) write to; SIGUSR1 and SIGUSR2
+/// ignored.
+fn signal_pipes() -> Result<(mio::net::UnixStream, mio::net::UnixStream), String> {
+    let signal_error = |e: std::io::Error| format!("cannot handle signals: {e}");
+    let stop = signals::pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(signal_error)?;
+    let hangups = signals::pipe(&[signal_hook::consts::SIGHUP]).map_err(signal_error)?;
+    signals::ignore_user_signals().map_err(signal_error)?;
+    Ok((stop, hangups))
+}
+
+/// The Places key from the environment, warned of (log and stderr) when missing; `places api
+/// local` makes no call: it needs no key, and warns of none.
+fn places_key(config: &Config) -> Option<herd::secret::Secret> {
+    match config.places.api {
+        PlacesApi::Local => None,
+        _ => places::key_from_env(&config.places.key_env)
+            .map_err(|warning| {
+                warn!("{warning}");
+                eprintln!("{warning}");
+            })
+            .ok(),
     }
 }
 
@@ -203,35 +240,14 @@ fn serve(
         servers.iter().any(|s| s.as_bytes() == server)
     })
     .inspect_err(|e| error!("{e}"))?;
-    let listener = net::listen(addr).map_err(|e| {
-        let line = format!("cannot listen on {addr}: {e}");
-        error!("{line}");
-        line
-    })?;
+    let listener = listen(addr, "")?;
     let metrics = match config.metrics_addr(name) {
-        Some(addr) => Some(net::listen(addr).map_err(|e| {
-            let line = format!("cannot listen for metrics on {addr}: {e}");
-            error!("{line}");
-            line
-        })?),
+        Some(addr) => Some(listen(addr, " for metrics")?),
         None => None,
     };
     let connections_fit = fit_connections_to_open_files(name, &mut config);
-    let signal_error = |e: std::io::Error| format!("cannot handle signals: {e}");
-    let stop_signals = signals::pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(signal_error)?;
-    let hangups = signals::pipe(&[signal_hook::consts::SIGHUP]).map_err(signal_error)?;
-    signals::ignore_user_signals().map_err(signal_error)?;
-    // `places api local` makes no call: it needs no key, and warns of none.
-    let places_key = match config.places.api {
-        PlacesApi::Local => None,
-        _ => places::key_from_env(&config.places.key_env)
-            .map_err(|warning| {
-                warn!("{warning}");
-                eprintln!("{warning}");
-            })
-            .ok(),
-    };
+    let (stop_signals, hangups) = signal_pipes()?;
+    let places_key = places_key(&config);
     let local_places = local_places.map(|(loaded, took)| {
         info!(
             "places file {} read in {} ms",
