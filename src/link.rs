@@ -512,10 +512,15 @@ impl<S> Link<S> {
     /// a log line.
     pub fn observe_pace(&mut self, table: &ClientTable, now: Instant) -> Option<PaceChange> {
         let (hold_limit, max_owed) = (self.timing.hold_limit, self.timing.max_owed);
+        // Caught up is owing nothing with nothing left in the buffer: `fill` moves hundreds of
+        // records at a time into the buffer, so the count alone touches 0 between hold-backs
+        // of a link that is far behind.
+        let drained = self.out.is_empty();
         let LinkState::Up { owed, pace, .. } = &mut self.state else {
             return None;
         };
         let owing = owed.live_count(table);
+        let caught_up = owing == 0 && drained;
         let (next, change) = match *pace {
             Pace::Keeping if owing > max_owed => (
                 Pace::Behind {
@@ -526,7 +531,7 @@ impl<S> Link<S> {
                 None,
             ),
             Pace::Keeping => (Pace::Keeping, None),
-            Pace::Behind { .. } if owing == 0 => (Pace::Keeping, None),
+            Pace::Behind { .. } if caught_up => (Pace::Keeping, None),
             Pace::Behind {
                 held,
                 observed,
@@ -552,7 +557,7 @@ impl<S> Link<S> {
                     ),
                 }
             }
-            Pace::Lagging { since } if owing == 0 => (
+            Pace::Lagging { since } if caught_up => (
                 Pace::Keeping,
                 Some(PaceChange::CaughtUp {
                     after: now.duration_since(since),
@@ -914,6 +919,12 @@ mod tests {
         assert_eq!(l.observe_pace(&table, at(1500)), None, "still lagging");
         l.fill(&table);
         assert_eq!(
+            l.observe_pace(&table, at(1550)),
+            None,
+            "owes nothing, but its buffer still holds what it owed: not caught up yet"
+        );
+        sent(&mut l); // the socket took it
+        assert_eq!(
             l.observe_pace(&table, at(1600)),
             Some(PaceChange::CaughtUp {
                 after: Duration::from_millis(400)
@@ -941,6 +952,7 @@ mod tests {
             // Caught up (owes nothing) 100 ms later: each episode holds 100 ms at most.
             assert_eq!(l.observe_pace(&table, at(round * 1000 + 100)), None);
             l.fill(&table);
+            sent(&mut l);
             assert_eq!(l.observe_pace(&table, at(round * 1000 + 150)), None);
         }
         assert!(!l.is_lagging());
