@@ -14,6 +14,16 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(status_field(pid, "VmRSS:")? * 1024)
 }
 
+/// The most resident memory a process has had (its high-water mark), from /proc/PID/status.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    Some(status_field(pid, "VmHWM:")? * 1024)
+}
+
+/// This process's own peak RSS.
+pub fn own_peak_rss_bytes() -> Option<u64> {
+    peak_rss_bytes(std::process::id())
+}
+
 /// Number of threads of a process, from /proc/PID/status.
 pub fn thread_count(pid: u32) -> Option<u64> {
     status_field(pid, "Threads:")

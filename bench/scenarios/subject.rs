@@ -104,17 +104,24 @@ impl Fleet {
                 for d in directives {
                     config = config.with(d);
                 }
-                let herd = Herd::start(&ctx.bin, config, scenario)?;
-                Ok(Fleet {
-                    addrs: herd.addrs(),
-                    pids: (0..names.len()).map(|i| herd.pid(i)).collect(),
-                    log_dir: Some(herd.dir.path().to_path_buf()),
-                    names,
-                    links,
-                    herd: Some(herd),
-                })
+                Fleet::start_config(ctx, scenario, config)
             }
         }
+    }
+
+    /// The herd of a config prepared by the scenario (its servers moved to other addresses,
+    /// its links routed through relays), started here and killed when dropped.
+    pub fn start_config(ctx: &Ctx, scenario: &str, config: HerdConfig) -> Result<Fleet, String> {
+        let (names, links) = (config.names.clone(), config.links.clone());
+        let herd = Herd::start(&ctx.bin, config, scenario)?;
+        Ok(Fleet {
+            addrs: herd.addrs(),
+            pids: (0..names.len()).map(|i| herd.pid(i)).collect(),
+            log_dir: Some(herd.dir.path().to_path_buf()),
+            names,
+            links,
+            herd: Some(herd),
+        })
     }
 
     /// Stops the servers the bench started with SIGTERM, so their logs are complete (a
