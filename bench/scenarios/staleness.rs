@@ -18,15 +18,16 @@ use std::time::{Duration, Instant};
 use crate::commands::Names;
 use crate::cpu::{CpuMark, CpuShares};
 use crate::herd::refused_places_url;
+use crate::hist::Histogram;
 use crate::load::{run_load, Expect, LoadReport, LoadSpec, Workload};
 use crate::report::{fmt_count, fmt_ns, fmt_rate, fmt_share, Row, Section};
 use crate::scenarios::{five_servers, round3, Ctx, Fleet};
 use crate::survey::Survey;
 use crate::watch::{first_update, Flood};
 
-const ORIGIN: &str = "Campbell";
-const CONNECTIONS: usize = 50;
-const IN_FLIGHT: usize = 16;
+pub(super) const ORIGIN: &str = "Campbell";
+pub(super) const CONNECTIONS: usize = 50;
+pub(super) const IN_FLIGHT: usize = 16;
 const DISTINCT: usize = 100_000;
 /// The 100,000-client rows poll this many of the last acknowledged: every command in flight
 /// when the last stored one was sent (C x P) was acknowledged after it, so the last stored is
@@ -47,18 +48,21 @@ const TARGET_NS: u64 = 50_000_000;
 
 /// The two kinds of row: which clients the load updates.
 #[derive(Clone, Copy, PartialEq)]
-enum Clients {
+pub(super) enum Clients {
     /// Connection `i` updates client `i` over and over.
     Own,
     /// Clients 0..n dealt out over the connections, one update each.
     Distinct(usize),
+    /// Clients 0..n, connection `i` updating `i`, `i + C`, `i + 2C`, ... in turn, over and
+    /// over (n a multiple of C).
+    Cycling(usize),
 }
 
 impl Clients {
-    fn count(self) -> usize {
+    pub(super) fn count(self) -> usize {
         match self {
             Clients::Own => CONNECTIONS,
-            Clients::Distinct(n) => n,
+            Clients::Distinct(n) | Clients::Cycling(n) => n,
         }
     }
 
@@ -66,18 +70,21 @@ impl Clients {
         match self {
             Clients::Own => format!("{CONNECTIONS} clients, updated over and over"),
             Clients::Distinct(n) => format!("{} clients, one update each", fmt_count(n as u64)),
+            Clients::Cycling(n) => format!("{} clients, updated in turn", fmt_count(n as u64)),
         }
     }
 }
 
 /// IAMATs whose acknowledgements are recorded: per client, the tick (client time) of its last
 /// acknowledged update, and in the distinct rows the order of acknowledgement.
-struct Tracked {
+pub(super) struct Tracked {
     names: Names,
     ids: Vec<String>,
     clients: Clients,
     next_client: usize,
     next_tick: u64,
+    /// Per connection, commands sent (which of its clients is next, when cycling).
+    turns: Vec<usize>,
     /// Per connection, (client, tick) of the commands sent and not yet answered, oldest first.
     unanswered: Vec<VecDeque<(u32, u64)>>,
     acked: Vec<Option<u64>>,
@@ -93,6 +100,7 @@ impl Tracked {
             next_client: 0,
             // From the wall clock, so a target herd holds no newer time for these ids.
             next_tick: names.now_tick(),
+            turns: vec![0; CONNECTIONS],
             unanswered: vec![VecDeque::new(); CONNECTIONS],
             acked: vec![None; ids.len()],
             ack_order: Vec::new(),
@@ -111,7 +119,7 @@ impl Tracked {
             .filter(|&c| expected[c as usize].is_some())
             .collect();
         let polled = match self.clients {
-            Clients::Own => acked.clone(),
+            Clients::Own | Clients::Cycling(_) => acked.clone(),
             Clients::Distinct(_) => {
                 let order = &self.ack_order;
                 order[order.len().saturating_sub(POLL_TAIL)..].to_vec()
@@ -130,6 +138,11 @@ impl Workload for Tracked {
                 self.next_client - 1
             }
             Clients::Distinct(_) => return None,
+            Clients::Cycling(n) => {
+                let turn = self.turns[conn];
+                self.turns[conn] += 1;
+                conn + CONNECTIONS * (turn % (n / CONNECTIONS).max(1))
+            }
         };
         let tick = self.next_tick;
         self.next_tick += 1;
@@ -145,7 +158,7 @@ impl Workload for Tracked {
             };
             // One client's ticks only increase, so the latest acknowledged is the newest.
             self.acked[client as usize] = Some(tick);
-            if self.clients != Clients::Own {
+            if matches!(self.clients, Clients::Distinct(_)) {
                 self.ack_order.push(client);
             }
         }
@@ -153,16 +166,19 @@ impl Workload for Tracked {
 }
 
 /// How the catch-up went, per polled server (in `Fleet::others` order).
-struct CatchUp {
+pub(super) struct CatchUp {
     /// Since the last acknowledgement, when the round that found the server current ended.
-    caught: Vec<Option<Duration>>,
+    pub caught: Vec<Option<Duration>>,
     /// How long that round took (ask to last reply): the figure is late by at most this.
-    last_round: Vec<Option<Duration>>,
+    pub last_round: Vec<Option<Duration>>,
     /// Polled clients still stale when the limit passed.
-    stale: Vec<usize>,
-    rounds: u64,
+    pub stale: Vec<usize>,
+    pub rounds: u64,
     /// Clients found with a time newer than their last acknowledged (the bench is wrong).
-    newer: u64,
+    pub newer: u64,
+    /// Per server, each polled client's time: since the last acknowledgement, when the round
+    /// that first found it current ended.
+    pub per_client: Vec<Histogram>,
 }
 
 /// Polls every server in rounds, each asking only about the clients it still lacked, until
@@ -180,6 +196,7 @@ fn catch_up(
         stale: vec![polled.len(); servers],
         rounds: 0,
         newer: 0,
+        per_client: vec![Histogram::default(); servers],
     };
     let mut lacking: Vec<Vec<u32>> = vec![polled.to_vec(); servers];
     let mut due = vec![Instant::now(); servers];
@@ -204,18 +221,21 @@ fn catch_up(
             .min(deadline);
         for round in survey.wait(wake)? {
             let s = round.server;
+            let ended = round.last_reply.saturating_duration_since(since);
             lacking[s].clear();
             for (client, time) in round.answers {
                 let want = expected[client as usize];
                 if time < want {
                     lacking[s].push(client);
+                    continue;
                 } else if time > want {
                     result.newer += 1;
                 }
+                result.per_client[s].record(ended.as_nanos() as u64);
             }
             result.stale[s] = lacking[s].len();
             if lacking[s].is_empty() {
-                result.caught[s] = Some(round.last_reply.saturating_duration_since(since));
+                result.caught[s] = Some(ended);
                 result.last_round[s] = Some(round.last_reply - round.asked_at);
             }
         }
@@ -301,33 +321,51 @@ pub fn run(ctx: &Ctx) -> Section {
     section
 }
 
-/// One herd, one load, one catch-up: the rows of one configuration.
-fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Vec<Row>, String> {
-    let mut directives = vec![
+/// The directives of a herd whose servers are polled by WHATSAT (see survey.rs): Places at a
+/// refused port, with one worker and a queue of one, so a WHATSAT beyond those is answered
+/// 429 at once.
+pub(super) fn polled_directives() -> Result<Vec<String>, String> {
+    Ok(vec![
         refused_places_url()?,
-        // One worker and a queue of one: a WHATSAT beyond those is answered 429 at once.
         "places workers 1".to_string(),
         "places queue 1".to_string(),
-    ];
-    directives.extend(extra.iter().map(|d| d.to_string()));
-    let fleet = Fleet::start(ctx, "staleness", five_servers(), &directives)?;
-    let origin = fleet.names.iter().position(|n| n == ORIGIN).unwrap_or(0);
+    ])
+}
+
+/// Links come up after start: waits until an update at `origin` reaches every other server.
+pub(super) fn wait_for_links(ctx: &Ctx, fleet: &Fleet, origin: usize) -> Result<(), String> {
+    let others = fleet.others(origin);
+    let addrs: Vec<SocketAddr> = others.iter().map(|&i| fleet.addrs[i]).collect();
+    let names: Vec<String> = others.iter().map(|&i| fleet.names[i].clone()).collect();
+    let mut flood = Flood::new(fleet.addrs[origin], &addrs, &ctx.names, PACE)?;
+    first_update(&mut flood, &names, Duration::from_secs(10)).map(|_| ())
+}
+
+/// What one load and the catch-up after it found.
+pub(super) struct Caught {
+    pub load: LoadReport,
+    /// CPU over the load (warm-up and drain included).
+    pub cpu: CpuShares,
+    pub caught: CatchUp,
+    /// The survey's client ids, and per client the client time last acknowledged.
+    pub ids: Vec<String>,
+    pub expected: Vec<Option<u128>>,
+    /// The clients acknowledged at all, and those the catch-up polled.
+    pub acked: Vec<u32>,
+    pub polled: Vec<u32>,
+}
+
+/// Runs `spec`'s load of `clients` (at `origin`, which `spec` names) and polls every other
+/// server from the last reply until it is current (see `catch_up`).
+pub(super) fn load_and_catch_up(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    origin: usize,
+    clients: Clients,
+    spec: &LoadSpec,
+) -> Result<Caught, String> {
     let others = fleet.others(origin);
     let other_addrs: Vec<SocketAddr> = others.iter().map(|&i| fleet.addrs[i]).collect();
-    let other_names: Vec<String> = others.iter().map(|&i| fleet.names[i].clone()).collect();
-    let origin_addr = fleet.addrs[origin];
-
-    // Links come up after start: wait until an update reaches every server.
-    let mut flood = Flood::new(
-        origin_addr,
-        &other_addrs,
-        &ctx.names,
-        Duration::from_millis(1),
-    )?;
-    first_update(&mut flood, &other_names, Duration::from_secs(10))?;
-    drop(flood);
-    let rss_before = fleet.rss();
-
     let ids: Vec<String> = (0..clients.count() as u64)
         .map(|n| ctx.names.client("client", n))
         .collect();
@@ -335,19 +373,50 @@ fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Ve
     let mut survey = Survey::connect(&other_addrs, POLL_CONNECTIONS, &ids)?;
     let mut work = Tracked::new(&ctx.names, &ids, clients);
     let cpu_before = CpuMark::take(&fleet.pids);
-    let load = run_load(&load_spec(ctx, clients, fleet.server(origin)), &mut work)?;
+    let load = run_load(spec, &mut work)?;
     let cpu = cpu_before.shares(&CpuMark::take(&fleet.pids));
     let since = load.last_reply.ok_or("no IAMAT was answered")?;
-
     let (expected, acked, polled) = work.acknowledged();
     let caught = catch_up(&mut survey, others.len(), &polled, &expected, since)?;
+    Ok(Caught {
+        load,
+        cpu,
+        caught,
+        ids,
+        expected,
+        acked,
+        polled,
+    })
+}
+
+/// One herd, one load, one catch-up: the rows of one configuration.
+fn measure(ctx: &Ctx, clients: Clients, mode: &str, extra: &[&str]) -> Result<Vec<Row>, String> {
+    let mut directives = polled_directives()?;
+    directives.extend(extra.iter().map(|d| d.to_string()));
+    let fleet = Fleet::start(ctx, "staleness", five_servers(), &directives)?;
+    let origin = fleet.names.iter().position(|n| n == ORIGIN).unwrap_or(0);
+    let others = fleet.others(origin);
+    let other_addrs: Vec<SocketAddr> = others.iter().map(|&i| fleet.addrs[i]).collect();
+    let other_names: Vec<String> = others.iter().map(|&i| fleet.names[i].clone()).collect();
+
+    wait_for_links(ctx, &fleet, origin)?;
+    let rss_before = fleet.rss();
+    let spec = load_spec(ctx, clients, fleet.server(origin));
+    let Caught {
+        load,
+        cpu,
+        caught,
+        ids,
+        expected,
+        acked,
+        polled,
+    } = load_and_catch_up(ctx, &fleet, origin, clients, &spec)?;
     // Let the polling connections' buffers go before reading RSS.
-    drop(survey);
     thread::sleep(Duration::from_millis(200));
     let rss_after = fleet.rss();
 
     let swept = match clients {
-        Clients::Own => None,
+        Clients::Own | Clients::Cycling(_) => None,
         Clients::Distinct(_) => {
             let mut survey = Survey::connect(&other_addrs, POLL_CONNECTIONS, &ids)?;
             Some(sweep(&mut survey, others.len(), &acked, &expected)?)
@@ -494,7 +563,7 @@ fn load_rss_row(
 }
 
 /// Who used the CPU over the load (warm-up and drain included), as shares of one core.
-fn cpu_row(names: &[String], cpu: &CpuShares) -> Row {
+pub(super) fn cpu_row(names: &[String], cpu: &CpuShares) -> Row {
     let mut cells: Vec<String> = names
         .iter()
         .zip(&cpu.servers)
