@@ -33,7 +33,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 11] = [
+const SCENARIOS: [(&str, Scenario); 12] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -45,6 +45,7 @@ const SCENARIOS: [(&str, Scenario); 11] = [
     ("hostile", scenarios::hostile::run),
     ("store", scenarios::store::run),
     ("local", scenarios::local::run),
+    ("sites", scenarios::sites::run),
 ];
 
 const USAGE: &str = "\
@@ -67,6 +68,8 @@ scenarios (default: all, in this order):
            clients in the store; store size against live records after compaction
   local    WHATSAT answered from the shipped world places (places api local), C=50 x P=16
            and P=1, log lines off and on; the memory the places take
+  sites    five servers in three sites over a loopback WAN (20-40 ms): flood latency
+           against the path's delay, staleness after load; one link at 1 MB/s: lags?
 
 options:
   --target HOST:PORT   measure a running server instead of starting one

@@ -10,6 +10,7 @@ pub mod iamat;
 pub mod local;
 pub mod memory;
 pub mod places;
+pub mod sites;
 pub mod staleness;
 pub mod store;
 pub mod whatsat;
