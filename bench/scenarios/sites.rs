@@ -10,10 +10,12 @@
 //! saturating IAMAT load at Campbell and how long until every other server shows every client
 //! at its last acknowledged time (the `staleness` scenario's catch-up).
 //!
-//! Thin link: the same, with the link between Campbell and Jaquez capped at 1 MB/s each way:
-//! Campbell's IAMAT rate beside the uncapped run's, the link's `link lagging` line in
-//! Campbell's log, each server's staleness per client after the load, and the peak memory of
-//! every server and what the relays held.
+//! Thin link: the same load over 5,000 clients (so that the updates need about ten times the
+//! cap), uncapped, with the link between Campbell and Jaquez capped at 1 MB/s each way, and
+//! with both links of Jaquez's site capped (Jaquez then has no other way in): Campbell's IAMAT
+//! rate beside the uncapped run's, the `link lagging` lines in the logs of the capped links'
+//! senders, each server's staleness per client after the load, and the peak memory of every
+//! server and what the relays held.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -24,9 +26,7 @@ use herd_test_support::wan::{LinkShape, Wan};
 use crate::herd::{own_peak_rss_bytes, peak_rss_bytes, HerdConfig};
 use crate::hist::Histogram;
 use crate::load::LoadSpec;
-use crate::report::{
-    fmt_bytes, fmt_count, fmt_duration, fmt_ns, fmt_rate, fmt_stats, Row, Section, Stat,
-};
+use crate::report::{fmt_bytes, fmt_count, fmt_duration, fmt_ns, fmt_stats, Row, Section, Stat};
 use crate::scenarios::staleness::{
     cpu_row, load_and_catch_up, polled_directives, wait_for_links, Caught, Clients, CONNECTIONS,
     IN_FLIGHT, ORIGIN,
@@ -57,12 +57,13 @@ const THIN_MARGIN: Duration = Duration::from_millis(100);
 /// The load's warm-up: past `peer hold-ms` (1000 ms by default), the time a thin link holds
 /// clients back before it lags, so the window measures the herd as it then runs.
 const WARMUP: Duration = Duration::from_millis(1500);
-/// The thin-link rows' load: paced, so that uncapped, Campbell's link to Jaquez carries about
-/// ten times the cap; over clients enough that conflating each client's updates into its
-/// newest record does not shrink that much.
-const THIN_RATE: f64 = 110_000.0;
+/// The thin-link rows' clients: enough that conflating each client's updates into its newest
+/// record does not shrink what the link must carry much (with 50, it would carry 50 records a
+/// turn of the loop whatever the rate).
 const THIN_CLIENTS: usize = 5_000;
 /// Campbell's link to Jaquez alone, and both links of Jaquez's site.
+/// Rotated log files a server keeps (`log keep`, default): a loaded run rotates its log.
+const ROTATED_LOGS: usize = 4;
 const ONE_THIN: [(&str, &str); 1] = [(ORIGIN, FAR)];
 const SITE_THIN: [(&str, &str); 2] = [(ORIGIN, FAR), ("Clark", FAR)];
 
@@ -191,17 +192,14 @@ struct Run {
 }
 
 /// Sites with `thin` capped, the links waited for, then `clients` updated by C=50 P=16 at
-/// Campbell (closed loop, or paced at `rate`) and every other server polled until current.
+/// Campbell (closed loop) and every other server polled until current.
 /// The servers are stopped at the end (their logs complete); the relays stay for their counts.
-fn load_run(ctx: &Ctx, sites: Sites, clients: Clients, rate: Option<f64>) -> Result<Run, String> {
+fn load_run(ctx: &Ctx, sites: Sites, clients: Clients) -> Result<Run, String> {
     let mut sites = sites;
     wait_for_links(ctx, &sites.fleet, sites.origin)?;
     let (addr, pid) = sites.fleet.server(sites.origin);
     let mut spec = LoadSpec::new(addr, CONNECTIONS, IN_FLIGHT, ctx.secs(5.0)).server(pid);
     spec.warmup = WARMUP;
-    if let Some(rate) = rate {
-        spec = spec.paced(rate);
-    }
     let carried = sites.wan.relay(ORIGIN, FAR).bytes_to_target();
     let caught = load_and_catch_up(ctx, &sites.fleet, sites.origin, clients, &spec)?;
     let bytes = sites.wan.relay(ORIGIN, FAR).bytes_to_target() - carried;
@@ -221,7 +219,7 @@ fn load_run(ctx: &Ctx, sites: Sites, clients: Clients, rate: Option<f64>) -> Res
 fn three_sites(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let sites = Sites::start(ctx, "sites", &[])?;
     section.rows.extend(flood_rows(ctx, &sites)?);
-    let run = load_run(ctx, sites, Clients::Own, None)?;
+    let run = load_run(ctx, sites, Clients::Own)?;
     let label = "three sites: staleness after C=50 P=16 at Campbell, 50 clients";
     let others = run.sites.others();
     section
@@ -290,8 +288,9 @@ fn signed_ms(ns: i64) -> String {
 }
 
 /// Each server's staleness after the load: per client (p50, max: when the round that first
-/// found the client current ended, from the last IAMAT reply) beside its path; judged for
-/// `judged`: every client current within the path delay plus `margin`.
+/// found the client current ended, from the last IAMAT reply; late by at most the last
+/// round's length, shown) beside its path; judged for `judged`: every client current within
+/// the path delay plus `margin`.
 fn staleness_row(config: &str, run: &Run, margin: Duration, judged: &[usize]) -> Row {
     let (sites, caught) = (&run.sites, &run.caught);
     let others = sites.others();
@@ -304,10 +303,11 @@ fn staleness_row(config: &str, run: &Run, margin: Duration, judged: &[usize]) ->
         let per_client = &caught.caught.per_client[k];
         let cell = match caught.caught.caught[k] {
             Some(last) => format!(
-                "{} p50 {} max {}",
+                "{} p50 {} max {} (round {})",
                 sites.label(i),
                 fmt_ns(per_client.percentile(0.5)),
-                fmt_duration(last)
+                fmt_duration(last),
+                caught.caught.last_round[k].map_or("?".into(), fmt_duration)
             ),
             None => format!("{} {} stale", sites.label(i), caught.caught.stale[k]),
         };
@@ -334,7 +334,7 @@ fn staleness_row(config: &str, run: &Run, margin: Duration, judged: &[usize]) ->
     row.result(result).check(goal, met)
 }
 
-/// The thin link: the same paced load uncapped, with Campbell's link to Jaquez at 1 MB/s, and
+/// The thin link: one load of many clients uncapped, with Campbell's link to Jaquez at 1 MB/s, and
 /// with both links of Jaquez's site at 1 MB/s (Jaquez then has no other way in).
 fn thin_link(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     let clients = Clients::Cycling(ctx.count(THIN_CLIENTS).max(CONNECTIONS));
@@ -346,15 +346,14 @@ fn thin_link(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     ];
     for (label, thin) in configs {
         let sites = Sites::start(ctx, label, thin)?;
-        runs.push(load_run(ctx, sites, clients, Some(THIN_RATE))?);
+        runs.push(load_run(ctx, sites, clients)?);
     }
     let [uncapped, one, site] = &runs[..] else {
         return Err("three runs expected".into());
     };
     let need = uncapped.far_link_bytes_per_sec;
     let config = format!(
-        "thin link: load paced at {}, {} clients, uncapped",
-        fmt_rate(THIN_RATE),
+        "thin link: C=50 P=16 closed loop, {} clients, uncapped",
         fmt_count(clients.count() as u64)
     );
     let mut row =
@@ -400,10 +399,10 @@ fn rate_row(label: &str, run: &Run, uncapped: &Run, thin: &[(&str, &str)]) -> Ro
         .figure("lagging_lines", lagged.len())
         .check(
             format!(
-                ">= 95% of uncapped (is {:.0}%), `link lagging` logged",
+                ">= 80% of uncapped (is {:.0}%), `link lagging` logged",
                 ratio * 100.0
             ),
-            ratio >= 0.95 && lagged.iter().any(|l| l.contains("link lagging")),
+            ratio >= 0.8 && lagged.iter().any(|l| l.contains("link lagging")),
         );
     let logged = match lagged.is_empty() {
         true => "no `link lagging`".to_string(),
@@ -413,13 +412,16 @@ fn rate_row(label: &str, run: &Run, uncapped: &Run, thin: &[(&str, &str)]) -> Ro
     row
 }
 
-/// The lines of `name`'s log that hold one of `events`, each from the event on and prefixed
-/// with `name`.
+/// The lines of `name`'s log (its rotated files, oldest first, then the current one) that
+/// hold one of `events`, each from the event on and prefixed with `name`.
 fn log_events(sites: &Sites, name: &str, events: &[&str]) -> Vec<String> {
     let Some(dir) = &sites.fleet.log_dir else {
         return Vec::new();
     };
-    let text = fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+    let files = (1..=ROTATED_LOGS).rev().map(|k| format!("{name}.log.{k}"));
+    let text: String = (files.chain([format!("{name}.log")]))
+        .filter_map(|file| fs::read_to_string(dir.join(file)).ok())
+        .collect();
     text.lines()
         .filter_map(|line| {
             let at = events.iter().filter_map(|e| line.find(e)).min()?;
