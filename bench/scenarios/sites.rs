@@ -18,6 +18,7 @@
 //! server and what the relays held.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -62,8 +63,6 @@ const WARMUP: Duration = Duration::from_millis(1500);
 /// turn of the loop whatever the rate).
 const THIN_CLIENTS: usize = 5_000;
 /// Campbell's link to Jaquez alone, and both links of Jaquez's site.
-/// Rotated log files a server keeps (`log keep`, default): a loaded run rotates its log.
-const ROTATED_LOGS: usize = 4;
 const ONE_THIN: [(&str, &str); 1] = [(ORIGIN, FAR)];
 const SITE_THIN: [(&str, &str); 2] = [(ORIGIN, FAR), ("Clark", FAR)];
 
@@ -86,6 +85,9 @@ impl Sites {
         for directive in polled_directives()? {
             config = config.with(&directive);
         }
+        // A loaded server writes its 64 MiB log several times over in a run: rotated, the
+        // `link lagging` line the thin-link rows look for would be gone.
+        config = config.with("log max-bytes 0");
         let shape = LinkShape {
             jitter: JITTER,
             seed: SEED,
@@ -412,18 +414,18 @@ fn rate_row(label: &str, run: &Run, uncapped: &Run, thin: &[(&str, &str)]) -> Ro
     row
 }
 
-/// The lines of `name`'s log (its rotated files, oldest first, then the current one) that
-/// hold one of `events`, each from the event on and prefixed with `name`.
+/// The lines of `name`'s log that hold one of `events`, each from the event on and prefixed
+/// with `name`, read a line at a time (a loaded server's log runs to hundreds of MiB).
 fn log_events(sites: &Sites, name: &str, events: &[&str]) -> Vec<String> {
     let Some(dir) = &sites.fleet.log_dir else {
         return Vec::new();
     };
-    let files = (1..=ROTATED_LOGS).rev().map(|k| format!("{name}.log.{k}"));
-    let text: String = (files.chain([format!("{name}.log")]))
-        .filter_map(|file| fs::read_to_string(dir.join(file)).ok())
-        .collect();
-    text.lines()
+    let Ok(file) = fs::File::open(dir.join(format!("{name}.log"))) else {
+        return Vec::new();
+    };
+    (BufReader::new(file).split(b'\n').map_while(Result::ok))
         .filter_map(|line| {
+            let line = String::from_utf8_lossy(&line);
             let at = events.iter().filter_map(|e| line.find(e)).min()?;
             Some(format!("{name}: {}", &line[at..]))
         })
