@@ -173,7 +173,7 @@ pub fn run(ctx: &Ctx) -> Section {
         three_sites(ctx, section)?;
         thin_link(ctx, section)?;
         section.notes.push(format!(
-            "sites: Bailey+Campbell, Bona+Clark, Jaquez on 127.0.0.2-4; one way {} ms (jitter ±{} µs, seeded); relays between sites hold {} a direction, a thin link's 64 KiB; loads at Campbell C={CONNECTIONS} P={IN_FLIGHT}, warm-up {} ms (past `peer hold-ms`); staleness polled as in `staleness`, from the last IAMAT reply",
+            "Bailey+Campbell, Bona+Clark, Jaquez on 127.0.0.2-4; one way {} ms (jitter ±{} µs, seeded); relays between sites hold {} a direction, a thin link's 64 KiB; loads at Campbell C={CONNECTIONS} P={IN_FLIGHT}, warm-up {} ms (past `peer hold-ms`); staleness polled as in `staleness`, from the last IAMAT reply",
             SITE_DELAY_MS.map(|(a, b, ms)| format!("{}-{}: {ms}", a + 1, b + 1)).join(", "),
             JITTER.as_micros(),
             fmt_bytes(WIDE_BUFFER as f64),
