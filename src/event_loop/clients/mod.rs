@@ -282,7 +282,7 @@ impl Clients {
                 break;
             }
             if entry.conn.is_saturated(soft_output, in_flight) {
-                entry.read = ReadState::Saturated;
+                entry.read.saturate();
                 break;
             }
             let is_client = entry.conn.peer.is_none();

@@ -37,6 +37,15 @@ pub enum Wait {
 }
 
 impl ReadState {
+    /// The connection has as much outstanding as it may: it is not read until that drains.
+    /// One that already waits in a line keeps its place (it is read, or found saturated
+    /// again, when its turn comes), so it is never in a line twice.
+    pub fn saturate(&mut self) {
+        if !matches!(self, ReadState::InLine | ReadState::Held) {
+            *self = ReadState::Saturated;
+        }
+    }
+
     /// Whether a readable edge reads the connection now. One that waits in a line is read
     /// when its turn comes; its end (`closing`: the peer's FIN or an error) is seen at once,
     /// though, so that its lookups still queued for Places are cancelled.
@@ -193,6 +202,21 @@ mod tests {
         lines.enqueue(&mut states[3], 3, Wait::More, false); // queued meanwhile
         lines.put_back_first(taken.collect());
         assert_eq!(lines.take_clients(false), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_connection_found_saturated_while_in_line_keeps_its_place_and_is_queued_once() {
+        let mut lines = Lines::default();
+        let mut state = ReadState::Ready;
+        lines.enqueue(&mut state, 5, Wait::More, false);
+        // Its end arrives: read at once, and found saturated.
+        state.saturate();
+        assert_eq!(state, ReadState::InLine);
+        lines.unsaturate(&mut state, 5, false);
+        assert_eq!(lines.take_clients(false), [5], "in the line once");
+        let mut ready = ReadState::Ready;
+        ready.saturate();
+        assert_eq!(ready, ReadState::Saturated);
     }
 
     #[test]
