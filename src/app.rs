@@ -8,10 +8,10 @@
 use std::fmt;
 
 use crate::logging::Escaped;
-use crate::peer_wire::{self, Challenge, Greeting, HelloCheck, PeerAuth};
+use crate::peer_wire::{self, Challenge, Greeting, HelloCheck, PeerAuth, SyncLine};
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, AtRecord, ClientTime, Invalid, Location, Parsed, Request};
-use crate::table::{Applied, ClientTable, LinkId, RecordIndex, Source};
+use crate::table::{Applied, ClientTable, LinkId, Mark, RecordIndex, Source};
 
 /// What one client line comes to. Borrows from the line (a refusal's reason names its fields).
 #[derive(Debug, PartialEq)]
@@ -194,6 +194,14 @@ pub enum PeerOutcome {
     Stale,
     /// A ping: answer with this line.
     Ping(&'static [u8]),
+    /// The neighbour's `HERD-MARK`: this table holds its history up to the mark now (kept in
+    /// the table; the store must keep it too).
+    Marked(Mark),
+    /// The neighbour's digest matches this table's.
+    InSync,
+    /// The neighbour's digest differs from this table's: answer with this line, the digests
+    /// of this table's buckets.
+    Differs(Vec<u8>),
     /// Not an AT line: the neighbour is broken or not a neighbour; drop the connection.
     Invalid,
     /// A valid AT line whose client time is further ahead of our clock than `limit
@@ -275,6 +283,25 @@ impl App {
         if peer_wire::is_ping(line) {
             return PeerOutcome::Ping(peer_wire::PONG_LINE);
         }
+        match peer_wire::parse_sync_line(line) {
+            Some(SyncLine::Mark(mark)) => {
+                let Some(Some(name)) = self.neighbours.get(from) else {
+                    return PeerOutcome::Invalid;
+                };
+                self.clients.set_mark(name, mark);
+                return PeerOutcome::Marked(mark);
+            }
+            Some(SyncLine::Digest(whole)) if whole == self.clients.digest().whole() => {
+                return PeerOutcome::InSync;
+            }
+            Some(SyncLine::Digest(_)) => {
+                let buckets = peer_wire::format_buckets(self.clients.digest().buckets());
+                return PeerOutcome::Differs(buckets);
+            }
+            // Bucket digests go the other way: from this side, never to it.
+            Some(SyncLine::Buckets(_)) => return PeerOutcome::Invalid,
+            None => {}
+        }
         let Some(at) = AtLine::parse(line) else {
             return PeerOutcome::Invalid;
         };
@@ -318,6 +345,11 @@ impl App {
 
     pub fn clients(&self) -> &ClientTable {
         &self.clients
+    }
+
+    /// The table, for the links: their readers of its changes live in it.
+    pub fn clients_mut(&mut self) -> &mut ClientTable {
+        &mut self.clients
     }
 
     /// Handles one line (without terminator) from a client connection, received at `now`.
@@ -418,7 +450,7 @@ impl App {
             (HelloCheck::Welcome(name), Some(link)) => ClientOutcome::PeerAccepted {
                 link,
                 name: name.to_string(),
-                reply: peer_wire::format_welcome(&self.name),
+                reply: peer_wire::format_welcome(&self.name, self.clients.mark_of(name)),
             },
             (HelloCheck::Challenge { challenge, reply }, Some(link)) => ClientOutcome::Challenged {
                 link,
@@ -475,7 +507,10 @@ impl App {
                 return Some(ClientOutcome::PeerAccepted {
                     link,
                     name: challenge.from().to_string(),
-                    reply: peer_wire::format_welcome(&self.name),
+                    reply: peer_wire::format_welcome(
+                        &self.name,
+                        self.clients.mark_of(challenge.from()),
+                    ),
                 })
             }
             (false, _) => ProofFault::Wrong,

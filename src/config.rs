@@ -229,6 +229,9 @@ pub struct PeerSettings {
     /// thin link cannot cap the whole server at its bandwidth; counted since it last owed
     /// nothing.
     pub hold_limit: Duration,
+    /// How often a caught-up link compares table digests with its neighbour and repairs what
+    /// differs (anti-entropy); zero: never.
+    pub check_interval: Duration,
 }
 
 /// Where the secret that links prove comes from (SPEC section 3: secure by default).
@@ -266,6 +269,7 @@ impl Default for PeerSettings {
             max_owed: 1_000,
             stall_limit: Duration::from_millis(2000),
             hold_limit: Duration::from_millis(1000),
+            check_interval: Duration::from_millis(5000),
         }
     }
 }
@@ -630,6 +634,10 @@ fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(),
         "max-owed" => peer.max_owed = number_in(setting, value, 1, 1 << 30)?,
         "stall-ms" => peer.stall_limit = millis(setting, value)?,
         "hold-ms" => peer.hold_limit = millis(setting, value)?,
+        "check-ms" => {
+            let ms = number_in(setting, value, 0, 24 * 3600 * 1000)?;
+            peer.check_interval = Duration::from_millis(ms as u64);
+        }
         "queue-bytes" => {
             return Err(
                 "peer queue-bytes is gone: a link now owes records, not bytes \

@@ -14,11 +14,15 @@ use mio::Interest;
 
 use crate::backoff::Backoff;
 use crate::buffer::{Line, LineReader, OutBuffer};
+use crate::changes::Version;
 use crate::config::PeerSettings;
+use crate::digest::BUCKETS;
 use crate::logging::{Escaped, Party};
-use crate::owed::{NextRecord, Owed};
-use crate::peer_wire::{Greeting, GreetingStep, Refusal, MAX_REPLY_LINE_BYTES, PING_LINE};
-use crate::table::{ClientTable, LinkId, RecordIndex};
+use crate::owed::{CaughtUp, NextRecord, Owed, Start};
+use crate::peer_wire::{
+    self, Greeting, GreetingStep, Refusal, SyncLine, MAX_REPLY_LINE_BYTES, PING_LINE,
+};
+use crate::table::{ClientTable, LinkId, Mark};
 use crate::wire;
 
 /// How long a connect may take before the attempt counts as failed.
@@ -31,6 +35,9 @@ pub const RECONNECT_CAP: Duration = Duration::from_millis(500);
 /// the newest version of a record is picked as late as possible and a link's buffer stays
 /// small whatever it owes.
 pub const LOW_WATER_BYTES: usize = 64 * 1024;
+/// A link that keeps sending without catching up says how far it has got at least this often
+/// (in records), so a neighbour that restarts in the middle is sent at most this much again.
+pub const MARK_EVERY_RECORDS: usize = 4096;
 
 /// The timing and bounds every link of a server shares (from the `peer` settings).
 #[derive(Clone, Debug)]
@@ -46,6 +53,8 @@ pub struct LinkTiming {
     /// Longest a link behind holds client commands back in one episode; past it the link
     /// lags instead (see [`Pace`]).
     pub hold_limit: Duration,
+    /// How often a caught-up link compares digests with its neighbour; zero: never.
+    pub check_interval: Duration,
 }
 
 impl LinkTiming {
@@ -56,6 +65,7 @@ impl LinkTiming {
             max_owed: peer.max_owed,
             stall_limit: peer.stall_limit,
             hold_limit: peer.hold_limit,
+            check_interval: peer.check_interval,
         }
     }
 }
@@ -71,9 +81,10 @@ pub enum LinkState<S> {
         deadline: Instant,
         greeting: Greeting,
     },
-    /// Accepted: floods and the resync go out from `owed`. A ping goes out at `ping_due`; a
+    /// Accepted: the catch-up and floods go out from `owed`. A ping goes out at `ping_due`; a
     /// neighbour not heard from since `last_heard` plus the silence limit is taken for gone;
     /// `last_progress` is the last time the socket took bytes or had nothing waiting.
+    /// `marked` is the version the last `HERD-MARK` named, `unmarked` the records sent since.
     Up {
         socket: S,
         owed: Owed,
@@ -81,6 +92,9 @@ pub enum LinkState<S> {
         ping_due: Instant,
         last_progress: Instant,
         pace: Pace,
+        marked: Version,
+        unmarked: usize,
+        check: Check,
     },
     /// A reload unlinked the neighbour: never tried again (its id is not reused).
     Removed,
@@ -114,6 +128,42 @@ pub enum Pace {
     Lagging { since: Instant },
 }
 
+/// The periodic comparison of digests with the neighbour (anti-entropy): every check interval,
+/// when the link owes nothing, it sends `HERD-DIGEST`; a neighbour whose table differs answers
+/// with its bucket digests. A bucket found different twice in a row with the same digests on
+/// both sides (so neither side changed it in between: not an update in flight) is sent again
+/// whole, whatever its records' sources.
+#[derive(Debug)]
+pub struct Check {
+    due: Instant,
+    /// The buckets that differed at the last comparison: ours, theirs.
+    suspects: Vec<(usize, u64, u64)>,
+}
+
+impl Check {
+    fn new(now: Instant, interval: Duration) -> Check {
+        Check {
+            due: now + interval,
+            suspects: Vec::new(),
+        }
+    }
+
+    /// Compares the neighbour's bucket digests with ours; returns the buckets to repair.
+    fn compare(&mut self, ours: &[u64; BUCKETS], theirs: &[u64; BUCKETS]) -> Vec<usize> {
+        let differing: Vec<(usize, u64, u64)> = (0..BUCKETS)
+            .filter(|&k| ours[k] != theirs[k])
+            .map(|k| (k, ours[k], theirs[k]))
+            .collect();
+        let confirmed = differing
+            .iter()
+            .filter(|d| self.suspects.contains(d))
+            .map(|&(k, _, _)| k)
+            .collect();
+        self.suspects = differing;
+        confirmed
+    }
+}
+
 /// A change of pace worth a log line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PaceChange {
@@ -138,8 +188,10 @@ pub enum TimerAction {
 pub enum Heard {
     /// Nothing that changes the state (a pong, or part of a line).
     Nothing,
-    /// The welcome: the link is up and owes the whole table.
-    Welcomed,
+    /// The welcome: the link is up, and starts as this says.
+    Welcomed(Start),
+    /// The periodic check found these buckets different twice: they are sent again.
+    Repairing(Vec<usize>),
     /// Take the link down, for this reason.
     Refused(String),
 }
@@ -163,8 +215,15 @@ pub enum Backlog {
 pub struct LinkHistory {
     /// Times the link went down after it was up.
     pub flaps: u64,
-    /// Times it came up, each with a resync of the whole table.
+    /// Times it came up (each with a catch-up or a full copy).
     pub resyncs: u64,
+    /// Of those, full copies (the neighbour could not place our history).
+    pub full_copies: u64,
+    /// Digest comparisons sent, and repairs they led to (buckets sent again).
+    pub checks: u64,
+    pub repairs: u64,
+    /// Client records sent.
+    pub records_sent: u64,
     /// When it last came up, while it is up.
     pub up_since: Option<Instant>,
     /// When the neighbour last sent anything on it (its welcome, a pong).
@@ -279,9 +338,13 @@ impl<S> Link<S> {
                 last_heard,
                 ping_due,
                 last_progress,
+                check,
                 ..
             } => {
-                let due = (*ping_due).min(*last_heard + self.timing.silence_limit);
+                let mut due = (*ping_due).min(*last_heard + self.timing.silence_limit);
+                if !self.timing.check_interval.is_zero() {
+                    due = due.min(check.due);
+                }
                 if self.out.is_empty() {
                     Some(due)
                 } else {
@@ -292,9 +355,22 @@ impl<S> Link<S> {
     }
 
     /// Acts on whichever of the link's deadlines has passed.
-    pub fn on_timer(&mut self, now: Instant) -> TimerAction {
+    pub fn on_timer(&mut self, now: Instant, table: &ClientTable) -> TimerAction {
         let silence_limit = self.timing.silence_limit;
         let ping_interval = self.timing.ping_interval;
+        let check_interval = self.timing.check_interval;
+        if let LinkState::Up { owed, check, .. } = &mut self.state {
+            if !check_interval.is_zero() && check.due <= now {
+                check.due = now + check_interval;
+                // Only a link that owes nothing compares: otherwise the digests differ by
+                // what it is still sending.
+                if owed.is_empty(table) && self.out.is_empty() {
+                    self.history.checks += 1;
+                    let line = peer_wire::format_digest(table.digest().whole());
+                    wire::send_line(&mut self.out, Party::Link(&self.name), &line);
+                }
+            }
+        }
         match &mut self.state {
             LinkState::Waiting { retry_at } if *retry_at <= now => TimerAction::Connect,
             LinkState::Connecting { deadline, .. } if *deadline <= now => {
@@ -376,14 +452,15 @@ impl<S> Link<S> {
     }
 
     /// Bytes from the neighbour: the rest of the handshake (a challenge, the welcome), then
-    /// only pongs. Anything arriving counts as a sign of life.
-    pub fn on_bytes(&mut self, bytes: &[u8], table: &ClientTable, now: Instant) -> Heard {
+    /// pongs and bucket digests. Anything arriving counts as a sign of life.
+    pub fn on_bytes(&mut self, bytes: &[u8], table: &mut ClientTable, now: Instant) -> Heard {
         let mut greeting = match &mut self.state {
             LinkState::Greeting { greeting, .. } => Some(greeting),
             _ => None,
         };
         let mut answers = Vec::new();
-        let mut ended: Option<Result<(), Refusal>> = None;
+        let mut ended: Option<Result<Option<Mark>, Refusal>> = None;
+        let mut their_buckets = None;
         let party = Party::Link(&self.name);
         let lines = &mut self.history.lines_received;
         self.history.last_heard = Some(now);
@@ -393,66 +470,89 @@ impl<S> Link<S> {
                 Line::Complete(line) | Line::TooLong(line) => line,
             };
             wire::received(party, line);
-            let Some(greeting) = greeting.as_mut().filter(|_| ended.is_none()) else {
-                return;
-            };
-            match greeting.on_line(line) {
-                GreetingStep::Send(answer) => answers.push(answer),
-                GreetingStep::Welcomed => ended = Some(Ok(())),
-                GreetingStep::Refused(why) => ended = Some(Err(why)),
+            if let Some(greeting) = greeting.as_mut().filter(|_| ended.is_none()) {
+                match greeting.on_line(line) {
+                    GreetingStep::Send(answer) => answers.push(answer),
+                    GreetingStep::Welcomed(held) => ended = Some(Ok(held)),
+                    GreetingStep::Refused(why) => ended = Some(Err(why)),
+                }
+            } else if let Some(SyncLine::Buckets(buckets)) = peer_wire::parse_sync_line(line) {
+                their_buckets = Some(buckets);
             }
         });
         for answer in answers {
             wire::send_line(&mut self.out, Party::Link(&self.name), &answer);
         }
         match ended {
-            Some(Ok(())) => {
-                self.welcomed(table, now);
-                Heard::Welcomed
-            }
+            Some(Ok(held)) => Heard::Welcomed(self.welcomed(held, table, now)),
             Some(Err(why)) => Heard::Refused(refusal_reason(why)),
             None => {
-                if let LinkState::Up { last_heard, .. } = &mut self.state {
-                    *last_heard = now;
+                let LinkState::Up {
+                    last_heard,
+                    owed,
+                    check,
+                    ..
+                } = &mut self.state
+                else {
+                    return Heard::Nothing;
+                };
+                *last_heard = now;
+                let Some(theirs) = their_buckets else {
+                    return Heard::Nothing;
+                };
+                let repair = check.compare(table.digest().buckets(), &theirs);
+                if repair.is_empty() {
+                    return Heard::Nothing;
                 }
-                Heard::Nothing
+                self.history.repairs += 1;
+                owed.repair(&repair);
+                Heard::Repairing(repair)
             }
         }
     }
 
-    /// The neighbour accepted us: it is owed the whole table (the resync), then every update.
-    fn welcomed(&mut self, table: &ClientTable, now: Instant) {
+    /// The neighbour accepted us, holding our history up to `held` if it can place it: from
+    /// there the link catches up, or it sends everything. Then every update.
+    fn welcomed(&mut self, held: Option<Mark>, table: &mut ClientTable, now: Instant) -> Start {
+        let start = start_from(held, table);
         if let LinkState::Greeting { .. } = self.state {
             let LinkState::Greeting { socket, .. } = self.take_state(now) else {
                 unreachable!("matched above");
             };
             self.backoff.reset();
             self.history.resyncs += 1;
+            if start == Start::Full {
+                self.history.full_copies += 1;
+            }
             self.history.up_since = Some(now);
+            let owed = Owed::open(self.id, start, table);
             self.state = LinkState::Up {
                 socket,
-                owed: Owed::resync(self.id, table),
+                marked: owed.passed(table),
+                owed,
                 last_heard: now,
                 ping_due: now + self.timing.ping_interval,
                 last_progress: now,
                 pace: Pace::Keeping,
+                unmarked: 0,
+                check: Check::new(now, self.timing.check_interval),
             };
         }
-    }
-
-    /// A record was stored (from a client or a neighbour): an up link owes it. One that is
-    /// down owes nothing: it resyncs when it comes back.
-    pub fn owe(&mut self, record: RecordIndex, table: &ClientTable) {
-        if let LinkState::Up { owed, .. } = &mut self.state {
-            owed.mark(record, table.source_at(record));
-        }
+        start
     }
 
     /// Turns owed records into lines, the newest version of each, until the buffer reaches
-    /// [`LOW_WATER_BYTES`] or nothing is owed. Returns the bytes added, and, once, the number
-    /// of records a finished resync sent.
-    pub fn fill(&mut self, table: &ClientTable) -> (usize, Option<usize>) {
-        let LinkState::Up { owed, .. } = &mut self.state else {
+    /// [`LOW_WATER_BYTES`] or nothing is owed; then, if it caught up or sent
+    /// [`MARK_EVERY_RECORDS`] since the last, a `HERD-MARK` saying how far it has got.
+    /// Returns the bytes added, and, once, what the catch-up sent.
+    pub fn fill(&mut self, table: &mut ClientTable) -> (usize, Option<CaughtUp>) {
+        let LinkState::Up {
+            owed,
+            marked,
+            unmarked,
+            ..
+        } = &mut self.state
+        else {
             return (0, None);
         };
         let before = self.out.len();
@@ -462,9 +562,17 @@ impl<S> Link<S> {
             };
             if let Some(line) = table.line_at(record) {
                 wire::send_line(&mut self.out, Party::Link(&self.name), line);
+                *unmarked += 1;
+                self.history.records_sent += 1;
             }
         }
-        (self.out.len() - before, owed.take_finished_resync())
+        let passed = owed.passed(table);
+        if passed > *marked && (owed.is_empty(table) || *unmarked >= MARK_EVERY_RECORDS) {
+            let line = peer_wire::format_mark(table.epoch(), passed);
+            wire::send_line(&mut self.out, Party::Link(&self.name), &line);
+            (*marked, *unmarked) = (passed, 0);
+        }
+        (self.out.len() - before, owed.take_caught_up(table))
     }
 
     /// After a write: `took` is whether the socket accepted any bytes.
@@ -640,6 +748,18 @@ impl<S> Link<S> {
     }
 }
 
+/// How a link starts from what the neighbour holds of our history: after it, if the mark is of
+/// this table's epoch and not past its newest version (a store restored from an old copy
+/// would be); otherwise with everything.
+pub fn start_from(held: Option<Mark>, table: &ClientTable) -> Start {
+    match held {
+        Some(mark) if mark.epoch == table.epoch() && mark.version <= table.latest_version() => {
+            Start::Since(mark.version)
+        }
+        _ => Start::Full,
+    }
+}
+
 /// Why a link went down in its handshake, as the `link down` record says it (proofs in a
 /// refusal's echo are redacted already).
 fn refusal_reason(why: Refusal) -> String {
@@ -680,6 +800,7 @@ mod tests {
             max_owed: 2,
             stall_limit: STALL,
             hold_limit: HOLD,
+            check_interval: Duration::ZERO,
         };
         Link::new(
             1,
@@ -698,11 +819,11 @@ mod tests {
         l
     }
 
-    fn link_up(table: &ClientTable, now: Instant) -> Link<FakeSocket> {
+    fn link_up(table: &mut ClientTable, now: Instant) -> Link<FakeSocket> {
         let mut l = link_greeting(now);
         assert_eq!(
             l.on_bytes(b"HERD-WELCOME Bona\n", table, now),
-            Heard::Welcomed
+            Heard::Welcomed(Start::Full)
         );
         l.out = OutBuffer::default();
         l
@@ -719,7 +840,7 @@ mod tests {
         let now = Instant::now();
         let mut l = link(now);
         assert_eq!(l.deadline(), Some(now));
-        assert_eq!(l.on_timer(now), TimerAction::Connect);
+        assert_eq!(l.on_timer(now, &ClientTable::new()), TimerAction::Connect);
         assert!(l.io().is_none());
     }
 
@@ -742,27 +863,38 @@ mod tests {
         let mut l = link_greeting(now);
         sent(&mut l);
         // The welcome may arrive in pieces.
-        assert_eq!(l.on_bytes(b"HERD-WEL", &table, now), Heard::Nothing);
+        assert_eq!(l.on_bytes(b"HERD-WEL", &mut table, now), Heard::Nothing);
         assert!(!matches!(l.state(), LinkState::Up { .. }));
-        assert_eq!(l.on_bytes(b"COME Bona\n", &table, now), Heard::Welcomed);
+        assert_eq!(
+            l.on_bytes(b"COME Bona\n", &mut table, now),
+            Heard::Welcomed(Start::Full)
+        );
         assert!(matches!(l.state(), LinkState::Up { .. }));
         assert_eq!(l.deadline(), Some(now + PING));
-        let (bytes, resync) = l.fill(&table);
-        assert_eq!(resync, Some(2));
+        let (bytes, resync) = l.fill(&mut table);
+        assert_eq!(
+            resync,
+            Some(CaughtUp {
+                records: 2,
+                full: true
+            })
+        );
         assert_eq!(
             sent(&mut l),
-            "AT S +0.000000000 a +1+1 1\nAT S +0.000000000 b +1+1 1\n"
+            "AT S +0.000000000 a +1+1 1\nAT S +0.000000000 b +1+1 1\n\
+             HERD-MARK 0000000000000000 2\n",
+            "the records, then how far the neighbour holds our history now"
         );
-        assert_eq!(bytes, 54);
+        assert_eq!(bytes, 54 + 29);
     }
 
     #[test]
     fn anything_but_a_welcome_is_a_refusal() {
         let now = Instant::now();
-        let table = ClientTable::new();
+        let mut table = ClientTable::new();
         let mut l = link_greeting(now);
         assert_eq!(
-            l.on_bytes(b"? HERD-HELLO Campbell\n", &table, now),
+            l.on_bytes(b"? HERD-HELLO Campbell\n", &mut table, now),
             Heard::Refused("refused: ? HERD-HELLO Campbell".into())
         );
     }
@@ -772,15 +904,19 @@ mod tests {
     #[test]
     fn a_refusal_reason_carries_no_proof() {
         let now = Instant::now();
-        let table = ClientTable::new();
+        let mut table = ClientTable::new();
         let mut l = link_greeting(now);
         assert_eq!(
-            l.on_bytes(b"? HERD-PROOF 0123abcd\n", &table, now),
+            l.on_bytes(b"? HERD-PROOF 0123abcd\n", &mut table, now),
             Heard::Refused("refused: ? HERD-PROOF <redacted>".into())
         );
         let mut l = link_greeting(now);
         assert_eq!(
-            l.on_bytes(b"? HERD-HELLO Campbell 1796516821 a7d58eaf\n", &table, now),
+            l.on_bytes(
+                b"? HERD-HELLO Campbell 1796516821 a7d58eaf\n",
+                &mut table,
+                now
+            ),
             Heard::Refused("refused: ? HERD-HELLO Campbell 1796516821 <redacted>".into())
         );
     }
@@ -789,21 +925,22 @@ mod tests {
     fn floods_wait_as_owed_records_and_go_out_as_the_newest_version() {
         let now = Instant::now();
         let mut table = ClientTable::new();
-        let mut l = link_up(&table, now);
-        l.fill(&table);
+        let mut l = link_up(&mut table, now);
+        l.fill(&mut table);
         for time in 1..=100 {
-            let record = store(&mut table, "kiwi", time, Source::Client);
-            l.owe(record, &table);
+            store(&mut table, "kiwi", time, Source::Client);
         }
         assert!(l.has_unsent(&table));
-        l.fill(&table);
-        assert_eq!(sent(&mut l), "AT S +0.000000000 kiwi +1+1 100\n");
+        l.fill(&mut table);
+        assert_eq!(
+            sent(&mut l),
+            "AT S +0.000000000 kiwi +1+1 100\nHERD-MARK 0000000000000000 100\n"
+        );
         assert!(!l.has_unsent(&table));
-        // From the neighbour itself: nothing to send back.
-        let record = store(&mut table, "kiwi", 101, Source::Neighbour(1));
-        l.owe(record, &table);
-        l.fill(&table);
-        assert_eq!(sent(&mut l), "");
+        // From the neighbour itself: nothing to send back, but it holds that version now.
+        store(&mut table, "kiwi", 101, Source::Neighbour(1));
+        l.fill(&mut table);
+        assert_eq!(sent(&mut l), "HERD-MARK 0000000000000000 101\n");
     }
 
     #[test]
@@ -812,9 +949,8 @@ mod tests {
         let mut table = ClientTable::new();
         let mut l = link_greeting(now);
         sent(&mut l);
-        let record = store(&mut table, "kiwi", 1, Source::Client);
-        l.owe(record, &table);
-        assert_eq!(l.fill(&table), (0, None));
+        store(&mut table, "kiwi", 1, Source::Client);
+        assert_eq!(l.fill(&mut table), (0, None));
         assert!(!l.has_unsent(&table));
     }
 
@@ -825,28 +961,32 @@ mod tests {
         for n in 0..5000 {
             store(&mut table, &format!("client{n}"), 1, Source::Client);
         }
-        let mut l = link_up(&table, now);
-        let (first, resync) = l.fill(&table);
+        let mut l = link_up(&mut table, now);
+        let (first, resync) = l.fill(&mut table);
         assert!((LOW_WATER_BYTES..LOW_WATER_BYTES + 100).contains(&first));
         assert_eq!(resync, None);
         assert!(
             !l.has_unsent(&table),
             "the buffer is full: wait for the socket"
         );
-        assert_eq!(l.fill(&table).0, 0);
+        assert_eq!(l.fill(&mut table).0, 0);
         sent(&mut l);
         assert!(l.has_unsent(&table));
         let mut total = first;
         loop {
-            let (bytes, resync) = l.fill(&table);
+            let (bytes, resync) = l.fill(&mut table);
             total += bytes;
             sent(&mut l);
-            if let Some(count) = resync {
-                assert_eq!(count, 5000);
+            if let Some(caught_up) = resync {
+                assert_eq!(caught_up.records, 5000);
                 break;
             }
         }
-        let expected: usize = (0..5000).map(|i| table.line_at(i).unwrap().len() + 1).sum();
+        let mark = "HERD-MARK 0000000000000000 5000\n".len();
+        let expected: usize = (0..5000)
+            .map(|i| table.line_at(i).unwrap().len() + 1)
+            .sum::<usize>()
+            + mark;
         assert_eq!(total, expected);
     }
 
@@ -854,22 +994,20 @@ mod tests {
     fn a_link_owing_too_much_is_behind_until_it_drains() {
         let now = Instant::now();
         let mut table = ClientTable::new();
-        let mut l = link_up(&table, now);
-        l.fill(&table);
+        let mut l = link_up(&mut table, now);
+        l.fill(&mut table);
         for n in 0..3 {
-            let record = store(&mut table, &format!("c{n}"), 1, Source::Client);
-            l.owe(record, &table);
+            store(&mut table, &format!("c{n}"), 1, Source::Client);
         }
         assert_eq!(l.backlog(&table, now), Backlog::Behind);
-        l.fill(&table);
+        l.fill(&mut table);
         assert_eq!(l.backlog(&table, now), Backlog::Fine);
     }
 
-    /// Records owed by `l`, one per name, each a new client.
-    fn owe_new(l: &mut Link<FakeSocket>, table: &mut ClientTable, names: &[&str]) {
+    /// New clients, one per name: every up link owes them.
+    fn owe_new(table: &mut ClientTable, names: &[&str]) {
         for name in names {
-            let record = store(table, name, 1, Source::Client);
-            l.owe(record, table);
+            store(table, name, 1, Source::Client);
         }
     }
 
@@ -880,15 +1018,15 @@ mod tests {
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         let mut table = ClientTable::new();
-        let mut l = link_up(&table, start);
-        l.fill(&table);
-        owe_new(&mut l, &mut table, &["a", "b", "c"]);
+        let mut l = link_up(&mut table, start);
+        l.fill(&mut table);
+        owe_new(&mut table, &["a", "b", "c"]);
         assert_eq!(l.observe_pace(&table, at(0)), None);
         assert_eq!(l.backlog(&table, at(0)), Backlog::Behind);
         assert_eq!(l.observe_pace(&table, at(300)), None, "held 300 ms");
         // It drains to under the bound but not to nothing: not holding, not caught up either.
-        l.fill(&table);
-        owe_new(&mut l, &mut table, &["d"]);
+        l.fill(&mut table);
+        owe_new(&mut table, &["d"]);
         assert_eq!(l.backlog(&table, at(310)), Backlog::Fine);
         assert_eq!(l.observe_pace(&table, at(310)), None, "held 310 ms");
         assert_eq!(
@@ -896,7 +1034,7 @@ mod tests {
             None,
             "no hold since: 310 ms"
         );
-        owe_new(&mut l, &mut table, &["e", "f"]);
+        owe_new(&mut table, &["e", "f"]);
         assert_eq!(
             l.observe_pace(&table, at(1000)),
             None,
@@ -915,9 +1053,9 @@ mod tests {
             Backlog::Lagging,
             "clients served"
         );
-        owe_new(&mut l, &mut table, &["g"]);
+        owe_new(&mut table, &["g"]);
         assert_eq!(l.observe_pace(&table, at(1500)), None, "still lagging");
-        l.fill(&table);
+        l.fill(&mut table);
         assert_eq!(
             l.observe_pace(&table, at(1550)),
             None,
@@ -932,7 +1070,7 @@ mod tests {
         );
         assert_eq!(l.history().lag_episodes, 1);
         // Behind again: held again, from a new episode.
-        owe_new(&mut l, &mut table, &["h", "i", "j"]);
+        owe_new(&mut table, &["h", "i", "j"]);
         assert_eq!(l.observe_pace(&table, at(1700)), None);
         assert_eq!(l.backlog(&table, at(1700)), Backlog::Behind);
     }
@@ -942,16 +1080,16 @@ mod tests {
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         let mut table = ClientTable::new();
-        let mut l = link_up(&table, start);
-        l.fill(&table);
+        let mut l = link_up(&mut table, start);
+        l.fill(&mut table);
         for round in 0..10 {
             let names: Vec<String> = (0..3).map(|n| format!("r{round}c{n}")).collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            owe_new(&mut l, &mut table, &names);
+            owe_new(&mut table, &names);
             assert_eq!(l.observe_pace(&table, at(round * 1000)), None);
             // Caught up (owes nothing) 100 ms later: each episode holds 100 ms at most.
             assert_eq!(l.observe_pace(&table, at(round * 1000 + 100)), None);
-            l.fill(&table);
+            l.fill(&mut table);
             sent(&mut l);
             assert_eq!(l.observe_pace(&table, at(round * 1000 + 150)), None);
         }
@@ -966,7 +1104,7 @@ mod tests {
         for n in 0..10 {
             store(&mut table, &format!("c{n}"), 1, Source::Client);
         }
-        let l = link_up(&table, now);
+        let l = link_up(&mut table, now);
         assert_eq!(l.backlog(&table, now), Backlog::Fine);
     }
 
@@ -974,10 +1112,9 @@ mod tests {
     fn a_socket_that_takes_nothing_for_the_stall_limit_is_stalled() {
         let now = Instant::now();
         let mut table = ClientTable::new();
-        let mut l = link_up(&table, now);
-        let record = store(&mut table, "c", 1, Source::Client);
-        l.owe(record, &table);
-        l.fill(&table);
+        let mut l = link_up(&mut table, now);
+        store(&mut table, "c", 1, Source::Client);
+        l.fill(&mut table);
         l.wrote(false, now);
         assert_eq!(l.deadline(), Some(now + PING));
         assert_eq!(l.backlog(&table, now + STALL / 2), Backlog::Fine);
@@ -992,8 +1129,8 @@ mod tests {
     #[test]
     fn down_drops_everything_returns_the_socket_and_backs_off() {
         let now = Instant::now();
-        let table = ClientTable::new();
-        let mut l = link_up(&table, now);
+        let mut table = ClientTable::new();
+        let mut l = link_up(&mut table, now);
         wire::send_line(&mut l.out, Party::Link("Bona"), b"AT ...");
         let (socket, first) = l.down(now, 0.5, false);
         assert_eq!(socket, Some(FakeSocket(7)));
@@ -1002,7 +1139,7 @@ mod tests {
         let (socket, second) = l.down(now, 0.5, false);
         assert_eq!(socket, None);
         assert!(second > first);
-        let mut l2 = link_up(&table, now);
+        let mut l2 = link_up(&mut table, now);
         let (_, after_up) = l2.down(now, 0.5, false);
         assert_eq!(after_up, first);
     }
@@ -1041,8 +1178,8 @@ mod tests {
     #[test]
     fn a_neighbour_that_connects_to_us_is_retried_at_once() {
         let now = Instant::now();
-        let table = ClientTable::new();
-        let mut l = link_up(&table, now);
+        let mut table = ClientTable::new();
+        let mut l = link_up(&mut table, now);
         for _ in 0..5 {
             l.down(now, 0.9, false);
         }
@@ -1050,32 +1187,41 @@ mod tests {
         assert!(waiting_until > now + Duration::from_secs(1));
         assert!(l.neighbour_is_back(now));
         assert_eq!(l.deadline(), Some(now));
-        assert_eq!(l.on_timer(now), TimerAction::Connect);
+        assert_eq!(l.on_timer(now, &ClientTable::new()), TimerAction::Connect);
         // The backoff starts over too.
         l.connecting(FakeSocket(2), now);
         let (_, delay) = l.down(now, 0.9, false);
         assert!(delay <= Duration::from_millis(100), "{delay:?}");
         // Nothing to bring forward while connecting or up.
-        let mut up = link_up(&table, now);
+        let mut up = link_up(&mut table, now);
         assert!(!up.neighbour_is_back(now));
     }
 
     #[test]
     fn a_quiet_link_pings_and_a_silent_one_gives_up() {
         let now = Instant::now();
-        let table = ClientTable::new();
-        let mut l = link_up(&table, now);
-        assert_eq!(l.on_timer(now), TimerAction::Nothing);
+        let mut table = ClientTable::new();
+        let mut l = link_up(&mut table, now);
+        assert_eq!(l.on_timer(now, &ClientTable::new()), TimerAction::Nothing);
         assert_eq!(sent(&mut l), "");
-        assert_eq!(l.on_timer(now + PING), TimerAction::Nothing);
+        assert_eq!(
+            l.on_timer(now + PING, &ClientTable::new()),
+            TimerAction::Nothing
+        );
         assert_eq!(sent(&mut l), "HERD-PING\n");
         assert_eq!(l.deadline(), Some(now + 2 * PING));
         let later = now + PING + Duration::from_millis(1);
-        assert_eq!(l.on_bytes(b"HERD-PONG\n", &table, later), Heard::Nothing);
-        assert_eq!(l.on_timer(now + SILENCE), TimerAction::Nothing);
+        assert_eq!(
+            l.on_bytes(b"HERD-PONG\n", &mut table, later),
+            Heard::Nothing
+        );
+        assert_eq!(
+            l.on_timer(now + SILENCE, &ClientTable::new()),
+            TimerAction::Nothing
+        );
         assert_eq!(sent(&mut l), "HERD-PING\n");
         assert!(matches!(
-            l.on_timer(later + SILENCE),
+            l.on_timer(later + SILENCE, &ClientTable::new()),
             TimerAction::GiveUp(_)
         ));
     }
@@ -1085,15 +1231,15 @@ mod tests {
         let now = Instant::now();
         let mut l = link(now);
         l.connecting(FakeSocket(1), now);
-        assert_eq!(l.on_timer(now), TimerAction::Nothing);
+        assert_eq!(l.on_timer(now, &ClientTable::new()), TimerAction::Nothing);
         assert!(matches!(
-            l.on_timer(now + CONNECT_TIMEOUT),
+            l.on_timer(now + CONNECT_TIMEOUT, &ClientTable::new()),
             TimerAction::GiveUp(_)
         ));
         l.connected(plain_greeting(), now);
-        assert_eq!(l.on_timer(now), TimerAction::Nothing);
+        assert_eq!(l.on_timer(now, &ClientTable::new()), TimerAction::Nothing);
         assert!(matches!(
-            l.on_timer(now + GREETING_TIMEOUT),
+            l.on_timer(now + GREETING_TIMEOUT, &ClientTable::new()),
             TimerAction::GiveUp(_)
         ));
     }
@@ -1101,13 +1247,13 @@ mod tests {
     #[test]
     fn interest_follows_the_state_and_the_buffer() {
         let now = Instant::now();
-        let table = ClientTable::new();
+        let mut table = ClientTable::new();
         let mut l = link(now);
         l.connecting(FakeSocket(1), now);
         assert_eq!(l.wanted_interest(), Interest::WRITABLE);
-        let mut l = link_up(&table, now);
+        let mut l = link_up(&mut table, now);
         assert_eq!(l.wanted_interest(), Interest::READABLE);
-        l.on_timer(now + PING);
+        l.on_timer(now + PING, &ClientTable::new());
         assert_eq!(l.wanted_interest(), Interest::READABLE | Interest::WRITABLE);
     }
 
@@ -1115,7 +1261,7 @@ mod tests {
     fn history_counts_flaps_and_resyncs_and_keeps_the_last_heard_time() {
         let start = Instant::now();
         let later = start + Duration::from_secs(3);
-        let table = ClientTable::new();
+        let mut table = ClientTable::new();
         let mut l = link(start);
         assert_eq!(l.state_name(), "waiting");
         assert_eq!(l.history(), &LinkHistory::default());
@@ -1124,13 +1270,13 @@ mod tests {
         assert_eq!(l.state_name(), "connecting");
         l.down(start, 0.5, false);
         assert_eq!(l.history().flaps, 0);
-        let mut l = link_up(&table, start);
+        let mut l = link_up(&mut table, start);
         assert_eq!(l.state_name(), "up");
         assert_eq!(l.history().resyncs, 1);
         assert_eq!(l.history().up_since, Some(start));
         assert_eq!(l.history().lines_received, 1, "the welcome");
         assert_eq!(
-            l.on_bytes(b"HERD-PONG\nHERD-PONG\n", &table, later),
+            l.on_bytes(b"HERD-PONG\nHERD-PONG\n", &mut table, later),
             Heard::Nothing
         );
         assert_eq!(l.history().last_heard, Some(later));
@@ -1141,7 +1287,7 @@ mod tests {
         l.connecting(FakeSocket(2), later);
         l.connected(plain_greeting(), later);
         assert_eq!(l.state_name(), "greeting");
-        l.on_bytes(b"HERD-WELCOME Bona\n", &table, later);
+        l.on_bytes(b"HERD-WELCOME Bona\n", &mut table, later);
         assert_eq!(
             (l.history().resyncs, l.history().up_since),
             (2, Some(later))
@@ -1157,13 +1303,12 @@ mod tests {
         let mut down = link(now);
         assert_eq!(down.records_owed(&table), 0, "a down link owes nothing yet");
         down.take_lines_sent();
-        let mut l = link_up(&table, now);
+        let mut l = link_up(&mut table, now);
         assert_eq!(l.records_owed(&table), 2, "the resync");
-        l.fill(&table);
+        l.fill(&mut table);
         assert_eq!(l.records_owed(&table), 0);
-        assert_eq!(l.take_lines_sent(), 2, "two AT lines queued");
-        let record = store(&mut table, "a", 2, Source::Client);
-        l.owe(record, &table);
+        assert_eq!(l.take_lines_sent(), 3, "two AT lines and a mark queued");
+        store(&mut table, "a", 2, Source::Client);
         store(&mut table, "c", 1, Source::Client);
         assert_eq!(l.records_owed(&table), 2, "one update and one new client");
     }

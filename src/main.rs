@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use herd::changes::Epoch;
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config, PlacesApi};
 use herd::event_loop::{EventLoop, ServerSetup};
@@ -236,7 +237,11 @@ fn serve(
     // The store is read before the port opens, so the first client is answered from it; a
     // second process of this server on the same store stops here, on the store's lock.
     let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-    let store = Store::open(&config.store, name, |server| {
+    // A new history's name: kept by a new store, or this run's own without a store.
+    let epoch = peer_secret::random_bytes()
+        .map(|bytes| Epoch(u64::from_le_bytes(bytes)))
+        .map_err(|e| format!("/dev/urandom: {e} (history epoch)"))?;
+    let store = Store::open(&config.store, name, epoch, |server| {
         servers.iter().any(|s| s.as_bytes() == server)
     })
     .inspect_err(|e| error!("{e}"))?;
@@ -276,6 +281,7 @@ fn serve(
         signals: stop_signals,
         hangups,
         store,
+        epoch,
         config_path: config_path.to_path_buf(),
         connections_fit,
         metrics,

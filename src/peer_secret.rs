@@ -114,7 +114,8 @@ fn create(path: &Path) -> io::Result<()> {
     result
 }
 
-fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+/// Bytes from the kernel's random source (secrets, nonce seeds, history epochs).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     let mut random = [0u8; N];
     fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
     Ok(random)

@@ -5,12 +5,23 @@
 //! HERD-HELLO FROM [CNONCE]       connector -> acceptor, first line of a link
 //! HERD-CHALLENGE SNONCE PROOF    acceptor -> connector, with a secret: prove it
 //! HERD-PROOF PROOF               connector -> acceptor, the answer to the challenge
-//! HERD-WELCOME NAME              acceptor -> connector, the connector is taken
+//! HERD-WELCOME NAME [EPOCH VERSION]
+//!                                acceptor -> connector, the connector is taken; the acceptor
+//!                                holds the connector's history up to VERSION of EPOCH
 //! AT SERVER DIFF CLIENT LOCATION TIME
 //!                                connector -> acceptor, one location update (the AT line)
+//! HERD-MARK EPOCH VERSION        connector -> acceptor, after updates: it now has every
+//!                                record of the connector's history up to VERSION
 //! HERD-PING                      connector -> acceptor, when the link has been quiet
 //! HERD-PONG                      acceptor -> connector, the answer: the neighbour is alive
+//! HERD-DIGEST HEX16              connector -> acceptor, every few seconds when caught up: a
+//!                                digest of the connector's whole table
+//! HERD-BUCKETS HEX16 x 256       acceptor -> connector, when its own digest differs: the
+//!                                digests of its 256 buckets (one run of hex)
 //! ```
+//!
+//! How resync by difference and the periodic check use these lines is told in
+//! docs/protocol.md; `changes`, `owed` and `digest` hold the rules.
 //!
 //! With a shared secret each side proves it over both sides' fresh nonces (16 random bytes,
 //! hex): the acceptor's PROOF is HMAC-SHA256(secret, "herd-accept TO FROM CNONCE SNONCE"), the
@@ -29,19 +40,25 @@ use std::borrow::Cow;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::changes::{Epoch, Version};
+use crate::digest::{self, BUCKETS};
 use crate::protocol::fields;
 use crate::secret::Secret;
+use crate::table::Mark;
 
 pub const HELLO: &[u8] = b"HERD-HELLO";
 pub const CHALLENGE: &[u8] = b"HERD-CHALLENGE";
 pub const PROOF: &[u8] = b"HERD-PROOF";
 pub const WELCOME: &[u8] = b"HERD-WELCOME";
+pub const MARK: &[u8] = b"HERD-MARK";
+pub const DIGEST: &[u8] = b"HERD-DIGEST";
+pub const BUCKETS_WORD: &[u8] = b"HERD-BUCKETS";
 /// Every line here is without its terminator: the one function that sends a line adds it.
 pub const PING_LINE: &[u8] = b"HERD-PING";
 pub const PONG_LINE: &[u8] = b"HERD-PONG";
-/// Longest line a link reads from its neighbour (a welcome, a pong); an AT line from a
-/// neighbour is bounded by the client line limit instead.
-pub const MAX_REPLY_LINE_BYTES: usize = 4096;
+/// Longest line a link reads from its neighbour (a welcome, a pong, the bucket digests); an
+/// AT line from a neighbour is bounded by the client line limit instead.
+pub const MAX_REPLY_LINE_BYTES: usize = 8192;
 /// Random bytes in a nonce.
 const NONCE_BYTES: usize = 16;
 /// What a logged handshake line shows instead of a proof.
@@ -240,8 +257,56 @@ pub fn check_proof(line: &[u8], me: &str, auth: &PeerAuth, challenge: &Challenge
     proof_matches(&auth.secret, Role::Connect, names, nonces, shown)
 }
 
-pub fn format_welcome(name: &str) -> Vec<u8> {
-    format!("HERD-WELCOME {name}").into_bytes()
+/// The welcome of `name`, saying how far it holds the connector's history (if at all).
+pub fn format_welcome(name: &str, held: Option<Mark>) -> Vec<u8> {
+    match held {
+        None => format!("HERD-WELCOME {name}"),
+        Some(mark) => format!("HERD-WELCOME {name} {} {}", mark.epoch, mark.version),
+    }
+    .into_bytes()
+}
+
+/// `HERD-MARK EPOCH VERSION`: the acceptor now holds the history up to VERSION.
+pub fn format_mark(epoch: Epoch, version: Version) -> Vec<u8> {
+    format!("HERD-MARK {epoch} {version}").into_bytes()
+}
+
+pub fn format_digest(whole: u64) -> Vec<u8> {
+    format!("HERD-DIGEST {whole:016x}").into_bytes()
+}
+
+pub fn format_buckets(buckets: &[u64; BUCKETS]) -> Vec<u8> {
+    format!("HERD-BUCKETS {}", digest::format_buckets(buckets)).into_bytes()
+}
+
+/// The lines of resync by difference and the periodic check, read by either side.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SyncLine {
+    Mark(Mark),
+    Digest(u64),
+    Buckets(Box<[u64; BUCKETS]>),
+}
+
+/// A `HERD-MARK`, `HERD-DIGEST` or `HERD-BUCKETS` line, or `None` (another line, or one of
+/// these malformed).
+pub fn parse_sync_line(line: &[u8]) -> Option<SyncLine> {
+    let words: Vec<&[u8]> = fields(line).take(4).collect();
+    match words[..] {
+        [MARK, epoch, version] => Some(SyncLine::Mark(Mark {
+            epoch: Epoch::parse(epoch)?,
+            version: parse_version(version)?,
+        })),
+        [DIGEST, whole] => digest::parse_hex(whole).map(SyncLine::Digest),
+        [BUCKETS_WORD, buckets] => digest::parse_buckets(buckets).map(SyncLine::Buckets),
+        _ => None,
+    }
+}
+
+fn parse_version(text: &[u8]) -> Option<Version> {
+    if text.is_empty() || text.len() > 20 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// The connector's side of a link's handshake: the hello, the answer to a challenge, and
@@ -261,8 +326,9 @@ pub struct Greeting {
 pub enum GreetingStep {
     /// Send this line (our proof) and wait for the welcome.
     Send(Vec<u8>),
-    /// The acceptor took us: the link is up.
-    Welcomed,
+    /// The acceptor took us: the link is up. It holds our history up to this mark, if it
+    /// can place it.
+    Welcomed(Option<Mark>),
     /// Not a neighbour we can take.
     Refused(Refusal),
 }
@@ -299,7 +365,7 @@ impl Greeting {
     }
 
     pub fn on_line(&mut self, line: &[u8]) -> GreetingStep {
-        let words: Vec<&[u8]> = fields(line).take(4).collect();
+        let words: Vec<&[u8]> = fields(line).take(5).collect();
         match (&self.auth, &words[..]) {
             (Some((secret, connector_nonce)), [CHALLENGE, nonce, shown]) if !self.proved => {
                 let Some(acceptor_nonce) = Nonce::parse(nonce) else {
@@ -315,15 +381,25 @@ impl Greeting {
                 let ours = proof(secret, Role::Connect, connector, nonces);
                 GreetingStep::Send(format!("HERD-PROOF {ours}").into_bytes())
             }
-            (None, [WELCOME, _]) => self.welcomed_by(words[1]),
-            (Some(_), [WELCOME, _]) if self.proved => self.welcomed_by(words[1]),
+            (None, [WELCOME, ..]) => self.welcomed_by(line, &words),
+            (Some(_), [WELCOME, ..]) if self.proved => self.welcomed_by(line, &words),
             _ => self.refused(line),
         }
     }
 
-    fn welcomed_by(&self, name: &[u8]) -> GreetingStep {
+    /// `HERD-WELCOME NAME [EPOCH VERSION]`, split in words.
+    fn welcomed_by(&self, line: &[u8], words: &[&[u8]]) -> GreetingStep {
+        let held = match words[1..] {
+            [_] => None,
+            [_, epoch, version] => match (Epoch::parse(epoch), parse_version(version)) {
+                (Some(epoch), Some(version)) => Some(Mark { epoch, version }),
+                _ => return self.refused(line),
+            },
+            _ => return self.refused(line),
+        };
+        let name = words[1];
         if name == self.to.as_bytes() {
-            GreetingStep::Welcomed
+            GreetingStep::Welcomed(held)
         } else {
             GreetingStep::Refused(Refusal::Misnamed(
                 String::from_utf8_lossy(name).into_owned(),
@@ -436,8 +512,8 @@ mod tests {
             check_hello(&hello, "Campbell", None, neighbours),
             HelloCheck::Welcome("Bona")
         );
-        let welcome = format_welcome("Campbell");
-        assert_eq!(greeting.on_line(&welcome), GreetingStep::Welcomed);
+        let welcome = format_welcome("Campbell", None);
+        assert_eq!(greeting.on_line(&welcome), GreetingStep::Welcomed(None));
     }
 
     #[test]

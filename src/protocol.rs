@@ -278,9 +278,20 @@ pub fn parse_request(line: &[u8]) -> Parsed<'_> {
 
 /// The first words of the lines servers exchange on a link (`peer_wire`).
 fn is_server_word(word: &[u8]) -> bool {
-    use peer_wire::{CHALLENGE, HELLO, PING_LINE, PONG_LINE, PROOF, WELCOME};
+    use peer_wire::{
+        BUCKETS_WORD, CHALLENGE, DIGEST, HELLO, MARK, PING_LINE, PONG_LINE, PROOF, WELCOME,
+    };
     [
-        b"AT", HELLO, CHALLENGE, PROOF, WELCOME, PING_LINE, PONG_LINE,
+        b"AT",
+        HELLO,
+        CHALLENGE,
+        PROOF,
+        WELCOME,
+        PING_LINE,
+        PONG_LINE,
+        MARK,
+        DIGEST,
+        BUCKETS_WORD,
     ]
     .contains(&word)
 }

@@ -205,6 +205,7 @@ fn peer_timing(peer: &PeerSettings) -> impl PartialEq {
         peer.max_owed,
         peer.stall_limit,
         peer.hold_limit,
+        peer.check_interval,
     )
 }
 

@@ -4,7 +4,7 @@
 //! changes only the connection and the server's state and returns what the loop must carry
 //! out ([`Effect`]), so every rule here is tested without a socket or a thread.
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::app::{App, ClientOutcome, PeerOutcome, Refusal};
 use crate::buffer::Line;
@@ -12,7 +12,7 @@ use crate::conn::{ConnState, Connection, Peer};
 use crate::logging::Escaped;
 use crate::places::PlacesQuery;
 use crate::protocol::ClientTime;
-use crate::table::RecordIndex;
+use crate::table::{Mark, RecordIndex};
 
 /// What a line asks of the world beyond its connection; the loop carries it out.
 #[derive(Debug, PartialEq)]
@@ -22,6 +22,8 @@ pub enum Effect {
     StoreAndFlood(RecordIndex),
     /// The connection is a neighbour's link from now on (its hello was accepted).
     Peered,
+    /// The neighbour `name` marked how far this server holds its history: the store keeps it.
+    Mark { neighbour: String, mark: Mark },
     /// Ask Places; the reply goes into the slot `seq` reserved on the connection, and starts
     /// with `at_line`.
     Lookup {
@@ -130,6 +132,19 @@ fn handle_peer_line(
         PeerOutcome::Stale => None,
         PeerOutcome::Ping(pong) => {
             conn.deliver(pong.to_vec());
+            None
+        }
+        PeerOutcome::Marked(mark) => Some(Effect::Mark {
+            neighbour: peer.name.clone(),
+            mark,
+        }),
+        PeerOutcome::InSync => None,
+        PeerOutcome::Differs(buckets) => {
+            debug!(
+                "link check {}: its digest differs from ours; sending our bucket digests",
+                peer.name
+            );
+            conn.deliver(buckets);
             None
         }
         PeerOutcome::FromTheFuture => {

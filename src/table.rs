@@ -7,8 +7,12 @@
 use std::cmp::Ordering;
 use std::hash::{BuildHasher, RandomState};
 
+use std::collections::BTreeMap;
+
 use hashbrown::HashTable;
 
+use crate::changes::{ChangeOrder, Epoch, ReaderId, Version};
+use crate::digest::{self, Digest};
 use crate::protocol::{AtLine, AtRecord, ClientTime};
 
 /// The index of a record; stable for the life of the table.
@@ -81,6 +85,15 @@ pub enum Applied {
     Stale,
 }
 
+/// How far this server holds a neighbour's history: every record the neighbour sent with a
+/// version up to `version` of its `epoch` is in this table (or something newer is). The
+/// neighbour says it with `HERD-MARK`; the store keeps it; the next link-up starts after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub epoch: Epoch,
+    pub version: Version,
+}
+
 #[derive(Default)]
 pub struct ClientTable {
     records: Vec<Record>,
@@ -89,6 +102,13 @@ pub struct ClientTable {
     hasher: RandomState,
     /// The bytes of every record's line, summed (what a compacted store holds, less newlines).
     line_bytes: u64,
+    /// Every record's version, in the order they last changed; the links read it.
+    changes: ChangeOrder,
+    /// The name of this table's history of versions.
+    epoch: Epoch,
+    /// Per neighbour (by name), how far this table holds its history.
+    marks: BTreeMap<String, Mark>,
+    digest: Digest,
 }
 
 impl ClientTable {
@@ -143,8 +163,37 @@ impl ClientTable {
             .map(|&i| i as usize)
     }
 
-    /// Keeps `update`, which came from `source`, if it supersedes what is known of its client.
+    /// Keeps `update`, which came from `source`, if it supersedes what is known of its client;
+    /// a record kept takes this server's next version.
     pub fn apply(&mut self, update: &AtRecord, source: Source) -> Applied {
+        let applied = self.apply_unversioned(update, source);
+        if let Applied::Stored(record) = applied {
+            self.changes.touch(record);
+        }
+        applied
+    }
+
+    /// Keeps `update` read back from a store, where it had `version`: the order of changes is
+    /// rebuilt once every record is in ([`ClientTable::finish_restore`]).
+    pub fn restore(&mut self, update: &AtRecord, version: Version) -> Applied {
+        let applied = self.apply_unversioned(update, Source::Client);
+        if let Applied::Stored(record) = applied {
+            self.changes.restore(record, version);
+        }
+        applied
+    }
+
+    /// After the last [`ClientTable::restore`]: orders the records by version. Versions a
+    /// store repeats (two stores concatenated, a hand edit) cannot place a neighbour's
+    /// position, so such a history is renumbered under `fresh` (neighbours then send it
+    /// everything once); returns whether that happened.
+    pub fn finish_restore(&mut self, epoch: Epoch, fresh: Epoch) -> bool {
+        let renumbered = self.changes.finish_restore();
+        self.epoch = if renumbered { fresh } else { epoch };
+        renumbered
+    }
+
+    fn apply_unversioned(&mut self, update: &AtRecord, source: Source) -> Applied {
         let client = update.client();
         let hash = self.hasher.hash_one(client);
         let records = &self.records;
@@ -174,12 +223,15 @@ impl ClientTable {
                 }
                 self.line_bytes -= current.line.len() as u64;
                 self.line_bytes += update.line.len() as u64;
+                self.digest
+                    .replace(client, Some(&current.line), &update.line);
                 self.records[i] = make_record(update, source);
                 Applied::Stored(i)
             }
             None => {
                 let i = self.records.len();
                 self.line_bytes += update.line.len() as u64;
+                self.digest.replace(client, None, &update.line);
                 self.records.push(make_record(update, source));
                 let records = &self.records;
                 let hasher = &self.hasher;
@@ -189,6 +241,86 @@ impl ClientTable {
                 Applied::Stored(i)
             }
         }
+    }
+}
+
+/// Versions, readers, marks and the digest: what links need to send what a neighbour lacks.
+impl ClientTable {
+    /// The name of this table's history (see [`Epoch`]).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn set_epoch(&mut self, epoch: Epoch) {
+        self.epoch = epoch;
+    }
+
+    /// The highest version given.
+    pub fn latest_version(&self) -> Version {
+        self.changes.latest()
+    }
+
+    pub fn version_at(&self, index: RecordIndex) -> Version {
+        self.changes.version_of(index)
+    }
+
+    /// Opens the reader of link `id` just past version `since` (0: everything).
+    pub fn open_reader(&mut self, id: ReaderId, since: Version) {
+        self.changes.open_reader(id, since);
+    }
+
+    pub fn close_reader(&mut self, id: ReaderId) {
+        self.changes.close_reader(id);
+    }
+
+    /// The next record changed for reader `id`, in version order.
+    pub fn next_for(&mut self, id: ReaderId) -> Option<RecordIndex> {
+        self.changes.next_for(id)
+    }
+
+    /// The version reader `id` has passed.
+    pub fn passed(&self, id: ReaderId) -> Version {
+        self.changes.passed(id)
+    }
+
+    /// Records reader `id` has not been handed yet, and of those the ones changed since it
+    /// opened (live updates, as against the catch-up it opened with).
+    pub fn unread(&self, id: ReaderId) -> (usize, usize) {
+        (self.changes.unread(id), self.changes.live(id))
+    }
+
+    /// The version at which reader `id` opened.
+    pub fn reader_opened_at(&self, id: ReaderId) -> Version {
+        self.changes.opened_at(id)
+    }
+
+    /// How far this table holds `neighbour`'s history.
+    pub fn mark_of(&self, neighbour: &str) -> Option<Mark> {
+        self.marks.get(neighbour).copied()
+    }
+
+    pub fn set_mark(&mut self, neighbour: &str, mark: Mark) {
+        match self.marks.get_mut(neighbour) {
+            Some(known) => *known = mark,
+            None => {
+                self.marks.insert(neighbour.to_string(), mark);
+            }
+        }
+    }
+
+    pub fn marks(&self) -> impl Iterator<Item = (&str, Mark)> {
+        self.marks.iter().map(|(name, mark)| (name.as_str(), *mark))
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The digest bucket of the record at `index`.
+    pub fn bucket_at(&self, index: RecordIndex) -> Option<usize> {
+        self.records
+            .get(index)
+            .map(|r| digest::bucket_of(r.client()))
     }
 }
 

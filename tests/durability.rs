@@ -676,10 +676,13 @@ fn a_torn_tail_and_corrupt_lines_are_skipped_by_file_and_line() {
         [Some(kiwi.clone()), Some(fig.clone()), None, None],
         "the newest of the valid lines, whatever their order; nothing of the skipped ones"
     );
-    assert_eq!(
-        fs::read_to_string(&path).expect("the store"),
-        whole,
-        "the torn tail is cut off at start-up"
+    let text = fs::read_to_string(&path).expect("the store");
+    let epoch = text
+        .strip_prefix(&whole)
+        .unwrap_or_else(|| panic!("the torn tail is cut off at start-up: {text:?}"));
+    assert!(
+        epoch.starts_with("HERD-EPOCH ") && epoch.len() == 28,
+        "a store without an epoch gets one, after its records: {epoch:?}"
     );
 
     // New records after start-up, one of them for the client of the torn line.
@@ -691,13 +694,13 @@ fn a_torn_tail_and_corrupt_lines_are_skipped_by_file_and_line() {
     // (Each reply came after its record's write: the file holds them already.)
     assert_eq!(
         fs::read_to_string(&path).expect("the store"),
-        format!("{whole}{}\n{}\n", replies[0], replies[1]),
+        format!("{whole}{epoch}{}\n{}\n", replies[0], replies[1]),
         "each new record on a line of its own after the valid ones"
     );
 
     herd.kill(ALONE);
     let again = start_reading_store(&mut herd, ALONE);
-    assert_eq!((again.clients, again.lines, again.skipped), (4, 7, 2));
+    assert_eq!((again.clients, again.lines, again.skipped), (4, 8, 2));
     let ids = ids
         .into_iter()
         .chain(["date.example".into()])
@@ -1062,7 +1065,8 @@ fn a_full_disk_never_stops_serving_and_what_it_missed_is_written_back() {
     // Every reply comes after its record's write: while the disk takes them all, the file is
     // exactly the lines acknowledged; once it is shorter, an append failed.
     let store = store_file(&tmpfs.path);
-    let mut acked_bytes = 0;
+    // A new store starts with its history's epoch line.
+    let mut acked_bytes = file_len(&store);
     harness::wait_until("the 64 KiB store to fill", Duration::from_secs(20), || {
         if file_len(&store) != acked_bytes {
             return true;

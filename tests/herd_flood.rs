@@ -169,13 +169,15 @@ fn each_update_crosses_each_link_direction_at_most_once() {
         received.extend(r);
     }
     // Only locations travel (never Places results): links carry AT lines and the link's own
-    // control lines (the handshake, and keepalive pings when a link has been quiet) only.
+    // control lines (the handshake, marks, digest checks and keepalive pings) only.
     for record in &sent {
         assert!(
             record.line.starts_with("AT ")
                 || record.line.starts_with("HERD-HELLO ")
                 || record.line == "HERD-PROOF <redacted>"
-                || record.line == "HERD-PING",
+                || record.line == "HERD-PING"
+                || record.line.starts_with("HERD-MARK ")
+                || record.line.starts_with("HERD-DIGEST "),
             "{} sent {:?} on its link to {}",
             record.server,
             record.line,
@@ -184,7 +186,10 @@ fn each_update_crosses_each_link_direction_at_most_once() {
     }
     for record in &received {
         assert!(
-            record.line.starts_with("AT ") || record.line == "HERD-PING",
+            record.line.starts_with("AT ")
+                || record.line == "HERD-PING"
+                || record.line.starts_with("HERD-MARK ")
+                || record.line.starts_with("HERD-DIGEST "),
             "{} received {:?} from {}",
             record.server,
             record.line,

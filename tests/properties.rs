@@ -819,7 +819,10 @@ proptest! {
         // Without one, only the welcome of the server it called.
         let mut plain_greeting = Greeting::new("Bona", "Campbell", None);
         let welcomed = words[..] == [&b"HERD-WELCOME"[..], b"Campbell"];
-        prop_assert_eq!(plain_greeting.on_line(&line) == GreetingStep::Welcomed, welcomed);
+        prop_assert_eq!(
+            plain_greeting.on_line(&line) == GreetingStep::Welcomed(None),
+            welcomed
+        );
 
         let shown = redact_proofs(&line);
         let (echo, handshake) = match line.strip_prefix(b"? ") {
@@ -865,7 +868,10 @@ proptest! {
             panic!("a challenge with the acceptor's proof is answered");
         };
         prop_assert!(check_proof(&proof, &to, &acceptor, &challenge));
-        prop_assert_eq!(greeting.on_line(&format_welcome(&to)), GreetingStep::Welcomed);
+        prop_assert_eq!(
+            greeting.on_line(&format_welcome(&to, None)),
+            GreetingStep::Welcomed(None)
+        );
 
         if other != to {
             prop_assert!(!check_proof(&proof, &other, &acceptor, &challenge));

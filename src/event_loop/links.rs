@@ -14,10 +14,12 @@ use mio::{Interest, Registry};
 use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{Config, PeerSettings};
+use crate::digest::BUCKETS;
 use crate::link::{Backlog, Heard, Link, LinkState, LinkTiming, PaceChange, TimerAction};
 use crate::metrics::page::LinkFigures;
 use crate::net::{self, ReadOutcome, Socket};
-use crate::table::{ClientTable, LinkId, RecordIndex};
+use crate::owed::{CaughtUp, Start};
+use crate::table::{ClientTable, LinkId};
 
 use super::tokens;
 
@@ -90,13 +92,6 @@ impl Links {
     /// Lines the neighbours sent on our links.
     pub fn lines_received(&self) -> u64 {
         self.links.iter().map(|l| l.history().lines_received).sum()
-    }
-
-    /// A record was stored: every up link owes it (each skips what came from its neighbour).
-    pub fn owe(&mut self, record: RecordIndex, table: &ClientTable) {
-        for link in &mut self.links {
-            link.owe(record, table);
-        }
     }
 
     /// Whether a link has records to send and room to send them: the loop must not sleep.
@@ -180,7 +175,7 @@ impl Links {
             },
             LinkState::Greeting { .. } | LinkState::Up { .. } => {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read(index, registry, app.clients());
+                    self.read(index, registry, app.clients_mut());
                 }
                 if event.is_writable() {
                     self.write(index, registry);
@@ -196,7 +191,7 @@ impl Links {
     pub fn tick(&mut self, registry: &Registry, table: &ClientTable) {
         let now = Instant::now();
         for index in 0..self.links.len() {
-            match self.links[index].on_timer(now) {
+            match self.links[index].on_timer(now, table) {
                 TimerAction::Nothing => {}
                 TimerAction::Connect => self.start_connect(index, now, registry),
                 TimerAction::GiveUp(why) => self.down(index, why, registry),
@@ -214,14 +209,18 @@ impl Links {
     /// Turns what each link owes into lines and writes them, until the socket is full,
     /// nothing is owed, or the link's budget for the turn is spent. The caller has written
     /// the turn's records to the store first.
-    pub fn flush(&mut self, registry: &Registry, table: &ClientTable) {
+    pub fn flush(&mut self, registry: &Registry, table: &mut ClientTable) {
         for index in 0..self.links.len() {
             let mut budget = WRITE_BUDGET_BYTES;
             loop {
                 let link = &mut self.links[index];
-                let (filled, resync) = link.fill(table);
-                if let Some(count) = resync {
-                    info!("link sync {}: sent {count} records", link.name);
+                let (filled, caught_up) = link.fill(table);
+                if let Some(CaughtUp { records, full }) = caught_up {
+                    let how = match full {
+                        true => "a full copy",
+                        false => "what it lacked",
+                    };
+                    info!("link sync {}: sent {records} records ({how})", link.name);
                 }
                 if !link.has_pending_output() {
                     break;
@@ -290,6 +289,10 @@ impl Links {
                     last_heard_unix: history.last_heard.map_or(0.0, &unix_at),
                     lagging: link.is_lagging(),
                     lag_episodes: history.lag_episodes,
+                    records_sent: history.records_sent,
+                    full_copies: history.full_copies,
+                    checks: history.checks,
+                    repairs: history.repairs,
                 }
             })
             .collect()
@@ -315,7 +318,7 @@ impl Links {
 
     /// Reads the neighbour's side of our link: the rest of the handshake, then nothing but
     /// pongs and EOF.
-    fn read(&mut self, index: LinkId, registry: &Registry, table: &ClientTable) {
+    fn read(&mut self, index: LinkId, registry: &Registry, table: &mut ClientTable) {
         loop {
             let link = &mut self.links[index];
             let Some((socket, _)) = link.io() else {
@@ -326,7 +329,22 @@ impl Links {
                     self.traffic.bytes_received += n as u64;
                     match link.on_bytes(&self.scratch[..n], table, Instant::now()) {
                         Heard::Nothing => {}
-                        Heard::Welcomed => info!("link up {}", link.name),
+                        Heard::Welcomed(Start::Since(version)) => info!(
+                            "link up {}: it holds our history to version {version}; sending \
+                             what changed since",
+                            link.name
+                        ),
+                        Heard::Welcomed(Start::Full) => info!(
+                            "link up {}: it cannot place our history; sending everything",
+                            link.name
+                        ),
+                        Heard::Repairing(buckets) => warn!(
+                            "link check {}: {} of {} buckets differ, twice with the same \
+                             digests; sending their records again",
+                            link.name,
+                            buckets.len(),
+                            BUCKETS
+                        ),
                         Heard::Refused(why) => return self.refused(index, &why, registry),
                     }
                     // The handshake may have left an answer to send (our proof).

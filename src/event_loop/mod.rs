@@ -27,6 +27,7 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Waker};
 
 use crate::app::App;
+use crate::changes::Epoch;
 use crate::config::Config;
 use crate::conn::{Connection, Reply};
 use crate::logging;
@@ -71,6 +72,9 @@ pub struct ServerSetup {
     pub hangups: UnixStream,
     /// The store (`store dir`), and the clients it held; `None` keeps records in memory.
     pub store: Option<store::Opened>,
+    /// The name of this run's history of versions when there is no store (a store keeps its
+    /// own).
+    pub epoch: Epoch,
     /// The config file, read again on SIGHUP.
     pub config_path: std::path::PathBuf,
     /// The most connections the open-file limit leaves room for (a reload clamps to it too).
@@ -152,9 +156,13 @@ impl Dispatch for Others<'_> {
         match effect {
             Effect::StoreAndFlood(record) => {
                 if let (Some(store), Some(line)) = (self.store.as_mut(), table.line_at(record)) {
-                    store.record(line);
+                    store.record(line, table.version_at(record));
                 }
-                self.links.owe(record, table);
+            }
+            Effect::Mark { neighbour, mark } => {
+                if let Some(store) = self.store.as_mut() {
+                    store.mark(&neighbour, mark);
+                }
             }
             Effect::Peered => {
                 if let Some(peer) = &conn.peer {
@@ -224,6 +232,7 @@ impl EventLoop {
             Some(listener) => Some(MetricsServer::new(listener, registry, &config.limits)?),
             None => None,
         };
+        app.clients_mut().set_epoch(setup.epoch);
         let store = setup.store.map(|opened| {
             app.restore(opened.clients);
             opened.store
@@ -388,7 +397,7 @@ impl EventLoop {
     fn answer_what_was_read(&mut self) {
         let (registry, app, clients, mut others) = self.split();
         others.persist();
-        others.links.flush(registry, app.clients());
+        others.links.flush(registry, app.clients_mut());
         clients.answer_what_was_read(registry, &mut others);
     }
 
@@ -519,6 +528,12 @@ fn snapshot(
             connections_rejected: from_clients.rejected,
         },
         clients_known: app.clients().len(),
+        version: app.clients().latest_version(),
+        held: app
+            .clients()
+            .marks()
+            .map(|(name, mark)| (name.to_string(), mark.version))
+            .collect(),
         commands: app.commands(),
         links: links.figures(app.clients(), unix_at),
         places: places.stats().clone(),

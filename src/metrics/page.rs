@@ -24,6 +24,10 @@ pub struct Snapshot {
     /// Traffic and connection counts (lines received include those heard on our links).
     pub counters: Counters,
     pub clients_known: usize,
+    /// This server's newest version (every record it stores takes the next one).
+    pub version: u64,
+    /// Per neighbour: the version of its history this server holds everything up to.
+    pub held: Vec<(String, u64)>,
     pub commands: CommandCounts,
     /// The outbound links in config order (those a reload removed are left out).
     pub links: Vec<LinkFigures>,
@@ -53,6 +57,13 @@ pub struct LinkFigures {
     /// and its neighbour lags.
     pub lagging: bool,
     pub lag_episodes: u64,
+    /// Client records sent on it (catch-ups, full copies, floods and repairs).
+    pub records_sent: u64,
+    /// Times it came up with a full copy (the neighbour could not place our history).
+    pub full_copies: u64,
+    /// Digest comparisons it started, and repairs they led to.
+    pub checks: u64,
+    pub repairs: u64,
 }
 
 /// The states a link's `herd_link_state` family has a sample for.
@@ -103,6 +114,22 @@ fn render_server(page: &mut Exposition, s: &Snapshot) {
         "Client records in the table.",
         s.clients_known,
     );
+    page.gauge(
+        "herd_version",
+        "This server's newest version: every record it stores takes the next one.",
+        s.version,
+    );
+    if !s.held.is_empty() {
+        let mut family = page.family(
+            "herd_neighbour_version_held",
+            Kind::Gauge,
+            "The version of a neighbour's history this server holds every record up to (its \
+             herd_version, once caught up); a link that comes up sends only what is past it.",
+        );
+        for (neighbour, version) in &s.held {
+            family.sample(&[("neighbour", neighbour)], *version);
+        }
+    }
     page.family(
         "herd_commands_total",
         Kind::Counter,
@@ -136,7 +163,7 @@ fn render_server(page: &mut Exposition, s: &Snapshot) {
 /// The families with one sample per link: name, kind, help, and the link's value.
 type LinkFamily = (&'static str, Kind, &'static str, fn(&LinkFigures) -> Value);
 
-const LINK_FAMILIES: [LinkFamily; 8] = [
+const LINK_FAMILIES: [LinkFamily; 12] = [
     (
         "herd_link_up",
         Kind::Gauge,
@@ -158,13 +185,39 @@ const LINK_FAMILIES: [LinkFamily; 8] = [
     (
         "herd_link_resyncs_total",
         Kind::Counter,
-        "Times the link came up and started a resync of the whole table.",
+        "Times the link came up and started sending what its neighbour lacks.",
         |l| l.resyncs.into(),
+    ),
+    (
+        "herd_link_full_copies_total",
+        Kind::Counter,
+        "Times the link came up with a full copy of the table: the neighbour could not place \
+         this server's history (a new or wiped store, a server never seen).",
+        |l| l.full_copies.into(),
+    ),
+    (
+        "herd_link_records_sent_total",
+        Kind::Counter,
+        "Client records sent on the link: catch-ups, full copies, floods and repairs.",
+        |l| l.records_sent.into(),
+    ),
+    (
+        "herd_link_checks_total",
+        Kind::Counter,
+        "Times the link compared table digests with its neighbour ('peer check-ms').",
+        |l| l.checks.into(),
+    ),
+    (
+        "herd_link_repairs_total",
+        Kind::Counter,
+        "Times a comparison found buckets that differed twice with the same digests, and the \
+         link sent their records again.",
+        |l| l.repairs.into(),
     ),
     (
         "herd_link_records_owed",
         Kind::Gauge,
-        "Client records the link still owes its neighbour (resync and live updates).",
+        "Client records the link still owes its neighbour (catch-up and live updates).",
         |l| l.records_owed.into(),
     ),
     (
@@ -373,6 +426,8 @@ mod tests {
                 connections_rejected: 1,
             },
             clients_known: 2,
+            version: 7,
+            held: vec![("Bona".into(), 5)],
             commands: CommandCounts {
                 iamat: 4,
                 whatsat: 2,
@@ -389,6 +444,10 @@ mod tests {
                     last_heard_unix: 1_800_000_002.0,
                     lagging: true,
                     lag_episodes: 3,
+                    records_sent: 11,
+                    full_copies: 1,
+                    checks: 4,
+                    repairs: 1,
                 },
                 LinkFigures {
                     name: "Clark".into(),

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
 
+use crate::changes::Version;
 use crate::table::{ClientTable, RecordIndex};
 
 /// Records copied per loop turn (about 150 KiB of lines): small enough that a turn stays well
@@ -60,25 +61,35 @@ pub struct Compaction {
     bytes: u64,
     phase: Phase,
     scratch: Vec<u8>,
+    /// The version the next copied line has without a `HERD-VER` before it.
+    next_version: Version,
 }
 
 impl Compaction {
-    /// Creates the new file (replacing a leftover one).
-    pub fn start(temp_path: &Path) -> io::Result<Compaction> {
+    /// Creates the new file (replacing a leftover one), starting with the history's epoch and
+    /// the neighbours' marks as `table` holds them now: every record it holds now is copied
+    /// (or a newer version appended), so the marks stay true of the new file.
+    pub fn start(temp_path: &Path, table: &ClientTable) -> io::Result<Compaction> {
         match fs::remove_file(temp_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(temp_path)?;
+        let mut header = format!("HERD-EPOCH {}\n", table.epoch());
+        for (neighbour, mark) in table.marks() {
+            header += &format!("HERD-MARK {neighbour} {} {}\n", mark.epoch, mark.version);
+        }
+        file.write_all(header.as_bytes())?;
         Ok(Compaction {
             file,
             temp_path: temp_path.to_path_buf(),
-            bytes: 0,
+            bytes: header.len() as u64,
             phase: Phase::Copying { next: 0 },
             scratch: Vec::with_capacity(256 * 1024),
+            next_version: 0,
         })
     }
 
@@ -99,6 +110,8 @@ impl Compaction {
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.bytes += bytes.len() as u64;
+        // The bytes start with a `HERD-VER`: the next copied line needs one of its own.
+        self.next_version = 0;
         Ok(())
     }
 
@@ -112,8 +125,14 @@ impl Compaction {
                 self.scratch.clear();
                 for index in start..end {
                     if let Some(line) = table.line_at(index) {
+                        let version = table.version_at(index);
+                        if version != self.next_version {
+                            self.scratch
+                                .extend_from_slice(format!("HERD-VER {version}\n").as_bytes());
+                        }
                         self.scratch.extend_from_slice(line);
                         self.scratch.push(b'\n');
+                        self.next_version = version + 1;
                     }
                 }
                 self.file.write_all(&self.scratch)?;

@@ -5,9 +5,10 @@
 //!
 //! The format is the herd's own: one AT line per record, exactly as servers exchange them,
 //! ended by `\n` (`AT Campbell +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127
-//! 1621464827.959498503`). Reading applies the newest-wins rule, so the file needs no order, no
-//! header and no checksums: a torn last line is the only damage a crash can do, and it is
-//! skipped ([`replay`]).
+//! 1621464827.959498503`). Reading applies the newest-wins rule, so the file needs no order and
+//! no checksums: a torn last line is the only damage a crash can do, and it is skipped
+//! ([`replay`]). A few `HERD-` lines keep the records' versions, the history's epoch and the
+//! neighbours' marks, so a restarted server resumes its links by difference (see `replay`).
 //!
 //! The loop calls [`Store::record`] for every record stored, [`Store::persist`] before
 //! any socket write (one `write(2)` for all the records of a turn), [`Store::step`] every
@@ -28,9 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
 
+use crate::changes::{Epoch, Version};
 use crate::config::{FsyncPolicy, StoreSettings};
 use crate::logging::Escaped;
-use crate::table::ClientTable;
+use crate::table::{ClientTable, Mark};
 
 pub use compact::is_due as compaction_is_due;
 pub use replay::{replay, Replayed, Skip};
@@ -67,6 +69,9 @@ pub struct Store {
     syncer: Option<Syncer>,
     /// Records of this turn not yet written.
     pending: Vec<u8>,
+    /// The version a record appended now has in the file without a `HERD-VER` line before
+    /// it; 0 when not known (after a failed write, a compaction).
+    next_version: Version,
     /// The file's length up to its last complete record.
     file_len: u64,
     /// A write failed, perhaps part-way: cut the file back to `file_len` before the next.
@@ -101,9 +106,11 @@ impl Store {
     /// Opens `DIR/NAME.store` (locking it for this process), reads it into a client table and
     /// readies it for appending. `known_server` says which AT lines' servers the config knows.
     /// Returns `None` without a `store dir`. The error is one line for the operator.
+    /// A store without an epoch (new, or written before epochs) starts the history `fresh`.
     pub fn open(
         settings: &StoreSettings,
         name: &str,
+        fresh: Epoch,
         known_server: impl Fn(&[u8]) -> bool + Sync,
     ) -> Result<Option<Opened>, String> {
         let Some(dir) = &settings.dir else {
@@ -120,8 +127,26 @@ impl Store {
             );
         }
         let started = Instant::now();
-        let (replayed, clients) = read_back(&path, known_server)?;
-        let file = open_for_append(&path, replayed.complete_bytes)?;
+        let (replayed, mut clients) = read_back(&path, known_server)?;
+        let renumbered = clients.finish_restore(replayed.epoch.unwrap_or(fresh), fresh);
+        if renumbered {
+            warn!(
+                "store {}: records share versions (two stores in one file?); renumbered as a \
+                 new history, and neighbours will send everything once",
+                shown(&path)
+            );
+        }
+        for (neighbour, mark) in &replayed.marks {
+            clients.set_mark(neighbour, *mark);
+        }
+        let mut file = open_for_append(&path, replayed.complete_bytes)?;
+        let mut file_len = replayed.complete_bytes;
+        if replayed.epoch != Some(clients.epoch()) {
+            let line = format!("HERD-EPOCH {}\n", clients.epoch());
+            file.write_all(line.as_bytes())
+                .map_err(|e| format!("store {}: {e}", shown(&path)))?;
+            file_len += line.len() as u64;
+        }
         let syncer = match settings.fsync {
             FsyncPolicy::EverySec => Some(
                 file.try_clone()
@@ -151,9 +176,11 @@ impl Store {
             policy: settings.fsync,
             syncer,
             pending: Vec::with_capacity(64 * 1024),
-            file_len: replayed.complete_bytes,
+            next_version: if renumbered { 0 } else { replayed.next_version },
+            file_len,
             cut_back: false,
-            incomplete: false,
+            // Renumbered versions are in memory only until the store is rewritten.
+            incomplete: renumbered,
             failing: None,
             sync_failure_logged: false,
             errors: 0,
@@ -167,10 +194,27 @@ impl Store {
         Ok(Some(Opened { store, clients }))
     }
 
-    /// Keeps `line` (a record just stored) to be written before this turn's output.
-    pub fn record(&mut self, line: &[u8]) {
+    /// Keeps `line` (a record just stored, at `version`) to be written before this turn's
+    /// output. A `HERD-VER` line goes first where the version does not follow from the line
+    /// before, and at the start of every write while a compaction runs (the new file gets the
+    /// same bytes after records of other versions).
+    pub fn record(&mut self, line: &[u8], version: Version) {
+        let starts_write = self.pending.is_empty() && self.compaction.is_some();
+        if version != self.next_version || starts_write {
+            self.pending
+                .extend_from_slice(format!("HERD-VER {version}\n").as_bytes());
+        }
         self.pending.extend_from_slice(line);
         self.pending.push(b'\n');
+        self.next_version = version + 1;
+    }
+
+    /// Keeps the neighbour's mark (this server holds its history up to it) after the records
+    /// of this turn so far: they are on disk before it, so the mark never claims more.
+    pub fn mark(&mut self, neighbour: &str, mark: Mark) {
+        self.pending.extend_from_slice(
+            format!("HERD-MARK {neighbour} {} {}\n", mark.epoch, mark.version).as_bytes(),
+        );
     }
 
     /// Writes the records of this turn (and, with `fsync always`, syncs them) before any
@@ -225,6 +269,7 @@ impl Store {
             Err(e) => {
                 self.cut_back = true;
                 self.incomplete = true;
+                self.next_version = 0;
                 self.failed("append", &e);
             }
         }
@@ -272,6 +317,7 @@ impl Store {
                 }
                 self.file = file;
                 self.file_len = bytes;
+                self.next_version = 0;
                 self.cut_back = false;
                 self.incomplete = self.compaction_damaged;
                 self.compaction_damaged = false;
@@ -352,7 +398,7 @@ impl Store {
         let due = compaction_is_due(self.file_len, live_bytes, self.compact_min_bytes);
         let repair = self.incomplete && self.failing.is_none() && !self.sync_failure_logged;
         if due || repair {
-            match Compaction::start(&self.temp_path) {
+            match Compaction::start(&self.temp_path, clients) {
                 Ok(compaction) => {
                     info!(
                         "store {}: compacting {} bytes ({} clients, {live_bytes} bytes live)",
@@ -411,7 +457,11 @@ fn read_back(
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok((Replayed::default(), ClientTable::new()));
+            let nothing = Replayed {
+                next_version: 1,
+                ..Replayed::default()
+            };
+            return Ok((nothing, ClientTable::new()));
         }
         Err(e) => return Err(format!("store {}: {e}", shown(path))),
     };
@@ -495,7 +545,9 @@ mod tests {
     }
 
     fn open(settings: &StoreSettings) -> Opened {
-        Store::open(settings, "A", |s| s == b"A").unwrap().unwrap()
+        Store::open(settings, "A", Epoch(7), |s| s == b"A")
+            .unwrap()
+            .unwrap()
     }
 
     /// Stores the update in the table and hands it to the store, as the loop does.
@@ -504,7 +556,7 @@ mod tests {
         let at = AtLine::parse(line.as_bytes()).unwrap();
         let record = AtRecord::from_parsed(&at, line.as_bytes());
         if let crate::table::Applied::Stored(i) = table.apply(&record, Source::Client) {
-            store.record(table.line_at(i).unwrap());
+            store.record(table.line_at(i).unwrap(), table.version_at(i));
         }
     }
 
@@ -612,7 +664,9 @@ mod tests {
         let text = fs::read_to_string(dir.0.join("A.store")).unwrap();
         assert_eq!(
             text,
-            "AT A +0.000000000 kiwi +1+1 1\nAT A +0.000000000 plum +1+1 5\n"
+            "AT A +0.000000000 kiwi +1+1 1\nHERD-EPOCH 0000000000000007\n\
+             AT A +0.000000000 plum +1+1 5\n",
+            "a store without an epoch gets one (and plum's version follows kiwi's)"
         );
     }
 }

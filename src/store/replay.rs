@@ -3,6 +3,14 @@
 //! the newest record of each client wins however the file was written (appends, compactions,
 //! even two stores concatenated).
 //!
+//! A few lines are not records but say where the records stand in this server's history of
+//! versions (see `changes`):
+//! - `HERD-EPOCH HEX16`: the name of the history (the last one read counts);
+//! - `HERD-VER N`: the next record line has version N; each record line after it has the
+//!   version of the one before plus one (a file with no such line starts at 1);
+//! - `HERD-MARK NAME HEX16 N`: this server holds neighbour NAME's history up to version N of
+//!   that epoch (the last one read for NAME counts).
+//!
 //! A line that is not a valid AT line, or names a server the config does not know, is
 //! reported and skipped; so is a last line without its newline (a write cut short by a crash:
 //! even if it parses, it may be a prefix of the real record, its time cut). Reading never
@@ -12,8 +20,9 @@ use std::io::{self, Read};
 use std::sync::mpsc;
 use std::thread;
 
-use crate::protocol::{AtLine, AtRecord};
-use crate::table::{Applied, ClientTable, Source};
+use crate::changes::{Epoch, Version};
+use crate::protocol::{fields, AtLine, AtRecord};
+use crate::table::{Applied, ClientTable, Mark};
 
 /// Longer lines are corrupt: no server makes an AT line this long.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -40,13 +49,58 @@ pub struct Replayed {
     /// Where the last complete line ends: a truncated tail after it is cut off before the
     /// server appends, so the next record does not run into it.
     pub complete_bytes: u64,
+    /// The history's name, if the file gives one.
+    pub epoch: Option<Epoch>,
+    /// The neighbours' marks, the last of each.
+    pub marks: Vec<(String, Mark)>,
+    /// The version a record line appended now would have without a `HERD-VER` before it.
+    pub next_version: Version,
 }
 
 /// What the reading thread hands over: records parsed, lines skipped, in file order.
 #[derive(Default)]
 struct Batch {
-    records: Vec<AtRecord>,
+    records: Vec<(AtRecord, Version)>,
     skips: Vec<(u64, Skip, Vec<u8>)>,
+}
+
+/// What a line that starts with `HERD-` says, or `None` if it is not such a line.
+enum Directive {
+    Epoch(Epoch),
+    Version(Version),
+    Mark(String, Mark),
+    Malformed,
+}
+
+fn directive(line: &[u8]) -> Option<Directive> {
+    if !line.starts_with(b"HERD-") {
+        return None;
+    }
+    let words: Vec<&[u8]> = fields(line).take(5).collect();
+    let number = |text: &[u8]| -> Option<Version> {
+        let text = std::str::from_utf8(text).ok()?;
+        text.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| text.parse().ok())?
+    };
+    let parsed = match words[..] {
+        [b"HERD-EPOCH", epoch] => Epoch::parse(epoch).map(Directive::Epoch),
+        [b"HERD-VER", version] => number(version).map(Directive::Version),
+        [b"HERD-MARK", name, epoch, version] => {
+            match (
+                std::str::from_utf8(name),
+                Epoch::parse(epoch),
+                number(version),
+            ) {
+                (Ok(name), Some(epoch), Some(version)) => {
+                    Some(Directive::Mark(name.to_string(), Mark { epoch, version }))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Some(parsed.unwrap_or(Directive::Malformed))
 }
 
 /// Records per batch: large enough that handing one over costs nothing, small enough that
@@ -70,8 +124,8 @@ pub fn replay(
         let reader = scope.spawn(|| read_records(input, &known_server, batches));
         let mut applied = 0;
         for batch in received {
-            for record in &batch.records {
-                if let Applied::Stored(_) = table.apply(record, Source::Client) {
+            for (record, version) in &batch.records {
+                if let Applied::Stored(_) = table.restore(record, *version) {
                     applied += 1;
                 }
             }
@@ -94,7 +148,10 @@ fn read_records(
     known_server: &impl Fn(&[u8]) -> bool,
     batches: mpsc::SyncSender<Batch>,
 ) -> io::Result<Replayed> {
-    let mut found = Replayed::default();
+    let mut found = Replayed {
+        next_version: 1,
+        ..Replayed::default()
+    };
     let mut batch = Batch::default();
     let mut chunk = vec![0u8; 1 << 20];
     // The line being read, and whether it has grown past the limit (its rest is skipped).
@@ -103,15 +160,33 @@ fn read_records(
     let mut offset: u64 = 0;
     let take = |line: &[u8], too_long: bool, found: &mut Replayed, batch: &mut Batch| {
         found.lines += 1;
-        let at = if too_long { None } else { AtLine::parse(line) };
-        let skip = match at {
-            None => Some(Skip::Corrupt),
-            Some(at) if !known_server(at.server) => Some(Skip::UnknownServer),
-            Some(at) => {
-                batch.records.push(AtRecord::from_parsed(&at, line));
-                None
+        let mut skip = None;
+        match directive(line) {
+            Some(Directive::Epoch(epoch)) => found.epoch = Some(epoch),
+            Some(Directive::Version(version)) => found.next_version = version,
+            Some(Directive::Mark(name, mark)) => match found.marks.iter_mut().find(|m| m.0 == name)
+            {
+                Some(known) => known.1 = mark,
+                None => found.marks.push((name, mark)),
+            },
+            Some(Directive::Malformed) => skip = Some(Skip::Corrupt),
+            None => {
+                // Every record line had a version when it was written, even one unreadable now.
+                let version = found.next_version;
+                found.next_version += 1;
+                let at = if too_long { None } else { AtLine::parse(line) };
+                skip = match at {
+                    None => Some(Skip::Corrupt),
+                    Some(at) if !known_server(at.server) => Some(Skip::UnknownServer),
+                    Some(at) => {
+                        batch
+                            .records
+                            .push((AtRecord::from_parsed(&at, line), version));
+                        None
+                    }
+                };
             }
-        };
+        }
         if let Some(skip) = skip {
             found.skipped += 1;
             let text = line[..line.len().min(80)].to_vec();
@@ -286,7 +361,13 @@ mod tests {
     fn an_empty_store_is_empty() {
         let (table, found, skips) = run("", 10);
         assert!(table.is_empty());
-        assert_eq!(found, Replayed::default());
+        assert_eq!(
+            found,
+            Replayed {
+                next_version: 1,
+                ..Replayed::default()
+            }
+        );
         assert!(skips.is_empty());
     }
 }
