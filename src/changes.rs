@@ -217,10 +217,17 @@ impl ChangeOrder {
 
     /// Opens reader `id` (replacing one of that id) just past version `since`: it is handed
     /// every record changed after it, each once in its newest version. `since` 0 hands it
-    /// everything. Walks back from the newest record over the ones it will hand out.
+    /// everything. Walks back from the newest record over the ones it will hand out, so the
+    /// cost is that of what the reader owes (nothing at all for everything).
     pub fn open_reader(&mut self, id: ReaderId, since: Version) {
-        let mut after = self.newest;
-        let mut unread = 0;
+        let (mut after, mut unread) = (self.newest, 0);
+        let oldest_version = match self.oldest {
+            NONE => 0,
+            oldest => self.version[oldest as usize],
+        };
+        if since < oldest_version {
+            (after, unread) = (NONE, self.version.len());
+        }
         while after != NONE && self.version[after as usize] > since {
             unread += 1;
             after = self.older[after as usize];
