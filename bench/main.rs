@@ -33,7 +33,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 12] = [
+const SCENARIOS: [(&str, Scenario); 13] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -46,6 +46,7 @@ const SCENARIOS: [(&str, Scenario); 12] = [
     ("store", scenarios::store::run),
     ("local", scenarios::local::run),
     ("sites", scenarios::sites::run),
+    ("herd64", scenarios::bigherd::run_64),
 ];
 
 const USAGE: &str = "\
@@ -70,10 +71,12 @@ scenarios (default: all, in this order):
            and P=1, log lines off and on; the memory the places take
   sites    five servers in three sites over a loopback WAN (20-40 ms): flood latency
            against the path's delay, staleness after load; one link at 1 MB/s: lags?
+  herd64   64 servers in an 8x8 cylinder (degree 3-4, diameter 11): time until all know
+           an update, peer messages per link per update, start-and-link time, RSS
 
 options:
   --target HOST:PORT   measure a running server instead of starting one
-  --target A,B,...     a running herd (flood, bigherd: the first is the origin;
+  --target A,B,...     a running herd (flood, bigherd, herd64: the first is the origin;
                        staleness: Campbell, else the first)
   --target herd.conf   a running herd described by its config (servers, links, log dir)
   --quick              a quarter of the durations and counts (for development)

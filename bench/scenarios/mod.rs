@@ -28,7 +28,7 @@ use crate::commands::Names;
 pub use rows::{load_row, p99_ratio, round3};
 pub use subject::{iamat_load, Fleet, Subject};
 pub use target::Target;
-pub use topology::{eccentricity, farthest, five_servers, grid};
+pub use topology::{cylinder, eccentricity, farthest, five_servers, grid};
 
 /// What every scenario is given: the server binary, `--target`, and how long to run.
 pub struct Ctx {

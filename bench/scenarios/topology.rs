@@ -62,6 +62,26 @@ pub fn grid(rows: usize, cols: usize) -> (Vec<String>, Vec<(usize, usize)>) {
     (names, links)
 }
 
+/// A `rows` x `cols` cylinder named `C{r}x{c}`: each row a ring ((r, c) links to (r, c + 1),
+/// the last back to the first), and (r, c) to (r + 1, c). Degree 3 in the first and last
+/// rows, 4 elsewhere; diameter `rows - 1 + cols / 2`.
+pub fn cylinder(rows: usize, cols: usize) -> (Vec<String>, Vec<(usize, usize)>) {
+    let names = (0..rows * cols)
+        .map(|i| format!("C{}x{}", i / cols, i % cols))
+        .collect();
+    let mut links = Vec::new();
+    for r in 0..rows {
+        for c in 0..cols {
+            let i = r * cols + c;
+            links.push((i, r * cols + (c + 1) % cols));
+            if r + 1 < rows {
+                links.push((i, i + cols));
+            }
+        }
+    }
+    (names, links)
+}
+
 /// The servers farthest from `origin`, as positions among the others (every server but the
 /// origin, in order), and their hop count; with no links known, every other server and `None`.
 pub fn farthest(n: usize, links: &[(usize, usize)], origin: usize) -> (Option<usize>, Vec<usize>) {
