@@ -292,6 +292,8 @@ impl LocalPlaces {
         let lowest = (latitude - reach_degrees - RANGE_SLACK_DEGREES).max(-90.0);
         let highest = (latitude + reach_degrees + RANGE_SLACK_DEGREES).min(90.0);
         let longitudes = longitude_ranges(latitude, longitude, reach_degrees);
+        let from = Haversine::from(latitude, longitude);
+        let within = Haversine::of_metres(radius_metres);
         let mut found = Vec::new();
         for band in band_of(lowest)..=band_of(highest) {
             let (start, end) = (
@@ -314,13 +316,12 @@ impl LocalPlaces {
                     if outside {
                         continue;
                     }
-                    let distance =
-                        distance_metres(latitude, longitude, place.latitude, place.longitude);
-                    if distance <= radius_metres {
+                    let haversine = from.to(place.latitude, place.longitude);
+                    if haversine <= within {
                         found.push(Found {
                             index: first + index,
                             order: place.order,
-                            distance_metres: distance,
+                            distance_metres: metres(haversine),
                         });
                     }
                 }
@@ -432,14 +433,52 @@ fn longitude_ranges(latitude: f64, longitude: f64, reach_degrees: f64) -> [Optio
     }
 }
 
-/// The great-circle distance between two points (haversine formula, which stays accurate at
-/// small distances; across the antimeridian the longitude difference works out the same).
+/// Great-circle distances from one point by the haversine formula (accurate at small
+/// distances; across the antimeridian the longitude difference works out the same), kept as
+/// the haversine `h` of the angle: the distance is `2 R asin(sqrt(h))`, which grows with `h`,
+/// so a search tells a place outside its radius by `h` alone and takes the arcsine only of
+/// those inside (equal distances must compare equal: they are answered in file order). The
+/// point's cosine is taken once per search, not once per place.
+struct Haversine {
+    phi: f64,
+    cos_phi: f64,
+    longitude: f64,
+}
+
+impl Haversine {
+    fn from(latitude: f64, longitude: f64) -> Haversine {
+        let phi = latitude.to_radians();
+        Haversine {
+            phi,
+            cos_phi: phi.cos(),
+            longitude,
+        }
+    }
+
+    /// `h` for the angle from this point to the other.
+    fn to(&self, latitude: f64, longitude: f64) -> f64 {
+        let phi = latitude.to_radians();
+        let half_dphi = (phi - self.phi) / 2.0;
+        let half_dlambda = (longitude - self.longitude).to_radians() / 2.0;
+        half_dphi.sin().powi(2) + self.cos_phi * phi.cos() * half_dlambda.sin().powi(2)
+    }
+
+    /// `h` for a distance (up to half the earth's circumference).
+    fn of_metres(metres: f64) -> f64 {
+        let half_angle = (metres / EARTH_RADIUS_METRES / 2.0).min(std::f64::consts::FRAC_PI_2);
+        half_angle.sin().powi(2)
+    }
+}
+
+/// The great-circle distance between two points.
+#[cfg(test)]
 fn distance_metres(lat_a: f64, lon_a: f64, lat_b: f64, lon_b: f64) -> f64 {
-    let (phi_a, phi_b) = (lat_a.to_radians(), lat_b.to_radians());
-    let half_dphi = (phi_b - phi_a) / 2.0;
-    let half_dlambda = (lon_b - lon_a).to_radians() / 2.0;
-    let h = half_dphi.sin().powi(2) + phi_a.cos() * phi_b.cos() * half_dlambda.sin().powi(2);
-    2.0 * EARTH_RADIUS_METRES * h.sqrt().min(1.0).asin()
+    metres(Haversine::from(lat_a, lon_a).to(lat_b, lon_b))
+}
+
+/// The distance of a haversine.
+fn metres(haversine: f64) -> f64 {
+    2.0 * EARTH_RADIUS_METRES * haversine.sqrt().min(1.0).asin()
 }
 
 /// Reads and indexes a file's places.
