@@ -33,7 +33,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 13] = [
+const SCENARIOS: [(&str, Scenario); 14] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -47,11 +47,12 @@ const SCENARIOS: [(&str, Scenario); 13] = [
     ("local", scenarios::local::run),
     ("sites", scenarios::sites::run),
     ("herd64", scenarios::bigherd::run_64),
+    ("rejoin", scenarios::rejoin::run),
 ];
 
 const USAGE: &str = "\
 usage: cargo bench --bench load -- [SCENARIO...] [--target ADDR|LIST|CONF] [--quick]
-                                   [--shape CxP]... [--out DIR]
+                                   [--shape CxP]... [--clients N] [--out DIR]
 
 scenarios (default: all, in this order):
   iamat    IAMAT rate and latency on one server, C x P, log lines on and off
@@ -73,6 +74,9 @@ scenarios (default: all, in this order):
            against the path's delay, staleness after load; one link at 1 MB/s: lags?
   herd64   64 servers in an 8x8 cylinder (degree 3-4, diameter 11): time until all know
            an update, peer messages per link per update, start-and-link time, RSS
+  rejoin   five servers with stores, 1,000,000 clients: Bona killed, 10,000 updates taken,
+           Bona restarted from its store (and from a wiped one): records and bytes on its
+           links, time to current; bytes per second on an idle link (the digest check)
 
 options:
   --target HOST:PORT   measure a running server instead of starting one
@@ -81,6 +85,7 @@ options:
   --target herd.conf   a running herd described by its config (servers, links, log dir)
   --quick              a quarter of the durations and counts (for development)
   --shape CxP          iamat: only C connections x P in flight (repeatable)
+  --clients N          rejoin: N clients known before the fault (default 1,000,000)
   --out DIR            where to write the JSON and SVG (default: target/bench)
 ";
 
@@ -95,6 +100,7 @@ struct Args {
     target: Option<String>,
     quick: bool,
     shapes: Vec<(usize, usize)>,
+    clients: Option<u64>,
     out: Option<PathBuf>,
 }
 
@@ -104,6 +110,7 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
         target: None,
         quick: false,
         shapes: Vec::new(),
+        clients: None,
         out: None,
     };
     let mut words = argv.iter();
@@ -125,6 +132,16 @@ fn parse_args(argv: &[String]) -> Result<Option<Args>, String> {
                     .filter(|&(c, p)| c > 0 && p > 0)
                     .ok_or_else(|| format!("--shape {value}: expected CxP, e.g. 50x16"))?;
                 args.shapes.push(shape);
+            }
+            "--clients" => {
+                let value = words.next().ok_or("--clients needs a number")?;
+                let clients = value
+                    .replace(['_', ','], "")
+                    .parse()
+                    .ok()
+                    .filter(|&n: &u64| n > 0)
+                    .ok_or_else(|| format!("--clients {value}: expected a count, e.g. 200000"))?;
+                args.clients = Some(clients);
             }
             "--out" => {
                 let value = words.next().ok_or("--out needs a directory")?;
@@ -237,6 +254,7 @@ fn main() -> ExitCode {
         target,
         quick: args.quick,
         shapes: args.shapes.clone(),
+        clients: args.clients,
         names: Names::new(),
     };
     let report = Report {

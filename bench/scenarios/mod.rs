@@ -10,6 +10,7 @@ pub mod iamat;
 pub mod local;
 pub mod memory;
 pub mod places;
+pub mod rejoin;
 pub mod sites;
 pub mod staleness;
 pub mod store;
@@ -37,6 +38,8 @@ pub struct Ctx {
     pub quick: bool,
     /// Scenario 1's C x P configurations to run (empty: all).
     pub shapes: Vec<(usize, usize)>,
+    /// `--clients N`: the rejoin scenario's client count instead of its default.
+    pub clients: Option<u64>,
     pub names: Names,
 }
 
