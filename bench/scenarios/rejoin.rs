@@ -31,7 +31,8 @@ use herd_test_support::metrics::{sample, scrape};
 use herd_test_support::wan::{LinkShape, Relay};
 
 use crate::commands::{IamatLoad, Names};
-use crate::herd::{refused_places_url, Herd, HerdConfig};
+use crate::cpu::CpuMark;
+use crate::herd::{cpu_secs, refused_places_url, Herd, HerdConfig};
 use crate::load::{run_load, Expect, LoadSpec, Workload};
 use crate::report::{fmt_bytes, fmt_count, fmt_rate, Row, Section};
 use crate::scenarios::{five_servers, Ctx};
@@ -428,15 +429,18 @@ impl Rejoin {
             .collect();
         let bona_syncs_before = self.log_count(bona, "link sync ");
         let reads_before = self.log_count(bona, " clients from ");
+        let store = self
+            .herd
+            .dir
+            .path()
+            .join(format!("store/{REJOINING}.store"));
         if wipe {
-            let path = self
-                .herd
-                .dir
-                .path()
-                .join(format!("store/{REJOINING}.store"));
-            fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            fs::remove_file(&store).map_err(|e| format!("{}: {e}", store.display()))?;
         }
+        let store_bytes = fs::metadata(&store).map_or(0, |m| m.len());
 
+        let other_pids: Vec<Option<u32>> = others.iter().map(|&i| self.herd.pid(i)).collect();
+        let cpu_before = CpuMark::take(&other_pids);
         let spawned = Instant::now();
         self.herd.start_server(bona)?;
         let listening = spawned.elapsed();
@@ -444,6 +448,16 @@ impl Rejoin {
             self.bona_current(total).map(|()| spawned.elapsed())
         })
         .map_err(|e| format!("waiting for {REJOINING} to be current: {e}"))?;
+        // Bona's CPU over its whole life so far, its neighbours' and the rest of the machine's
+        // over the same window, in shares of one core.
+        let bona_cpu = self.herd.pid(bona).and_then(cpu_secs);
+        let cpu = cpu_before.shares(&CpuMark::take(&other_pids));
+        let herd_cpu: f64 = cpu.servers.iter().flatten().sum();
+        let bona_share = bona_cpu.map(|secs| secs / cpu.wall_secs);
+        let elsewhere = cpu
+            .other
+            .zip(bona_share)
+            .map(|(other, bona)| (other - bona).max(0.0));
 
         // Every link of Bona's, both ways, has logged the end of its sync.
         poll_every(CONVERGE_POLL, Duration::from_secs(60), || {
@@ -466,6 +480,7 @@ impl Rejoin {
         .ok()
         .flatten();
         let read_ms = read_line.as_deref().and_then(store_read_ms);
+        let store_lines = read_line.as_deref().and_then(store_lines);
 
         let after = sent_to(self)?;
         let relays_after = self.relay_bytes();
@@ -522,8 +537,23 @@ impl Rejoin {
             current.as_millis(),
         );
         if let Some(ms) = read_ms {
-            result += &format!(" (store read {ms} ms)");
+            result += &format!(" (store read {ms} ms");
+            if let Some(lines) = store_lines {
+                result += &format!(
+                    ": {} lines, {}",
+                    fmt_count(lines),
+                    fmt_bytes(store_bytes as f64)
+                );
+            }
+            result += ")";
         }
+        let share = |s: Option<f64>| s.map_or("?".to_string(), |s| format!("{:.0}%", s * 100.0));
+        result += &format!(
+            "; CPU from spawn to current: {REJOINING} {}, the other servers {:.0}%, elsewhere {}",
+            share(bona_share),
+            herd_cpu * 100.0,
+            share(elsewhere)
+        );
         let mut row = Row::new(format!(
             "{REJOINING} rejoins {what}, {} missed of {} clients",
             fmt_count(missed),
@@ -545,6 +575,20 @@ impl Rejoin {
         if let Some(ms) = read_ms {
             row = row.figure("store_read_ms", ms);
         }
+        if let Some(lines) = store_lines {
+            row = row.figure("store_lines", lines);
+        }
+        row = row
+            .figure("store_bytes", store_bytes)
+            .figure(
+                "cpu_rejoining",
+                bona_share.map(|s| (s * 1000.0).round() / 1000.0),
+            )
+            .figure("cpu_other_servers", (herd_cpu * 1000.0).round() / 1000.0)
+            .figure(
+                "cpu_elsewhere",
+                elsewhere.map(|s| (s * 1000.0).round() / 1000.0),
+            );
         if !wipe {
             let links = neighbours.len() as u64;
             row = row
@@ -591,6 +635,12 @@ impl Rejoin {
 fn store_read_ms(line: &str) -> Option<u64> {
     let rest = line.rsplit(" in ").next()?;
     rest.split(" ms").next()?.trim().parse().ok()
+}
+
+/// The `M` of a store's `... N clients from M lines ...` line.
+fn store_lines(line: &str) -> Option<u64> {
+    let rest = line.split(" clients from ").nth(1)?;
+    rest.split(" lines").next()?.trim().parse().ok()
 }
 
 /// The updates taken while Bona is down: `MISSED_KNOWN` of the loaded clients (spread evenly
