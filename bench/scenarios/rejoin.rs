@@ -59,7 +59,7 @@ const CURRENT_POLL: Duration = Duration::from_millis(2);
 
 pub fn run(ctx: &Ctx) -> Section {
     Section::new(
-        "13 rejoin",
+        "14 rejoin",
         "a server restarted after missing 10,000 updates",
     )
     .measured(|section| measure(ctx, section))
