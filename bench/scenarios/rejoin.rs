@@ -527,7 +527,8 @@ impl Rejoin {
         let mut result = format!(
             "sent to {REJOINING}: {} records ({by_neighbour}; {full_copies:.0} full copies); \
              {REJOINING} sent {} ({bona_full:.0} full copies); its links carried {} ({} toward \
-             it, {} from it); listening {} ms, current {} ms after spawn",
+             it, {} from it); listening {} ms, current {} ms after spawn ({} ms after \
+             listening)",
             fmt_count(records),
             fmt_count(bona_sent as u64),
             fmt_bytes((to_bona + from_bona) as f64),
@@ -535,6 +536,7 @@ impl Rejoin {
             fmt_bytes(from_bona as f64),
             listening.as_millis(),
             current.as_millis(),
+            current.saturating_sub(listening).as_millis(),
         );
         if let Some(ms) = read_ms {
             result += &format!(" (store read {ms} ms");
@@ -571,7 +573,11 @@ impl Rejoin {
         .figure("bytes_to_rejoining", to_bona)
         .figure("bytes_from_rejoining", from_bona)
         .figure("listening_ms", listening.as_millis() as u64)
-        .figure("current_ms", current.as_millis() as u64);
+        .figure("current_ms", current.as_millis() as u64)
+        .figure(
+            "current_after_listening_ms",
+            current.saturating_sub(listening).as_millis() as u64,
+        );
         if let Some(ms) = read_ms {
             row = row.figure("store_read_ms", ms);
         }
