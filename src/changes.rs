@@ -97,29 +97,35 @@ impl ChangeOrder {
     }
 
     /// The order of records that were stored with these versions (a store read back): sorted
-    /// by version. Versions must be unique (see [`ChangeOrder::has_unique_versions`]).
-    pub fn from_versions(version: Vec<Version>) -> ChangeOrder {
-        let mut by_version: Vec<u32> = (0..version.len() as u32).collect();
-        by_version.sort_unstable_by_key(|&r| version[r as usize]);
+    /// by version. If two records share a version (a store that is two stores concatenated,
+    /// or edited by hand), every record is renumbered 1, 2, ... in version order instead (such
+    /// a history is given a new epoch), and the second value is true.
+    pub fn from_versions(mut version: Vec<Version>) -> (ChangeOrder, bool) {
+        // Pairs, not indices sorted by a key looked up in `version`: at a million records
+        // every comparison of the latter misses the cache. An appended store is in version
+        // order already, and the sort then only checks it.
+        let mut by_version: Vec<(Version, u32)> = (0..version.len() as u32)
+            .map(|r| (version[r as usize], r))
+            .collect();
+        by_version.sort_unstable();
+        let repeated = by_version.windows(2).any(|w| w[0].0 == w[1].0);
+        if repeated {
+            for (n, (v, r)) in by_version.iter_mut().enumerate() {
+                *v = n as Version + 1;
+                version[*r as usize] = *v;
+            }
+        }
         let mut order = ChangeOrder {
             older: vec![NONE; version.len()],
             newer: vec![NONE; version.len()],
-            latest: version.iter().copied().max().unwrap_or(0),
+            latest: by_version.last().map_or(0, |&(v, _)| v),
             version,
             ..ChangeOrder::new()
         };
-        for &record in &by_version {
+        for &(_, record) in &by_version {
             order.append(record);
         }
-        order
-    }
-
-    /// Whether no two records share a version (a store that is two stores concatenated, or
-    /// edited by hand, may break this; such a history is renumbered under a new epoch).
-    pub fn has_unique_versions(version: &[Version]) -> bool {
-        let mut sorted = version.to_vec();
-        sorted.sort_unstable();
-        sorted.windows(2).all(|w| w[0] != w[1])
+        (order, repeated)
     }
 
     /// A record read back from a store, with the version it was stored at (`record == len`
@@ -135,17 +141,9 @@ impl ChangeOrder {
     /// Links the records restored, by version. If two share a version, every record is
     /// renumbered 1, 2, ... in version order instead, and this returns true.
     pub fn finish_restore(&mut self) -> bool {
-        let mut version = std::mem::take(&mut self.version);
-        let unique = ChangeOrder::has_unique_versions(&version);
-        if !unique {
-            let mut by_version: Vec<usize> = (0..version.len()).collect();
-            by_version.sort_by_key(|&r| (version[r], r));
-            for (n, r) in by_version.into_iter().enumerate() {
-                version[r] = n as Version + 1;
-            }
-        }
-        *self = ChangeOrder::from_versions(version);
-        !unique
+        let (order, renumbered) = ChangeOrder::from_versions(std::mem::take(&mut self.version));
+        *self = order;
+        renumbered
     }
 
     pub fn latest(&self) -> Version {
@@ -430,15 +428,18 @@ mod tests {
 
     #[test]
     fn an_order_rebuilt_from_versions_continues_where_it_left_off() {
-        let mut order = ChangeOrder::from_versions(vec![7, 3, 9, 4]);
+        let (mut order, renumbered) = ChangeOrder::from_versions(vec![7, 3, 9, 4]);
+        assert!(!renumbered);
         assert_eq!(order_of(&order), [1, 3, 0, 2]);
         assert_eq!(order.latest(), 9);
         order.open_reader(LINK, 4);
         assert_eq!(drain(&mut order, LINK), [0, 2]);
         assert_eq!(order.touch(1), 10);
         assert_eq!(drain(&mut order, LINK), [1]);
-        assert!(ChangeOrder::has_unique_versions(&[7, 3, 9, 4]));
-        assert!(!ChangeOrder::has_unique_versions(&[7, 3, 7]));
+        let (order, renumbered) = ChangeOrder::from_versions(vec![7, 3, 7]);
+        assert!(renumbered, "two records of version 7");
+        assert_eq!(order_of(&order), [1, 0, 2]);
+        assert_eq!(order.latest(), 3);
     }
 
     #[test]
