@@ -187,6 +187,9 @@ pub struct Limits {
     /// How long a metrics connection may take from accept to the end of its response, so a
     /// slow or stuck scraper cannot hold one of its few slots.
     pub metrics_timeout: Duration,
+    /// How long a TLS handshake on a link (`peer tls`) may take, from the first byte to both
+    /// ends authenticated; one that takes longer is dropped.
+    pub tls_handshake: Duration,
 }
 
 impl Default for Limits {
@@ -204,6 +207,9 @@ impl Default for Limits {
             metrics_connections: 16,
             metrics_request_bytes: 8192,
             metrics_timeout: Duration::from_secs(5),
+            // A handshake is two round trips: ten seconds covers the slowest path a herd
+            // spans, and bounds what a connection that never finishes one holds.
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }
@@ -232,6 +238,32 @@ pub struct PeerSettings {
     /// How often a caught-up link compares table digests with its neighbour and repairs what
     /// differs (anti-entropy); zero: never.
     pub check_interval: Duration,
+    /// `peer tls DIR` or `peer tls off` (SPEC section 9).
+    pub tls: PeerTls,
+}
+
+/// Whether links are TLS (SPEC section 9: secure by default across machines).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerTls {
+    /// No `peer tls` line: links are in clear, and a link to an address that is not loopback
+    /// is a config error ([`Config::check_links_secure`]).
+    Unset,
+    /// `peer tls off`: links are in clear wherever they go, as the config says on purpose.
+    Off,
+    /// `peer tls DIR`: every link is TLS 1.3, both ends authenticated by the herd's CA in DIR
+    /// (what `herd certs` made). As written; see [`PeerTls::dir_path`].
+    Dir(PathBuf),
+}
+
+impl PeerTls {
+    /// The directory of `peer tls DIR`: a relative path is taken from the directory of the
+    /// config file at `config_path`, as `places file` is.
+    pub fn dir_path(&self, config_path: &Path) -> Option<PathBuf> {
+        match self {
+            PeerTls::Dir(dir) => Some(config_path.parent().unwrap_or(Path::new("")).join(dir)),
+            PeerTls::Unset | PeerTls::Off => None,
+        }
+    }
 }
 
 /// Where the secret that links prove comes from (SPEC section 3: secure by default).
@@ -270,6 +302,7 @@ impl Default for PeerSettings {
             stall_limit: Duration::from_millis(2000),
             hold_limit: Duration::from_millis(1000),
             check_interval: Duration::from_millis(5000),
+            tls: PeerTls::Unset,
         }
     }
 }
@@ -294,6 +327,8 @@ pub struct Config {
     pub metrics: Vec<MetricsEntry>,
     /// Each link once, as written.
     pub links: Vec<(String, String)>,
+    /// The line of each of `links`, for errors found once the whole file is read.
+    pub link_lines: Vec<usize>,
     pub places: PlacesSettings,
     pub log: LogSettings,
     pub limits: Limits,
@@ -321,6 +356,32 @@ impl Config {
                 _ => None,
             })
             .collect()
+    }
+
+    /// SPEC section 9, secure by default: links in clear may only stay on this machine. A link
+    /// with an end whose address is not loopback, without `peer tls DIR` or `peer tls off`,
+    /// is an error at the line of the first such link, saying what to do. Checked apart from
+    /// parsing, since `herd certs` reads the same config to make what the fix needs.
+    pub fn check_links_secure(&self) -> Result<(), ConfigError> {
+        if self.peer.tls != PeerTls::Unset {
+            return Ok(());
+        }
+        for ((a, b), line) in self.links.iter().zip(&self.link_lines) {
+            let remote = [a, b]
+                .into_iter()
+                .filter_map(|name| self.server(name))
+                .find(|server| !server.addr.ip().is_loopback());
+            if let Some(server) = remote {
+                let problem = format!(
+                    "link {a} {b} reaches {} at {}, not on this machine, and links are in \
+                     clear: run `herd certs CONFIG` and add `peer tls DIR` (its files on every \
+                     server), or say `peer tls off` to keep links in clear",
+                    server.name, server.addr
+                );
+                return Err(error(*line, Escaped(problem.as_bytes()).to_string()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -395,6 +456,9 @@ pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
         // without `\`, which Escaped leaves as is).
         apply_line(&mut config, &words)
             .map_err(|problem| error(line_no, Escaped(problem.as_bytes()).to_string()))?;
+        if config.link_lines.len() < config.links.len() {
+            config.link_lines.push(line_no);
+        }
     }
     if config.servers.is_empty() {
         return Err(error(
@@ -613,6 +677,7 @@ fn apply_limit(limits: &mut Limits, setting: &str, value: &str) -> Result<(), St
             limits.metrics_request_bytes = number_in(setting, value, 256, 1 << 20)?;
         }
         "metrics-timeout-ms" => limits.metrics_timeout = millis(setting, value)?,
+        "tls-handshake-ms" => limits.tls_handshake = millis(setting, value)?,
         _ => return Err(format!("unknown limit '{setting}'")),
     }
     Ok(())
@@ -638,6 +703,8 @@ fn apply_peer(peer: &mut PeerSettings, setting: &str, value: &str) -> Result<(),
             let ms = number_in(setting, value, 0, 24 * 3600 * 1000)?;
             peer.check_interval = Duration::from_millis(ms as u64);
         }
+        "tls" if value == "off" => peer.tls = PeerTls::Off,
+        "tls" => peer.tls = PeerTls::Dir(PathBuf::from(value)),
         "queue-bytes" => {
             return Err(
                 "peer queue-bytes is gone: a link now owes records, not bytes \
@@ -996,6 +1063,63 @@ log lines on
         assert_eq!(
             config.peer.secret,
             PeerSecret::File(PathBuf::from("keys/herd.secret"))
+        );
+    }
+
+    #[test]
+    fn peer_tls_is_a_directory_or_off() {
+        let config = with_server("").unwrap();
+        assert_eq!(config.peer.tls, PeerTls::Unset);
+        assert_eq!(config.limits.tls_handshake, Duration::from_secs(10));
+        let config = with_server("peer tls tls\nlimit tls-handshake-ms 250").unwrap();
+        assert_eq!(config.peer.tls, PeerTls::Dir(PathBuf::from("tls")));
+        assert_eq!(config.limits.tls_handshake, Duration::from_millis(250));
+        assert_eq!(
+            config.peer.tls.dir_path(Path::new("/etc/herd/herd.conf")),
+            Some(PathBuf::from("/etc/herd/tls"))
+        );
+        let config = with_server("peer tls /srv/certs").unwrap();
+        assert_eq!(
+            config.peer.tls.dir_path(Path::new("conf/herd.conf")),
+            Some(PathBuf::from("/srv/certs"))
+        );
+        let config = with_server("peer tls off").unwrap();
+        assert_eq!(config.peer.tls, PeerTls::Off);
+        assert_eq!(config.peer.tls.dir_path(Path::new("herd.conf")), None);
+        assert_eq!(with_server("peer tls").unwrap_err().line, 2);
+        assert_eq!(with_server("limit tls-handshake-ms 0").unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn links_in_clear_off_this_machine_are_refused_with_the_fix() {
+        let herd = "server A 127.0.0.1:1\nserver B 127.0.0.2:2\nserver C 192.0.2.7:3\n\
+                    server D [::1]:4\nlink A B\nlink A D\n# c\nlink B C\nlink A C\n";
+        let config = parse_config(herd).unwrap();
+        let e = config.check_links_secure().unwrap_err();
+        assert_eq!(e.line, 8, "the first link that leaves the machine: {e}");
+        assert!(
+            e.problem.starts_with("link B C reaches C at 192.0.2.7:3"),
+            "{e}"
+        );
+        for fix in ["herd certs", "peer tls DIR", "peer tls off"] {
+            assert!(e.problem.contains(fix), "{e}");
+        }
+        for setting in ["peer tls off", "peer tls tls"] {
+            let config = parse_config(&format!("{herd}{setting}\n")).unwrap();
+            assert_eq!(config.check_links_secure(), Ok(()), "{setting}");
+        }
+        // On one machine, nothing to set up; a server off it with no link is no link in clear.
+        let local = "server A 127.0.0.1:1\nserver B 127.0.0.1:2\nserver C 10.0.0.1:3\nlink A B\n";
+        assert_eq!(parse_config(local).unwrap().check_links_secure(), Ok(()));
+        // The unspecified address listens on every interface: not this machine only.
+        let any = "server A 127.0.0.1:1\nserver B 0.0.0.0:2\nlink B A\n";
+        assert_eq!(
+            parse_config(any)
+                .unwrap()
+                .check_links_secure()
+                .unwrap_err()
+                .line,
+            3
         );
     }
 

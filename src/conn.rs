@@ -38,6 +38,19 @@ pub struct Peer {
     pub name: String,
 }
 
+/// What a neighbour's hello on this connection must come with (SPEC section 9, `peer tls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LinkSecurity {
+    /// Links are in clear on this server: a hello is checked as it is.
+    #[default]
+    Clear,
+    /// Links are TLS on this server and this connection is in clear: a hello is refused.
+    TlsRequired,
+    /// TLS: the certificate the other side presented once the handshake is done (the
+    /// handshake checked it against the herd's CA); a hello must claim the server it names.
+    Tls(Option<rustls::pki_types::CertificateDer<'static>>),
+}
+
 /// One reply as a connection holds it until it is sent.
 #[derive(Debug)]
 pub enum Reply {
@@ -139,6 +152,8 @@ pub struct Connection {
     /// The challenge this server sent in answer to the connection's hello, for the link
     /// `LinkId`, until the next line (its proof, or not) spends it.
     pub challenged: Option<(LinkId, Challenge)>,
+    /// What a hello here must come with.
+    pub link_security: LinkSecurity,
     pub out: OutBuffer,
     replies: ReplyQueue,
 }
@@ -150,6 +165,7 @@ impl Connection {
             state: ConnState::Open,
             peer: None,
             challenged: None,
+            link_security: LinkSecurity::Clear,
             out: OutBuffer::default(),
             replies: ReplyQueue::default(),
         }

@@ -44,4 +44,5 @@ pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod table;
+pub mod tls;
 pub mod wire;

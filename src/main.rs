@@ -17,7 +17,7 @@ use herd::config::{self, Config, PlacesApi};
 use herd::event_loop::{EventLoop, ServerSetup};
 use herd::logging::{self, Escaped};
 use herd::store::Store;
-use herd::{allocator, net, peer_secret, places, signals, supervisor};
+use herd::{allocator, net, peer_secret, places, signals, supervisor, tls};
 
 /// Exit status for usage and config errors.
 const BAD_INPUT: u8 = 2;
@@ -52,7 +52,12 @@ fn main() -> ExitCode {
             config,
             log_level,
             restart,
-        } => match load_config(&config) {
+        } => match load_config(&config).and_then(|parsed| {
+            parsed
+                .check_links_secure()
+                .map_err(|e| format!("{}:{e}", config.display()))?;
+            Ok(parsed)
+        }) {
             Ok(parsed) => {
                 ExitCode::from(supervisor::run_all(&config, &parsed, log_level, restart) as u8)
             }
@@ -90,11 +95,22 @@ fn serve_one(name: &str, config: &Path, log_level: Option<log::LevelFilter>) -> 
             ),
         );
     }
+    if let Err(e) = parsed.check_links_secure() {
+        return fail(BAD_INPUT, &format!("{}:{e}", config.display()));
+    }
     let local_places = match load_local_places(&parsed, config) {
         Ok(loaded) => loaded,
         Err(problem) => return fail(BAD_INPUT, &problem),
     };
-    match serve(name, config, parsed, log_level, local_places) {
+    // Like the places file: what `peer tls` names is read before any port opens.
+    let peer_tls = match parsed.peer.tls.dir_path(config) {
+        Some(dir) => match tls::load(&dir, name) {
+            Ok(loaded) => Some(loaded),
+            Err(problem) => return fail(BAD_INPUT, &format!("{}: {problem}", config.display())),
+        },
+        None => None,
+    };
+    match serve(name, config, parsed, log_level, local_places, peer_tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
             logging::flush();
@@ -212,6 +228,7 @@ fn serve(
     mut config: Config,
     log_level: Option<log::LevelFilter>,
     local_places: Option<(places::LocalPlaces, Duration)>,
+    peer_tls: Option<tls::PeerTlsConfig>,
 ) -> Result<(), String> {
     if let Some(level) = log_level {
         config.log.level = level;
@@ -285,6 +302,7 @@ fn serve(
         config_path: config_path.to_path_buf(),
         connections_fit,
         metrics,
+        peer_tls,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
     let result = event_loop

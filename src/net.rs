@@ -1,6 +1,9 @@
 //! The only code that makes socket calls: listen, accept, connect, read, write. Each call is
 //! nonblocking and its outcome is turned into a small enum the event loop matches on, with
-//! `EINTR` retried here so no caller has to.
+//! `EINTR` retried here so no caller has to. A connection with TLS (`peer tls`) moves its
+//! bytes through its [`TlsStream`] here too, as rustls's mio example does: encrypted bytes
+//! in with `read_tls` and `process_new_packets`, plaintext out of `reader()`, plaintext into
+//! `writer()` and encrypted bytes out with `write_tls`.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -10,13 +13,24 @@ use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
 use crate::buffer::OutBuffer;
+use crate::tls::{TlsFailure, TlsStream};
 
 /// A stream and the interest it is registered with, so the loop reregisters only when the
-/// interest its owner wants has changed.
+/// interest its owner wants has changed; with `peer tls`, its TLS state.
 #[derive(Debug)]
 pub struct Socket {
     pub stream: TcpStream,
     pub registered: Interest,
+    pub tls: Option<Box<TlsStream>>,
+}
+
+/// The interest a connection needs: what its owner wants (`wanted`), and writability while
+/// its TLS has encrypted bytes the socket has not taken (a handshake message, an alert).
+pub fn interest_with_tls(wanted: Interest, tls: Option<&TlsStream>) -> Interest {
+    match tls {
+        Some(tls) if tls.wants_write() => wanted | Interest::WRITABLE,
+        _ => wanted,
+    }
 }
 
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -153,9 +167,124 @@ pub enum ReadOutcome {
     /// The other side closed its sending half.
     Eof,
     Failed(io::Error),
+    /// The TLS handshake or session failed (the alert, if any, was sent).
+    TlsFailed(TlsFailure),
 }
 
-pub fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
+/// Reads what is there: plaintext through `tls` when the connection has it. Like a plain read,
+/// fewer bytes than `buf` holds means the socket is empty for now.
+pub fn read_some(
+    stream: &mut TcpStream,
+    tls: Option<&mut TlsStream>,
+    buf: &mut [u8],
+) -> ReadOutcome {
+    match tls {
+        Some(tls) => read_tls_some(stream, tls, buf),
+        None => read_plain(stream, buf),
+    }
+}
+
+/// The first byte waiting on an accepted connection, left in the socket (`Ok(None)`: none
+/// yet), to tell a TLS handshake from a client's line.
+pub fn peek_first_byte(stream: &TcpStream) -> io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.peek(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Plaintext from a TLS connection, filling `buf` as far as the socket allows: only a read
+/// that met `WouldBlock` returns less than `buf` holds (the callers rely on that, as on a
+/// plain read, to know the socket is empty and a new edge will come). Handshake messages the
+/// engine has to answer are written at once.
+fn read_tls_some(stream: &mut TcpStream, tls: &mut TlsStream, buf: &mut [u8]) -> ReadOutcome {
+    let mut filled = 0;
+    loop {
+        let session = tls.session();
+        while filled < buf.len() {
+            match session.reader().read(&mut buf[filled..]) {
+                Ok(0) => return data_or(filled, ReadOutcome::Eof), // close_notify
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The socket closed without close_notify: an end all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return data_or(filled, ReadOutcome::Eof)
+                }
+                Err(e) => return data_or(filled, ReadOutcome::Failed(e)),
+            }
+        }
+        if filled == buf.len() {
+            return ReadOutcome::Data(filled);
+        }
+        match session.read_tls(stream) {
+            Ok(0) => {
+                // The end: what was decrypted before it is read first (the next turn of the
+                // loop), then the reader says how it ended.
+                if let Err(e) = session.process_new_packets() {
+                    return failed(stream, tls, &e);
+                }
+                match session.reader().read(&mut buf[filled..]) {
+                    Ok(n) if n > 0 => filled += n,
+                    _ => return data_or(filled, ReadOutcome::Eof),
+                }
+            }
+            Ok(_) => {
+                if let Err(e) = session.process_new_packets() {
+                    return failed(stream, tls, &e);
+                }
+                if let Err(e) = flush_tls(stream, tls) {
+                    return data_or(filled, ReadOutcome::Failed(e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return data_or(filled, ReadOutcome::WouldBlock)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return data_or(filled, ReadOutcome::Failed(e)),
+        }
+    }
+}
+
+/// The plaintext read so far if there is some (the outcome comes with the next read),
+/// otherwise the outcome.
+fn data_or(filled: usize, outcome: ReadOutcome) -> ReadOutcome {
+    if filled > 0 {
+        ReadOutcome::Data(filled)
+    } else {
+        outcome
+    }
+}
+
+/// The TLS engine refused what it read: its alert goes out if the socket takes it, and the
+/// connection is over.
+/// What was read before the failure is dropped with the connection.
+fn failed(stream: &mut TcpStream, tls: &mut TlsStream, error: &rustls::Error) -> ReadOutcome {
+    let _ = flush_tls(stream, tls);
+    ReadOutcome::TlsFailed(TlsFailure::from(error))
+}
+
+/// Writes the engine's encrypted bytes until it has none or the socket is full.
+fn flush_tls(stream: &mut TcpStream, tls: &mut TlsStream) -> io::Result<()> {
+    let session = tls.session();
+    while session.wants_write() {
+        match session.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_plain(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
     loop {
         match stream.read(buf) {
             Ok(0) => return ReadOutcome::Eof,
@@ -169,8 +298,35 @@ pub fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
 
 /// Writes as much of `out` as the socket takes now; returns how many bytes it took. Output
 /// left in `out` afterwards means the socket is full (wait for `WRITABLE`). `Err` means the
-/// connection is broken.
-pub fn write_pending(stream: &mut TcpStream, out: &mut OutBuffer) -> io::Result<usize> {
+/// connection is broken. With `tls`, `out` is plaintext: it goes into the engine only once
+/// the engine's encrypted bytes are all written, so what waits beyond the socket is at most
+/// one record's worth (and before the handshake is done, what rustls keeps until it is).
+pub fn write_pending(
+    stream: &mut TcpStream,
+    tls: Option<&mut TlsStream>,
+    out: &mut OutBuffer,
+) -> io::Result<usize> {
+    let Some(tls) = tls else {
+        return write_plain(stream, out);
+    };
+    let mut taken = 0;
+    loop {
+        flush_tls(stream, tls)?;
+        if out.is_empty() || tls.wants_write() {
+            return Ok(taken);
+        }
+        match tls.session().writer().write(out.pending()) {
+            Ok(0) => return Ok(taken), // held until the handshake is done
+            Ok(n) => {
+                out.consume(n);
+                taken += n;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn write_plain(stream: &mut TcpStream, out: &mut OutBuffer) -> io::Result<usize> {
     let mut written = 0;
     while !out.is_empty() {
         match stream.write(out.pending()) {

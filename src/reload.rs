@@ -156,6 +156,18 @@ fn refuse_fixed_changes(
             "the peer secret cannot change at run time; restart the herd".to_string(),
         );
     }
+    if new.peer.tls != running.peer.tls {
+        return at(
+            &["peer", "tls"],
+            "peer tls cannot change at run time; restart the herd".to_string(),
+        );
+    }
+    if let Err(e) = new.check_links_secure() {
+        return Err(Refusal {
+            line: Some(e.line),
+            problem: e.problem,
+        });
+    }
     if new.log.dir != running.log.dir {
         return at(
             &["log", "dir"],

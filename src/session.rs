@@ -8,8 +8,9 @@ use log::{debug, info, warn};
 
 use crate::app::{App, ClientOutcome, PeerOutcome, Refusal};
 use crate::buffer::Line;
-use crate::conn::{ConnState, Connection, Peer};
+use crate::conn::{ConnState, Connection, LinkSecurity, Peer};
 use crate::logging::Escaped;
+use crate::peer_wire;
 use crate::places::PlacesQuery;
 use crate::protocol::ClientTime;
 use crate::table::{Mark, RecordIndex};
@@ -64,6 +65,15 @@ pub fn handle_line(
         }
     };
     conn.received(line);
+    if peer_wire::is_hello(line) {
+        if let Some(why) = tls_refusal(&conn.link_security, line) {
+            warn!("tls conn={}: hello refused: {why}", conn.id);
+            conn.refuse(line, &why);
+            // Not a link, and not a client either: answered, then closed.
+            conn.state = ConnState::Draining;
+            return None;
+        }
+    }
     // A challenge is answered by the line that follows it, or not at all.
     let challenged = conn.challenged.take();
     let proved = challenged
@@ -103,6 +113,37 @@ pub fn handle_line(
             at_line,
             query,
         }),
+    }
+}
+
+/// Why a hello may not go on to be checked as a neighbour's (SPEC section 9): links are TLS
+/// here and this connection is not, or its certificate does not name the server the hello
+/// claims to be (so a server of the herd cannot pass for another). Only the claimed name is
+/// shown: a later word may be a proof.
+fn tls_refusal(security: &LinkSecurity, hello: &[u8]) -> Option<String> {
+    let claimed = hello.split(|b| *b == b' ').nth(1).unwrap_or_default();
+    let claimed = Escaped(claimed);
+    match security {
+        LinkSecurity::Clear => None,
+        LinkSecurity::TlsRequired => Some(format!(
+            "not TLS: {claimed} said its hello in clear, and links here are TLS (peer tls)"
+        )),
+        LinkSecurity::Tls(None) => Some(format!(
+            "{claimed} said its hello before the TLS handshake was done"
+        )),
+        LinkSecurity::Tls(Some(certificate)) => {
+            let name = hello
+                .split(|b| *b == b' ')
+                .nth(1)
+                .and_then(|word| std::str::from_utf8(word).ok());
+            match name {
+                Some(name) if crate::tls::certificate_names(certificate, name) => None,
+                _ => Some(format!(
+                    "wrong name: the hello claims {claimed}, and the TLS certificate does \
+                     not name it"
+                )),
+            }
+        }
     }
 }
 

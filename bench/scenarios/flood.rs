@@ -180,7 +180,7 @@ fn herd_vs_alone(
     for d in directives {
         config = config.with(d);
     }
-    let alone = Subject::Own(Herd::start(&ctx.bin, config, "alone")?);
+    let alone = Subject::Own(Box::new(Herd::start(&ctx.bin, config, "alone")?));
     let load = iamat_load(ctx, alone.server(), LOAD, 3.0, None)?;
     let ratio = in_herd.rate() / load.rate().max(1.0);
     section.rows.push(

@@ -13,7 +13,7 @@ use crate::load::{run_load, LoadReport, LoadSpec};
 /// The server a single-server scenario measures: `--target`, or a fresh herd of one.
 pub enum Subject {
     Target { addr: SocketAddr, pid: Option<u32> },
-    Own(Herd),
+    Own(Box<Herd>),
 }
 
 impl Subject {
@@ -29,7 +29,7 @@ impl Subject {
         for directive in directives {
             config = config.with(directive);
         }
-        Herd::start(&ctx.bin, config, label).map(Subject::Own)
+        Herd::start(&ctx.bin, config, label).map(|herd| Subject::Own(Box::new(herd)))
     }
 
     pub fn addr(&self) -> SocketAddr {

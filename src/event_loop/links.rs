@@ -4,8 +4,14 @@
 //! max-owed`). The decisions (states, timers, backoff, what is owed) are `link::Link`'s; this
 //! is where they meet sockets and the `Registry`. It sees the client table read-only (what a
 //! link owes is a set of its records) and never touches clients' connections.
+//!
+//! With `peer tls`, each link's socket carries its TLS state ([`TlsStream`]): the hello waits
+//! in rustls until the handshake is done, a handshake that fails or takes longer than `limit
+//! tls-handshake-ms` takes the link down with the reason, and the link's own state machine
+//! sees only the plaintext lines, as in clear.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -20,6 +26,7 @@ use crate::metrics::page::LinkFigures;
 use crate::net::{self, ReadOutcome, Socket};
 use crate::owed::{CaughtUp, Start};
 use crate::table::{ClientTable, LinkId};
+use crate::tls::{Failure, HandshakeCounts, PeerTlsConfig, TlsStream};
 
 use super::tokens;
 
@@ -48,11 +55,23 @@ pub struct Links {
     max_owed: usize,
     traffic: LinkTraffic,
     scratch: Vec<u8>,
+    /// `peer tls`: every link is TLS, made with this.
+    tls: Option<Arc<PeerTlsConfig>>,
+    /// `limit tls-handshake-ms`.
+    tls_handshake_limit: Duration,
+    handshakes: HandshakeCounts,
 }
 
 impl Links {
-    /// The links of `name` in `config`, each making its first attempt at `now`.
-    pub fn new(name: &str, config: &Config, jitter_seed: u64, now: Instant) -> Links {
+    /// The links of `name` in `config`, each making its first attempt at `now`; TLS links with
+    /// `tls`.
+    pub fn new(
+        name: &str,
+        config: &Config,
+        tls: Option<Arc<PeerTlsConfig>>,
+        jitter_seed: u64,
+        now: Instant,
+    ) -> Links {
         let peer = &config.peer;
         let links = config
             .neighbours(name)
@@ -67,7 +86,25 @@ impl Links {
             max_owed: peer.max_owed,
             traffic: LinkTraffic::default(),
             scratch: vec![0; READ_CHUNK],
+            tls,
+            tls_handshake_limit: config.limits.tls_handshake,
+            handshakes: HandshakeCounts::default(),
         }
+    }
+
+    /// The TLS handshakes of the links this server made, by outcome.
+    pub fn handshakes(&self) -> &HandshakeCounts {
+        &self.handshakes
+    }
+
+    /// With `peer tls`, each loaded certificate and when it expires (Unix seconds).
+    pub fn tls_expiries(&self) -> Option<Vec<(String, i64)>> {
+        self.tls.as_ref().map(|tls| tls.expiries.clone())
+    }
+
+    /// A reload changed `limit tls-handshake-ms` (for handshakes started after).
+    pub fn set_tls_handshake_limit(&mut self, limit: Duration) {
+        self.tls_handshake_limit = limit;
     }
 
     /// The neighbours' names by link id (the app numbers neighbours the same way).
@@ -82,7 +119,15 @@ impl Links {
 
     /// When the loop must look at a link again, whatever the sockets do.
     pub fn deadline(&self) -> Option<Instant> {
-        self.links.iter().filter_map(Link::deadline).min()
+        let handshakes = self.links.iter().filter_map(|link| {
+            let tls = socket_of(link)?.tls.as_ref()?;
+            tls.deadline()
+        });
+        self.links
+            .iter()
+            .filter_map(Link::deadline)
+            .chain(handshakes)
+            .min()
     }
 
     pub fn traffic(&self) -> LinkTraffic {
@@ -191,6 +236,17 @@ impl Links {
     pub fn tick(&mut self, registry: &Registry, table: &ClientTable) {
         let now = Instant::now();
         for index in 0..self.links.len() {
+            let overdue = socket_of(&self.links[index])
+                .and_then(|socket| socket.tls.as_ref())
+                .is_some_and(|tls| tls.handshake_overdue(now));
+            if overdue {
+                self.handshakes.fail(Failure::Timeout);
+                let why = format!(
+                    "limit tls-handshake-ms: the TLS handshake did not finish in {} ms",
+                    self.tls_handshake_limit.as_millis()
+                );
+                self.down(index, &why, registry);
+            }
             match self.links[index].on_timer(now, table) {
                 TimerAction::Nothing => {}
                 TimerAction::Connect => self.start_connect(index, now, registry),
@@ -305,6 +361,15 @@ impl Links {
             Ok(stream) => stream,
             Err(e) => return self.down(index, &format!("connect: {e}"), registry),
         };
+        let tls = match &self.tls {
+            Some(config) => {
+                match TlsStream::connect(config, &link.name, now, self.tls_handshake_limit) {
+                    Ok(tls) => Some(Box::new(tls)),
+                    Err(e) => return self.down(index, &e, registry),
+                }
+            }
+            None => None,
+        };
         let token = tokens::link(index);
         if let Err(e) = registry.register(&mut stream, token, Interest::WRITABLE) {
             return self.down(index, &format!("register: {e}"), registry);
@@ -312,6 +377,7 @@ impl Links {
         let socket = Socket {
             stream,
             registered: Interest::WRITABLE,
+            tls,
         };
         link.connecting(socket, now);
     }
@@ -324,7 +390,20 @@ impl Links {
             let Some((socket, _)) = link.io() else {
                 return;
             };
-            match net::read_some(&mut socket.stream, &mut self.scratch) {
+            let handshaking = socket.tls.as_ref().is_some_and(|tls| tls.is_handshaking());
+            let outcome = net::read_some(
+                &mut socket.stream,
+                socket.tls.as_deref_mut(),
+                &mut self.scratch,
+            );
+            let established = socket.tls.as_mut().and_then(|tls| tls.take_established());
+            // The handshake may have left bytes for the socket (the hello, once it is done).
+            let tls_wants_write = socket.tls.as_ref().is_some_and(|tls| tls.wants_write());
+            if let Some(agreed) = established {
+                self.handshakes.succeeded += 1;
+                info!("link tls {}: neighbour authenticated, {agreed}", link.name);
+            }
+            match outcome {
                 ReadOutcome::Data(n) => {
                     self.traffic.bytes_received += n as u64;
                     match link.on_bytes(&self.scratch[..n], table, Instant::now()) {
@@ -348,13 +427,26 @@ impl Links {
                         Heard::Refused(why) => return self.refused(index, &why, registry),
                     }
                     // The handshake may have left an answer to send (our proof).
-                    if self.links[index].has_pending_output() {
+                    if self.links[index].has_pending_output() || tls_wants_write {
                         self.write(index, registry);
                     }
                 }
-                ReadOutcome::WouldBlock => return,
+                ReadOutcome::WouldBlock => {
+                    if tls_wants_write || self.links[index].has_pending_output() {
+                        self.write(index, registry);
+                    }
+                    return;
+                }
                 ReadOutcome::Eof => return self.down(index, "closed by neighbour", registry),
                 ReadOutcome::Failed(e) => return self.down(index, &e.to_string(), registry),
+                ReadOutcome::TlsFailed(failure) if handshaking => {
+                    self.handshakes.fail(failure.failure);
+                    let why = format!("tls handshake failed: {failure}");
+                    return self.refused(index, &why, registry);
+                }
+                ReadOutcome::TlsFailed(failure) => {
+                    return self.down(index, &format!("tls failed: {failure}"), registry)
+                }
             }
         }
     }
@@ -365,7 +457,7 @@ impl Links {
         let Some((socket, out)) = link.io() else {
             return;
         };
-        let written = net::write_pending(&mut socket.stream, out);
+        let written = net::write_pending(&mut socket.stream, socket.tls.as_deref_mut(), out);
         self.traffic.lines_sent += out.take_lines();
         let took = match written {
             Ok(took) => took,
@@ -377,6 +469,7 @@ impl Links {
         let Some((socket, _)) = link.io() else {
             return;
         };
+        let wanted = net::interest_with_tls(wanted, socket.tls.as_deref());
         if socket.registered != wanted {
             let token = tokens::link(index);
             if let Err(e) = registry.reregister(&mut socket.stream, token, wanted) {
@@ -404,6 +497,16 @@ impl Links {
         }
         warn!("link down {}: {reason}", link.name);
         info!("link retry {} in {} ms", link.name, delay.as_millis());
+    }
+}
+
+/// The socket of a link that has one.
+fn socket_of(link: &Link<Socket>) -> Option<&Socket> {
+    match link.state() {
+        LinkState::Connecting { socket, .. }
+        | LinkState::Greeting { socket, .. }
+        | LinkState::Up { socket, .. } => Some(socket),
+        LinkState::Waiting { .. } | LinkState::Removed => None,
     }
 }
 

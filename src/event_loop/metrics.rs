@@ -180,7 +180,7 @@ impl MetricsServer {
             return;
         };
         let decision = loop {
-            match net::read_some(&mut conn.stream, scratch) {
+            match net::read_some(&mut conn.stream, None, scratch) {
                 ReadOutcome::Data(n) if conn.phase == Phase::Reading => {
                     // Only up to the limit is kept; past it the answer is 431 anyway.
                     let room = max_bytes.saturating_sub(conn.request.len());
@@ -192,7 +192,7 @@ impl MetricsServer {
                 }
                 ReadOutcome::Data(_) => {} // after the request: read and dropped
                 ReadOutcome::WouldBlock => return,
-                ReadOutcome::Eof | ReadOutcome::Failed(_) => {
+                ReadOutcome::Eof | ReadOutcome::Failed(_) | ReadOutcome::TlsFailed(_) => {
                     if conn.phase == Phase::Reading {
                         debug!("metrics {}: closed before a whole request", conn.remote);
                     }
@@ -236,7 +236,7 @@ impl MetricsServer {
         if conn.phase != Phase::Writing {
             return;
         }
-        if let Err(e) = net::write_pending(&mut conn.stream, &mut conn.out) {
+        if let Err(e) = net::write_pending(&mut conn.stream, None, &mut conn.out) {
             debug!("metrics {}: write error: {e}", conn.remote);
             return self.close(key, registry);
         }

@@ -31,7 +31,7 @@ use crate::changes::Epoch;
 use crate::config::Config;
 use crate::conn::{Connection, Reply};
 use crate::logging;
-use crate::metrics::page::{self, Snapshot};
+use crate::metrics::page::{self, Snapshot, TlsFigures};
 use crate::metrics::{process, Counters};
 use crate::peer_wire::PeerAuth;
 use crate::places::{LocalPlaces, Waiter};
@@ -39,6 +39,7 @@ use crate::secret::Secret;
 use crate::session::Effect;
 use crate::store::{self, Store};
 use crate::table::ClientTable;
+use crate::tls::PeerTlsConfig;
 
 use clients::{Clients, Dispatch};
 use links::Links;
@@ -81,6 +82,8 @@ pub struct ServerSetup {
     pub connections_fit: usize,
     /// The metrics listener (`metrics NAME IP:PORT`), bound already.
     pub metrics: Option<TcpListener>,
+    /// `peer tls DIR`: the herd's CA and this server's certificate and key, loaded.
+    pub peer_tls: Option<PeerTlsConfig>,
 }
 
 /// Who the server is and what it runs from: its name, its config (a reload is checked
@@ -218,7 +221,8 @@ impl EventLoop {
             now,
         )?;
         let seed = unix_now().to_bits() ^ u64::from(std::process::id()) << 32;
-        let links = Links::new(&setup.name, &config, seed, now);
+        let peer_tls = setup.peer_tls.map(Arc::new);
+        let links = Links::new(&setup.name, &config, peer_tls.clone(), seed, now);
         // The app numbers neighbours as the links are numbered: by position, config order.
         let mut app = App::new(
             &setup.name,
@@ -227,7 +231,7 @@ impl EventLoop {
             setup.peer_auth,
             config.limits.max_future_secs,
         );
-        let clients = Clients::new(setup.listener, registry, &config.limits)?;
+        let clients = Clients::new(setup.listener, registry, &config.limits, peer_tls)?;
         let metrics = match setup.metrics {
             Some(listener) => Some(MetricsServer::new(listener, registry, &config.limits)?),
             None => None,
@@ -542,6 +546,14 @@ fn snapshot(
         store: store.map(Store::stats),
         process: process::sample(),
         process_started_unix: identity.process_started_unix,
+        tls: links.tls_expiries().map(|expiries| {
+            let mut handshakes = links.handshakes().clone();
+            handshakes.add(clients.handshakes());
+            TlsFigures {
+                handshakes,
+                expiries,
+            }
+        }),
     }
 }
 

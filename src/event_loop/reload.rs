@@ -217,6 +217,7 @@ fn apply(plan: Plan, prepared: Prepared, parts: Parts) -> Config {
     }
     if plan.limits_changed {
         clients.set_limits(&new.limits);
+        links.set_tls_handshake_limit(new.limits.tls_handshake);
         if let Some(metrics) = metrics.as_mut() {
             metrics.set_limits(&new.limits);
         }

@@ -8,6 +8,7 @@
 use crate::app::CommandCounts;
 use crate::places::stats::{PlacesStats, LATENCY_BUCKETS_MS};
 use crate::store::StoreStats;
+use crate::tls::{Failure, HandshakeCounts};
 
 use super::process::ProcessSample;
 use super::{Counters, Exposition, Kind, Value};
@@ -38,6 +39,18 @@ pub struct Snapshot {
     pub store: Option<StoreStats>,
     pub process: ProcessSample,
     pub process_started_unix: Option<f64>,
+    /// With `peer tls`: the links' TLS handshakes and certificates; `None` in clear.
+    pub tls: Option<TlsFigures>,
+}
+
+/// TLS on links (`peer tls`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsFigures {
+    /// Handshakes of links both ways (made and accepted), by outcome.
+    pub handshakes: HandshakeCounts,
+    /// Each loaded certificate (`ca`, and the server's own) and when it expires, in Unix
+    /// seconds.
+    pub expiries: Vec<(String, i64)>,
 }
 
 /// One outbound link's figures.
@@ -76,6 +89,9 @@ pub fn render(s: &Snapshot) -> String {
     render_links(&mut page, &s.links);
     render_places(&mut page, &s.places);
     render_store_and_log(&mut page, s);
+    if let Some(tls) = &s.tls {
+        render_tls(&mut page, tls);
+    }
     render_process(&mut page, s);
     page.finish()
 }
@@ -333,6 +349,27 @@ fn render_places(page: &mut Exposition, stats: &PlacesStats) {
         &stats.latency_buckets,
         stats.latency_sum.as_secs_f64(),
     );
+}
+
+fn render_tls(page: &mut Exposition, tls: &TlsFigures) {
+    let mut family = page.family(
+        "herd_tls_handshakes_total",
+        Kind::Counter,
+        "TLS handshakes of links, made and accepted: 'ok', or why one failed.",
+    );
+    family.sample(&[("result", "ok")], tls.handshakes.succeeded);
+    for (failure, count) in Failure::ALL.iter().zip(tls.handshakes.failed) {
+        family.sample(&[("result", failure.label())], count);
+    }
+    let mut family = page.family(
+        "herd_tls_certificate_expiry_seconds",
+        Kind::Gauge,
+        "When each certificate 'peer tls' loaded expires (the herd's CA and the server's own), \
+         in seconds since the Unix epoch.",
+    );
+    for (certificate, expiry) in &tls.expiries {
+        family.sample(&[("certificate", certificate)], *expiry as f64);
+    }
 }
 
 fn render_store_and_log(page: &mut Exposition, s: &Snapshot) {
@@ -607,6 +644,45 @@ mod tests {
         assert!(page.contains("herd_places_calls_total 0\n"), "{page}");
         assert!(
             page.contains("herd_places_latency_seconds_count 0\n"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn tls_handshakes_and_certificate_expiries_are_shown_with_peer_tls_only() {
+        let page = render(&Snapshot::default());
+        assert!(!page.contains("herd_tls"), "{page}");
+        let mut handshakes = HandshakeCounts {
+            succeeded: 4,
+            ..HandshakeCounts::default()
+        };
+        handshakes.fail(Failure::WrongName);
+        let page = render(&Snapshot {
+            tls: Some(TlsFigures {
+                handshakes,
+                expiries: vec![
+                    ("ca".into(), 2_100_000_000),
+                    ("Campbell".into(), 1_900_000_000),
+                ],
+            }),
+            ..Snapshot::default()
+        });
+        assert!(
+            page.contains("herd_tls_handshakes_total{result=\"ok\"} 4\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("herd_tls_handshakes_total{result=\"wrong_name\"} 1\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("herd_tls_handshakes_total{result=\"timeout\"} 0\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "herd_tls_certificate_expiry_seconds{certificate=\"Campbell\"} 1900000000\n"
+            ),
             "{page}"
         );
     }

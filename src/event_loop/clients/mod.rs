@@ -9,9 +9,16 @@
 //! [`Clients::sweep_closed`] frees every queued one after the event batch (deregisters it,
 //! frees its slot, gives up its lookups, logs once), as Redis's `freeClientAsync` does, so no
 //! handler frees a connection another handler of the same batch still holds.
+//!
+//! With `peer tls`, neighbours' links arrive on the same listener as clients: the first byte
+//! of a connection tells a TLS handshake (a neighbour's) from a client's line. A TLS
+//! connection carries its [`TlsStream`] beside its stream; its handshake must finish within
+//! `limit tls-handshake-ms`, a failed one is logged with the reason and closed, and a hello
+//! on it must claim the server its certificate names (`session`).
 
 mod schedule;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -22,13 +29,14 @@ use slab::Slab;
 use crate::app::App;
 use crate::buffer::{Line, LineReader};
 use crate::config::Limits;
-use crate::conn::{ConnState, Connection, Reply};
+use crate::conn::{ConnState, Connection, LinkSecurity, Reply};
 use crate::net::{self, ReadOutcome};
 use crate::peer_wire;
 use crate::places::Waiter;
 use crate::protocol::ClientTime;
 use crate::session::{self, Effect};
 use crate::table::ClientTable;
+use crate::tls::{self, Failure, HandshakeCounts, PeerTlsConfig, TlsStream};
 
 use schedule::{Lines, ReadState, Wait};
 
@@ -86,10 +94,37 @@ pub struct ClientTraffic {
     pub rejected: u64,
 }
 
+/// How an accepted connection's bytes travel.
+enum Transport {
+    /// In clear.
+    Clear,
+    /// `peer tls`, and nothing read yet: the first byte decides (a TLS handshake is a
+    /// neighbour's link; anything else a client's line).
+    Undecided,
+    Tls(Box<TlsStream>),
+}
+
+impl Transport {
+    fn tls(&mut self) -> Option<&mut TlsStream> {
+        match self {
+            Transport::Tls(tls) => Some(tls),
+            Transport::Clear | Transport::Undecided => None,
+        }
+    }
+
+    fn tls_ref(&self) -> Option<&TlsStream> {
+        match self {
+            Transport::Tls(tls) => Some(tls),
+            Transport::Clear | Transport::Undecided => None,
+        }
+    }
+}
+
 /// An accepted connection in the slab: its socket and framing beside the protocol state.
 struct Accepted {
     stream: TcpStream,
     registered: Interest,
+    transport: Transport,
     reader: LineReader,
     conn: Connection,
     read: ReadState,
@@ -121,6 +156,9 @@ pub struct Clients {
     accept_retry_at: Option<Instant>,
     last_accept_warning: Option<Instant>,
     traffic: ClientTraffic,
+    /// `peer tls`: neighbours' links to this server are TLS, accepted with this.
+    tls: Option<Arc<PeerTlsConfig>>,
+    handshakes: HandshakeCounts,
 }
 
 impl Clients {
@@ -128,6 +166,7 @@ impl Clients {
         mut listener: TcpListener,
         registry: &Registry,
         limits: &Limits,
+        tls: Option<Arc<PeerTlsConfig>>,
     ) -> std::io::Result<Clients> {
         registry.register(&mut listener, tokens::LISTENER, Interest::READABLE)?;
         Ok(Clients {
@@ -143,7 +182,14 @@ impl Clients {
             accept_retry_at: None,
             last_accept_warning: None,
             traffic: ClientTraffic::default(),
+            tls,
+            handshakes: HandshakeCounts::default(),
         })
+    }
+
+    /// The TLS handshakes of neighbours' links to this server, by outcome.
+    pub fn handshakes(&self) -> &HandshakeCounts {
+        &self.handshakes
     }
 
     /// Open connections (clients and neighbours' links).
@@ -205,12 +251,19 @@ impl Clients {
             self.next_conn_id += 1;
             self.traffic.accepted += 1;
             info!("accept conn={id} from {remote}");
+            let (transport, link_security) = match self.tls {
+                Some(_) => (Transport::Undecided, LinkSecurity::TlsRequired),
+                None => (Transport::Clear, LinkSecurity::Clear),
+            };
+            let mut conn = Connection::new(id);
+            conn.link_security = link_security;
             // The address is in the `accept` record; later records name the connection by id.
             entry.insert(Accepted {
                 stream,
                 registered: Interest::READABLE,
+                transport,
                 reader: LineReader::new(self.limits.max_line_bytes),
-                conn: Connection::new(id),
+                conn,
                 read: ReadState::Ready,
                 last_progress: Instant::now(),
                 eof_seen: false,
@@ -345,10 +398,14 @@ impl Clients {
             effects,
             scratch,
             traffic,
+            tls: tls_config,
+            handshakes,
+            limits,
             ..
         } = self;
         let Some(Accepted {
             stream,
+            transport,
             reader,
             conn,
             eof_seen,
@@ -375,16 +432,43 @@ impl Clients {
             lines.finish(reader);
             return false;
         }
-        let mut handle = |line: Line<'_>| lines.handle(line);
         if reader.has_held() {
-            reader.resume(&mut handle);
+            reader.resume(|line: Line<'_>| lines.handle(line));
             return false;
         }
+        if let (Transport::Undecided, Some(config)) = (&*transport, tls_config.as_ref()) {
+            match net::peek_first_byte(stream) {
+                Ok(Some(tls::HANDSHAKE_RECORD)) => {
+                    match TlsStream::accept(config, Instant::now(), limits.tls_handshake) {
+                        Ok(tls) => {
+                            *transport = Transport::Tls(Box::new(tls));
+                            lines.conn.link_security = LinkSecurity::Tls(None);
+                        }
+                        Err(e) => {
+                            warn!("tls conn={}: {e}", lines.conn.id);
+                            lines.conn.state = ConnState::Closed("tls failed");
+                            return false;
+                        }
+                    }
+                }
+                Ok(Some(_)) => *transport = Transport::Clear,
+                // Nothing yet, or the end: the read below says which.
+                Ok(None) | Err(_) => {}
+            }
+        }
         let chunk = read_chunk(is_client);
-        match net::read_some(stream, &mut scratch[..chunk]) {
+        let outcome = net::read_some(stream, transport.tls(), &mut scratch[..chunk]);
+        if let Some(tls) = transport.tls() {
+            if let Some(agreed) = tls.take_established() {
+                handshakes.succeeded += 1;
+                info!("tls conn={}: handshake done, {agreed}", lines.conn.id);
+                lines.conn.link_security = LinkSecurity::Tls(tls.peer_certificate());
+            }
+        }
+        match outcome {
             ReadOutcome::Data(n) => {
                 traffic.bytes_received += n as u64;
-                reader.feed_until(&scratch[..n], &mut handle);
+                reader.feed_until(&scratch[..n], |line: Line<'_>| lines.handle(line));
                 *budget = budget.saturating_sub(n);
                 n < chunk && !until_would_block && !reader.has_held()
             }
@@ -396,6 +480,17 @@ impl Clients {
             ReadOutcome::Failed(e) => {
                 info!("conn={} read error: {e}", lines.conn.id);
                 lines.conn.state = ConnState::Closed("read error");
+                false
+            }
+            ReadOutcome::TlsFailed(failure) => {
+                if lines.conn.link_security == LinkSecurity::Tls(None) {
+                    handshakes.fail(failure.failure);
+                    warn!("tls conn={}: handshake failed: {failure}", lines.conn.id);
+                    lines.conn.state = ConnState::Closed("tls handshake failed");
+                } else {
+                    warn!("tls conn={}: {failure}", lines.conn.id);
+                    lines.conn.state = ConnState::Closed("tls failed");
+                }
                 false
             }
         }
@@ -480,7 +575,7 @@ impl Clients {
         if let ConnState::Closed(reason) = conn.state {
             return self.close(key, reason);
         }
-        let written = net::write_pending(&mut entry.stream, &mut conn.out);
+        let written = net::write_pending(&mut entry.stream, entry.transport.tls(), &mut conn.out);
         self.traffic.lines_sent += conn.out.take_lines();
         self.traffic.bytes_sent += *written.as_ref().unwrap_or(&0) as u64;
         match written {
@@ -491,7 +586,8 @@ impl Clients {
                 return self.close(key, "write error");
             }
         }
-        if conn.is_finished() {
+        let tls_unsent = entry.transport.tls_ref().is_some_and(|t| t.wants_write());
+        if conn.is_finished() && !tls_unsent {
             return self.close(key, "eof");
         }
         // Checked here, after the socket took what it would, so it covers replies from reads
@@ -505,7 +601,7 @@ impl Clients {
             );
             return self.close(key, "output limit");
         }
-        let wanted = conn.wanted_interest();
+        let wanted = net::interest_with_tls(conn.wanted_interest(), entry.transport.tls_ref());
         if wanted != entry.registered {
             let token = tokens::conn(key);
             if let Err(e) = registry.reregister(&mut entry.stream, token, wanted) {
@@ -553,6 +649,21 @@ impl Clients {
         let mut owing = Vec::new();
         let mut to_close = Vec::new();
         for (key, entry) in self.conns.iter() {
+            if entry
+                .transport
+                .tls_ref()
+                .is_some_and(|tls| tls.handshake_overdue(now))
+            {
+                warn!(
+                    "limit tls-handshake-ms conn={}: the TLS handshake did not finish in {} ms, \
+                     closing",
+                    entry.conn.id,
+                    self.limits.tls_handshake.as_millis()
+                );
+                self.handshakes.fail(Failure::Timeout);
+                to_close.push((key, "tls handshake timed out"));
+                continue;
+            }
             if entry.probation_until.is_some_and(|until| until <= now) {
                 warn!(
                     "limit connections: conn={} is past the limit and said no hello, closing",

@@ -78,6 +78,44 @@ impl Herd {
         self.herd.config.directives.push(line.to_string());
     }
 
+    /// Adds a config line for `server` only (after the lines for every server).
+    pub fn line_for(&mut self, server: &str, line: &str) {
+        let i = self.index(server);
+        self.herd
+            .config
+            .server_directives
+            .push((i, line.to_string()));
+    }
+
+    /// The directory the servers' configs and logs are in (a relative path in a config, such
+    /// as `peer tls`'s, is taken from it).
+    pub fn dir(&self) -> &std::path::Path {
+        self.herd.dir.path()
+    }
+
+    /// Runs `herd certs` for this herd's servers into `dir` (relative to [`Herd::dir`]) and
+    /// checks that it succeeded.
+    #[track_caller]
+    pub fn make_certs(&self, dir: &str) {
+        let text = self.herd.config.text(0, self.dir());
+        let config = self
+            .herd
+            .dir
+            .write("certs.conf", &text)
+            .expect("certs.conf");
+        let output = std::process::Command::new(herd_bin())
+            .arg("certs")
+            .arg(&config)
+            .arg(self.dir().join(dir))
+            .output()
+            .expect("herd certs runs");
+        assert!(
+            output.status.success(),
+            "herd certs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// In `server`'s config, `neighbour` listens on `port` (a relay's), not on its own port.
     pub fn route(&mut self, server: &str, neighbour: &str, port: u16) {
         let (from, to) = (self.index(server), self.index(neighbour));

@@ -290,6 +290,8 @@ pub struct HerdConfig {
     /// (server, neighbour, addr): in `server`'s config, `neighbour` listens on `addr` (a
     /// relay's) instead of its own address.
     pub routes: Vec<(usize, usize, SocketAddr)>,
+    /// (server, line): extra lines for one server's config only, after `directives`.
+    pub server_directives: Vec<(usize, String)>,
 }
 
 impl HerdConfig {
@@ -301,6 +303,7 @@ impl HerdConfig {
             links: links.to_vec(),
             directives: Vec::new(),
             routes: Vec::new(),
+            server_directives: Vec::new(),
         })
     }
 
@@ -348,6 +351,10 @@ impl HerdConfig {
             log_dir.join("herd.secret").display()
         );
         for directive in &self.directives {
+            text += directive;
+            text.push('\n');
+        }
+        for (_, directive) in self.server_directives.iter().filter(|(i, _)| *i == server) {
             text += directive;
             text.push('\n');
         }
