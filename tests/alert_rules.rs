@@ -1,7 +1,7 @@
 //! The Prometheus alerting rules shipped in docs/alerts/ are valid (`promtool check rules`)
 //! and fire as their tests say (`promtool test rules`): a link down for a minute, a server not
 //! scraped for a minute, the store failing, a link lagging for five minutes, Places errors
-//! above a tenth of the calls, log records dropped.
+//! above a tenth of the calls, log records dropped, a link certificate expiring within 21 days.
 
 use std::path::Path;
 use std::process::Command;
