@@ -325,3 +325,25 @@ fn peer_tls_off_keeps_links_in_clear_wherever_they_go() {
     let reply = client.iamat("kiwi", "+1+2", &time_from_now(0));
     assert!(reply.starts_with("AT Alpha "), "{reply}");
 }
+
+#[test]
+fn peer_tls_without_its_files_does_not_start() {
+    let dir = TempDir::new("tls-files").unwrap();
+    let ports = free_ports(2).unwrap();
+    let text = format!(
+        "server Alpha {}\nserver Beta {}\nlink Alpha Beta\npeer tls certs\n",
+        ports[0], ports[1]
+    );
+    dir.write("herd.conf", &text).unwrap();
+    let run = run_herd(&["Alpha", "herd.conf"], dir.path());
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    let lines = run.stderr_lines();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("herd.conf: peer tls: cannot read certs/ca.pem")
+            && lines[0].contains("(make it with `herd certs CONFIG certs`)"),
+        "{}",
+        lines[0]
+    );
+    assert!(!accepts(ports[0]), "no port opened");
+}

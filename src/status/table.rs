@@ -36,6 +36,8 @@ pub struct Row {
     pub whatsat_per_sec: Option<f64>,
     /// Links up, links configured.
     pub links: Option<(u64, u64)>,
+    /// The links are TLS (`peer tls`: the page counts TLS handshakes).
+    pub links_tls: bool,
     pub max_owed: Option<f64>,
     /// Places latency quantiles over every call since the server started, in seconds.
     pub places_p50: Option<f64>,
@@ -63,6 +65,7 @@ pub fn row(server: &str, now: &Observed, before: Option<(&Scrape, f64)>, now_uni
         iamat_per_sec: None,
         whatsat_per_sec: None,
         links: None,
+        links_tls: false,
         max_owed: None,
         places_p50: None,
         places_p99: None,
@@ -98,6 +101,7 @@ pub fn row(server: &str, now: &Observed, before: Option<(&Scrape, f64)>, now_uni
     let configured = page.get("herd_links_configured", &[]);
     let up = page.sum("herd_link_up").unwrap_or(0.0);
     row.links = configured.map(|all| (up as u64, all as u64));
+    row.links_tls = page.all("herd_tls_handshakes_total").next().is_some();
     row.max_owed = page
         .all("herd_link_records_owed")
         .map(|s| s.value)
@@ -227,8 +231,10 @@ fn cells(row: &Row) -> Vec<String> {
         count(row.connections),
         rate(row.iamat_per_sec),
         rate(row.whatsat_per_sec),
-        row.links
-            .map_or_else(dash, |(up, all)| format!("{up}/{all}")),
+        row.links.map_or_else(dash, |(up, all)| {
+            let tls = if row.links_tls { " tls" } else { "" };
+            format!("{up}/{all}{tls}")
+        }),
         count(row.max_owed),
         millis(row.places_p50),
         millis(row.places_p99),
@@ -342,6 +348,17 @@ herd_places_latency_seconds_count 100
         let alone = row("Solo", &page("herd_links_configured 0\n"), None, 0.0);
         assert_eq!((alone.links, alone.max_owed), (Some((0, 0)), Some(0.0)));
         assert!(alone.is_well(), "a server without links has every link up");
+    }
+
+    #[test]
+    fn links_over_tls_say_so() {
+        let plain = row("Campbell", &page(CAMPBELL), None, 4723.0);
+        assert!(!plain.links_tls);
+        assert_eq!(cells(&plain)[7], "2/2");
+        let tls = format!("{CAMPBELL}herd_tls_handshakes_total{{result=\"ok\"}} 4\n");
+        let tls = row("Campbell", &page(&tls), None, 4723.0);
+        assert!(tls.links_tls && tls.is_well());
+        assert_eq!(cells(&tls)[7], "2/2 tls");
     }
 
     #[test]
