@@ -102,18 +102,23 @@ pub fn load(dir: &Path, name: &str) -> Result<PeerTlsConfig, String> {
             key_path.display()
         )
     };
-    let server = ServerConfig::builder_with_provider(provider())
+    let mut server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("peer tls: {e}"))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(bad_pair)?;
-    let client = ClientConfig::builder_with_provider(provider())
+    let mut client = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("peer tls: {e}"))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(bad_pair)?;
+    // No session resumption: every link's handshake is a full one, both certificates shown
+    // and checked (a link is made once and lasts; resuming would save a little CPU a reconnect
+    // and keep a certificate checked at an earlier handshake).
+    server.send_tls13_tickets = 0;
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(PeerTlsConfig {
         client: Arc::new(client),
         server: Arc::new(server),

@@ -16,6 +16,7 @@ use herd_test_support::harness::{
 use herd_test_support::metrics::{metrics_lines, sample, scrape};
 use herd_test_support::run::run_herd;
 use herd_test_support::server::Server;
+use herd_test_support::wan::{LinkShape, Relay};
 
 /// A herd of `names` linked by `links`, with `peer tls tls` and certificates `herd certs`
 /// made in `tls`.
@@ -74,6 +75,82 @@ fn a_herd_over_tls_floods_and_resyncs_after_a_restart() {
     for name in SPEC_SERVERS {
         assert_eq!(herd.count_in_log(name, "handshake failed"), 0, "{name}");
     }
+}
+
+#[test]
+fn a_resync_of_many_records_crosses_a_tls_link_whole() {
+    // Megabytes through TLS: the socket fills, rustls holds what it took, and writing goes on
+    // as the neighbour reads.
+    const CLIENTS: usize = 20_000;
+    let mut herd = tls_herd(&["Alpha", "Beta"], &[("Alpha", "Beta")]);
+    herd.start("Alpha");
+    let mut client = herd.client("Alpha");
+    let time = time_from_now(0);
+    let mut batch = String::new();
+    for i in 0..CLIENTS {
+        batch += &format!("IAMAT resync-{i} +34.068930-118.445127 {time}\n");
+    }
+    client.send_raw(batch.as_bytes());
+    let mut expected = Vec::new();
+    for i in 0..CLIENTS {
+        let reply = client.read_line();
+        if i % 1000 == 999 {
+            expected.push((format!("resync-{i}"), reply));
+        }
+    }
+    herd.start("Beta");
+    herd.wait_log_count(
+        "Alpha",
+        &format!("link sync Beta: sent {CLIENTS} records"),
+        1,
+    );
+    herd.wait_knows("Beta", &expected);
+    assert_eq!(herd.count_in_log("Alpha", "link down Beta: tls"), 0);
+}
+
+#[test]
+fn a_tls_link_cut_or_silenced_comes_back_and_catches_up() {
+    let mut herd = tls_herd(&["Alpha", "Beta"], &[("Alpha", "Beta")]);
+    herd.line("peer ping-ms 100");
+    let relay_to = |port: u16| {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        Relay::start(
+            listen,
+            ([127, 0, 0, 1], port).into(),
+            LinkShape::delay_ms(1),
+        )
+        .unwrap()
+    };
+    let to_beta = relay_to(herd.port("Beta"));
+    let to_alpha = relay_to(herd.port("Alpha"));
+    herd.route("Alpha", "Beta", to_beta.port());
+    herd.route("Beta", "Alpha", to_alpha.port());
+    herd.start_all();
+    herd.wait_all_linked();
+
+    // Cut: both links drop; an update made meanwhile arrives by the resync after the heal.
+    to_beta.cut();
+    to_alpha.cut();
+    herd.wait_log_count("Alpha", "link down Beta", 1);
+    let during_cut = herd.iamat("Alpha", "cut", "+1+1", &time_from_now(0));
+    to_beta.heal();
+    to_alpha.heal();
+    herd.wait_link_syncs("Alpha", "Beta", 2);
+    herd.wait_knows("Beta", &[("cut".to_string(), during_cut)]);
+
+    // Silence: nothing crosses, so pings go unanswered and the link is taken down.
+    to_beta.blackhole();
+    herd.wait_log_count(
+        "Alpha",
+        "link down Beta: neighbour silent, no answer to pings",
+        1,
+    );
+    let during_silence = herd.iamat("Alpha", "silence", "+2+2", &time_from_now(0));
+    to_beta.heal();
+    herd.wait_link_syncs("Alpha", "Beta", 3);
+    herd.wait_knows("Beta", &[("silence".to_string(), during_silence)]);
+    assert_eq!(herd.count_in_log("Alpha", "handshake failed"), 0);
+    assert_eq!(herd.count_in_log("Beta", "handshake failed"), 0);
 }
 
 #[test]
