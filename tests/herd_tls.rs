@@ -154,6 +154,79 @@ fn a_tls_link_cut_or_silenced_comes_back_and_catches_up() {
 }
 
 #[test]
+fn sighup_reads_the_certificates_again_and_keeps_them_when_a_file_is_broken() {
+    let mut herd = tls_herd(&["Alpha", "Beta"], &[("Alpha", "Beta")]);
+    herd.start_all();
+    herd.wait_all_linked();
+    let tls = herd.dir().join("tls");
+    let alpha_pem = tls.join("Alpha.pem");
+    let downs = herd.count_in_log("Alpha", "link down");
+    let first = presented_certificate(&herd, "Alpha", &tls, "Beta");
+    assert_eq!(first, pem_der(&alpha_pem));
+
+    // A broken file: the reload is refused and the certificate loaded stays.
+    let good = std::fs::read(&alpha_pem).unwrap();
+    std::fs::write(&alpha_pem, "not a certificate\n").unwrap();
+    herd.signal("Alpha", "HUP");
+    let log = herd.wait_log_count("Alpha", "reload refused: ", 1);
+    assert!(
+        log.contains("Alpha.pem holds no certificate; the certificates loaded stay"),
+        "{log}"
+    );
+    std::fs::write(&alpha_pem, &good).unwrap();
+    assert_eq!(presented_certificate(&herd, "Alpha", &tls, "Beta"), first);
+
+    // A renewed certificate (herd certs makes a new one for the key there): new connections
+    // get it; the links up stay up.
+    std::fs::remove_file(&alpha_pem).unwrap();
+    herd.make_certs("tls");
+    let renewed = pem_der(&alpha_pem);
+    assert_ne!(renewed, first);
+    herd.signal("Alpha", "HUP");
+    herd.wait_log_count("Alpha", "peer tls certificates read", 1);
+    assert_eq!(presented_certificate(&herd, "Alpha", &tls, "Beta"), renewed);
+    serves_clients(&herd, "Alpha");
+    assert_eq!(herd.count_in_log("Alpha", "link down"), downs);
+}
+
+/// The DER of the first certificate in the PEM file at `path`.
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    CertificateDer::from_pem_file(path).unwrap().to_vec()
+}
+
+/// The certificate `server` presents to a TLS client that has `client`'s certificate and key
+/// in `dir` (a neighbour's link, as far as the handshake goes).
+fn presented_certificate(herd: &Herd, server: &str, dir: &Path, client: &str) -> Vec<u8> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(dir.join(format!("{client}.pem"))).unwrap()],
+            PrivateKeyDer::from_pem_file(dir.join(format!("{client}.key"))).unwrap(),
+        )
+        .unwrap();
+    let name = ServerName::try_from(server.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut socket = TcpStream::connect(("127.0.0.1", herd.port(server))).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut socket).unwrap();
+    }
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[test]
 fn a_neighbour_from_another_authority_is_refused() {
     let mut herd = Herd::new(&["Alpha", "Beta"], &[("Alpha", "Beta")]);
     herd.make_certs("tls-alpha");

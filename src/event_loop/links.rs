@@ -102,6 +102,11 @@ impl Links {
         self.tls.as_ref().map(|tls| tls.expiries.clone())
     }
 
+    /// SIGHUP read the certificates again: links made from now on use these.
+    pub fn set_tls(&mut self, tls: Arc<PeerTlsConfig>) {
+        self.tls = Some(tls);
+    }
+
     /// A reload changed `limit tls-handshake-ms` (for handshakes started after).
     pub fn set_tls_handshake_limit(&mut self, limit: Duration) {
         self.tls_handshake_limit = limit;

@@ -1,7 +1,8 @@
 //! SIGHUP: the config read again and checked whole against the one running (what may change
 //! is decided in [`crate::reload`]), then everything that can fail made before anything
 //! changes (the new metrics listener, the new Places workers, the places file of `places api
-//! local` read and indexed when it changed), then the plan carried out on the parts with what was prepared,
+//! local` read and indexed when it changed, the certificates and key of `peer tls` read
+//! again), then the plan carried out on the parts with what was prepared,
 //! which cannot fail. A reload is all or nothing: a refusal at any step changes nothing, is
 //! logged (and said on stderr, for whoever sent the SIGHUP), and the config running stays
 //! the one the next SIGHUP is compared with.
@@ -9,6 +10,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -21,6 +23,7 @@ use crate::logging::{self, Escaped};
 use crate::net;
 use crate::places::{LocalPlaces, PlacesPool};
 use crate::reload::{self, Plan};
+use crate::tls::{self, PeerTlsConfig};
 
 use super::clients::Clients;
 use super::links::Links;
@@ -62,11 +65,14 @@ pub fn reload(running: Running, parts: Parts) -> Option<Config> {
         }
     };
     let path = Escaped(running.config_path.as_os_str().as_bytes()).to_string();
-    let summary = match (&prepared.local, plan.changes_nothing()) {
+    let mut summary = match (&prepared.local, plan.changes_nothing()) {
         (Some(file), true) => file.summary().to_string(),
         (Some(file), false) => format!("{}; {}", plan.summary(), file.summary()),
         (None, _) => plan.summary(),
     };
+    if prepared.tls.is_some() {
+        summary += "; peer tls certificates read";
+    }
     let config = apply(plan, prepared, parts);
     say(&format!("reload {path}: {summary}"));
     info!("reload {path}: {summary}");
@@ -81,6 +87,9 @@ struct Prepared {
     places: Option<PlacesPool>,
     /// With `places api local`: the places file, read again or found unchanged.
     local: Option<PlacesFile>,
+    /// With `peer tls`: the CA, certificate and key read again (SPEC section 9: SIGHUP
+    /// re-reads them; new connections get the new ones, links up keep their session).
+    tls: Option<PeerTlsConfig>,
 }
 
 /// What a reload found of the places file of `places api local`.
@@ -165,10 +174,20 @@ fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepa
         }
         _ => None,
     };
+    // Every SIGHUP: a renewed certificate is put in place by copying files, with nothing in
+    // the config to say so. A broken file refuses the reload; the certificates loaded stay.
+    let tls =
+        match new.peer.tls.dir_path(running.config_path) {
+            Some(dir) => Some(tls::load(&dir, running.name).map_err(|e| {
+                format!("reload refused: {path}: {e}; the certificates loaded stay")
+            })?),
+            None => None,
+        };
     Ok(Prepared {
         metrics,
         places: pool,
         local,
+        tls,
     })
 }
 
@@ -214,6 +233,11 @@ fn apply(plan: Plan, prepared: Prepared, parts: Parts) -> Config {
     if plan.servers_changed || plan.limits_changed {
         let servers = new.servers.iter().map(|s| s.name.clone()).collect();
         app.set_herd(servers, new.limits.max_future_secs);
+    }
+    if let Some(tls) = prepared.tls {
+        let tls = Arc::new(tls);
+        links.set_tls(tls.clone());
+        clients.set_tls(tls);
     }
     if plan.limits_changed {
         clients.set_limits(&new.limits);

@@ -187,6 +187,11 @@ impl Clients {
         })
     }
 
+    /// SIGHUP read the certificates again: connections accepted from now on use these.
+    pub fn set_tls(&mut self, tls: Arc<PeerTlsConfig>) {
+        self.tls = Some(tls);
+    }
+
     /// The TLS handshakes of neighbours' links to this server, by outcome.
     pub fn handshakes(&self) -> &HandshakeCounts {
         &self.handshakes

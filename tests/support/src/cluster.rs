@@ -180,6 +180,16 @@ impl Herd {
         self.herd.is_running(i)
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, ...) to `name`'s process.
+    #[track_caller]
+    pub fn signal(&self, name: &str, signal: &str) {
+        let i = self.index(name);
+        let process = self.herd.process(i).expect("the server is running");
+        if let Err(why) = process.signal(signal) {
+            panic!("{why}");
+        }
+    }
+
     /// A new client connection to `name`.
     pub fn client(&self, name: &str) -> Client {
         Client::connect(self.port(name))
