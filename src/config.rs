@@ -320,11 +320,40 @@ pub struct MetricsEntry {
     pub addr: SocketAddr,
 }
 
+/// `tls NAME IP:PORT CERT KEY`: server NAME also takes clients over TLS on this address, with
+/// the PEM certificate chain CERT and its key KEY (SPEC section 9).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsClientsEntry {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// As written; relative to the config file's directory ([`TlsClientsEntry::cert_path`]).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsClientsEntry {
+    pub fn cert_path(&self, config_path: &Path) -> PathBuf {
+        beside(config_path, &self.cert)
+    }
+
+    pub fn key_path(&self, config_path: &Path) -> PathBuf {
+        beside(config_path, &self.key)
+    }
+}
+
+/// `path` taken from the directory of the config file at `config_path` (an absolute path
+/// stays as it is).
+fn beside(config_path: &Path, path: &Path) -> PathBuf {
+    config_path.parent().unwrap_or(Path::new("")).join(path)
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     pub servers: Vec<ServerEntry>,
     /// At most one per server, for the servers that serve metrics.
     pub metrics: Vec<MetricsEntry>,
+    /// At most one per server, for the servers that take clients over TLS.
+    pub tls_clients: Vec<TlsClientsEntry>,
     /// Each link once, as written.
     pub links: Vec<(String, String)>,
     /// The line of each of `links`, for errors found once the whole file is read.
@@ -344,6 +373,11 @@ impl Config {
     /// The address `name` serves its metrics on, if it has a `metrics` line.
     pub fn metrics_addr(&self, name: &str) -> Option<SocketAddr> {
         self.metrics.iter().find(|m| m.name == name).map(|m| m.addr)
+    }
+
+    /// The `tls` line of `name`, if it has one.
+    pub fn tls_clients(&self, name: &str) -> Option<&TlsClientsEntry> {
+        self.tls_clients.iter().find(|t| t.name == name)
     }
 
     /// The neighbours of `name`, in config order.
@@ -497,6 +531,12 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
                     other.name
                 ));
             }
+            if let Some(other) = config.tls_clients.iter().find(|t| t.addr == addr) {
+                return Err(format!(
+                    "address {addr} is already the TLS address of server '{}'",
+                    other.name
+                ));
+            }
             config.servers.push(ServerEntry {
                 name: name.to_string(),
                 addr,
@@ -526,6 +566,8 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
         ["link", ..] => return Err("expected 'link SERVER SERVER'".into()),
         ["metrics", name, addr] => apply_metrics(config, name, addr)?,
         ["metrics", ..] => return Err("expected 'metrics SERVER IP:PORT'".into()),
+        ["tls", name, addr, cert, key] => apply_tls_clients(config, name, addr, cert, key)?,
+        ["tls", ..] => return Err("expected 'tls SERVER IP:PORT CERT KEY'".into()),
         ["places", setting, value] => apply_places(&mut config.places, setting, value)?,
         ["places", ..] => return Err("expected 'places SETTING VALUE'".into()),
         ["log", setting, value] => apply_log(&mut config.log, setting, value)?,
@@ -568,9 +610,62 @@ fn apply_metrics(config: &mut Config, name: &str, addr: &str) -> Result<(), Stri
             other.name
         ));
     }
+    if let Some(other) = config.tls_clients.iter().find(|t| t.addr == addr) {
+        return Err(format!(
+            "metrics address {addr} is the TLS address of server '{}'",
+            other.name
+        ));
+    }
     config.metrics.push(MetricsEntry {
         name: name.to_string(),
         addr,
+    });
+    Ok(())
+}
+
+/// `tls NAME IP:PORT CERT KEY`: NAME must be a server defined above, with one `tls` line at
+/// most, on an address no server listens on and no metrics or other TLS address uses.
+fn apply_tls_clients(
+    config: &mut Config,
+    name: &str,
+    addr: &str,
+    cert: &str,
+    key: &str,
+) -> Result<(), String> {
+    if config.server(name).is_none() {
+        return Err(format!(
+            "tls names unknown server '{name}' (servers must be defined before tls)"
+        ));
+    }
+    if config.tls_clients(name).is_some() {
+        return Err(format!("tls for server '{name}' is already defined"));
+    }
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("bad address '{addr}' for tls of '{name}' (want IP:PORT)"))?;
+    if let Some(server) = config.servers.iter().find(|s| s.addr == addr) {
+        return Err(format!(
+            "tls address {addr} is the listen address of server '{}'",
+            server.name
+        ));
+    }
+    let taken = config
+        .metrics
+        .iter()
+        .map(|m| (&m.name, m.addr, "metrics"))
+        .chain(config.tls_clients.iter().map(|t| (&t.name, t.addr, "TLS")));
+    for (other, other_addr, what) in taken {
+        if other_addr == addr {
+            return Err(format!(
+                "tls address {addr} is already the {what} address of server '{other}'"
+            ));
+        }
+    }
+    config.tls_clients.push(TlsClientsEntry {
+        name: name.to_string(),
+        addr,
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
     });
     Ok(())
 }
@@ -1121,6 +1216,64 @@ log lines on
                 .line,
             3
         );
+    }
+
+    #[test]
+    fn tls_lines_give_a_server_a_port_for_clients_over_tls() {
+        let config = parse_config(
+            "server A 127.0.0.1:1\nserver B 127.0.0.1:2\ntls A 0.0.0.0:443 certs/a.pem certs/a.key\n",
+        )
+        .unwrap();
+        let entry = config.tls_clients("A").unwrap();
+        assert_eq!(entry.addr, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(
+            entry.cert_path(Path::new("/etc/herd/herd.conf")),
+            PathBuf::from("/etc/herd/certs/a.pem")
+        );
+        assert_eq!(
+            entry.key_path(Path::new("herd.conf")),
+            PathBuf::from("certs/a.key")
+        );
+        assert_eq!(config.tls_clients("B"), None);
+        let cases = [
+            (
+                "tls A 127.0.0.1:9 c",
+                "expected 'tls SERVER IP:PORT CERT KEY'",
+            ),
+            (
+                "tls Nobody 127.0.0.1:9 c k",
+                "tls names unknown server 'Nobody'",
+            ),
+            (
+                "tls A localhost:9 c k",
+                "bad address 'localhost:9' for tls of 'A'",
+            ),
+            (
+                "tls A 127.0.0.1:1 c k",
+                "tls address 127.0.0.1:1 is the listen address",
+            ),
+            (
+                "tls A 127.0.0.1:9 c k\ntls A 127.0.0.1:8 c k",
+                "tls for server 'A' is already defined",
+            ),
+            (
+                "metrics A 127.0.0.1:9\ntls A 127.0.0.1:9 c k",
+                "tls address 127.0.0.1:9 is already the metrics address of server 'A'",
+            ),
+            (
+                "tls A 127.0.0.1:9 c k\nmetrics A 127.0.0.1:9",
+                "metrics address 127.0.0.1:9 is the TLS address of server 'A'",
+            ),
+            (
+                "tls A 127.0.0.1:9 c k\nserver C 127.0.0.1:9",
+                "address 127.0.0.1:9 is already the TLS address of server 'A'",
+            ),
+        ];
+        for (extra, problem) in cases {
+            let e = with_server(extra).expect_err(extra);
+            assert_eq!(e.line, 1 + extra.lines().count(), "{extra}: {e}");
+            assert!(e.problem.starts_with(problem), "{extra}: {e}");
+        }
     }
 
     #[test]

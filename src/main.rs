@@ -110,7 +110,23 @@ fn serve_one(name: &str, config: &Path, log_level: Option<log::LevelFilter>) -> 
         },
         None => None,
     };
-    match serve(name, config, parsed, log_level, local_places, peer_tls) {
+    let client_tls = match parsed.tls_clients(name) {
+        Some(entry) => {
+            let (cert, key) = (entry.cert_path(config), entry.key_path(config));
+            match tls::load_for_clients(&cert, &key) {
+                Ok(loaded) => Some(loaded),
+                Err(problem) => {
+                    return fail(BAD_INPUT, &format!("{}: {problem}", config.display()))
+                }
+            }
+        }
+        None => None,
+    };
+    let tls = Tls {
+        peers: peer_tls,
+        clients: client_tls,
+    };
+    match serve(name, config, parsed, log_level, local_places, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
             logging::flush();
@@ -210,6 +226,12 @@ fn load_local_places(
     Ok(Some((loaded, started.elapsed())))
 }
 
+/// What `peer tls` and `tls NAME ...` loaded before the ports opened.
+struct Tls {
+    peers: Option<tls::PeerTlsConfig>,
+    clients: Option<tls::ClientTlsConfig>,
+}
+
 fn fail(code: u8, line: &str) -> ExitCode {
     eprintln!("{line}");
     ExitCode::from(code)
@@ -228,7 +250,7 @@ fn serve(
     mut config: Config,
     log_level: Option<log::LevelFilter>,
     local_places: Option<(places::LocalPlaces, Duration)>,
-    peer_tls: Option<tls::PeerTlsConfig>,
+    tls: Tls,
 ) -> Result<(), String> {
     if let Some(level) = log_level {
         config.log.level = level;
@@ -263,6 +285,10 @@ fn serve(
     })
     .inspect_err(|e| error!("{e}"))?;
     let listener = listen(addr, "")?;
+    let client_tls = match (config.tls_clients(name), tls.clients) {
+        (Some(entry), Some(loaded)) => Some((listen(entry.addr, " for TLS clients")?, loaded)),
+        _ => None,
+    };
     let metrics = match config.metrics_addr(name) {
         Some(addr) => Some(listen(addr, " for metrics")?),
         None => None,
@@ -283,6 +309,9 @@ fn serve(
         eprintln!("{warning}");
     }
     info!("listen {addr}");
+    if let Some(entry) = config.tls_clients(name) {
+        info!("listen {} for TLS clients", entry.addr);
+    }
     eprintln!(
         "{} listening on {addr}, log {}",
         Escaped(name.as_bytes()),
@@ -302,7 +331,8 @@ fn serve(
         config_path: config_path.to_path_buf(),
         connections_fit,
         metrics,
-        peer_tls,
+        peer_tls: tls.peers,
+        client_tls,
     })
     .map_err(|e| format!("cannot start: {e}"))?;
     let result = event_loop

@@ -156,6 +156,12 @@ fn refuse_fixed_changes(
             "the peer secret cannot change at run time; restart the herd".to_string(),
         );
     }
+    if new.tls_clients(name) != running.tls_clients(name) {
+        return at(
+            &["tls", name],
+            format!("the tls line of {name} cannot change at run time; restart it"),
+        );
+    }
     if new.peer.tls != running.peer.tls {
         return at(
             &["peer", "tls"],

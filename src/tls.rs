@@ -1,5 +1,6 @@
 //! TLS on links (SPEC section 9, `peer tls DIR`): the herd's CA, this server's certificate and
-//! key loaded into rustls configs for both ends of a link, the TLS state a connection carries
+//! key loaded into rustls configs for both ends of a link; TLS for clients (`tls NAME IP:PORT
+//! CERT KEY`): the certificate chain and key clients are shown; the TLS state a connection carries
 //! ([`TlsStream`], rustls's sans-IO engine: `net.rs` moves its bytes, the loop never waits on
 //! it), the check that a neighbour's certificate names the server its hello claims, and the
 //! words a failed handshake is logged with. It makes no socket call.
@@ -126,10 +127,59 @@ pub fn load(dir: &Path, name: &str) -> Result<PeerTlsConfig, String> {
     })
 }
 
+/// What clients over TLS are shown (`tls NAME IP:PORT CERT KEY`): the certificate chain and
+/// its key. No client certificate is asked for: clients speak the client protocol, as in clear.
+pub struct ClientTlsConfig {
+    server: Arc<ServerConfig>,
+    /// When the first certificate of the chain expires, in Unix seconds.
+    pub expiry: i64,
+}
+
+impl fmt::Debug for ClientTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTlsConfig")
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the PEM certificate chain at `cert_path` and its key at `key_path` for clients over
+/// TLS (TLS 1.2 and 1.3, what any client speaks). The error names the file and the fault.
+pub fn load_for_clients(cert_path: &Path, key_path: &Path) -> Result<ClientTlsConfig, String> {
+    let unreadable =
+        |path: &Path, e: &dyn fmt::Display| format!("tls: cannot read {}: {e}", path.display());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| unreadable(cert_path, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| unreadable(key_path, &e))?;
+    let Some(first) = chain.first() else {
+        return Err(format!("tls: {} holds no certificate", cert_path.display()));
+    };
+    let expiry = not_after_unix(first).unwrap_or(0);
+    let server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            format!(
+                "tls: {} and {} are not a certificate chain and its key: {e}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+    Ok(ClientTlsConfig {
+        server: Arc::new(server),
+        expiry,
+    })
+}
+
 /// The TLS state of one connection: rustls's engine, when its handshake must be done by, and
-/// whether the other side's end of the stream was seen.
+/// whether it is a neighbour's link (both ends authenticated by the herd's CA) or a client's.
 pub struct TlsStream {
     session: Connection,
+    /// A neighbour's link (`peer tls`), not a client (`tls NAME ...`).
+    link: bool,
     handshake_deadline: Instant,
     /// The handshake finished and nobody was told yet ([`TlsStream::take_established`]).
     established_untold: bool,
@@ -156,7 +206,7 @@ impl TlsStream {
             .map_err(|_| format!("'{neighbour}' cannot be named by a certificate"))?;
         let session =
             ClientConnection::new(config.client.clone(), name).map_err(|e| format!("tls: {e}"))?;
-        Ok(TlsStream::new(session.into(), now, handshake_limit))
+        Ok(TlsStream::new(session.into(), true, now, handshake_limit))
     }
 
     /// The TLS of a link a neighbour made to this server: it must present a certificate from
@@ -168,15 +218,32 @@ impl TlsStream {
     ) -> Result<TlsStream, String> {
         let session =
             ServerConnection::new(config.server.clone()).map_err(|e| format!("tls: {e}"))?;
-        Ok(TlsStream::new(session.into(), now, handshake_limit))
+        Ok(TlsStream::new(session.into(), true, now, handshake_limit))
     }
 
-    fn new(session: Connection, now: Instant, handshake_limit: Duration) -> TlsStream {
+    /// The TLS of a client's connection to the port of `tls NAME IP:PORT CERT KEY`.
+    pub fn accept_client(
+        config: &ClientTlsConfig,
+        now: Instant,
+        handshake_limit: Duration,
+    ) -> Result<TlsStream, String> {
+        let session =
+            ServerConnection::new(config.server.clone()).map_err(|e| format!("tls: {e}"))?;
+        Ok(TlsStream::new(session.into(), false, now, handshake_limit))
+    }
+
+    fn new(session: Connection, link: bool, now: Instant, handshake_limit: Duration) -> TlsStream {
         TlsStream {
             session,
+            link,
             handshake_deadline: now + handshake_limit,
             established_untold: true,
         }
+    }
+
+    /// A neighbour's link (`peer tls`), not a client's connection.
+    pub fn is_link(&self) -> bool {
+        self.link
     }
 
     /// rustls's engine, for `net.rs` to move bytes through.

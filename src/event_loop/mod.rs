@@ -39,9 +39,9 @@ use crate::secret::Secret;
 use crate::session::Effect;
 use crate::store::{self, Store};
 use crate::table::ClientTable;
-use crate::tls::PeerTlsConfig;
+use crate::tls::{ClientTlsConfig, PeerTlsConfig};
 
-use clients::{Clients, Dispatch};
+use clients::{Clients, Dispatch, TlsPort};
 use links::Links;
 use metrics::MetricsServer;
 use places::PlacesFront;
@@ -84,6 +84,9 @@ pub struct ServerSetup {
     pub metrics: Option<TcpListener>,
     /// `peer tls DIR`: the herd's CA and this server's certificate and key, loaded.
     pub peer_tls: Option<PeerTlsConfig>,
+    /// `tls NAME IP:PORT CERT KEY`: the listener for clients over TLS, bound already, and
+    /// what they are shown.
+    pub client_tls: Option<(TcpListener, ClientTlsConfig)>,
 }
 
 /// Who the server is and what it runs from: its name, its config (a reload is checked
@@ -231,7 +234,11 @@ impl EventLoop {
             setup.peer_auth,
             config.limits.max_future_secs,
         );
-        let clients = Clients::new(setup.listener, registry, &config.limits, peer_tls)?;
+        let tls_port = setup.client_tls.map(|(listener, config)| TlsPort {
+            listener,
+            config: Arc::new(config),
+        });
+        let clients = Clients::new(setup.listener, registry, &config.limits, peer_tls, tls_port)?;
         let metrics = match setup.metrics {
             Some(listener) => Some(MetricsServer::new(listener, registry, &config.limits)?),
             None => None,
@@ -320,7 +327,7 @@ impl EventLoop {
     /// happen; each part ignores those.
     fn dispatch(&mut self, event: &mio::event::Event) {
         match tokens::owner(event.token()) {
-            Owner::Listener => {
+            Owner::Listener | Owner::TlsListener => {
                 let reserved = 2 * self.links.count();
                 self.clients.accept_all(self.poll.registry(), reserved);
             }
@@ -546,15 +553,26 @@ fn snapshot(
         store: store.map(Store::stats),
         process: process::sample(),
         process_started_unix: identity.process_started_unix,
-        tls: links.tls_expiries().map(|expiries| {
-            let mut handshakes = links.handshakes().clone();
-            handshakes.add(clients.handshakes());
-            TlsFigures {
-                handshakes,
-                expiries,
-            }
-        }),
+        tls: tls_figures(clients, links),
     }
+}
+
+/// The TLS figures, with `peer tls` or `tls NAME ...`: the links' handshakes both ways, and
+/// when each loaded certificate expires (`ca` and the server's own for links, `clients` for
+/// the one clients over TLS are shown).
+fn tls_figures(clients: &Clients, links: &Links) -> Option<TlsFigures> {
+    let mut expiries = links.tls_expiries();
+    if let Some(expiry) = clients.client_tls_expiry() {
+        expiries
+            .get_or_insert_with(Vec::new)
+            .push(("clients".to_string(), expiry));
+    }
+    let mut handshakes = links.handshakes().clone();
+    handshakes.add(clients.handshakes());
+    expiries.map(|expiries| TlsFigures {
+        handshakes,
+        expiries,
+    })
 }
 
 fn unix_now() -> f64 {

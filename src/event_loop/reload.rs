@@ -23,7 +23,7 @@ use crate::logging::{self, Escaped};
 use crate::net;
 use crate::places::{LocalPlaces, PlacesPool};
 use crate::reload::{self, Plan};
-use crate::tls::{self, PeerTlsConfig};
+use crate::tls::{self, ClientTlsConfig, PeerTlsConfig};
 
 use super::clients::Clients;
 use super::links::Links;
@@ -73,6 +73,9 @@ pub fn reload(running: Running, parts: Parts) -> Option<Config> {
     if prepared.tls.is_some() {
         summary += "; peer tls certificates read";
     }
+    if prepared.client_tls.is_some() {
+        summary += "; tls certificate read";
+    }
     let config = apply(plan, prepared, parts);
     say(&format!("reload {path}: {summary}"));
     info!("reload {path}: {summary}");
@@ -90,6 +93,8 @@ struct Prepared {
     /// With `peer tls`: the CA, certificate and key read again (SPEC section 9: SIGHUP
     /// re-reads them; new connections get the new ones, links up keep their session).
     tls: Option<PeerTlsConfig>,
+    /// With `tls NAME ...`: the certificate chain and key for clients read again.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 /// What a reload found of the places file of `places api local`.
@@ -183,11 +188,22 @@ fn prepare(running: &Running, plan: &Plan, places: &PlacesFront) -> Result<Prepa
             })?),
             None => None,
         };
+    let client_tls = match new.tls_clients(running.name) {
+        Some(entry) => Some(
+            tls::load_for_clients(
+                &entry.cert_path(running.config_path),
+                &entry.key_path(running.config_path),
+            )
+            .map_err(|e| format!("reload refused: {path}: {e}; the certificate loaded stays"))?,
+        ),
+        None => None,
+    };
     Ok(Prepared {
         metrics,
         places: pool,
         local,
         tls,
+        client_tls,
     })
 }
 
@@ -233,6 +249,9 @@ fn apply(plan: Plan, prepared: Prepared, parts: Parts) -> Config {
     if plan.servers_changed || plan.limits_changed {
         let servers = new.servers.iter().map(|s| s.name.clone()).collect();
         app.set_herd(servers, new.limits.max_future_secs);
+    }
+    if let Some(client_tls) = prepared.client_tls {
+        clients.set_client_tls(Arc::new(client_tls));
     }
     if let Some(tls) = prepared.tls {
         let tls = Arc::new(tls);

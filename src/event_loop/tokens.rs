@@ -4,8 +4,9 @@
 //! ```text
 //! 0                 the client listener
 //! 1, 2, 3           the Places waker, the stop signals, SIGHUP
-//! 4 ..= 4099        link i (ids are never reused over a run: a reload adds at the end)
-//! 4100 ..           accepted connection k (its slab key)
+//! 4                 the listener for clients over TLS (`tls NAME IP:PORT CERT KEY`)
+//! 5 ..= 4100        link i (ids are never reused over a run: a reload adds at the end)
+//! 4101 ..           accepted connection k (its slab key)
 //! 2^40              the metrics listener
 //! 2^40 + 1 ..       metrics connection k (its slab key)
 //! ```
@@ -16,7 +17,8 @@ pub const LISTENER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 pub const SIGNALS: Token = Token(2);
 pub const HANGUPS: Token = Token(3);
-const FIRST_LINK: usize = 4;
+pub const TLS_LISTENER: Token = Token(4);
+const FIRST_LINK: usize = 5;
 /// Links a server may make over one run (a reload that would pass it is refused).
 pub const MAX_LINKS: usize = 4096;
 const FIRST_CONN: usize = FIRST_LINK + MAX_LINKS;
@@ -31,6 +33,7 @@ pub enum Owner {
     Waker,
     Signals,
     Hangups,
+    TlsListener,
     /// The link with this id.
     Link(usize),
     /// The accepted connection with this slab key.
@@ -46,6 +49,7 @@ pub fn owner(token: Token) -> Owner {
         1 => Owner::Waker,
         2 => Owner::Signals,
         3 => Owner::Hangups,
+        4 => Owner::TlsListener,
         t if t < FIRST_CONN => Owner::Link(t - FIRST_LINK),
         t if t < METRICS_LISTENER.0 => Owner::Conn(t - FIRST_CONN),
         t if t == METRICS_LISTENER.0 => Owner::MetricsListener,
@@ -82,6 +86,8 @@ mod tests {
         assert_eq!(owner(WAKER), Owner::Waker);
         assert_eq!(owner(SIGNALS), Owner::Signals);
         assert_eq!(owner(HANGUPS), Owner::Hangups);
+        assert_eq!(owner(TLS_LISTENER), Owner::TlsListener);
+        assert_eq!(owner(link(0)), Owner::Link(0));
         assert_eq!(owner(METRICS_LISTENER), Owner::MetricsListener);
     }
 

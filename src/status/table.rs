@@ -36,7 +36,7 @@ pub struct Row {
     pub whatsat_per_sec: Option<f64>,
     /// Links up, links configured.
     pub links: Option<(u64, u64)>,
-    /// The links are TLS (`peer tls`: the page counts TLS handshakes).
+    /// The links are TLS (`peer tls`: the page shows the expiry of the herd's CA).
     pub links_tls: bool,
     pub max_owed: Option<f64>,
     /// Places latency quantiles over every call since the server started, in seconds.
@@ -101,7 +101,12 @@ pub fn row(server: &str, now: &Observed, before: Option<(&Scrape, f64)>, now_uni
     let configured = page.get("herd_links_configured", &[]);
     let up = page.sum("herd_link_up").unwrap_or(0.0);
     row.links = configured.map(|all| (up as u64, all as u64));
-    row.links_tls = page.all("herd_tls_handshakes_total").next().is_some();
+    row.links_tls = page
+        .get(
+            "herd_tls_certificate_expiry_seconds",
+            &[("certificate", "ca")],
+        )
+        .is_some();
     row.max_owed = page
         .all("herd_link_records_owed")
         .map(|s| s.value)
@@ -355,7 +360,13 @@ herd_places_latency_seconds_count 100
         let plain = row("Campbell", &page(CAMPBELL), None, 4723.0);
         assert!(!plain.links_tls);
         assert_eq!(cells(&plain)[7], "2/2");
-        let tls = format!("{CAMPBELL}herd_tls_handshakes_total{{result=\"ok\"}} 4\n");
+        let clients_only = format!(
+            "{CAMPBELL}herd_tls_certificate_expiry_seconds{{certificate=\"clients\"}} 2e9\n"
+        );
+        assert!(!row("Campbell", &page(&clients_only), None, 4723.0).links_tls);
+        let tls = format!(
+            "{clients_only}herd_tls_certificate_expiry_seconds{{certificate=\"ca\"}} 2e9\n"
+        );
         let tls = row("Campbell", &page(&tls), None, 4723.0);
         assert!(tls.links_tls && tls.is_well());
         assert_eq!(cells(&tls)[7], "2/2 tls");

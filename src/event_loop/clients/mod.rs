@@ -14,7 +14,9 @@
 //! of a connection tells a TLS handshake (a neighbour's) from a client's line. A TLS
 //! connection carries its [`TlsStream`] beside its stream; its handshake must finish within
 //! `limit tls-handshake-ms`, a failed one is logged with the reason and closed, and a hello
-//! on it must claim the server its certificate names (`session`).
+//! on it must claim the server its certificate names (`session`). With `tls NAME IP:PORT CERT
+//! KEY`, a second listener takes clients over TLS: the same connections, limits and protocol,
+//! their bytes through a [`TlsStream`] from the first byte.
 
 mod schedule;
 
@@ -36,7 +38,7 @@ use crate::places::Waiter;
 use crate::protocol::ClientTime;
 use crate::session::{self, Effect};
 use crate::table::ClientTable;
-use crate::tls::{self, Failure, HandshakeCounts, PeerTlsConfig, TlsStream};
+use crate::tls::{self, ClientTlsConfig, Failure, HandshakeCounts, PeerTlsConfig, TlsStream};
 
 use schedule::{Lines, ReadState, Wait};
 
@@ -137,8 +139,16 @@ struct Accepted {
     probation_until: Option<Instant>,
 }
 
+/// The listener of `tls NAME IP:PORT CERT KEY` and what its clients are shown.
+pub struct TlsPort {
+    pub listener: TcpListener,
+    pub config: Arc<ClientTlsConfig>,
+}
+
 pub struct Clients {
     listener: TcpListener,
+    /// Clients over TLS (`tls NAME ...`), when the server takes them.
+    tls_port: Option<TlsPort>,
     conns: Slab<Accepted>,
     next_conn_id: u64,
     limits: Limits,
@@ -167,10 +177,15 @@ impl Clients {
         registry: &Registry,
         limits: &Limits,
         tls: Option<Arc<PeerTlsConfig>>,
+        mut tls_port: Option<TlsPort>,
     ) -> std::io::Result<Clients> {
         registry.register(&mut listener, tokens::LISTENER, Interest::READABLE)?;
+        if let Some(port) = &mut tls_port {
+            registry.register(&mut port.listener, tokens::TLS_LISTENER, Interest::READABLE)?;
+        }
         Ok(Clients {
             listener,
+            tls_port,
             conns: Slab::new(),
             next_conn_id: 1,
             limits: limits.clone(),
@@ -190,6 +205,19 @@ impl Clients {
     /// SIGHUP read the certificates again: connections accepted from now on use these.
     pub fn set_tls(&mut self, tls: Arc<PeerTlsConfig>) {
         self.tls = Some(tls);
+    }
+
+    /// SIGHUP read the certificate and key for clients over TLS again: connections accepted
+    /// from now on are shown these.
+    pub fn set_client_tls(&mut self, config: Arc<ClientTlsConfig>) {
+        if let Some(port) = &mut self.tls_port {
+            port.config = config;
+        }
+    }
+
+    /// When the certificate clients over TLS are shown expires (Unix seconds), if there is one.
+    pub fn client_tls_expiry(&self) -> Option<i64> {
+        self.tls_port.as_ref().map(|port| port.config.expiry)
     }
 
     /// The TLS handshakes of neighbours' links to this server, by outcome.
@@ -226,8 +254,22 @@ impl Clients {
     /// a flood of clients cannot cut the herd.
     pub fn accept_all(&mut self, registry: &Registry, reserved: usize) {
         self.accept_retry_at = None;
+        self.accept_from(registry, reserved, false);
+        if self.tls_port.is_some() {
+            // Neighbours never come by the TLS port for clients: no slot is kept there.
+            self.accept_from(registry, 0, true);
+        }
+    }
+
+    /// Accepts every connection waiting on the server's port, or on its port for clients
+    /// over TLS (`over_tls`).
+    fn accept_from(&mut self, registry: &Registry, reserved: usize, over_tls: bool) {
         loop {
-            let (mut stream, remote) = match net::accept(&self.listener) {
+            let listener = match (&self.tls_port, over_tls) {
+                (Some(port), true) => &port.listener,
+                _ => &self.listener,
+            };
+            let (mut stream, remote) = match net::accept(listener) {
                 Ok(Some(accepted)) => accepted,
                 Ok(None) => return,
                 Err(e) if net::is_out_of_descriptors(&e) => return self.retry_accept_later(&e),
@@ -255,11 +297,25 @@ impl Clients {
             let id = self.next_conn_id;
             self.next_conn_id += 1;
             self.traffic.accepted += 1;
-            info!("accept conn={id} from {remote}");
-            let (transport, link_security) = match self.tls {
+            let (mut transport, link_security) = match self.tls {
                 Some(_) => (Transport::Undecided, LinkSecurity::TlsRequired),
                 None => (Transport::Clear, LinkSecurity::Clear),
             };
+            match self.tls_port.as_ref().filter(|_| over_tls) {
+                Some(port) => {
+                    info!("accept conn={id} from {remote} over TLS");
+                    let limit = self.limits.tls_handshake;
+                    match TlsStream::accept_client(&port.config, Instant::now(), limit) {
+                        Ok(tls) => transport = Transport::Tls(Box::new(tls)),
+                        Err(e) => {
+                            warn!("tls conn={id}: {e}");
+                            let _ = registry.deregister(&mut stream);
+                            continue;
+                        }
+                    }
+                }
+                None => info!("accept conn={id} from {remote}"),
+            }
             let mut conn = Connection::new(id);
             conn.link_security = link_security;
             // The address is in the `accept` record; later records name the connection by id.
@@ -462,12 +518,16 @@ impl Clients {
             }
         }
         let chunk = read_chunk(is_client);
+        let handshaking = transport.tls().is_some_and(|tls| tls.is_handshaking());
+        let link = transport.tls().is_some_and(|tls| tls.is_link());
         let outcome = net::read_some(stream, transport.tls(), &mut scratch[..chunk]);
         if let Some(tls) = transport.tls() {
             if let Some(agreed) = tls.take_established() {
-                handshakes.succeeded += 1;
                 info!("tls conn={}: handshake done, {agreed}", lines.conn.id);
-                lines.conn.link_security = LinkSecurity::Tls(tls.peer_certificate());
+                if link {
+                    handshakes.succeeded += 1;
+                    lines.conn.link_security = LinkSecurity::Tls(tls.peer_certificate());
+                }
             }
         }
         match outcome {
@@ -488,14 +548,21 @@ impl Clients {
                 false
             }
             ReadOutcome::TlsFailed(failure) => {
-                if lines.conn.link_security == LinkSecurity::Tls(None) {
+                let id = lines.conn.id;
+                if handshaking && link {
                     handshakes.fail(failure.failure);
-                    warn!("tls conn={}: handshake failed: {failure}", lines.conn.id);
-                    lines.conn.state = ConnState::Closed("tls handshake failed");
+                    warn!("tls conn={id}: handshake failed: {failure}");
+                } else if handshaking {
+                    // A client's: anything on the internet may knock; not a warning.
+                    info!("tls conn={id}: handshake failed: {failure}");
                 } else {
-                    warn!("tls conn={}: {failure}", lines.conn.id);
-                    lines.conn.state = ConnState::Closed("tls failed");
+                    warn!("tls conn={id}: {failure}");
                 }
+                lines.conn.state = ConnState::Closed(if handshaking {
+                    "tls handshake failed"
+                } else {
+                    "tls failed"
+                });
                 false
             }
         }
@@ -665,7 +732,9 @@ impl Clients {
                     entry.conn.id,
                     self.limits.tls_handshake.as_millis()
                 );
-                self.handshakes.fail(Failure::Timeout);
+                if entry.transport.tls_ref().is_some_and(TlsStream::is_link) {
+                    self.handshakes.fail(Failure::Timeout);
+                }
                 to_close.push((key, "tls handshake timed out"));
                 continue;
             }
