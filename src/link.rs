@@ -436,8 +436,9 @@ impl<S> Link<S> {
         };
     }
 
-    /// The connect finished: send the hello and go on with the handshake.
-    pub fn connected(&mut self, greeting: Greeting, now: Instant) {
+    /// The connect finished: send the hello and go on with the handshake, which has `allowed`
+    /// to finish ([`GREETING_TIMEOUT`], plus the TLS handshake's limit when one comes first).
+    pub fn connected(&mut self, greeting: Greeting, now: Instant, allowed: Duration) {
         if let LinkState::Connecting { .. } = self.state {
             let LinkState::Connecting { socket, .. } = self.take_state(now) else {
                 unreachable!("matched above");
@@ -445,7 +446,7 @@ impl<S> Link<S> {
             wire::send_line(&mut self.out, Party::Link(&self.name), &greeting.hello());
             self.state = LinkState::Greeting {
                 socket,
-                deadline: now + GREETING_TIMEOUT,
+                deadline: now + allowed,
                 greeting,
             };
         }
@@ -815,7 +816,7 @@ mod tests {
     fn link_greeting(now: Instant) -> Link<FakeSocket> {
         let mut l = link(now);
         l.connecting(FakeSocket(7), now);
-        l.connected(plain_greeting(), now);
+        l.connected(plain_greeting(), now, GREETING_TIMEOUT);
         l
     }
 
@@ -1160,13 +1161,13 @@ mod tests {
         for _ in 0..6 {
             // Connected, then the network cut it before the welcome (a cut relay does this).
             l.connecting(FakeSocket(1), now);
-            l.connected(plain_greeting(), now);
+            l.connected(plain_greeting(), now, GREETING_TIMEOUT);
             let (_, delay) = l.down(now, 0.99, false);
             assert!(delay <= RECONNECT_CAP, "{delay:?}");
         }
         // Turned away by the neighbour: the backoff, grown meanwhile, applies.
         l.connecting(FakeSocket(1), now);
-        l.connected(plain_greeting(), now);
+        l.connected(plain_greeting(), now, GREETING_TIMEOUT);
         let (_, delay) = l.down(now, 0.99, true);
         assert!(delay > Duration::from_secs(10), "{delay:?}");
         // Not connected at all (connect refused: the neighbour is down): the backoff too.
@@ -1236,7 +1237,7 @@ mod tests {
             l.on_timer(now + CONNECT_TIMEOUT, &ClientTable::new()),
             TimerAction::GiveUp(_)
         ));
-        l.connected(plain_greeting(), now);
+        l.connected(plain_greeting(), now, GREETING_TIMEOUT);
         assert_eq!(l.on_timer(now, &ClientTable::new()), TimerAction::Nothing);
         assert!(matches!(
             l.on_timer(now + GREETING_TIMEOUT, &ClientTable::new()),
@@ -1285,7 +1286,7 @@ mod tests {
         assert_eq!((l.history().flaps, l.history().up_since), (1, None));
         assert_eq!(l.history().last_heard, Some(later), "kept while down");
         l.connecting(FakeSocket(2), later);
-        l.connected(plain_greeting(), later);
+        l.connected(plain_greeting(), later, GREETING_TIMEOUT);
         assert_eq!(l.state_name(), "greeting");
         l.on_bytes(b"HERD-WELCOME Bona\n", &mut table, later);
         assert_eq!(

@@ -21,7 +21,9 @@ use crate::app::App;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::{Config, PeerSettings};
 use crate::digest::BUCKETS;
-use crate::link::{Backlog, Heard, Link, LinkState, LinkTiming, PaceChange, TimerAction};
+use crate::link::{
+    Backlog, Heard, Link, LinkState, LinkTiming, PaceChange, TimerAction, GREETING_TIMEOUT,
+};
 use crate::metrics::page::LinkFigures;
 use crate::net::{self, ReadOutcome, Socket};
 use crate::owed::{CaughtUp, Start};
@@ -216,8 +218,13 @@ impl Links {
         match link.state() {
             LinkState::Connecting { socket, .. } => match net::connect_finished(&socket.stream) {
                 Ok(true) => {
+                    // The TLS handshake comes before the hello's answer: its own limit first.
+                    let allowed = match socket.tls {
+                        Some(_) => GREETING_TIMEOUT + self.tls_handshake_limit,
+                        None => GREETING_TIMEOUT,
+                    };
                     let greeting = app.greeting_to(&link.name);
-                    link.connected(greeting, Instant::now());
+                    link.connected(greeting, Instant::now(), allowed);
                     self.write(index, registry);
                 }
                 Ok(false) => {}
