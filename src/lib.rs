@@ -23,6 +23,7 @@ pub mod buffer;
 pub mod certs;
 pub mod changes;
 pub mod cli;
+pub mod client_index;
 pub mod config;
 pub mod conn;
 pub mod digest;
