@@ -9,9 +9,8 @@ use std::hash::{BuildHasher, RandomState};
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashTable;
-
 use crate::changes::{ChangeOrder, Epoch, ReaderId, Version};
+use crate::client_index::ClientIndex;
 use crate::digest::{self, Digest};
 use crate::protocol::{AtLine, AtRecord, ClientTime};
 
@@ -98,7 +97,7 @@ pub struct Mark {
 pub struct ClientTable {
     records: Vec<Record>,
     /// Indices into `records`, hashed by client id: the id is stored once, inside the line.
-    index: HashTable<u32>,
+    index: ClientIndex,
     hasher: RandomState,
     /// The bytes of every record's line, summed (what a compacted store holds, less newlines).
     line_bytes: u64,
@@ -121,7 +120,7 @@ impl ClientTable {
     /// client each time the index doubles).
     pub fn with_capacity(clients: usize) -> ClientTable {
         let mut table = ClientTable::new();
-        table.index.reserve(clients, |_| 0);
+        table.index = ClientIndex::with_capacity(clients);
         table
     }
 
