@@ -29,6 +29,12 @@ pub fn thread_count(pid: u32) -> Option<u64> {
     status_field(pid, "Threads:")
 }
 
+/// How often a process's main thread was made to give up its core (preempted, rather than
+/// waiting for something), from /proc/PID/status.
+pub fn involuntary_switches(pid: u32) -> Option<u64> {
+    status_field(pid, "nonvoluntary_ctxt_switches:")
+}
+
 /// The number after `key` in /proc/PID/status.
 fn status_field(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -33,7 +33,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 14] = [
+const SCENARIOS: [(&str, Scenario); 15] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -48,6 +48,7 @@ const SCENARIOS: [(&str, Scenario); 14] = [
     ("sites", scenarios::sites::run),
     ("herd64", scenarios::bigherd::run_64),
     ("rejoin", scenarios::rejoin::run),
+    ("grow", scenarios::grow::run),
 ];
 
 const USAGE: &str = "\
@@ -77,6 +78,8 @@ scenarios (default: all, in this order):
   rejoin   five servers with stores, 1,000,000 clients: Bona killed, 10,000 updates taken,
            Bona restarted from its store (and from a wiped one): records and bytes on its
            links, time to current; bytes per second on an idle link (the digest check)
+  grow     IAMATs from 10,000,000 distinct clients with a probe IAMAT every 1 ms beside:
+           the probe's latency per million clients, RSS per client at the end
 
 options:
   --target HOST:PORT   measure a running server instead of starting one
@@ -85,7 +88,8 @@ options:
   --target herd.conf   a running herd described by its config (servers, links, log dir)
   --quick              a quarter of the durations and counts (for development)
   --shape CxP          iamat: only C connections x P in flight (repeatable)
-  --clients N          rejoin: N clients known before the fault (default 1,000,000)
+  --clients N          rejoin: N clients known before the fault (default 1,000,000);
+                       grow: N clients (default 10,000,000)
   --out DIR            where to write the JSON and SVG (default: target/bench)
 ";
 

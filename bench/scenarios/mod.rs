@@ -5,6 +5,7 @@
 pub mod bigherd;
 pub mod conns;
 pub mod flood;
+pub mod grow;
 pub mod hostile;
 pub mod iamat;
 pub mod local;
@@ -38,7 +39,7 @@ pub struct Ctx {
     pub quick: bool,
     /// Scenario 1's C x P configurations to run (empty: all).
     pub shapes: Vec<(usize, usize)>,
-    /// `--clients N`: the rejoin scenario's client count instead of its default.
+    /// `--clients N`: the rejoin and grow scenarios' client count instead of their defaults.
     pub clients: Option<u64>,
     pub names: Names,
 }
