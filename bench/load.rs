@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 
 use crate::cpu::CpuMark;
 use crate::hist::Histogram;
+use crate::tls::TlsClient;
 
 /// What the reply to a command looks like, so the reader knows where it ends.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -80,6 +82,9 @@ pub struct LoadSpec {
     /// More servers driven in the same run, with their pids: connection `i` goes to server
     /// `i % n` of `addr` followed by these (see `run_load_each`).
     pub others: Vec<(SocketAddr, Option<u32>)>,
+    /// Every connection over TLS (a session each, its handshake done before the run starts);
+    /// in clear when `None`.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl LoadSpec {
@@ -95,7 +100,15 @@ impl LoadSpec {
             server_pid: None,
             rate: None,
             others: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Every connection over TLS with `client`: connected and its handshake done before the
+    /// warm-up starts; the generator's thread then encrypts and decrypts every byte.
+    pub fn tls(mut self, client: Arc<TlsClient>) -> Self {
+        self.tls = Some(client);
+        self
     }
 
     /// Paced mode: `per_sec` commands a second in all, connection `i`'s `k`-th due at
@@ -205,6 +218,8 @@ impl LoadReport {
 /// state of the reply line being read.
 struct Conn {
     stream: TcpStream,
+    /// The connection's TLS session, when the run is over TLS: `out` is its plaintext.
+    tls: Option<Box<ClientConnection>>,
     out: Vec<u8>,
     written: usize,
     sent: VecDeque<(u64, Expect)>,
@@ -226,9 +241,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: TcpStream, tls: Option<ClientConnection>) -> Conn {
         Conn {
             stream,
+            tls: tls.map(Box::new),
             out: Vec::with_capacity(16 * 1024),
             written: 0,
             sent: VecDeque::new(),
@@ -261,7 +277,10 @@ impl Conn {
     /// Writes until everything is out or the socket is full (mio is edge-triggered: the next
     /// WRITABLE event says when to go on).
     fn flush(&mut self) -> io::Result<()> {
-        while self.written < self.out.len() {
+        if self.tls.is_some() {
+            self.flush_tls()?;
+        }
+        while self.tls.is_none() && self.written < self.out.len() {
             match self.stream.write(&self.out[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.written += n,
@@ -278,6 +297,51 @@ impl Conn {
             self.written = 0;
         }
         Ok(())
+    }
+
+    /// Over TLS: hands rustls as much plaintext as it takes and writes its records until the
+    /// socket is full or nothing is left.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            if self.written < self.out.len() {
+                self.written += tls.writer().write(&self.out[self.written..])?;
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.written == self.out.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads received bytes: from the socket in clear; over TLS, plaintext rustls holds, or
+    /// else records from the socket (WouldBlock once both are empty). Ok(0): the server closed.
+    fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(&mut self.stream)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
     }
 
     /// Feeds received bytes through the reply framing; calls `done(stamp_ns, outcome)` for
@@ -448,8 +512,16 @@ fn connect_all(spec: &LoadSpec, poll: &Poll) -> Result<Vec<Conn>, String> {
             ));
         }
         let addr = servers[index % servers.len()].0;
-        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
             .map_err(|e| format!("connect to {addr} (connection {}): {e}", index + 1))?;
+        let tls = match &spec.tls {
+            Some(client) => Some(
+                client
+                    .handshake(&mut stream)
+                    .map_err(|e| format!("{addr} (connection {}): {e}", index + 1))?,
+            ),
+            None => None,
+        };
         stream
             .set_nodelay(true)
             .and_then(|()| stream.set_nonblocking(true))
@@ -462,7 +534,7 @@ fn connect_all(spec: &LoadSpec, poll: &Poll) -> Result<Vec<Conn>, String> {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("mio register: {e}"))?;
-        conns.push(Conn::new(stream));
+        conns.push(Conn::new(stream, tls));
     }
     Ok(conns)
 }
@@ -690,7 +762,7 @@ impl<'a> Run<'a> {
         scratch: &mut [u8],
     ) -> Option<String> {
         loop {
-            match conn.stream.read(scratch) {
+            match conn.read_some(scratch) {
                 Ok(0) => return Some("the server closed a connection".into()),
                 Ok(n) => {
                     let now = self.now();
@@ -724,8 +796,9 @@ impl<'a> Run<'a> {
                     }
                     // A short read emptied the socket; on Linux the next arrival raises a new
                     // edge, so the read that would only say WouldBlock is skipped (one syscall
-                    // less per reply at P=1).
-                    if n < scratch.len() {
+                    // less per reply at P=1). Over TLS a short read says only that rustls
+                    // held no more plaintext, so the socket is read until WouldBlock.
+                    if n < scratch.len() && conn.tls.is_none() {
                         return None;
                     }
                 }
