@@ -16,6 +16,7 @@ mod sample;
 mod scenarios;
 mod seed;
 mod survey;
+mod tls;
 mod watch;
 
 use std::os::unix::process::CommandExt;
@@ -33,7 +34,7 @@ use crate::scenarios::{Ctx, Target};
 type Scenario = fn(&Ctx) -> Section;
 
 /// Every scenario: its name on the command line and the function that runs it.
-const SCENARIOS: [(&str, Scenario); 15] = [
+const SCENARIOS: [(&str, Scenario); 16] = [
     ("iamat", scenarios::iamat::run),
     ("flood", scenarios::flood::run),
     ("places", scenarios::places::run),
@@ -49,6 +50,7 @@ const SCENARIOS: [(&str, Scenario); 15] = [
     ("herd64", scenarios::bigherd::run_64),
     ("rejoin", scenarios::rejoin::run),
     ("grow", scenarios::grow::run),
+    ("tls", scenarios::tls::run),
 ];
 
 const USAGE: &str = "\
@@ -80,6 +82,9 @@ scenarios (default: all, in this order):
            links, time to current; bytes per second on an idle link (the digest check)
   grow     IAMATs from 10,000,000 distinct clients with a probe IAMAT every 1 ms beside:
            the probe's latency per million clients, RSS per client at the end
+  tls      TLS against clear, same build, same run: IAMAT C=50 x P=1 and P=16 over a client
+           TLS port vs the plain port; new connections/s (full handshakes); RSS per idle
+           TLS connection; flood latency and staleness with `peer tls` vs links in clear
 
 options:
   --target HOST:PORT   measure a running server instead of starting one
@@ -93,11 +98,11 @@ options:
   --out DIR            where to write the JSON and SVG (default: target/bench)
 ";
 
-/// Scenario 4 needs this many descriptors in this process (scenario 9 about 2,300).
+/// Scenario 4 needs this many descriptors in this process (9 and 16 about 2,300).
 const NOFILE_WANTED: u64 = 10_300;
 
-/// The scenarios that hold thousands of sockets: conns (4) and hostile (9).
-const MANY_SOCKETS: [&str; 2] = ["conns", "hostile"];
+/// The scenarios that hold thousands of sockets: conns (4), hostile (9) and tls (16).
+const MANY_SOCKETS: [&str; 3] = ["conns", "hostile", "tls"];
 
 struct Args {
     scenarios: Vec<usize>,

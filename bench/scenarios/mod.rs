@@ -15,6 +15,7 @@ pub mod rejoin;
 pub mod sites;
 pub mod staleness;
 pub mod store;
+pub mod tls;
 pub mod whatsat;
 
 mod rows;

@@ -66,7 +66,7 @@ impl Clients {
         }
     }
 
-    fn label(self) -> String {
+    pub(super) fn label(self) -> String {
         match self {
             Clients::Own => format!("{CONNECTIONS} clients, updated over and over"),
             Clients::Distinct(n) => format!("{} clients, one update each", fmt_count(n as u64)),
@@ -453,7 +453,12 @@ fn load_spec(ctx: &Ctx, clients: Clients, (addr, pid): (SocketAddr, Option<u32>)
 }
 
 /// The row's main figures: when the last server caught up, and each server's time.
-fn catch_up_row(config: String, caught: &CatchUp, names: &[String], load: &LoadReport) -> Row {
+pub(super) fn catch_up_row(
+    config: String,
+    caught: &CatchUp,
+    names: &[String],
+    load: &LoadReport,
+) -> Row {
     let all = caught.caught.iter().all(Option::is_some);
     let last = caught.caught.iter().flatten().max().copied();
     let last_ns = last.map_or(u64::MAX, |d| d.as_nanos() as u64);
