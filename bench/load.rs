@@ -365,7 +365,8 @@ impl Conn {
                     unexpected += 1;
                     None
                 }
-                Expect::Line if first == b'A' => Some(Outcome::Ok),
+                // `+`: a Redis `+OK`, for scenario 15's comparison.
+                Expect::Line if first == b'A' || first == b'+' => Some(Outcome::Ok),
                 Expect::Line => Some(Outcome::Invalid),
                 Expect::Whatsat => self.whatsat_line(empty, first),
             };

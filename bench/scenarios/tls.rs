@@ -9,21 +9,22 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use herd_test_support::harness::{accepts, free_ports, TempDir};
+use herd_test_support::harness::{accepts, find_program, free_ports, Process, TempDir};
 
 use super::staleness::{
     catch_up_row, load_and_catch_up, polled_directives, wait_for_links, Caught, Clients,
     CONNECTIONS, IN_FLIGHT, ORIGIN,
 };
-use crate::commands::IamatLoad;
+use crate::commands::{IamatLoad, LOCATION};
 use crate::cpu::CpuMark;
 use crate::herd::{need_open_files, refused_places_url, rss_bytes, Herd, HerdConfig};
 use crate::hist::Histogram;
-use crate::load::{run_load, LoadReport, LoadSpec};
+use crate::load::{run_load, Expect, LoadReport, LoadSpec, Workload};
 use crate::report::{fmt_bytes, fmt_count, fmt_latency, fmt_ns, fmt_rate, fmt_share, Row, Section};
 use crate::scenarios::{farthest, five_servers, load_row, round3, Ctx, Fleet};
 use crate::tls::{cert_and_key, make_certs, round_trip, TlsClient};
@@ -35,7 +36,7 @@ const SERVER: &str = "Bench";
 const SHAPES: [((usize, usize), f64); 2] = [((50, 1), 0.8), ((50, 16), 0.7)];
 /// Each shape runs this many times each way, alternating which goes first, on a fresh server
 /// each time: a disturbance of the machine falls on both alike.
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 4;
 /// Idle connections held for the memory figure.
 const IDLE: usize = 2_000;
 /// RSS per idle TLS connection allowed.
@@ -64,7 +65,8 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     make_certs(&ctx.bin, &HerdConfig::single(SERVER)?, &dir)?;
     let client = Arc::new(TlsClient::new(&dir.join("ca.pem"), SERVER)?);
 
-    clients(ctx, section, &dir, &client)?;
+    let herd_tls_rates = clients(ctx, section, &dir, &client)?;
+    redis(ctx, section, &dir, &client, &herd_tls_rates)?;
     handshakes(ctx, section, &dir, &client)?;
     idle_memory(ctx, section, &dir, &client)?;
     flood(ctx, section)?;
@@ -119,39 +121,24 @@ fn clients(
     section: &mut Section,
     certs: &Path,
     client: &Arc<TlsClient>,
-) -> Result<(), String> {
+) -> Result<Vec<f64>, String> {
+    let mut tls_rates = Vec::new();
     for ((connections, in_flight), target) in SHAPES {
-        let mut plain: Option<LoadReport> = None;
-        let mut tls: Option<LoadReport> = None;
-        for round in 0..ROUNDS {
-            let order = if round % 2 == 0 {
-                [false, true]
+        let (plain, tls) = alternate(|over_tls| {
+            let server = TlsServer::start(ctx, certs, &[])?;
+            let addr = if over_tls {
+                server.tls_addr
             } else {
-                [true, false]
+                server.plain_addr()
             };
-            for over_tls in order {
-                let server = TlsServer::start(ctx, certs, &[])?;
-                let addr = if over_tls {
-                    server.tls_addr
-                } else {
-                    server.plain_addr()
-                };
-                let mut spec =
-                    LoadSpec::new(addr, connections, in_flight, ctx.secs(3.0)).server(server.pid());
-                if over_tls {
-                    spec = spec.tls(client.clone());
-                }
-                let load = run_load(&spec, &mut IamatLoad::cycling(&ctx.names, connections))?;
-                let slot = if over_tls { &mut tls } else { &mut plain };
-                match slot {
-                    Some(sum) => sum.absorb(load),
-                    None => *slot = Some(load),
-                }
+            let mut spec =
+                LoadSpec::new(addr, connections, in_flight, ctx.secs(2.0)).server(server.pid());
+            if over_tls {
+                spec = spec.tls(client.clone());
             }
-        }
-        let (Some(plain), Some(tls)) = (plain, tls) else {
-            return Err("no IAMAT run".into());
-        };
+            run_load(&spec, &mut IamatLoad::cycling(&ctx.names, connections))
+        })?;
+        tls_rates.push(tls.rate());
         let ratio = tls.rate() / plain.rate().max(1.0);
         let shape = format!("IAMAT C={connections} P={in_flight}");
         section.rows.push(
@@ -176,6 +163,127 @@ fn clients(
         row.result += &format!("  = {ratio:.2}x plain");
         section.rows.push(row);
     }
+    Ok(tls_rates)
+}
+
+/// Runs `one(over_tls)` `ROUNDS` times each way, alternating which goes first: the plain
+/// runs' report and the TLS runs' report, each over all its windows.
+fn alternate(
+    mut one: impl FnMut(bool) -> Result<LoadReport, String>,
+) -> Result<(LoadReport, LoadReport), String> {
+    let mut plain: Option<LoadReport> = None;
+    let mut tls: Option<LoadReport> = None;
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for over_tls in order {
+            let load = one(over_tls)?;
+            let slot = if over_tls { &mut tls } else { &mut plain };
+            match slot {
+                Some(sum) => sum.absorb(load),
+                None => *slot = Some(load),
+            }
+        }
+    }
+    plain.zip(tls).ok_or_else(|| "no run".to_string())
+}
+
+/// Redis `SET`s for the load generator, shaped like `IamatLoad::cycling`: each connection
+/// cycles through 100 keys of its own, each value a location and an ever newer time.
+struct RedisSets {
+    ticks: Vec<u64>,
+}
+
+impl Workload for RedisSets {
+    fn next_command(&mut self, conn: usize, out: &mut Vec<u8>) -> Option<Expect> {
+        let tick = self.ticks[conn];
+        self.ticks[conn] += 1;
+        let key = tick % 100;
+        out.extend_from_slice(format!("SET c{conn}-{key}.bench {LOCATION}/{tick}\r\n").as_bytes());
+        Some(Expect::Line)
+    }
+}
+
+/// Redis (`redis-server` on PATH) with a plain port and a TLS port showing `certs`' Bench
+/// certificate, driven like the herd's client rows: `SET` at the same shapes over each port.
+fn redis(
+    ctx: &Ctx,
+    section: &mut Section,
+    certs: &Path,
+    client: &Arc<TlsClient>,
+    herd_tls_rates: &[f64],
+) -> Result<(), String> {
+    let Some(program) = find_program("redis-server") else {
+        section.notes.push(
+            "redis-server is not installed: no Redis rows (Debian: apt-get install redis-server)"
+                .into(),
+        );
+        return Ok(());
+    };
+    let version = Command::new(&program)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let dir = TempDir::new("tls-redis")?;
+    let ports = free_ports(2)?;
+    let (plain_addr, tls_addr) = (ports[0], ports[1]);
+    let (cert, key) = cert_and_key(certs, SERVER);
+    let mut command = Command::new(&program);
+    command
+        .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
+        .args(["--port", &plain_addr.port().to_string()])
+        .args(["--tls-port", &tls_addr.port().to_string()])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(certs.join("ca.pem"))
+        .args(["--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+        .arg("--dir")
+        .arg(dir.path());
+    // Killed when dropped, a panic included.
+    let mut process = Process::spawn(command, &dir.path().join("redis.stderr"))?;
+    process.wait_listening(&[plain_addr, tls_addr])?;
+    let pid = Some(process.pid());
+    for (&((connections, in_flight), _), &herd_tls) in SHAPES.iter().zip(herd_tls_rates) {
+        let (plain, tls) = alternate(|over_tls| {
+            let addr = if over_tls { tls_addr } else { plain_addr };
+            let mut spec = LoadSpec::new(addr, connections, in_flight, ctx.secs(2.0)).server(pid);
+            if over_tls {
+                spec = spec.tls(client.clone());
+            }
+            let mut work = RedisSets {
+                ticks: vec![0; connections],
+            };
+            run_load(&spec, &mut work)
+        })?;
+        let shape = format!("Redis SET C={connections} P={in_flight}");
+        section
+            .rows
+            .push(load_row(format!("{shape}, plain port"), &plain).figure("redis", true));
+        let ratio = tls.rate() / plain.rate().max(1.0);
+        let herd_over = herd_tls / tls.rate().max(1.0);
+        let mut row = load_row(format!("{shape}, TLS port"), &tls)
+            .figure("redis", true)
+            .figure("ratio_to_plain", round3(ratio))
+            .figure("herd_tls_over_redis_tls", round3(herd_over))
+            .check(
+                format!("herd's TLS IAMAT rate above it (is {herd_over:.2}x)"),
+                herd_over > 1.0,
+            );
+        row.result += &format!("  = {ratio:.2}x plain");
+        section.rows.push(row);
+    }
+    section.notes.push(format!(
+        "Redis: {version}; one process with its defaults (one I/O thread), no persistence, TLS with the same certificate and the same client; its `+OK` replies are counted as the herd's AT lines; the same {ROUNDS} runs each way"
+    ));
+    drop(process);
     Ok(())
 }
 

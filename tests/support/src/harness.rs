@@ -224,7 +224,7 @@ pub fn skip_test(because: &str) {
 }
 
 /// The path of the program `name` on `PATH`, if it is installed.
-fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
