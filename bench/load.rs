@@ -365,7 +365,7 @@ impl Conn {
                     unexpected += 1;
                     None
                 }
-                // `+`: a Redis `+OK`, for scenario 15's comparison.
+                // `+`: a Redis `+OK`, for scenario 16's comparison.
                 Expect::Line if first == b'A' || first == b'+' => Some(Outcome::Ok),
                 Expect::Line => Some(Outcome::Invalid),
                 Expect::Whatsat => self.whatsat_line(empty, first),
