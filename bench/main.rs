@@ -84,7 +84,8 @@ scenarios (default: all, in this order):
            the probe's latency per million clients, RSS per client at the end
   tls      TLS against clear, same build, same run: IAMAT C=50 x P=1 and P=16 over a client
            TLS port vs the plain port; new connections/s (full handshakes); RSS per idle
-           TLS connection; flood latency and staleness with `peer tls` vs links in clear
+           TLS connection; flood latency and staleness with `peer tls` vs links in clear;
+           Redis's plain and TLS ports driven the same way when redis-server is installed
 
 options:
   --target HOST:PORT   measure a running server instead of starting one

@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx) -> Section {
 fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     if ctx.target.is_some() {
         return Err(
-            "not available with --target: the scenario makes its own certificates and starts its own servers"
+            "with --target: the scenario makes its own certificates and starts its own servers"
                 .into(),
         );
     }
