@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod iamat;
 pub mod local;
 pub mod memory;
+pub mod nemesis;
 pub mod places;
 pub mod rejoin;
 pub mod sites;
