@@ -33,8 +33,10 @@ pub const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECONNECT_CAP: Duration = Duration::from_millis(500);
 /// Owed records are turned into bytes only while less than this is waiting for the socket, so
 /// the newest version of a record is picked as late as possible and a link's buffer stays
-/// small whatever it owes.
-pub const LOW_WATER_BYTES: usize = 64 * 1024;
+/// small whatever it owes: on a 1 MB/s link, 16 KiB is 16 ms of lines no newer update can
+/// replace (with the socket's own [`crate::net::LINK_UNSENT_BYTES`], 32 ms in all), and on
+/// loopback still a couple of hundred records a write.
+pub const LOW_WATER_BYTES: usize = 16 * 1024;
 /// A link that keeps sending without catching up says how far it has got at least this often
 /// (in records), so a neighbour that restarts in the middle is sent at most this much again.
 pub const MARK_EVERY_RECORDS: usize = 4096;
@@ -971,24 +973,36 @@ mod tests {
             "the buffer is full: wait for the socket"
         );
         assert_eq!(l.fill(&mut table).0, 0);
-        sent(&mut l);
+        let mut text = sent(&mut l);
         assert!(l.has_unsent(&table));
         let mut total = first;
         loop {
             let (bytes, resync) = l.fill(&mut table);
             total += bytes;
-            sent(&mut l);
+            text += &sent(&mut l);
             if let Some(caught_up) = resync {
                 assert_eq!(caught_up.records, 5000);
                 break;
             }
         }
-        let mark = "HERD-MARK 0000000000000000 5000\n".len();
-        let expected: usize = (0..5000)
-            .map(|i| table.line_at(i).unwrap().len() + 1)
-            .sum::<usize>()
-            + mark;
-        assert_eq!(total, expected);
+        assert_eq!(total, text.len());
+        // Every record once, in order, with a mark at the end of the fill that passed
+        // MARK_EVERY_RECORDS (a line is well over 16 bytes) and one at the end.
+        let (mut records, mut since_mark) = (Vec::new(), 0);
+        for line in text.lines() {
+            if line.starts_with("HERD-MARK ") {
+                since_mark = 0;
+            } else {
+                records.push(line);
+                since_mark += 1;
+                assert!(since_mark <= MARK_EVERY_RECORDS + LOW_WATER_BYTES / 16);
+            }
+        }
+        let expected: Vec<String> = (0..5000)
+            .map(|i| String::from_utf8_lossy(table.line_at(i).unwrap()).into_owned())
+            .collect();
+        assert_eq!(records, expected);
+        assert_eq!(text.lines().last(), Some("HERD-MARK 0000000000000000 5000"));
     }
 
     #[test]

@@ -110,12 +110,26 @@ pub fn is_out_of_descriptors(error: &io::Error) -> bool {
 /// neighbour really lacks. Loopback needs little: its round trip is tens of microseconds.
 pub const LINK_SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 
+/// What a link's socket may hold that TCP has not sent yet (`TCP_NOTSENT_LOWAT`): past it the
+/// socket takes nothing more and is not writable. Bytes TCP has sent but the neighbour has not
+/// acknowledged are in flight on the path and must be; bytes not yet sent only wait, and while
+/// they wait in the kernel they are lines, no longer records: a newer update of the same client
+/// cannot replace them. Kept small, what a thin link cannot carry yet stays owed, one record
+/// per client, so the far side gets each client's newest record sooner.
+pub const LINK_UNSENT_BYTES: usize = 16 * 1024;
+
 /// Starts a nonblocking connect for a link; completion is reported as writability (see
 /// [`connect_finished`]).
 pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
     let _ = stream.set_nodelay(true);
     let _ = set_buffer(&stream, libc::SO_SNDBUF, LINK_SOCKET_BUFFER_BYTES);
+    let _ = set_option(
+        &stream,
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        LINK_UNSENT_BYTES,
+    );
     Ok(stream)
 }
 
@@ -126,13 +140,22 @@ pub fn limit_link_receive_buffer(stream: &TcpStream) -> io::Result<()> {
 }
 
 fn set_buffer(stream: &TcpStream, option: libc::c_int, bytes: usize) -> io::Result<()> {
+    set_option(stream, libc::SOL_SOCKET, option, bytes)
+}
+
+fn set_option(
+    stream: &TcpStream,
+    level: libc::c_int,
+    option: libc::c_int,
+    bytes: usize,
+) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: the descriptor is open for the life of `stream`, and the option value is a
     // c_int whose size is passed along with its address.
     let status = unsafe {
         libc::setsockopt(
             stream.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
