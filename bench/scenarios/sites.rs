@@ -27,7 +27,7 @@ use herd_test_support::wan::{LinkShape, Wan};
 use crate::herd::{own_peak_rss_bytes, peak_rss_bytes, HerdConfig};
 use crate::hist::Histogram;
 use crate::load::LoadSpec;
-use crate::report::{fmt_bytes, fmt_count, fmt_duration, fmt_ns, fmt_stats, Row, Section, Stat};
+use crate::report::{fmt_bytes, fmt_duration, fmt_ns, fmt_stats, Row, Section, Stat};
 use crate::scenarios::staleness::{
     cpu_row, load_and_catch_up, polled_directives, wait_for_links, Caught, Clients, CONNECTIONS,
     IN_FLIGHT, ORIGIN,
@@ -170,8 +170,8 @@ pub fn run(ctx: &Ctx) -> Section {
         if ctx.target.is_some() {
             return Err("sites starts its own herd behind WAN relays: not with --target".into());
         }
-        three_sites(ctx, section)?;
-        thin_link(ctx, section)?;
+        let few = three_sites(ctx, section)?;
+        thin_link(ctx, section, few)?;
         section.notes.push(format!(
             "Bailey+Campbell, Bona+Clark, Jaquez on 127.0.0.2-4; one way {} ms (jitter ±{} µs, seeded); relays between sites hold {} a direction, a thin link's 64 KiB; loads at Campbell C={CONNECTIONS} P={IN_FLIGHT}, warm-up {} ms (past `peer hold-ms`); staleness polled as in `staleness`, from the last IAMAT reply",
             SITE_DELAY_MS.map(|(a, b, ms)| format!("{}-{}: {ms}", a + 1, b + 1)).join(", "),
@@ -217,8 +217,9 @@ fn load_run(ctx: &Ctx, sites: Sites, clients: Clients) -> Result<Run, String> {
 }
 
 /// Three sites, no cap: flood latency on the idle herd, then staleness after a saturating
-/// load of 50 clients (the `staleness` scenario's).
-fn three_sites(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
+/// load of 50 clients (the `staleness` scenario's). Returns the load's run, the uncapped
+/// reference of the thin link's rows with the same load.
+fn three_sites(ctx: &Ctx, section: &mut Section) -> Result<Run, String> {
     let sites = Sites::start(ctx, "sites", &[])?;
     section.rows.extend(flood_rows(ctx, &sites)?);
     let run = load_run(ctx, sites, Clients::Own)?;
@@ -233,7 +234,7 @@ fn three_sites(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     section
         .rows
         .push(cpu_row(&run.sites.fleet.names, &run.caught.cpu));
-    Ok(())
+    Ok(run)
 }
 /// Updates at Campbell on the idle herd: per other server, when it first answered WHATSAT for
 /// each, beside its path delay.
@@ -336,56 +337,93 @@ fn staleness_row(config: &str, run: &Run, margin: Duration, judged: &[usize]) ->
     row.result(result).check(goal, met)
 }
 
-/// The thin link: one load of many clients uncapped, with Campbell's link to Jaquez at 1 MB/s, and
-/// with both links of Jaquez's site at 1 MB/s (Jaquez then has no other way in).
-fn thin_link(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
-    let clients = Clients::Cycling(ctx.count(THIN_CLIENTS).max(CONNECTIONS));
-    let mut runs = Vec::new();
-    let configs: [(&str, &[(&str, &str)]); 3] = [
-        ("sites-uncapped", &[]),
-        ("sites-thin", &ONE_THIN),
-        ("sites-thin-site", &SITE_THIN),
+/// The thin link, with the three-site load itself (50 clients, `few`: its uncapped run) and
+/// with many clients: Campbell's link to Jaquez at 1 MB/s, and both links of Jaquez's site at
+/// 1 MB/s (Jaquez then has no other way in).
+fn thin_link(ctx: &Ctx, section: &mut Section, few: Run) -> Result<(), String> {
+    let many = Clients::Cycling(ctx.count(THIN_CLIENTS).max(CONNECTIONS));
+    let cases: [(&str, &[(&str, &str)]); 2] = [
+        ("Campbell-Jaquez at 1 MB/s", &ONE_THIN),
+        ("both links of Jaquez's site at 1 MB/s", &SITE_THIN),
     ];
-    for (label, thin) in configs {
-        let sites = Sites::start(ctx, label, thin)?;
-        runs.push(load_run(ctx, sites, clients)?);
-    }
-    let [uncapped, one, site] = &runs[..] else {
-        return Err("three runs expected".into());
-    };
-    let need = uncapped.far_link_bytes_per_sec;
-    let config = format!(
-        "thin link: C=50 P=16 closed loop, {} clients, uncapped",
-        fmt_count(clients.count() as u64)
-    );
-    let mut row =
-        load_row(config, &uncapped.caught.load).figure("far_link_bytes_per_s", need.round());
-    row.result += &format!(
-        "; Campbell's link to Jaquez carried {}/s, {:.1}x the cap",
-        fmt_bytes(need),
-        need / THIN_BYTES_PER_SEC as f64
-    );
-    section.rows.push(row);
-    let cases = [
-        (one, "Campbell-Jaquez at 1 MB/s", &ONE_THIN[..]),
-        (
-            site,
-            "both links of Jaquez's site at 1 MB/s",
-            &SITE_THIN[..],
-        ),
-    ];
-    for (run, label, thin) in cases {
-        section.rows.push(rate_row(label, run, uncapped, thin));
-        let far = [run.sites.index(FAR)];
-        section.rows.push(staleness_row(
-            "  staleness after the load",
-            run,
-            THIN_MARGIN,
-            &far,
-        ));
+    let mut runs = vec![few];
+    for clients in [Clients::Own, many] {
+        let uncapped = match clients {
+            Clients::Own => 0,
+            _ => {
+                let sites = Sites::start(ctx, "sites-uncapped", &[])?;
+                runs.push(load_run(ctx, sites, clients)?);
+                runs.len() - 1
+            }
+        };
+        section.rows.push(need_row(ctx, clients, &runs[uncapped]));
+        // One record per client across the cap: what a lagging link must carry once the
+        // load stops, however well it conflates.
+        let floor = Duration::from_secs_f64(
+            clients.count() as f64 * at_line_bytes(ctx, &runs[uncapped].caught.ids)
+                / THIN_BYTES_PER_SEC as f64,
+        );
+        for (label, thin) in cases {
+            let sites = Sites::start(ctx, &format!("sites-thin-{}", thin.len()), thin)?;
+            let run = load_run(ctx, sites, clients)?;
+            section
+                .rows
+                .push(rate_row(label, &run, &runs[uncapped], thin));
+            let far = [run.sites.index(FAR)];
+            let row = match clients {
+                Clients::Own => {
+                    staleness_row("  staleness after the load", &run, THIN_MARGIN, &far)
+                }
+                _ => staleness_row(
+                    &format!(
+                        "  staleness after the load (one record per client at the cap: {})",
+                        fmt_duration(floor)
+                    ),
+                    &run,
+                    floor + THIN_MARGIN,
+                    &far,
+                ),
+            };
+            section.rows.push(row);
+            runs.push(run);
+        }
     }
     section.rows.push(memory_row(&runs));
     Ok(())
+}
+
+/// The thin link's load uncapped: its IAMAT rate, and the bytes a second its updates need
+/// (one AT line each) beside what Campbell's uncapped link to Jaquez carried (less when
+/// records of a client updated again before they left were merged).
+fn need_row(ctx: &Ctx, clients: Clients, uncapped: &Run) -> Row {
+    let load = &uncapped.caught.load;
+    let need = load.rate() * at_line_bytes(ctx, &uncapped.caught.ids);
+    let carried = uncapped.far_link_bytes_per_sec;
+    let config = format!(
+        "thin link: C=50 P=16 closed loop, {}, uncapped",
+        clients.label()
+    );
+    let mut row = load_row(config, load)
+        .figure("update_bytes_per_s", need.round())
+        .figure("far_link_bytes_per_s", carried.round());
+    row.result += &format!(
+        "; the updates need {}/s, {:.1}x the 1 MB/s cap; Campbell's link to Jaquez carried {}/s",
+        fmt_bytes(need),
+        need / THIN_BYTES_PER_SEC as f64,
+        fmt_bytes(carried),
+    );
+    row
+}
+
+/// The mean length of the AT line a server floods for these clients: the IAMAT line with
+/// `AT Campbell +0.000000000` in place of `IAMAT`.
+fn at_line_bytes(ctx: &Ctx, ids: &[String]) -> f64 {
+    let extra = format!("AT {ORIGIN} +0.000000000").len() - "IAMAT".len();
+    let tick = ctx.names.now_tick();
+    let total: usize = (ids.iter())
+        .map(|id| ctx.names.iamat(id, tick).len() + extra)
+        .sum();
+    total as f64 / ids.len().max(1) as f64
 }
 
 /// The IAMAT rate at Campbell with links capped beside the uncapped run's, and the `link
@@ -434,14 +472,24 @@ fn log_events(sites: &Sites, name: &str, events: &[&str]) -> Vec<String> {
 
 /// Each server's peak RSS in the three thin-link runs, what the relays held at most, and this
 /// process's own peak (the load generator, the pollers and every relay).
+/// Every server's peak RSS and the relays' peak held bytes over the thin-link runs, which come
+/// in threes: uncapped, one link capped, the site's links capped.
 fn memory_row(runs: &[Run]) -> Row {
     let mib = |b: Option<u64>| b.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0));
     let names = &runs[0].sites.fleet.names;
-    let mut row = Row::new("thin link: peak memory, uncapped / one link / site");
+    let mut row = Row::new("thin link: peak memory, uncapped / one link / site, by load");
     let mut cells = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let peaks: Vec<String> = runs.iter().map(|r| mib(r.peak_rss[i])).collect();
-        cells.push(format!("{name} {}", peaks.join("/")));
+        let peaks: Vec<String> = (runs.chunks(3))
+            .map(|three| {
+                three
+                    .iter()
+                    .map(|r| mib(r.peak_rss[i]))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect();
+        cells.push(format!("{name} {}", peaks.join(", ")));
         for (k, run) in runs.iter().enumerate() {
             if let Some(bytes) = run.peak_rss[i] {
                 row = row.figure(&format!("peak_rss_bytes_{name}_{k}"), bytes);
@@ -454,14 +502,21 @@ fn memory_row(runs: &[Run]) -> Row {
             .max()
             .unwrap_or(0)
     };
-    let thin = held(&runs[1], &ONE_THIN).max(held(&runs[2], &SITE_THIN));
+    let thin = (runs.chunks(3))
+        .filter_map(|three| {
+            Some(held(three.get(1)?, &ONE_THIN).max(held(three.get(2)?, &SITE_THIN)))
+        })
+        .max()
+        .unwrap_or(0);
     let widest = (runs.iter().flat_map(|r| r.sites.wan.links()))
         .map(|l| l.relay.peak_held_bytes())
         .max()
         .unwrap_or(0);
-    let bounded = (runs[1..].iter())
-        .flat_map(|r| r.peak_rss.iter().zip(&runs[0].peak_rss))
-        .all(|(p, u)| p.zip(*u).is_some_and(|(p, u)| p <= 2 * u));
+    let bounded = runs.chunks(3).all(|three| {
+        (three[1..].iter())
+            .flat_map(|r| r.peak_rss.iter().zip(&three[0].peak_rss))
+            .all(|(p, u)| p.zip(*u).is_some_and(|(p, u)| p <= 2 * u))
+    });
     let result = format!(
         "servers' peak RSS MiB: {}; capped relays held at most {}, any relay {}; bench process peak {} MiB",
         cells.join(", "),

@@ -18,7 +18,10 @@
 //! - **bounded buffering**: at most `buffer_bytes` (64 KiB by default) of a direction are held
 //!   by the relay; while that much waits, it reads nothing more from the sender, so the
 //!   sender's socket fills up as it would behind a thin link. Memory stays bounded whatever the
-//!   sender or a receiver that never reads does.
+//!   sender or a receiver that never reads does. The relay's own sockets keep a small kernel
+//!   receive buffer ([`KERNEL_RECEIVE_BYTES`]): on a real path a thin link's queue is the one
+//!   the bottleneck keeps, and loopback's kernel buffers (hundreds of KiB, ahead of the relay's
+//!   reads and so of its cap) would add a second, larger one that no real path has.
 //!
 //! Test code drives the link through the handle, at any time:
 //!
@@ -94,6 +97,9 @@ pub const BUFFER_BYTES: usize = 64 * 1024;
 /// trickle out at the capped rate instead of in bursts.
 const MAX_CHUNK_BYTES: usize = 16 * 1024;
 const MIN_CHUNK_BYTES: usize = 512;
+/// The kernel receive buffer asked for on each socket the relay reads (the kernel doubles it
+/// for its bookkeeping): what a sender can push past the relay's own buffer.
+pub const KERNEL_RECEIVE_BYTES: usize = 16 * 1024;
 /// How long the relay waits for its target to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -336,6 +342,8 @@ impl Relay {
         }
         let listener = TcpListener::bind(listen)
             .map_err(|e| format!("cannot bind a relay on {listen}: {e}"))?;
+        // Accepted connections take the listener's buffer size from their first packet on.
+        small_receive_buffer(&listener);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let now = Instant::now();
         let shared = Arc::new(Shared {
@@ -684,6 +692,7 @@ fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, accepted: TcpStream) {
     };
     // Each chunk goes out when it is due: Nagle's wait for an ACK would add to the delay.
     let _ = upstream.set_nodelay(true);
+    small_receive_buffer(&upstream);
     let _ = accepted.set_nodelay(true);
     let clones = (
         accepted.try_clone(),
@@ -730,6 +739,23 @@ fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, accepted: TcpStream) {
                 return;
             }
         }
+    }
+}
+
+/// Asks for [`KERNEL_RECEIVE_BYTES`] of kernel receive buffer on `socket`; a failure leaves
+/// the kernel's default (a looser relay, never a broken one).
+fn small_receive_buffer(socket: &impl std::os::fd::AsRawFd) {
+    let value = KERNEL_RECEIVE_BYTES as libc::c_int;
+    // SAFETY: the descriptor is open for the life of `socket`, and the option value is a
+    // c_int whose size is passed along with its address.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
