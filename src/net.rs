@@ -103,12 +103,22 @@ pub fn is_out_of_descriptors(error: &io::Error) -> bool {
     )
 }
 
-/// The kernel buffer of a link's socket, on each side. Loopback autotuning grows them to
-/// megabytes (`tcp_rmem` allows 32 MiB), and every byte waiting in one is an update the
-/// neighbour has not applied yet while this server counts it as sent: small buffers keep what
-/// a link has in flight to a few milliseconds of records, so `peer max-owed` measures what the
-/// neighbour really lacks. Loopback needs little: its round trip is tens of microseconds.
+/// The kernel buffer of a link's socket to a neighbour on this machine, on each side. Loopback
+/// autotuning grows them to megabytes (`tcp_rmem` allows 32 MiB), and every byte waiting in
+/// one is an update the neighbour has not applied yet while this server counts it as sent:
+/// small buffers keep what a link has in flight to a few milliseconds of records, so `peer
+/// max-owed` measures what the neighbour really lacks. Loopback needs little: its round trip
+/// is tens of microseconds.
 pub const LINK_SOCKET_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Whether a link's socket buffers are set to [`LINK_SOCKET_BUFFER_BYTES`]: only when the
+/// neighbour is on this machine. Across machines TCP must keep a round trip of records in
+/// flight, and a 64 KiB window would cap a link at 64 KiB per round trip (about 1 MB/s at
+/// 60 ms), so there the kernel sizes the buffers to the path, as it does for any connection;
+/// what waits unsent stays bounded by [`LINK_UNSENT_BYTES`] either way.
+pub fn pins_link_buffers(neighbour: SocketAddr) -> bool {
+    neighbour.ip().is_loopback()
+}
 
 /// What a link's socket may hold that TCP has not sent yet (`TCP_NOTSENT_LOWAT`): past it the
 /// socket takes nothing more and is not writable. Bytes TCP has sent but the neighbour has not
@@ -123,7 +133,9 @@ pub const LINK_UNSENT_BYTES: usize = 16 * 1024;
 pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
     let _ = stream.set_nodelay(true);
-    let _ = set_buffer(&stream, libc::SO_SNDBUF, LINK_SOCKET_BUFFER_BYTES);
+    if pins_link_buffers(addr) {
+        let _ = set_buffer(&stream, libc::SO_SNDBUF, LINK_SOCKET_BUFFER_BYTES);
+    }
     let _ = set_option(
         &stream,
         libc::IPPROTO_TCP,
@@ -133,10 +145,24 @@ pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// An accepted connection turned out to be a neighbour's link: bound what it may queue
-/// toward us, as the sending side bounds its own buffer.
-pub fn limit_link_receive_buffer(stream: &TcpStream) -> io::Result<()> {
-    set_buffer(stream, libc::SO_RCVBUF, LINK_SOCKET_BUFFER_BYTES)
+/// The kernel receive buffer of a link from a neighbour on another machine: room for a round
+/// trip of records on a wide path (4 MiB per round trip: 67 MB/s at 60 ms). An accepted
+/// connection's buffer was set when it was accepted (a client's), which turns the kernel's
+/// autotuning off for good, so the size is set again rather than left to the kernel; memory
+/// is taken only for what is waiting.
+pub const LINK_FAR_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// An accepted connection turned out to be a neighbour's link: from a neighbour on this
+/// machine, bound what it may queue toward us, as the sending side bounds its own buffer;
+/// from across machines, make room for the path's round trip ([`pins_link_buffers`]).
+pub fn size_link_receive_buffer(stream: &TcpStream) -> io::Result<()> {
+    match stream.peer_addr() {
+        Ok(peer) if pins_link_buffers(peer) => {
+            set_buffer(stream, libc::SO_RCVBUF, LINK_SOCKET_BUFFER_BYTES)
+        }
+        Ok(_) => set_buffer(stream, libc::SO_RCVBUF, LINK_FAR_RECEIVE_BUFFER_BYTES),
+        Err(e) => Err(e),
+    }
 }
 
 fn set_buffer(stream: &TcpStream, option: libc::c_int, bytes: usize) -> io::Result<()> {
@@ -364,4 +390,18 @@ fn write_plain(stream: &mut TcpStream, out: &mut OutBuffer) -> io::Result<usize>
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_links_within_the_machine_get_small_buffers() {
+        assert!(pins_link_buffers("127.0.0.1:12000".parse().unwrap()));
+        assert!(pins_link_buffers("127.0.0.3:12000".parse().unwrap()));
+        assert!(pins_link_buffers("[::1]:12000".parse().unwrap()));
+        assert!(!pins_link_buffers("10.0.0.2:12000".parse().unwrap()));
+        assert!(!pins_link_buffers("[2001:db8::2]:12000".parse().unwrap()));
+    }
 }

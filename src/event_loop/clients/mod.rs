@@ -417,7 +417,7 @@ impl Clients {
             };
             for effect in self.effects.drain(..) {
                 if effect == Effect::Peered {
-                    if let Err(e) = net::limit_link_receive_buffer(&entry.stream) {
+                    if let Err(e) = net::size_link_receive_buffer(&entry.stream) {
                         warn!("peer conn={}: cannot size its buffer: {e}", entry.conn.id);
                     }
                 }
