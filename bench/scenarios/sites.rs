@@ -10,12 +10,13 @@
 //! saturating IAMAT load at Campbell and how long until every other server shows every client
 //! at its last acknowledged time (the `staleness` scenario's catch-up).
 //!
-//! Thin link: the same load over 5,000 clients (so that the updates need about ten times the
-//! cap), uncapped, with the link between Campbell and Jaquez capped at 1 MB/s each way, and
-//! with both links of Jaquez's site capped (Jaquez then has no other way in): Campbell's IAMAT
-//! rate beside the uncapped run's, the `link lagging` lines in the logs of the capped links'
-//! senders, each server's staleness per client after the load, and the peak memory of every
-//! server and what the relays held.
+//! Thin link: the same load (50 clients, whose updates need about sixty times the cap), and
+//! the same load over 5,000 clients (about ten times the cap even once merged), each with the
+//! link between Campbell and Jaquez capped at 1 MB/s each way, and with both links of Jaquez's
+//! site capped (Jaquez then has no other way in): Campbell's IAMAT rate beside the uncapped
+//! run's, the `link lagging` lines in the logs of the capped links' senders, each server's
+//! staleness per client after the load (with 5,000 clients judged beside the time one record
+//! per client takes at the cap), and the peak memory of every server and what the relays held.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -366,9 +367,10 @@ fn thin_link(ctx: &Ctx, section: &mut Section, few: Run) -> Result<(), String> {
         for (label, thin) in cases {
             let sites = Sites::start(ctx, &format!("sites-thin-{}", thin.len()), thin)?;
             let run = load_run(ctx, sites, clients)?;
+            let lags = clients != Clients::Own;
             section
                 .rows
-                .push(rate_row(label, &run, &runs[uncapped], thin));
+                .push(rate_row(label, &run, &runs[uncapped], thin, lags));
             let far = [run.sites.index(FAR)];
             let row = match clients {
                 Clients::Own => {
@@ -427,8 +429,10 @@ fn at_line_bytes(ctx: &Ctx, ids: &[String]) -> f64 {
 }
 
 /// The IAMAT rate at Campbell with links capped beside the uncapped run's, and the `link
-/// lagging` lines of the servers that send over them.
-fn rate_row(label: &str, run: &Run, uncapped: &Run, thin: &[(&str, &str)]) -> Row {
+/// lagging` lines of the servers that send over them, which must be there when `lags` (the
+/// link cannot carry one record per client as fast as they change; with few clients it can,
+/// and conflation alone keeps it current).
+fn rate_row(label: &str, run: &Run, uncapped: &Run, thin: &[(&str, &str)], lags: bool) -> Row {
     let ratio = run.caught.load.rate() / uncapped.caught.load.rate().max(1.0);
     let senders: Vec<&str> = thin.iter().map(|&(from, _)| from).collect();
     let lagged: Vec<String> = (senders.iter())
@@ -439,10 +443,11 @@ fn rate_row(label: &str, run: &Run, uncapped: &Run, thin: &[(&str, &str)]) -> Ro
         .figure("lagging_lines", lagged.len())
         .check(
             format!(
-                ">= 80% of uncapped (is {:.0}%), `link lagging` logged",
-                ratio * 100.0
+                ">= 80% of uncapped (is {:.0}%){}",
+                ratio * 100.0,
+                if lags { ", `link lagging` logged" } else { "" }
             ),
-            ratio >= 0.8 && lagged.iter().any(|l| l.contains("link lagging")),
+            ratio >= 0.8 && (!lags || lagged.iter().any(|l| l.contains("link lagging"))),
         );
     let logged = match lagged.is_empty() {
         true => "no `link lagging`".to_string(),
