@@ -249,11 +249,12 @@ pub fn peek_first_byte(stream: &TcpStream) -> io::Result<Option<u8>> {
 }
 
 /// Plaintext from a TLS connection, filling `buf` as far as the socket allows: only a read
-/// that met `WouldBlock` returns less than `buf` holds (the callers rely on that, as on a
-/// plain read, to know the socket is empty and a new edge will come). Handshake messages the
-/// engine has to answer are written at once.
+/// that emptied the socket (it met `WouldBlock`, or came back short) returns less than `buf`
+/// holds (the callers rely on that, as on a plain read, to know a new edge will come).
+/// Handshake messages the engine has to answer are written at once.
 fn read_tls_some(stream: &mut TcpStream, tls: &mut TlsStream, buf: &mut [u8]) -> ReadOutcome {
     let mut filled = 0;
+    let mut socket_empty = false;
     loop {
         let session = tls.session();
         while filled < buf.len() {
@@ -271,7 +272,16 @@ fn read_tls_some(stream: &mut TcpStream, tls: &mut TlsStream, buf: &mut [u8]) ->
         if filled == buf.len() {
             return ReadOutcome::Data(filled);
         }
-        match session.read_tls(stream) {
+        if socket_empty {
+            return data_or(filled, ReadOutcome::WouldBlock);
+        }
+        let mut socket = ShortReadSeen {
+            stream: &mut *stream,
+            short: false,
+        };
+        let read = session.read_tls(&mut socket);
+        socket_empty = socket.short;
+        match read {
             Ok(0) => {
                 // The end: what was decrypted before it is read first (the next turn of the
                 // loop), then the reader says how it ended.
@@ -297,6 +307,23 @@ fn read_tls_some(stream: &mut TcpStream, tls: &mut TlsStream, buf: &mut [u8]) ->
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return data_or(filled, ReadOutcome::Failed(e)),
         }
+    }
+}
+
+/// The socket as rustls reads it, noting a read that came back with fewer bytes than asked
+/// for: the socket is empty then, and one more read only to hear `WouldBlock` would be a
+/// system call per command for nothing (readiness is edge-triggered: the next bytes bring a
+/// new event, as after a short plain read).
+struct ShortReadSeen<'a> {
+    stream: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortReadSeen<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
     }
 }
 
