@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::logging::Escaped;
+use crate::escape::Escaped;
 use crate::peer_wire::{self, Challenge, Greeting, HelloCheck, PeerAuth, SyncLine};
 use crate::places::PlacesQuery;
 use crate::protocol::{self, AtLine, AtRecord, ClientTime, Invalid, Location, Parsed, Request};

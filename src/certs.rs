@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use webpki::{EndEntityCert, KeyUsage};
 
 use crate::config::Config;
-use crate::logging::Escaped;
+use crate::escape::Escaped;
 
 /// The authority's certificate: every machine of the herd needs it.
 pub const CA_CERT: &str = "ca.pem";

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::logging::{Escaped, Rotation};
+use crate::escape::Escaped;
+use crate::logging::Rotation;
 
 /// Which Places API the server speaks (SPEC section 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,6 +27,7 @@ pub mod client_index;
 pub mod config;
 pub mod conn;
 pub mod digest;
+pub mod escape;
 pub mod event_loop;
 pub mod link;
 pub mod logging;

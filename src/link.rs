@@ -17,7 +17,8 @@ use crate::buffer::{Line, LineReader, OutBuffer};
 use crate::changes::Version;
 use crate::config::PeerSettings;
 use crate::digest::BUCKETS;
-use crate::logging::{Escaped, Party};
+use crate::escape::Escaped;
+use crate::logging::Party;
 use crate::owed::{CaughtUp, NextRecord, Owed, Start};
 use crate::peer_wire::{
     self, Greeting, GreetingStep, Refusal, SyncLine, MAX_REPLY_LINE_BYTES, PING_LINE,

@@ -14,8 +14,9 @@ use log::{error, info, warn};
 use herd::changes::Epoch;
 use herd::cli::{self, Invocation};
 use herd::config::{self, Config, PlacesApi};
+use herd::escape::Escaped;
 use herd::event_loop::{EventLoop, ServerSetup};
-use herd::logging::{self, Escaped};
+use herd::logging;
 use herd::store::Store;
 use herd::{allocator, net, peer_secret, places, signals, supervisor, tls};
 

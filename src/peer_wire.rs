@@ -482,6 +482,36 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::escape::Escaped;
+    use crate::protocol::{self, Invalid, Parsed};
+
+    #[test]
+    fn a_client_that_sends_a_line_of_the_links_is_told_so() {
+        let words = [
+            HELLO,
+            CHALLENGE,
+            PROOF,
+            WELCOME,
+            MARK,
+            DIGEST,
+            BUCKETS_WORD,
+            PING_LINE,
+            PONG_LINE,
+        ];
+        for word in words {
+            assert!(protocol::is_server_word(word), "{}", Escaped(word));
+            let line = [word, b" x"].concat();
+            let Parsed::Invalid(why) = protocol::parse_request(&line) else {
+                panic!("{} parsed", Escaped(&line));
+            };
+            assert_eq!(why, Invalid::ServerLine(word));
+            let expected = match word {
+                PROOF => "HERD-PROOF out of turn",
+                _ => "from a client",
+            };
+            assert!(why.to_string().contains(expected), "{why}");
+        }
+    }
 
     fn auth(secret: &str, seed: u8) -> PeerAuth {
         PeerAuth::new(Secret::new(secret.into()), [seed; 32])

@@ -11,8 +11,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Range;
 
-use crate::logging::Escaped;
-use crate::peer_wire;
+use crate::escape::Escaped;
 
 /// The six bytes that separate fields (SPEC section 2). Anything else, U+00A0 included, belongs
 /// to a field.
@@ -276,24 +275,17 @@ pub fn parse_request(line: &[u8]) -> Parsed<'_> {
     }
 }
 
-/// The first words of the lines servers exchange on a link (`peer_wire`).
-fn is_server_word(word: &[u8]) -> bool {
-    use peer_wire::{
-        BUCKETS_WORD, CHALLENGE, DIGEST, HELLO, MARK, PING_LINE, PONG_LINE, PROOF, WELCOME,
-    };
-    [
-        b"AT",
-        HELLO,
-        CHALLENGE,
-        PROOF,
-        WELCOME,
-        PING_LINE,
-        PONG_LINE,
-        MARK,
-        DIGEST,
-        BUCKETS_WORD,
-    ]
-    .contains(&word)
+/// The first word of every line servers exchange on a link but an AT line (`peer_wire`'s
+/// words all begin with it).
+pub const SERVER_WORD_PREFIX: &[u8] = b"HERD-";
+/// The word of the connector's answer to a challenge (`peer_wire::PROOF`), which a client's
+/// connection is told it sent out of turn.
+const PROOF_WORD: &[u8] = b"HERD-PROOF";
+
+/// Whether `word` begins a line servers exchange on a link: an AT line, or one of `peer_wire`'s
+/// `HERD-` lines.
+pub fn is_server_word(word: &[u8]) -> bool {
+    word == b"AT" || word.starts_with(SERVER_WORD_PREFIX)
 }
 
 fn parse_iamat(line: &[u8]) -> Result<Request<'_>, Invalid<'_>> {
@@ -407,7 +399,7 @@ impl fmt::Display for Invalid<'_> {
                 "unknown command '{}' (IAMAT or WHATSAT, upper case)",
                 Escaped(word)
             ),
-            Invalid::ServerLine(word) if word == peer_wire::PROOF => write!(
+            Invalid::ServerLine(word) if word == PROOF_WORD => write!(
                 f,
                 "{} out of turn: it answers a challenge, and this connection has none pending",
                 Escaped(word)

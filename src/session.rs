@@ -9,7 +9,7 @@ use log::{debug, info, warn};
 use crate::app::{App, ClientOutcome, PeerOutcome, Refusal};
 use crate::buffer::Line;
 use crate::conn::{ConnState, Connection, LinkSecurity, Peer};
-use crate::logging::Escaped;
+use crate::escape::Escaped;
 use crate::peer_wire;
 use crate::places::PlacesQuery;
 use crate::protocol::ClientTime;

@@ -19,7 +19,8 @@ use mio::Registry;
 
 use crate::app::App;
 use crate::config::{self, Config, Limits};
-use crate::logging::{self, Escaped};
+use crate::escape::Escaped;
+use crate::logging;
 use crate::net;
 use crate::places::{LocalPlaces, PlacesPool};
 use crate::reload::{self, Plan};

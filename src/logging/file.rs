@@ -10,8 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::escape::Escaped;
 use super::rotation::{next_step, rotate_files, Rotation, Step};
+use crate::escape::Escaped;
 
 /// Bytes of records written to the log file(s) since start.
 static BYTES_WRITTEN: AtomicU64 = AtomicU64::new(0);

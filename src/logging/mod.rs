@@ -22,7 +22,6 @@
 //! rustls, ...) is held to warnings and errors ([`level_for`], `level.rs`), so no library's
 //! debug or trace output, which quotes what is sent, the Places key included, reaches the file.
 
-mod escape;
 mod file;
 mod level;
 mod rotation;
@@ -37,7 +36,6 @@ use std::sync::{Arc, Mutex};
 use log::LevelFilter;
 use simplelog::{ConfigBuilder, WriteLogger};
 
-pub use escape::Escaped;
 pub use level::{level_for, OTHERS_MAX_LEVEL};
 pub use rotation::Rotation;
 pub use sink::{Sink, BUFFER_BYTES};

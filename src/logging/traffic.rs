@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::Level;
 
-use super::escape::write_escaped;
 use super::sink::SINK;
 use super::stamp::Stamp;
+use crate::escape::write_escaped;
 use crate::protocol::{decimal, MAX_DECIMAL_DIGITS};
 
 /// `log lines on|off` (SPEC section 6): whether [`traffic`] writes anything.

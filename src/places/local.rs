@@ -43,7 +43,7 @@ use serde_json::{Map, Value};
 
 use super::request::PlacesQuery;
 use super::response::{OutcomeKind, ShapedJson};
-use crate::logging::Escaped;
+use crate::escape::Escaped;
 
 /// The Earth's mean radius (IUGG), for great-circle distances.
 const EARTH_RADIUS_METRES: f64 = 6_371_008.8;

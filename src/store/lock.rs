@@ -8,7 +8,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use crate::logging::Escaped;
+use crate::escape::Escaped;
 
 pub struct StoreLock {
     /// Held open: closing it would release the lock.

@@ -31,7 +31,7 @@ use log::{info, warn};
 
 use crate::changes::{Epoch, Version};
 use crate::config::{FsyncPolicy, StoreSettings};
-use crate::logging::Escaped;
+use crate::escape::Escaped;
 use crate::table::{ClientTable, Mark};
 
 pub use compact::is_due as compaction_is_due;

@@ -1,12 +1,13 @@
-//! Escaping of network bytes for the log: what any peer sent becomes printable ASCII before it
-//! is written, so no line can forge a record or drive a terminal. Pure: it never writes to the
+//! Escaping of network bytes for the log and for every message that quotes them: what any peer
+//! sent becomes printable ASCII before it is written, so no line can forge a record or drive a
+//! terminal. Pure: it never writes to the
 //! log itself and never decides what is logged.
 
 use std::fmt;
 use std::io::{self, Write};
 
 /// Writes network bytes escaped: printable ASCII as is, `\` as `\\`, any other byte as `\xNN`.
-pub(super) fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
         let plain = rest
