@@ -498,23 +498,9 @@ impl Clients {
             return false;
         }
         if let (Transport::Undecided, Some(config)) = (&*transport, tls_config.as_ref()) {
-            match net::peek_first_byte(stream) {
-                Ok(Some(tls::HANDSHAKE_RECORD)) => {
-                    match TlsStream::accept(config, Instant::now(), limits.tls_handshake) {
-                        Ok(tls) => {
-                            *transport = Transport::Tls(Box::new(tls));
-                            lines.conn.link_security = LinkSecurity::Tls(None);
-                        }
-                        Err(e) => {
-                            warn!("tls conn={}: {e}", lines.conn.id);
-                            lines.conn.state = ConnState::Closed("tls failed");
-                            return false;
-                        }
-                    }
-                }
-                Ok(Some(_)) => *transport = Transport::Clear,
-                // Nothing yet, or the end: the read below says which.
-                Ok(None) | Err(_) => {}
+            let tls_handshake = limits.tls_handshake;
+            if !decide_transport(stream, transport, config, tls_handshake, lines.conn) {
+                return false;
             }
         }
         let chunk = read_chunk(is_client);
@@ -522,13 +508,7 @@ impl Clients {
         let link = transport.tls().is_some_and(|tls| tls.is_link());
         let outcome = net::read_some(stream, transport.tls(), &mut scratch[..chunk]);
         if let Some(tls) = transport.tls() {
-            if let Some(agreed) = tls.take_established() {
-                info!("tls conn={}: handshake done, {agreed}", lines.conn.id);
-                if link {
-                    handshakes.succeeded += 1;
-                    lines.conn.link_security = LinkSecurity::Tls(tls.peer_certificate());
-                }
-            }
+            note_established(tls, lines.conn, handshakes);
         }
         match outcome {
             ReadOutcome::Data(n) => {
@@ -548,21 +528,8 @@ impl Clients {
                 false
             }
             ReadOutcome::TlsFailed(failure) => {
-                let id = lines.conn.id;
-                if handshaking && link {
-                    handshakes.fail(failure.failure);
-                    warn!("tls conn={id}: handshake failed: {failure}");
-                } else if handshaking {
-                    // A client's: anything on the internet may knock; not a warning.
-                    info!("tls conn={id}: handshake failed: {failure}");
-                } else {
-                    warn!("tls conn={id}: {failure}");
-                }
-                lines.conn.state = ConnState::Closed(if handshaking {
-                    "tls handshake failed"
-                } else {
-                    "tls failed"
-                });
+                let why = tls_failed(lines.conn.id, &failure, handshaking, link, handshakes);
+                lines.conn.state = ConnState::Closed(why);
                 false
             }
         }
@@ -811,6 +778,74 @@ impl Clients {
                 }
             }
         }
+    }
+}
+
+/// With `peer tls`, an accepted connection's first byte tells a neighbour's TLS handshake from
+/// a client's line; nothing there yet leaves it undecided. False: its TLS could not be set
+/// up, and it is closed.
+fn decide_transport(
+    stream: &TcpStream,
+    transport: &mut Transport,
+    config: &PeerTlsConfig,
+    handshake_limit: Duration,
+    conn: &mut Connection,
+) -> bool {
+    match net::peek_first_byte(stream) {
+        Ok(Some(tls::HANDSHAKE_RECORD)) => {
+            match TlsStream::accept(config, Instant::now(), handshake_limit) {
+                Ok(tls) => {
+                    *transport = Transport::Tls(Box::new(tls));
+                    conn.link_security = LinkSecurity::Tls(None);
+                }
+                Err(e) => {
+                    warn!("tls conn={}: {e}", conn.id);
+                    conn.state = ConnState::Closed("tls failed");
+                    return false;
+                }
+            }
+        }
+        Ok(Some(_)) => *transport = Transport::Clear,
+        // Nothing yet, or the end: the read says which.
+        Ok(None) | Err(_) => {}
+    }
+    true
+}
+
+/// Once a handshake is done: what was agreed goes to the log, and a neighbour's link counts
+/// it and keeps the certificate its hello will be checked against.
+fn note_established(tls: &mut TlsStream, conn: &mut Connection, handshakes: &mut HandshakeCounts) {
+    let Some(agreed) = tls.take_established() else {
+        return;
+    };
+    info!("tls conn={}: handshake done, {agreed}", conn.id);
+    if tls.is_link() {
+        handshakes.succeeded += 1;
+        conn.link_security = LinkSecurity::Tls(tls.peer_certificate());
+    }
+}
+
+/// A TLS failure logged (a neighbour's failed handshake counted and warned of; a client's only
+/// noted: anything on the internet may knock) and the reason the connection closes with.
+fn tls_failed(
+    id: u64,
+    failure: &tls::TlsFailure,
+    handshaking: bool,
+    link: bool,
+    handshakes: &mut HandshakeCounts,
+) -> &'static str {
+    if handshaking && link {
+        handshakes.fail(failure.failure);
+        warn!("tls conn={id}: handshake failed: {failure}");
+    } else if handshaking {
+        info!("tls conn={id}: handshake failed: {failure}");
+    } else {
+        warn!("tls conn={id}: {failure}");
+    }
+    if handshaking {
+        "tls handshake failed"
+    } else {
+        "tls failed"
     }
 }
 
