@@ -17,7 +17,7 @@ use herd::config::{self, Config, PlacesApi};
 use herd::escape::Escaped;
 use herd::event_loop::{EventLoop, ServerSetup};
 use herd::logging;
-use herd::store::Store;
+use herd::store::{Opened, Store};
 use herd::{allocator, net, peer_secret, places, signals, supervisor, tls};
 
 /// Exit status for usage and config errors.
@@ -134,6 +134,49 @@ fn serve_one(name: &str, config: &Path, log_level: Option<log::LevelFilter>) -> 
             fail(FAILED, &format!("herd {name}: {problem}"))
         }
     }
+}
+
+/// The server's log, opened as `log` in the config says; its path.
+fn open_log(name: &str, config: &Config) -> Result<std::path::PathBuf, String> {
+    let settings = &config.log;
+    logging::init(
+        &settings.dir,
+        name,
+        settings.level,
+        settings.lines,
+        settings.rotation,
+    )
+    .map_err(|e| {
+        let dir = Escaped(settings.dir.as_os_str().as_bytes());
+        format!("cannot open log in {dir}: {e}")
+    })
+}
+
+/// The store (`store dir`, or none), read, and a new history's name: kept by a new store, this
+/// run's own without a store (a store that has a history keeps its own).
+fn open_store(name: &str, config: &Config) -> Result<(Option<Opened>, Epoch), String> {
+    let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+    let epoch = peer_secret::random_bytes()
+        .map(|bytes| Epoch(u64::from_le_bytes(bytes)))
+        .map_err(|e| format!("/dev/urandom: {e} (history epoch)"))?;
+    let store = Store::open(&config.store, name, epoch, |server| {
+        servers.iter().any(|s| s.as_bytes() == server)
+    })
+    .inspect_err(|e| error!("{e}"))?;
+    Ok((store, epoch))
+}
+
+/// The addresses the server listens on, in its log, and its one line on stderr.
+fn announce(name: &str, addr: std::net::SocketAddr, config: &Config, log_path: &Path) {
+    info!("listen {addr}");
+    if let Some(entry) = config.tls_clients(name) {
+        info!("listen {} for TLS clients", entry.addr);
+    }
+    eprintln!(
+        "{} listening on {addr}, log {}",
+        Escaped(name.as_bytes()),
+        Escaped(log_path.as_os_str().as_bytes())
+    );
 }
 
 /// A listening socket at `addr` (`what`: "" or " for metrics"); a failure is logged and is
@@ -262,29 +305,10 @@ fn serve(
         .ok_or_else(|| format!("no server named '{name}'"))?;
     // Before the port opens: a server that cannot prove the herd's secret must not run.
     let peer_secret = peer_secret::load(&config.peer.secret, config_path)?;
-    let settings = &config.log;
-    let log_path = logging::init(
-        &settings.dir,
-        name,
-        settings.level,
-        settings.lines,
-        settings.rotation,
-    )
-    .map_err(|e| {
-        let dir = Escaped(config.log.dir.as_os_str().as_bytes());
-        format!("cannot open log in {dir}: {e}")
-    })?;
+    let log_path = open_log(name, &config)?;
     // The store is read before the port opens, so the first client is answered from it; a
     // second process of this server on the same store stops here, on the store's lock.
-    let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-    // A new history's name: kept by a new store, or this run's own without a store.
-    let epoch = peer_secret::random_bytes()
-        .map(|bytes| Epoch(u64::from_le_bytes(bytes)))
-        .map_err(|e| format!("/dev/urandom: {e} (history epoch)"))?;
-    let store = Store::open(&config.store, name, epoch, |server| {
-        servers.iter().any(|s| s.as_bytes() == server)
-    })
-    .inspect_err(|e| error!("{e}"))?;
+    let (store, epoch) = open_store(name, &config)?;
     let listener = listen(addr, "")?;
     let client_tls = match (config.tls_clients(name), tls.clients) {
         (Some(entry), Some(loaded)) => Some((listen(entry.addr, " for TLS clients")?, loaded)),
@@ -309,15 +333,7 @@ fn serve(
         warn!("{warning}");
         eprintln!("{warning}");
     }
-    info!("listen {addr}");
-    if let Some(entry) = config.tls_clients(name) {
-        info!("listen {} for TLS clients", entry.addr);
-    }
-    eprintln!(
-        "{} listening on {addr}, log {}",
-        Escaped(name.as_bytes()),
-        Escaped(log_path.as_os_str().as_bytes())
-    );
+    announce(name, addr, &config, &log_path);
     let mut event_loop = EventLoop::new(ServerSetup {
         name: name.to_string(),
         listener,
