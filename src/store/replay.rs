@@ -158,41 +158,6 @@ fn read_records(
     let mut line: Vec<u8> = Vec::new();
     let mut too_long = false;
     let mut offset: u64 = 0;
-    let take = |line: &[u8], too_long: bool, found: &mut Replayed, batch: &mut Batch| {
-        found.lines += 1;
-        let mut skip = None;
-        match directive(line) {
-            Some(Directive::Epoch(epoch)) => found.epoch = Some(epoch),
-            Some(Directive::Version(version)) => found.next_version = version,
-            Some(Directive::Mark(name, mark)) => match found.marks.iter_mut().find(|m| m.0 == name)
-            {
-                Some(known) => known.1 = mark,
-                None => found.marks.push((name, mark)),
-            },
-            Some(Directive::Malformed) => skip = Some(Skip::Corrupt),
-            None => {
-                // Every record line had a version when it was written, even one unreadable now.
-                let version = found.next_version;
-                found.next_version += 1;
-                let at = if too_long { None } else { AtLine::parse(line) };
-                skip = match at {
-                    None => Some(Skip::Corrupt),
-                    Some(at) if !known_server(at.server) => Some(Skip::UnknownServer),
-                    Some(at) => {
-                        batch
-                            .records
-                            .push((AtRecord::from_parsed(&at, line), version));
-                        None
-                    }
-                };
-            }
-        }
-        if let Some(skip) = skip {
-            found.skipped += 1;
-            let text = line[..line.len().min(80)].to_vec();
-            batch.skips.push((found.lines, skip, text));
-        }
-    };
     // The applying half has gone only if it panicked; stop reading then.
     let hand_over = |batch: &mut Batch| batches.send(std::mem::take(batch)).is_ok();
     loop {
@@ -213,7 +178,7 @@ fn read_records(
                 &line[..]
             };
             let too_long_now = too_long || text.len() > MAX_RECORD_BYTES;
-            take(text, too_long_now, &mut found, &mut batch);
+            take_line(text, too_long_now, known_server, &mut found, &mut batch);
             offset += end as u64 + 1;
             found.complete_bytes = offset;
             line.clear();
@@ -240,6 +205,49 @@ fn read_records(
     }
     hand_over(&mut batch);
     Ok(found)
+}
+
+/// One whole line of the store (`too_long`: it was cut at the limit): a directive read into
+/// `found`, a record into `batch` with its version, or a skip with its reason.
+fn take_line(
+    line: &[u8],
+    too_long: bool,
+    known_server: &impl Fn(&[u8]) -> bool,
+    found: &mut Replayed,
+    batch: &mut Batch,
+) {
+    found.lines += 1;
+    let mut skip = None;
+    match directive(line) {
+        Some(Directive::Epoch(epoch)) => found.epoch = Some(epoch),
+        Some(Directive::Version(version)) => found.next_version = version,
+        Some(Directive::Mark(name, mark)) => match found.marks.iter_mut().find(|m| m.0 == name) {
+            Some(known) => known.1 = mark,
+            None => found.marks.push((name, mark)),
+        },
+        Some(Directive::Malformed) => skip = Some(Skip::Corrupt),
+        None => {
+            // Every record line had a version when it was written, even one unreadable now.
+            let version = found.next_version;
+            found.next_version += 1;
+            let at = if too_long { None } else { AtLine::parse(line) };
+            skip = match at {
+                None => Some(Skip::Corrupt),
+                Some(at) if !known_server(at.server) => Some(Skip::UnknownServer),
+                Some(at) => {
+                    batch
+                        .records
+                        .push((AtRecord::from_parsed(&at, line), version));
+                    None
+                }
+            };
+        }
+    }
+    if let Some(skip) = skip {
+        found.skipped += 1;
+        let text = line[..line.len().min(80)].to_vec();
+        batch.skips.push((found.lines, skip, text));
+    }
 }
 
 #[cfg(test)]
