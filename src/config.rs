@@ -139,6 +139,19 @@ pub enum FsyncPolicy {
     No,
 }
 
+impl FsyncPolicy {
+    pub const ALL: [FsyncPolicy; 3] = [FsyncPolicy::Always, FsyncPolicy::EverySec, FsyncPolicy::No];
+
+    /// The word of `store fsync` (and of the store's log line).
+    pub fn word(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::EverySec => "everysec",
+            FsyncPolicy::No => "no",
+        }
+    }
+}
+
 /// `store ...`: where a server keeps its records across restarts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreSettings {
@@ -732,16 +745,11 @@ fn apply_store(store: &mut StoreSettings, setting: &str, value: &str) -> Result<
     match setting {
         "dir" => store.dir = Some(PathBuf::from(value)),
         "fsync" => {
-            store.fsync = match value {
-                "always" => FsyncPolicy::Always,
-                "everysec" => FsyncPolicy::EverySec,
-                "no" => FsyncPolicy::No,
-                _ => {
-                    return Err(format!(
-                        "store fsync must be always, everysec or no, not '{value}'"
-                    ))
-                }
-            }
+            store.fsync = (FsyncPolicy::ALL.into_iter())
+                .find(|policy| policy.word() == value)
+                .ok_or_else(|| {
+                    format!("store fsync must be always, everysec or no, not '{value}'")
+                })?
         }
         "compact-bytes" => {
             store.compact_min_bytes = number_in(setting, value, 4096, 1 << 40)? as u64;

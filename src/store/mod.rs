@@ -127,18 +127,7 @@ impl Store {
             );
         }
         let started = Instant::now();
-        let (replayed, mut clients) = read_back(&path, known_server)?;
-        let renumbered = clients.finish_restore(replayed.epoch.unwrap_or(fresh), fresh);
-        if renumbered {
-            warn!(
-                "store {}: records share versions (two stores in one file?); renumbered as a \
-                 new history, and neighbours will send everything once",
-                shown(&path)
-            );
-        }
-        for (neighbour, mark) in &replayed.marks {
-            clients.set_mark(neighbour, *mark);
-        }
+        let (replayed, clients, renumbered) = restore(&path, fresh, known_server)?;
         let mut file = open_for_append(&path, replayed.complete_bytes)?;
         let mut file_len = replayed.complete_bytes;
         if replayed.epoch != Some(clients.epoch()) {
@@ -162,11 +151,7 @@ impl Store {
             replayed.lines,
             replayed.skipped,
             started.elapsed().as_millis(),
-            match settings.fsync {
-                FsyncPolicy::Always => "always",
-                FsyncPolicy::EverySec => "everysec",
-                FsyncPolicy::No => "no",
-            }
+            settings.fsync.word()
         );
         let store = Store {
             path,
@@ -446,6 +431,29 @@ impl Store {
             compactions: self.compactions,
         }
     }
+}
+
+/// The client table read back from the store at `path`, its versions in order (renumbered
+/// under `fresh` when records share one: true then) and each neighbour's mark set, with what
+/// the reading found.
+fn restore(
+    path: &Path,
+    fresh: Epoch,
+    known_server: impl Fn(&[u8]) -> bool + Sync,
+) -> Result<(Replayed, ClientTable, bool), String> {
+    let (replayed, mut clients) = read_back(path, known_server)?;
+    let renumbered = clients.finish_restore(replayed.epoch.unwrap_or(fresh), fresh);
+    if renumbered {
+        warn!(
+            "store {}: records share versions (two stores in one file?); renumbered as a new \
+             history, and neighbours will send everything once",
+            shown(path)
+        );
+    }
+    for (neighbour, mark) in &replayed.marks {
+        clients.set_mark(neighbour, *mark);
+    }
+    Ok((replayed, clients, renumbered))
 }
 
 /// The records of the store file at `path` (none when there is no file yet), with what the
