@@ -946,6 +946,44 @@ enum FieldState {
     AfterQuoted,
 }
 
+/// What one byte of a record does.
+enum Step {
+    /// The parser goes on in this state (the byte, if it is text, was added to the field).
+    Go(FieldState),
+    /// A `,`: the field is whole.
+    FieldEnd,
+    /// Text after a quoted field's closing quote.
+    TextAfterQuote,
+}
+
+impl FieldState {
+    /// The parser's move on `byte`, text added to `field`.
+    fn step(self, byte: u8, field: &mut Vec<u8>) -> Step {
+        use FieldState::{AfterQuoted, QuoteInQuoted, Quoted, Start, Unquoted};
+        let next = match (self, byte) {
+            (Start, b' ' | b'\t') => Start,
+            (Start, b'"') => Quoted,
+            (Start | Unquoted | QuoteInQuoted | AfterQuoted, b',') => return Step::FieldEnd,
+            (Start | Unquoted, _) => {
+                field.push(byte);
+                Unquoted
+            }
+            (Quoted, b'"') => QuoteInQuoted,
+            (Quoted, _) => {
+                field.push(byte);
+                Quoted
+            }
+            (QuoteInQuoted, b'"') => {
+                field.push(b'"');
+                Quoted
+            }
+            (QuoteInQuoted | AfterQuoted, b' ' | b'\t') => AfterQuoted,
+            (QuoteInQuoted | AfterQuoted, _) => return Step::TextAfterQuote,
+        };
+        Step::Go(next)
+    }
+}
+
 impl<R: BufRead> CsvRecords<R> {
     fn new(input: R) -> Self {
         CsvRecords {
@@ -1021,31 +1059,13 @@ impl<R: BufRead> CsvRecords<R> {
                 first_line = self.line;
             }
             for &byte in bytes {
-                state = match (state, byte) {
-                    (FieldState::Start, b' ' | b'\t') => FieldState::Start,
-                    (FieldState::Start, b'"') => FieldState::Quoted,
-                    (FieldState::Start | FieldState::Unquoted, b',')
-                    | (FieldState::QuoteInQuoted | FieldState::AfterQuoted, b',') => {
+                state = match state.step(byte, &mut field) {
+                    Step::Go(next) => next,
+                    Step::FieldEnd => {
                         self.push_field(&mut field, state, first_line)?;
                         FieldState::Start
                     }
-                    (FieldState::Start | FieldState::Unquoted, _) => {
-                        field.push(byte);
-                        FieldState::Unquoted
-                    }
-                    (FieldState::Quoted, b'"') => FieldState::QuoteInQuoted,
-                    (FieldState::Quoted, _) => {
-                        field.push(byte);
-                        FieldState::Quoted
-                    }
-                    (FieldState::QuoteInQuoted, b'"') => {
-                        field.push(b'"');
-                        FieldState::Quoted
-                    }
-                    (FieldState::QuoteInQuoted | FieldState::AfterQuoted, b' ' | b'\t') => {
-                        FieldState::AfterQuoted
-                    }
-                    (FieldState::QuoteInQuoted | FieldState::AfterQuoted, _) => {
+                    Step::TextAfterQuote => {
                         return Err(at_line(
                             self.line,
                             format!(
