@@ -72,18 +72,16 @@ fn unknown_server_name_exits_2_with_one_line_naming_config_and_name() {
     )
     .unwrap();
     let run = run_herd(&["Nobody", "herd.conf"], dir.path());
-    assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
-    let lines = run.stderr_lines();
-    assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
+    let line = run.refusal();
     assert!(
-        lines[0].contains("herd.conf"),
+        line.contains("herd.conf"),
         "names the config file: {:?}",
-        lines[0]
+        line
     );
     assert!(
-        lines[0].contains("Nobody"),
+        line.contains("Nobody"),
         "names the unknown server: {:?}",
-        lines[0]
+        line
     );
     assert!(!accepts(addr), "no port opened");
 }
@@ -92,13 +90,11 @@ fn unknown_server_name_exits_2_with_one_line_naming_config_and_name() {
 fn missing_config_file_exits_2_naming_the_file() {
     let dir = TempDir::new("cli").unwrap();
     let run = run_herd(&["Alpha", "no-such-herd.conf"], dir.path());
-    assert_eq!(run.status.code(), Some(2), "stderr: {:?}", run.stderr);
-    let lines = run.stderr_lines();
-    assert_eq!(lines.len(), 1, "exactly one stderr line: {:?}", run.stderr);
+    let line = run.refusal();
     assert!(
-        lines[0].contains("no-such-herd.conf"),
+        line.contains("no-such-herd.conf"),
         "names the file: {:?}",
-        lines[0]
+        line
     );
 }
 

@@ -244,13 +244,11 @@ fn a_tls_line_without_its_files_does_not_start() {
     );
     dir.write("herd.conf", &text).unwrap();
     let run = run_herd(&["Alpha", "herd.conf"], dir.path());
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    let lines = run.stderr_lines();
-    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    let line = run.refusal();
     assert!(
-        lines[0].starts_with("herd.conf: tls: cannot read server.pem"),
+        line.starts_with("herd.conf: tls: cannot read server.pem"),
         "{}",
-        lines[0]
+        line
     );
     assert!(!accepts(ports[0]) && !accepts(ports[1]), "no port opened");
 }

@@ -446,15 +446,13 @@ fn links_in_clear_that_leave_the_machine_do_not_start() {
     dir.write("herd.conf", &text).unwrap();
     for args in [&["Alpha", "herd.conf"][..], &["--all", "herd.conf"]] {
         let run = run_herd(args, dir.path());
-        assert_eq!(run.status.code(), Some(2), "{args:?}: {}", run.stderr);
-        let lines = run.stderr_lines();
-        assert_eq!(lines.len(), 1, "{args:?}: {}", run.stderr);
+        let line = run.refusal();
         for words in [
             "herd.conf:4: link Alpha Beta reaches Beta at 192.0.2.7:",
             "run `herd certs CONFIG` and add `peer tls DIR`",
             "`peer tls off`",
         ] {
-            assert!(lines[0].contains(words), "{args:?}: {}", lines[0]);
+            assert!(line.contains(words), "{args:?}: {}", line);
         }
         assert!(!accepts(ports[0]), "no port opened");
     }
@@ -486,14 +484,12 @@ fn peer_tls_without_its_files_does_not_start() {
     );
     dir.write("herd.conf", &text).unwrap();
     let run = run_herd(&["Alpha", "herd.conf"], dir.path());
-    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
-    let lines = run.stderr_lines();
-    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    let line = run.refusal();
     assert!(
-        lines[0].starts_with("herd.conf: peer tls: cannot read certs/ca.pem")
-            && lines[0].contains("(make it with `herd certs CONFIG certs`)"),
+        line.starts_with("herd.conf: peer tls: cannot read certs/ca.pem")
+            && line.contains("(make it with `herd certs CONFIG certs`)"),
         "{}",
-        lines[0]
+        line
     );
     assert!(!accepts(ports[0]), "no port opened");
 }

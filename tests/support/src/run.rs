@@ -24,6 +24,16 @@ impl Finished {
             .filter(|l| !l.trim().is_empty())
             .collect()
     }
+
+    /// The one line a refused start says: the run must have exited with status 2 (bad input)
+    /// and written exactly one line to stderr.
+    #[track_caller]
+    pub fn refusal(&self) -> &str {
+        assert_eq!(self.status.code(), Some(2), "stderr: {:?}", self.stderr);
+        let lines = self.stderr_lines();
+        assert_eq!(lines.len(), 1, "one stderr line: {:?}", self.stderr);
+        lines[0]
+    }
 }
 
 /// Runs `herd ARGS` in `cwd` and waits (at most 10 s) for it to exit.
