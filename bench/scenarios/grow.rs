@@ -18,7 +18,8 @@ use crate::cpu::{CpuMark, CpuShares};
 use crate::herd::{involuntary_switches, rss_bytes};
 use crate::hist::Histogram;
 use crate::load::{run_load, Expect, LoadReport, LoadSpec, Workload};
-use crate::report::{fmt_bytes, fmt_count, fmt_latency, fmt_ns, fmt_rate, fmt_share, Row, Section};
+use crate::report::{fmt_bytes, fmt_count, fmt_latency, fmt_ns, fmt_share, Row, Section};
+use crate::scenarios::memory::per_client_row;
 use crate::scenarios::{Ctx, Subject};
 
 const CLIENTS: usize = 10_000_000;
@@ -210,34 +211,13 @@ fn million_row(m: u64, clients: u64, million: &Million) -> Row {
         )
 }
 
-fn end_row(clients: u64, load: &LoadReport, (before, after): (u64, u64), probe_ok: bool) -> Row {
-    let stored = load.completed - load.errors;
-    let per_client = (after as f64 - before as f64) / clients as f64;
-    let mut result = format!(
-        "{} clients at {}: RSS {} -> {}, {} per client",
-        fmt_count(stored),
-        fmt_rate(load.rate()),
-        fmt_bytes(before as f64),
-        fmt_bytes(after as f64),
-        fmt_bytes(per_client)
-    );
-    if load.errors > 0 || load.unanswered > 0 {
-        result += &format!(
-            "  ({} '?' replies, {} unanswered)",
-            load.errors, load.unanswered
-        );
-    }
-    Row::new(format!(
+fn end_row(clients: u64, load: &LoadReport, rss: (u64, u64), probe_ok: bool) -> Row {
+    let config = format!(
         "IAMAT from {} clients, log lines off, C={CONNECTIONS} P={IN_FLIGHT}",
         fmt_count(clients)
-    ))
-    .result(result)
-    .figure("clients", stored)
-    .figure("rate_per_s", load.rate().round())
-    .figure("rss_before_bytes", before)
-    .figure("rss_after_bytes", after)
-    .figure("rss_per_client_bytes", per_client.round())
-    .check(
+    );
+    let (row, stored, _) = per_client_row(&config, clients, load, rss);
+    row.check(
         "every client stored, the probe answered throughout",
         stored == clients && probe_ok,
     )

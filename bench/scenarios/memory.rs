@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::commands::IamatLoad;
 use crate::herd::rss_bytes;
-use crate::load::{run_load, LoadSpec};
+use crate::load::{run_load, LoadReport, LoadSpec};
 use crate::report::{fmt_bytes, fmt_count, fmt_rate, Row, Section};
 use crate::scenarios::{Ctx, Subject};
 
@@ -32,14 +32,32 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
     thread::sleep(Duration::from_millis(300));
     let rss_after = rss_bytes(pid).ok_or("cannot read the server's RSS")?;
 
+    let config = "IAMAT from 1,000,000 clients, log lines off, C=16 P=256";
+    let (row, stored, per_client) = per_client_row(config, CLIENTS, &load, (rss_before, rss_after));
+    section.rows.push(row.check(
+        "<= 256 B RSS each",
+        per_client <= 256.0 && stored == CLIENTS,
+    ));
+    Ok(())
+}
+
+/// A load of `clients` new clients and the server's RSS before and after it: the row with the
+/// clients stored, the rate, the RSS and the growth per client (and any refused or unanswered
+/// IAMATs), for the caller to judge; with the clients stored and the bytes per client.
+pub(super) fn per_client_row(
+    config: &str,
+    clients: u64,
+    load: &LoadReport,
+    (before, after): (u64, u64),
+) -> (Row, u64, f64) {
     let stored = load.completed - load.errors;
-    let per_client = (rss_after as f64 - rss_before as f64) / CLIENTS as f64;
+    let per_client = (after as f64 - before as f64) / clients as f64;
     let mut result = format!(
         "{} clients at {}: RSS {} -> {}, {} per client",
         fmt_count(stored),
         fmt_rate(load.rate()),
-        fmt_bytes(rss_before as f64),
-        fmt_bytes(rss_after as f64),
+        fmt_bytes(before as f64),
+        fmt_bytes(after as f64),
         fmt_bytes(per_client)
     );
     if load.errors > 0 || load.unanswered > 0 {
@@ -48,18 +66,12 @@ fn measure(ctx: &Ctx, section: &mut Section) -> Result<(), String> {
             load.errors, load.unanswered
         );
     }
-    section.rows.push(
-        Row::new("IAMAT from 1,000,000 clients, log lines off, C=16 P=256")
-            .result(result)
-            .figure("clients", stored)
-            .figure("rate_per_s", load.rate().round())
-            .figure("rss_before_bytes", rss_before)
-            .figure("rss_after_bytes", rss_after)
-            .figure("rss_per_client_bytes", per_client.round())
-            .check(
-                "<= 256 B RSS each",
-                per_client <= 256.0 && stored == CLIENTS,
-            ),
-    );
-    Ok(())
+    let row = Row::new(config)
+        .result(result)
+        .figure("clients", stored)
+        .figure("rate_per_s", load.rate().round())
+        .figure("rss_before_bytes", before)
+        .figure("rss_after_bytes", after)
+        .figure("rss_per_client_bytes", per_client.round());
+    (row, stored, per_client)
 }
