@@ -533,24 +533,7 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
             let addr: SocketAddr = addr
                 .parse()
                 .map_err(|_| format!("bad address '{addr}' for server '{name}' (want IP:PORT)"))?;
-            if let Some(other) = config.servers.iter().find(|s| s.addr == addr) {
-                return Err(format!(
-                    "address {addr} is already used by server '{}'",
-                    other.name
-                ));
-            }
-            if let Some(other) = config.metrics.iter().find(|m| m.addr == addr) {
-                return Err(format!(
-                    "address {addr} is already the metrics address of server '{}'",
-                    other.name
-                ));
-            }
-            if let Some(other) = config.tls_clients.iter().find(|t| t.addr == addr) {
-                return Err(format!(
-                    "address {addr} is already the TLS address of server '{}'",
-                    other.name
-                ));
-            }
+            check_address_free(config, "address", addr)?;
             config.servers.push(ServerEntry {
                 name: name.to_string(),
                 addr,
@@ -598,6 +581,24 @@ fn apply_line(config: &mut Config, words: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Every address a server listens on is its own: `addr` must not be a server's listen address,
+/// a metrics address or a TLS address yet. The error begins with `what` (`metrics address`).
+fn check_address_free(config: &Config, what: &str, addr: SocketAddr) -> Result<(), String> {
+    let servers = (config.servers.iter()).map(|s| (&s.name, s.addr, "listen"));
+    let metrics = (config.metrics.iter()).map(|m| (&m.name, m.addr, "metrics"));
+    let tls = (config.tls_clients.iter()).map(|t| (&t.name, t.addr, "TLS"));
+    match servers
+        .chain(metrics)
+        .chain(tls)
+        .find(|taken| taken.1 == addr)
+    {
+        Some((other, _, kind)) => Err(format!(
+            "{what} {addr} is already the {kind} address of server '{other}'"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `metrics NAME IP:PORT`: NAME must be a server defined above, with one metrics line at
 /// most, on an address no server listens on and no other server serves metrics on.
 fn apply_metrics(config: &mut Config, name: &str, addr: &str) -> Result<(), String> {
@@ -612,24 +613,7 @@ fn apply_metrics(config: &mut Config, name: &str, addr: &str) -> Result<(), Stri
     let addr: SocketAddr = addr
         .parse()
         .map_err(|_| format!("bad address '{addr}' for metrics of '{name}' (want IP:PORT)"))?;
-    if let Some(server) = config.servers.iter().find(|s| s.addr == addr) {
-        return Err(format!(
-            "metrics address {addr} is the listen address of server '{}'",
-            server.name
-        ));
-    }
-    if let Some(other) = config.metrics.iter().find(|m| m.addr == addr) {
-        return Err(format!(
-            "metrics address {addr} is already used by server '{}'",
-            other.name
-        ));
-    }
-    if let Some(other) = config.tls_clients.iter().find(|t| t.addr == addr) {
-        return Err(format!(
-            "metrics address {addr} is the TLS address of server '{}'",
-            other.name
-        ));
-    }
+    check_address_free(config, "metrics address", addr)?;
     config.metrics.push(MetricsEntry {
         name: name.to_string(),
         addr,
@@ -657,24 +641,7 @@ fn apply_tls_clients(
     let addr: SocketAddr = addr
         .parse()
         .map_err(|_| format!("bad address '{addr}' for tls of '{name}' (want IP:PORT)"))?;
-    if let Some(server) = config.servers.iter().find(|s| s.addr == addr) {
-        return Err(format!(
-            "tls address {addr} is the listen address of server '{}'",
-            server.name
-        ));
-    }
-    let taken = config
-        .metrics
-        .iter()
-        .map(|m| (&m.name, m.addr, "metrics"))
-        .chain(config.tls_clients.iter().map(|t| (&t.name, t.addr, "TLS")));
-    for (other, other_addr, what) in taken {
-        if other_addr == addr {
-            return Err(format!(
-                "tls address {addr} is already the {what} address of server '{other}'"
-            ));
-        }
-    }
+    check_address_free(config, "tls address", addr)?;
     config.tls_clients.push(TlsClientsEntry {
         name: name.to_string(),
         addr,
@@ -1131,7 +1098,7 @@ log lines on
             ),
             (
                 "metrics A 127.0.0.1:1",
-                "metrics address 127.0.0.1:1 is the listen address of server 'A'",
+                "metrics address 127.0.0.1:1 is already the listen address of server 'A'",
             ),
             (
                 "metrics A 127.0.0.1:9\nmetrics A 127.0.0.1:8",
@@ -1139,7 +1106,7 @@ log lines on
             ),
             (
                 "server B 127.0.0.1:2\nmetrics A 127.0.0.1:9\nmetrics B 127.0.0.1:9",
-                "metrics address 127.0.0.1:9 is already used by server 'A'",
+                "metrics address 127.0.0.1:9 is already the metrics address of server 'A'",
             ),
             (
                 "metrics A 127.0.0.1:9\nserver B 127.0.0.1:9",
@@ -1259,7 +1226,7 @@ log lines on
             ),
             (
                 "tls A 127.0.0.1:1 c k",
-                "tls address 127.0.0.1:1 is the listen address",
+                "tls address 127.0.0.1:1 is already the listen address",
             ),
             (
                 "tls A 127.0.0.1:9 c k\ntls A 127.0.0.1:8 c k",
@@ -1271,7 +1238,7 @@ log lines on
             ),
             (
                 "tls A 127.0.0.1:9 c k\nmetrics A 127.0.0.1:9",
-                "metrics address 127.0.0.1:9 is the TLS address of server 'A'",
+                "metrics address 127.0.0.1:9 is already the TLS address of server 'A'",
             ),
             (
                 "tls A 127.0.0.1:9 c k\nserver C 127.0.0.1:9",
