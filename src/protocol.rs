@@ -277,7 +277,7 @@ pub fn parse_request(line: &[u8]) -> Parsed<'_> {
 
 /// The first word of every line servers exchange on a link but an AT line (`peer_wire`'s
 /// words all begin with it).
-pub const SERVER_WORD_PREFIX: &[u8] = b"HERD-";
+const SERVER_WORD_PREFIX: &[u8] = b"HERD-";
 /// The word of the connector's answer to a challenge (`peer_wire::PROOF`), which a client's
 /// connection is told it sent out of turn.
 const PROOF_WORD: &[u8] = b"HERD-PROOF";
@@ -1110,6 +1110,10 @@ mod tests {
             "HERD-PING from a client: a line servers exchange on a link, not a client command \
              (IAMAT or WHATSAT)"
         );
+        // Any HERD- word is the links' (a newer server's line included), and only that
+        // prefix: a client command that merely starts alike is unknown.
+        assert!(why(b"HERD-NEWER x").starts_with("HERD-NEWER from a client"));
+        assert!(why(b"HERDS x").starts_with("unknown command 'HERDS'"));
         let proof = b"HERD-PROOF 0123456789abcdef";
         let shown = why(proof);
         assert_eq!(

@@ -372,11 +372,9 @@ fn thin_link(ctx: &Ctx, section: &mut Section, few: Run) -> Result<(), String> {
                 .rows
                 .push(rate_row(label, &run, &runs[uncapped], thin, lags));
             let far = [run.sites.index(FAR)];
-            let row = match clients {
-                Clients::Own => {
-                    staleness_row("  staleness after the load", &run, THIN_MARGIN, &far)
-                }
-                _ => staleness_row(
+            let row = match lags {
+                false => staleness_row("  staleness after the load", &run, THIN_MARGIN, &far),
+                true => staleness_row(
                     &format!(
                         "  staleness after the load (one record per client at the cap: {})",
                         fmt_duration(floor)

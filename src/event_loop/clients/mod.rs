@@ -498,8 +498,7 @@ impl Clients {
             return false;
         }
         if let (Transport::Undecided, Some(config)) = (&*transport, tls_config.as_ref()) {
-            let tls_handshake = limits.tls_handshake;
-            if !decide_transport(stream, transport, config, tls_handshake, lines.conn) {
+            if !decide_transport(stream, transport, config, limits.tls_handshake, lines.conn) {
                 return false;
             }
         }
